@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::aead;
 use crate::identity::IdentityKeyPair;
 use crate::kdf::{ChainKey, MessageKey, RootKey};
-use crate::keys::{DhKeyPair, DhPublicKey, SigningKey};
+use crate::keys::{DhKeyPair, DhPublicKey, DhSecretKey, SigningKey};
 use crate::prekeys::{OneTimePrekey, PrekeyBundle, SignedPrekey};
 use crate::ratchet::{Header, message_associated_data};
 use crate::record::{self, MessageDigest, Receipt, ReceiptKind, Record, RecordBody};
@@ -180,7 +180,31 @@ fn keys(rng: &mut ChaCha20Rng) -> Value {
 
 // ---- ecdh.json -------------------------------------------------------------------------------
 
+/// Wycheproof ecdh_secp256r1_ecpoint tc 3: a valid point and scalar whose shared X coordinate
+/// is zero. Sotto refuses it as non-contributory.
+const ZERO_SHARED_PRIVATE: &str =
+    "0a0d622a47e48f6bc1038ace438c6f528aa00ad2bd1da5f13ee46bf5f633d71a";
+const ZERO_SHARED_PUBLIC: &str = "0458fd4168a87795603e2b04390285bdca6e57de6027fe211dd9d25e2212d29e\
+                                  62080d36bd224d7405509295eed02a17150e03b314f96da37445b0d1d29377d12c";
+
 fn ecdh(rng: &mut ChaCha20Rng) -> Value {
+    let zero_secret = hex::decode(ZERO_SHARED_PRIVATE).unwrap_or_default();
+    let zero_public = hex::decode(ZERO_SHARED_PUBLIC.replace(' ', "")).unwrap_or_default();
+    let refused = DhSecretKey::from_bytes(&zero_secret)
+        .and_then(|secret| secret.diffie_hellman(&DhPublicKey::from_bytes(&zero_public)?));
+    debug_assert_eq!(
+        refused.err(),
+        Some(crate::keys::KeyError::NonContributoryKey)
+    );
+    let zero_pair = DhSecretKey::from_bytes(&zero_secret)
+        .map(DhKeyPair::from_secret)
+        .ok();
+    let invalid = vec![json!({
+        "name": "shared-x-coordinate-zero (Wycheproof ecdh_secp256r1_ecpoint tc 3)",
+        "private": zero_pair.as_ref().map(dh_pair_json),
+        "peerPublic": h(&zero_public),
+        "error": "NonContributoryKey",
+    })];
     let cases: Vec<Value> = (0..4)
         .map(|i| {
             let ours = DhKeyPair::generate(rng);
@@ -197,8 +221,9 @@ fn ecdh(rng: &mut ChaCha20Rng) -> Value {
         })
         .collect();
     file(
-        "P-256 ECDH: the shared secret is the 32-byte X coordinate (Web Crypto deriveBits 256).",
-        json!({ "cases": cases }),
+        "P-256 ECDH: the shared secret is the 32-byte X coordinate (Web Crypto deriveBits 256). \
+         An all-zero output is refused as non-contributory.",
+        json!({ "cases": cases, "invalid": invalid }),
     )
 }
 
