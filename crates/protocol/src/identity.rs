@@ -109,6 +109,20 @@ impl PublicIdentity {
         })
     }
 
+    /// Rebuilds an identity from local state this device saved after verifying it, without
+    /// paying for a signature check on every restore.
+    pub(crate) fn from_trusted_parts(
+        signing: VerifyingKey,
+        dh: DhPublicKey,
+        signature: Signature,
+    ) -> Self {
+        Self {
+            signing,
+            dh,
+            signature,
+        }
+    }
+
     /// `IKs`.
     pub fn signing_key(&self) -> &VerifyingKey {
         &self.signing

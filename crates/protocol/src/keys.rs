@@ -189,6 +189,12 @@ impl DhKeyPair {
         Self { secret, public }
     }
 
+    /// Pairs a private key with a public key this device saved alongside it, skipping the scalar
+    /// multiplication that [`DhKeyPair::from_secret`] does.
+    pub(crate) fn from_trusted_parts(secret: DhSecretKey, public: DhPublicKey) -> Self {
+        Self { secret, public }
+    }
+
     /// The private half.
     pub fn secret(&self) -> &DhSecretKey {
         &self.secret

@@ -28,6 +28,7 @@
 //! | JSON wire types                           | [`wire`]                            |
 //! | store traits and in-memory stores         | [`store`]                           |
 //! | shared test vectors                       | [`vectors`]                         |
+//! | fuzz entry points (also replayed in tests)| [`fuzzing`]                         |
 //!
 //! # Secrets
 //!
@@ -42,6 +43,7 @@
 )]
 
 pub mod aead;
+pub mod fuzzing;
 pub mod identity;
 pub mod kdf;
 pub mod keys;

@@ -20,7 +20,8 @@ use crate::kdf::{ChainKey, MessageKey, RootKey};
 use crate::keys::{DhKeyPair, DhPublicKey, DhSecretKey, KeyError, Signature, VerifyingKey};
 use crate::prekeys::{OneTimePrekey, PrekeyBundle, SignedPrekey};
 use crate::ratchet::{
-    RatchetDecryptError, RatchetEncryptError, RatchetState, SkippedKey, SkippedKeys,
+    MAX_SKIPPED_KEYS, REMEMBERED_CHAINS, RatchetDecryptError, RatchetEncryptError, RatchetState,
+    SkippedKey, SkippedKeys,
 };
 use crate::record::{MessageDigest, Record};
 use crate::user_id::UserId;
@@ -398,10 +399,10 @@ impl SessionRecord {
         }
         let mut first_error = None;
         for index in 0..self.sessions.len() {
-            if let Some(prekey) = &envelope.prekey {
-                if self.sessions[index].base_key != prekey.base_key {
-                    continue;
-                }
+            if let Some(prekey) = &envelope.prekey
+                && self.sessions[index].base_key != prekey.base_key
+            {
+                continue;
             }
             match self.sessions[index].decrypt(envelope, rng) {
                 Ok((record, digest)) => {
@@ -491,7 +492,10 @@ impl SessionRecord {
         }
         let (snapshot, rest): (RecordSnapshot, _) =
             postcard::take_from_bytes(bytes).map_err(|_| StateError::Corrupt)?;
-        if !rest.is_empty() || snapshot.sessions.len() > 1 + MAX_PREVIOUS_SESSIONS {
+        let oversized = snapshot.sessions.iter().any(|s| {
+            s.skipped.len() > MAX_SKIPPED_KEYS || s.previous_remote.len() > REMEMBERED_CHAINS
+        });
+        if !rest.is_empty() || snapshot.sessions.len() > 1 + MAX_PREVIOUS_SESSIONS || oversized {
             return Err(StateError::Corrupt);
         }
         let sessions = snapshot
@@ -550,6 +554,7 @@ struct SessionSnapshot {
     base_key: Vec<u8>,
     pending_prekey: Option<PendingSnapshot>,
     ratchet_secret: [u8; 32],
+    ratchet_public: Vec<u8>,
     remote_ratchet_key: Option<Vec<u8>>,
     root_key: [u8; 32],
     sending_chain: Option<[u8; 32]>,
@@ -574,11 +579,13 @@ impl From<&PublicIdentity> for IdentitySnapshot {
 impl TryFrom<&IdentitySnapshot> for PublicIdentity {
     type Error = KeyError;
     fn try_from(snapshot: &IdentitySnapshot) -> Result<Self, KeyError> {
-        PublicIdentity::new(
+        // Points are validated again (cheap); the binding signature was verified before the
+        // identity was first saved.
+        Ok(PublicIdentity::from_trusted_parts(
             VerifyingKey::from_bytes(&snapshot.signing)?,
             DhPublicKey::from_bytes(&snapshot.dh)?,
             Signature::from_bytes(&snapshot.signature)?,
-        )
+        ))
     }
 }
 
@@ -600,6 +607,7 @@ impl From<&Session> for SessionSnapshot {
                     one_time_prekey_id: pending.one_time_prekey_id,
                 }),
             ratchet_secret: *ratchet.dh_self.secret().to_bytes(),
+            ratchet_public: ratchet.dh_self.public().as_bytes().to_vec(),
             remote_ratchet_key: ratchet.dh_remote.map(|key| key.as_bytes().to_vec()),
             root_key: *ratchet.root.as_bytes(),
             sending_chain: ratchet.sending.as_ref().map(|chain| *chain.as_bytes()),
@@ -662,7 +670,10 @@ impl TryFrom<&SessionSnapshot> for Session {
             base_key: DhPublicKey::from_bytes(&snapshot.base_key)?,
             pending_prekey,
             ratchet: RatchetState {
-                dh_self: DhKeyPair::from_secret(DhSecretKey::from_bytes(&snapshot.ratchet_secret)?),
+                dh_self: DhKeyPair::from_trusted_parts(
+                    DhSecretKey::from_bytes(&snapshot.ratchet_secret)?,
+                    DhPublicKey::from_bytes(&snapshot.ratchet_public)?,
+                ),
                 dh_remote: snapshot
                     .remote_ratchet_key
                     .as_deref()

@@ -2,6 +2,8 @@
 //! tampered ciphertext, header and prekey message; unknown key-share; MAX_SKIP; duplicates;
 //! replayed prekey messages; saving and restoring; simultaneous initiation; key changes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 mod support;
 
 use sotto_protocol::keys::DhKeyPair;

@@ -1,6 +1,8 @@
 //! `Debug` output of everything that holds secrets, pinned: public parts only, never a private
 //! key, chain key, message key or plaintext.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 mod support;
 
 use sotto_protocol::kdf::{ChainKey, MessageKey, RootKey};

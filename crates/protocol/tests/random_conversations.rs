@@ -2,6 +2,8 @@
 //! deliveries and save/restore cycles. Both sides must converge, and every delivered message
 //! must decrypt exactly once (a second delivery is a `DuplicateMessage`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 mod support;
 
 use proptest::prelude::*;

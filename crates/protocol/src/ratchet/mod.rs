@@ -240,18 +240,19 @@ impl RatchetState {
         }
 
         // Fast path: the next message of the current receiving chain needs only a chain step.
-        if same_chain && header.n == self.nr {
-            if let Some(chain) = &self.receiving {
-                let next_nr = self
-                    .nr
-                    .checked_add(1)
-                    .ok_or(RatchetDecryptError::TooManySkipped)?;
-                let (message_key, next_chain) = chain.step();
-                let opened = open(&message_key, ciphertext, associated_data, header)?;
-                self.receiving = Some(next_chain);
-                self.nr = next_nr;
-                return Ok(opened);
-            }
+        if same_chain
+            && header.n == self.nr
+            && let Some(chain) = &self.receiving
+        {
+            let next_nr = self
+                .nr
+                .checked_add(1)
+                .ok_or(RatchetDecryptError::TooManySkipped)?;
+            let (message_key, next_chain) = chain.step();
+            let opened = open(&message_key, ciphertext, associated_data, header)?;
+            self.receiving = Some(next_chain);
+            self.nr = next_nr;
+            return Ok(opened);
         }
 
         let mut next = self.clone();
