@@ -1,0 +1,21 @@
+// Bundles each Node test entry (test/node/*.test.ts) into .test-build/node/ as an ES module,
+// so `node --test` runs them without a TypeScript loader. Type checking is `npm run typecheck`.
+import { readdir } from 'node:fs/promises';
+import { build } from 'esbuild';
+
+const entries = (await readdir(new URL('../test/node/', import.meta.url)))
+  .filter((name) => name.endsWith('.test.ts'))
+  .map((name) => `test/node/${name}`);
+
+await build({
+  entryPoints: entries,
+  outdir: '.test-build/node',
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node20',
+  sourcemap: 'inline',
+  logLevel: 'warning',
+  // node:test, node:fs and the like stay imports; everything else is bundled.
+  packages: 'external',
+});
