@@ -1,7 +1,11 @@
 // Bundles each Node test entry (test/node/*.test.ts) into .test-build/node/ as an ES module,
 // so `node --test` runs them without a TypeScript loader. Type checking is `npm run typecheck`.
-import { readdir } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import { build } from 'esbuild';
+
+const outdir = new URL('../.test-build/node/', import.meta.url);
+// Start clean, so a deleted test cannot keep running from a stale bundle.
+await rm(outdir, { recursive: true, force: true });
 
 const entries = (await readdir(new URL('../test/node/', import.meta.url)))
   .filter((name) => name.endsWith('.test.ts'))

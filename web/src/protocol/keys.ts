@@ -207,9 +207,16 @@ export async function importSigningKeyPairJwk(jwk: EcPrivateJwk): Promise<Signin
 export async function diffieHellman(ours: CryptoKey, theirs: DhPublicKey): Promise<SharedSecret> {
   checkPrivateKey(ours, 'ECDH', 'deriveBits');
   const publicKey = await importPublic(theirs, ECDH, []);
-  const shared = new Uint8Array(
-    await subtle().deriveBits({ name: 'ECDH', public: publicKey }, ours, SHARED_SECRET_LENGTH * 8),
-  );
+  let shared: Bytes;
+  try {
+    shared = new Uint8Array(
+      await subtle().deriveBits({ name: 'ECDH', public: publicKey }, ours, SHARED_SECRET_LENGTH * 8),
+    );
+  } catch {
+    // Both keys were checked above, so the only way left to fail is a degenerate result, which
+    // an engine may refuse instead of returning zeros: the same outcome for the protocol.
+    throw new ProtocolError('NonContributoryKey', 'ECDH produced no usable output');
+  }
   if (shared.length !== SHARED_SECRET_LENGTH || isAllZero(shared)) {
     wipe(shared);
     throw new ProtocolError('NonContributoryKey', 'all-zero ECDH output');

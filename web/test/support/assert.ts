@@ -20,9 +20,9 @@ export function assert(condition: boolean, message: string): asserts condition {
 }
 
 /** Fails unless `actual === expected` (strings, numbers, bigints, booleans, null). */
-export function assertEqual<T extends string | number | bigint | boolean | null | undefined>(
-  actual: T,
-  expected: T,
+export function assertEqual(
+  actual: unknown,
+  expected: string | number | bigint | boolean | null | undefined,
   what: string,
 ): void {
   if (actual !== expected) {

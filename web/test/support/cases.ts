@@ -13,3 +13,8 @@ export function once<T>(make: () => Promise<T>): () => Promise<T> {
   let result: Promise<T> | undefined;
   return () => (result ??= make());
 }
+
+/** A suite of cases from `{ name: run }` pairs, in order. */
+export function suite(name: string, cases: { readonly [caseName: string]: () => Promise<void> }): TestCase[] {
+  return Object.entries(cases).map(([caseName, run]) => ({ suite: name, name: caseName, run }));
+}

@@ -67,6 +67,30 @@ export const VECTOR_FILES = [
   'safety-number.json',
 ] as const;
 
+/** The top-level sections of each file that the cases below check. */
+const SECTIONS: { readonly [file in (typeof VECTOR_FILES)[number]]: readonly string[] } = {
+  'keys.json': ['valid', 'invalid'],
+  'ecdh.json': ['cases', 'invalid'],
+  'signatures.json': ['signer', 'cases'],
+  'kdf.json': ['rootChain', 'chainKey', 'messageKeys'],
+  'x3dh.json': ['cases'],
+  'aead.json': ['cases'],
+  'records.json': ['valid', 'unsupported', 'invalid'],
+  'wire.json': ['bundles', 'envelopes', 'invalid'],
+  'ratchet.json': [
+    'alice',
+    'bob',
+    'bundleJson',
+    'ephemeral',
+    'associatedData',
+    'aliceRatchetKeys',
+    'bobRatchetKeys',
+    'messages',
+    'steps',
+  ],
+  'safety-number.json': ['cases'],
+};
+
 /** Loads every vector file and returns one named case per vector. */
 export async function vectorCases(load: LoadVectorFile): Promise<TestCase[]> {
   const files = await Promise.all(VECTOR_FILES.map(async (file) => [file, await load(file)] as const));
@@ -75,9 +99,12 @@ export async function vectorCases(load: LoadVectorFile): Promise<TestCase[]> {
     const add = (name: string, run: () => Promise<void>): void => {
       cases.push({ suite: file, name, run });
     };
-    add('format version', async () => {
+    add('format: version 1, every section known', async () => {
       assert(typeof data === 'object' && data !== null, 'the file is a JSON object');
       assertEqual((data as { version?: unknown }).version as number, 1, 'format version');
+      // A section this suite does not read would pass unchecked: fail until it is handled.
+      const sections = Object.keys(data).filter((key) => key !== 'description' && key !== 'version').sort();
+      assertEqual(sections.join(','), [...SECTIONS[file]].sort().join(','), 'sections');
     });
     switch (file) {
       case 'keys.json':
@@ -155,6 +182,14 @@ function ecdhCases(v: EcdhFile, add: Add): void {
       const ours = await dhKeyPair(c.private, c.name);
       const peer = await decodeDhPublicKey(fromHex(c.peerPublic));
       assertBytes(await diffieHellman(ours.privateKey, peer), c.shared, 'shared secret');
+    });
+  }
+  for (const c of v.invalid) {
+    add(`invalid ${c.name}`, async () => {
+      const ours = await dhKeyPair(c.private, c.name);
+      // The peer's key is a valid point: the refusal comes from the all-zero output.
+      const peer = await decodeDhPublicKey(fromHex(c.peerPublic));
+      await assertRejects(() => diffieHellman(ours.privateKey, peer), c.error, 'ECDH');
     });
   }
 }

@@ -24,6 +24,12 @@ export interface EcdhFile {
     readonly peerPublic: string;
     readonly shared: string;
   }[];
+  readonly invalid: readonly {
+    readonly name: string;
+    readonly private: KeyVector;
+    readonly peerPublic: string;
+    readonly error: string;
+  }[];
 }
 
 export interface IdentityVector {
