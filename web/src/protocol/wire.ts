@@ -375,6 +375,24 @@ async function decodeIdentity(raw: RawIdentity, path: string): Promise<PublicIde
   return inField(`${path}.signature`, () => verifyPublicIdentity(signing, dh, binding));
 }
 
+/**
+ * The UTF-8 length of a string, which is what the Rust core measures (a JavaScript string's
+ * `length` counts UTF-16 units), so both refuse the same oversized non-ASCII texts the same way.
+ */
+function utf8Length(text: string): number {
+  let length = 0;
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    if (unit < 0x80) length += 1;
+    else if (unit < 0x800) length += 2;
+    else if (unit >= 0xd800 && unit <= 0xdbff && i + 1 < text.length) {
+      length += 4; // a surrogate pair is one 4-byte code point
+      i++;
+    } else length += 3;
+  }
+  return length;
+}
+
 /** Checks a ciphertext's length: a bucket size plus the GCM tag (`InvalidCiphertextLength`). */
 export function checkCiphertextLength(length: number): void {
   if (length < TAG_LENGTH || !isBucket(length - TAG_LENGTH)) {
@@ -432,7 +450,7 @@ export async function decodeEnvelopeJson(value: unknown): Promise<Envelope> {
   const raw = shapeEnvelope(value);
   checkVersionAndSuite(raw.version, raw.suite);
   // Check the length from the text before decoding, so an oversized field costs nothing.
-  if (raw.ciphertext.length > MAX_CIPHERTEXT_TEXT_LENGTH) {
+  if (utf8Length(raw.ciphertext) > MAX_CIPHERTEXT_TEXT_LENGTH) {
     throw new ProtocolError('InvalidCiphertextLength', 'ciphertext too long', 'ciphertext');
   }
   const ciphertext = fromBase64Url(raw.ciphertext, 'ciphertext');
