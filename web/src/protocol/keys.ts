@@ -17,7 +17,7 @@
  * accepted, as Web Crypto produces them half the time.
  */
 
-import { type Bytes, concatBytes, copyBytes, fromBase64UrlExact, isAllZero, wipe } from './bytes.js';
+import { type Bytes, concatBytes, constantTimeEqual, copyBytes, fromBase64UrlExact, isAllZero, wipe } from './bytes.js';
 import { ProtocolError } from './errors.js';
 
 /** Length of an encoded public key: `0x04 ‖ X ‖ Y`. */
@@ -186,16 +186,39 @@ async function importPrivateJwk(jwk: EcPrivateJwk, algorithm: EcKeyImportParams,
 /**
  * Imports an ECDH private key from a JWK (test vectors; restoring keys from elsewhere), as a
  * non-extractable key with usage `deriveBits`.
+ *
+ * Not every engine checks that a JWK's `x`/`y` belong to its `d` (Firefox's does not), and a
+ * pair with the wrong public half would fail only later, confusingly. So the import proves the
+ * match itself: ECDH with a throwaway key must agree in both directions.
  */
 export async function importDhKeyPairJwk(jwk: EcPrivateJwk): Promise<DhKeyPair> {
   const publicKey = await decodeDhPublicKey(jwkPublicBytes(jwk));
-  return { privateKey: await importPrivateJwk(jwk, ECDH, 'deriveBits'), publicKey };
+  const privateKey = await importPrivateJwk(jwk, ECDH, 'deriveBits');
+  const probe = await generateDhKeyPair();
+  const [ours, theirs] = await Promise.all([
+    diffieHellman(privateKey, probe.publicKey),
+    diffieHellman(probe.privateKey, publicKey),
+  ]);
+  const matches = constantTimeEqual(ours, theirs);
+  wipe(ours, theirs);
+  if (!matches) throw new ProtocolError('InvalidPrivateKey', 'the JWK public key does not match its private key');
+  return { privateKey, publicKey };
 }
 
-/** Imports an ECDSA private key from a JWK, non-extractable, usage `sign`. */
+/**
+ * Imports an ECDSA private key from a JWK, non-extractable, usage `sign`. As for ECDH keys, the
+ * import proves that the public half matches: a signature by the private key must verify.
+ */
 export async function importSigningKeyPairJwk(jwk: EcPrivateJwk): Promise<SigningKeyPair> {
   const publicKey = await decodeSigningPublicKey(jwkPublicBytes(jwk));
-  return { privateKey: await importPrivateJwk(jwk, ECDSA, 'sign'), publicKey };
+  const privateKey = await importPrivateJwk(jwk, ECDSA, 'sign');
+  const probe = new TextEncoder().encode('Sotto key import check');
+  try {
+    await verify(publicKey, probe, await sign(privateKey, probe));
+  } catch {
+    throw new ProtocolError('InvalidPrivateKey', 'the JWK public key does not match its private key');
+  }
+  return { privateKey, publicKey };
 }
 
 // ---- ECDH -------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import {
   generateDhKeyPair,
   generateSigningKeyPair,
   importDhKeyPairJwk,
+  importSigningKeyPairJwk,
   sign,
   verify,
 } from '../../src/protocol/keys.js';
@@ -52,8 +53,10 @@ export const tests = suite('protocol/keys', {
     const own = await importDhKeyPairJwk(jwk);
     const expected = concatBytes(Uint8Array.of(4), fromBase64UrlExact(jwk.x, 32), fromBase64UrlExact(jwk.y, 32));
     assertEqual(own.publicKey.join(','), expected.join(','), 'matching JWK imports');
+    // Some engines (Firefox) import such a JWK without complaint; the import must still refuse.
     const other = { ...jwk, d: 's2PxK5p6irL_TsWXNfWDAIsblzS7_4fNiAFVIIqIteE' };
-    await assertRejects(() => importDhKeyPairJwk(other), 'InvalidPrivateKey', 'mismatched scalar');
+    await assertRejects(() => importDhKeyPairJwk(other), 'InvalidPrivateKey', 'mismatched scalar (ECDH)');
+    await assertRejects(() => importSigningKeyPairJwk(other), 'InvalidPrivateKey', 'mismatched scalar (ECDSA)');
     await assertRejects(() => importDhKeyPairJwk({ ...jwk, crv: 'P-384' }), 'InvalidPrivateKey', 'other curve');
     assert(a.publicKey.length === 65, 'sanity');
   },

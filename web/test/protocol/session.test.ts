@@ -25,6 +25,61 @@ async function refused(receiver: TestParty, sender: TestParty, json: string, cod
   assertEqual(snapshot(receiver.record.state), before, `state after ${code}`);
 }
 
+/** A small seeded generator (mulberry32): replayable randomness for conversation tests. */
+function random(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * Plays a random conversation: sends from either side, delivers pending messages in random
+ * order, replays delivered ones now and then, and finally delivers everything left. Every
+ * message must decrypt exactly once and every replay must be refused without a change.
+ */
+async function randomConversation(seed: number, actions: number): Promise<void> {
+  const next = random(seed);
+  const { alice, bob } = await pair();
+  interface InFlight {
+    readonly from: TestParty;
+    readonly to: TestParty;
+    readonly json: string;
+    readonly text: string;
+  }
+  const pending: InFlight[] = [];
+  const delivered: InFlight[] = [];
+  const deliver = async (index: number): Promise<void> => {
+    const [message] = pending.splice(index, 1);
+    assert(message !== undefined, 'a pending message');
+    await message.to.expect(message.from, message.json, message.text);
+    delivered.push(message);
+  };
+  for (let i = 0; i < actions; i++) {
+    const roll = next();
+    if (roll < 0.45) {
+      const from = next() < 0.5 || !bob.record.canEncrypt ? alice : bob;
+      const to = from === alice ? bob : alice;
+      const text = `seed ${seed} message ${i}`;
+      pending.push({ from, to, json: await from.send(text), text });
+    } else if (roll < 0.9 && pending.length > 0) {
+      await deliver(Math.floor(next() * pending.length));
+    } else if (delivered.length > 0) {
+      const replay = delivered[Math.floor(next() * delivered.length)];
+      assert(replay !== undefined, 'a delivered message');
+      await refused(replay.to, replay.from, replay.json, 'DuplicateMessage');
+    }
+  }
+  while (pending.length > 0) await deliver(Math.floor(next() * pending.length));
+  assert(delivered.length >= actions / 4, `seed ${seed}: enough traffic (${delivered.length} messages)`);
+  assertEqual(alice.record.state.sessions.length, 1, 'Alice has one session');
+  assertEqual(bob.record.state.sessions.length, 1, 'Bob has one session');
+}
+
 export const tests = suite('protocol/session', {
   'a conversation in both directions; the prekey header stops after the first reply': async () => {
     const { alice, bob } = await pair();
@@ -173,6 +228,10 @@ export const tests = suite('protocol/session', {
       'InvalidState',
       'a damaged state',
     );
+  },
+
+  'random conversations with reordering and replays: every message decrypts once': async () => {
+    for (const seed of [1, 2, 3]) await randomConversation(seed, 80);
   },
 
   'operations on one record are queued, never interleaved': async () => {
