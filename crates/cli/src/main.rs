@@ -1,0 +1,156 @@
+//! The `sotto` command: the relay (`serve`), operator tools (`admin`) and the terminal client.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use sotto_server::{Config, storage};
+use tracing_subscriber::EnvFilter;
+
+/// Sotto: end-to-end encrypted chat through a relay that sees only keys and ciphertext.
+#[derive(Debug, Parser)]
+#[command(name = "sotto", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay: Socket.IO on /socket.io, the web client on /, /healthz and /metrics.
+    Serve(ServeArgs),
+    /// Operator tools that work directly on the relay's database.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SOTTO_LISTEN", default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Database: `sqlite:PATH` (created when missing), `sqlite::memory:`, or `postgres://…`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite:sotto.db")]
+    database: String,
+    /// Host names (host[:port]) clients may reach this relay by when a proxy rewrites the Host
+    /// header; login signatures are bound to the host. Repeat for several.
+    #[arg(
+        long = "public-host",
+        env = "SOTTO_PUBLIC_HOSTS",
+        value_delimiter = ','
+    )]
+    public_hosts: Vec<String>,
+    /// Offer only the WebSocket transport (no HTTP long-polling), e.g. behind a load balancer
+    /// without sticky sessions.
+    #[arg(long, env = "SOTTO_WEBSOCKET_ONLY")]
+    websocket_only: bool,
+    /// Events per second per connection (0: unlimited).
+    #[arg(long, env = "SOTTO_EVENTS_PER_SECOND", default_value_t = sotto_server::Limits::default().events_per_second)]
+    events_per_second: u32,
+    /// Messages per second from one sender to one recipient (0: unlimited).
+    #[arg(long, env = "SOTTO_PAIR_MESSAGES_PER_SECOND", default_value_t = sotto_server::Limits::default().pair_messages_per_second)]
+    pair_messages_per_second: u32,
+    /// Undelivered messages one recipient may have queued.
+    #[arg(long, env = "SOTTO_MAX_QUEUE", default_value_t = sotto_server::Limits::default().max_queue_per_recipient)]
+    max_queue: usize,
+    /// Log format.
+    #[arg(long, env = "SOTTO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Free a user id whose owner lost every device. Its keys and undelivered messages are
+    /// deleted; whoever registers the id next has new keys, and contacts see a key change.
+    ReleaseUser {
+        /// The user id to free.
+        user: String,
+        /// The relay's database.
+        #[arg(long, env = "DATABASE_URL")]
+        database: String,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format == "json");
+    let mut config = Config::new(args.listen, args.database);
+    config.public_hosts = args.public_hosts;
+    config.allow_polling = !args.websocket_only;
+    config.limits.events_per_second = args.events_per_second;
+    config.limits.pair_messages_per_second = args.pair_messages_per_second;
+    config.limits.max_queue_per_recipient = args.max_queue;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    sotto_server::serve(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn admin(command: AdminCommand) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::ReleaseUser { user, database } => {
+            let user = sotto_protocol::UserId::parse(&user)
+                .map_err(|e| anyhow::anyhow!("invalid user id {user:?}: {e}"))?;
+            let storage = storage::open(&database).await?;
+            let released = storage.release_user(user.as_str()).await?;
+            storage.close().await;
+            if released {
+                eprintln!("released {user}: its keys and undelivered messages are deleted");
+                Ok(())
+            } else {
+                anyhow::bail!("no user {user} in this database")
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Admin(command) => admin(command).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sotto: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Relay configuration: where to listen, which database, and every limit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything `sotto serve` can be told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// `sqlite:PATH`, `sqlite::memory:` or `postgres://…`.
+    pub database_url: String,
+    /// Host names clients may bind their login signatures to besides the `Host` header they
+    /// sent (set when a proxy rewrites `Host`).
+    pub public_hosts: Vec<String>,
+    /// Serve the web client from this folder instead of the copy built into the binary.
+    pub web_root: Option<PathBuf>,
+    /// Whether HTTP long-polling is offered besides WebSocket.
+    pub allow_polling: bool,
+    /// Limits.
+    pub limits: Limits,
+}
+
+impl Config {
+    /// Defaults for a local relay on `listen` with `database_url`.
+    pub fn new(listen: SocketAddr, database_url: impl Into<String>) -> Self {
+        Self {
+            listen,
+            database_url: database_url.into(),
+            public_hosts: Vec::new(),
+            web_root: None,
+            allow_polling: true,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Limits, each enforced with a clear error and counted in the metrics.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest envelope accepted, in bytes of JSON.
+    pub max_envelope_bytes: usize,
+    /// Largest Socket.IO frame or long-polling body; a little above the envelope limit to leave
+    /// room for the event around it.
+    pub max_frame_bytes: usize,
+    /// Events per second per connection (0: unlimited).
+    pub events_per_second: u32,
+    /// Burst allowance for `events_per_second`.
+    pub events_burst: u32,
+    /// Messages per second from one sender to one recipient (0: unlimited).
+    pub pair_messages_per_second: u32,
+    /// Burst allowance for `pair_messages_per_second`.
+    pub pair_messages_burst: u32,
+    /// Bundle fetches per minute by one user for one target (0: unlimited).
+    pub prekey_fetches_per_minute: u32,
+    /// Undelivered messages one recipient may have queued.
+    pub max_queue_per_recipient: usize,
+    /// How long an undelivered message is kept.
+    pub message_ttl: Duration,
+    /// How long a delivered message's tombstone (id and status, no content) is kept.
+    pub tombstone_ttl: Duration,
+    /// One-time prekeys per upload.
+    pub max_prekeys_per_upload: usize,
+    /// One-time prekeys kept per user.
+    pub max_prekeys_stored: usize,
+    /// Below this many one-time prekeys the owner is told to upload more.
+    pub prekey_low_watermark: usize,
+    /// How long a login challenge is valid.
+    pub challenge_ttl: Duration,
+    /// How long a connection may stay without logging in.
+    pub auth_timeout: Duration,
+    /// Failed logins before a connection is closed.
+    pub max_auth_failures: u32,
+    /// Message ids per `message:ack` or `message:status`.
+    pub max_ids_per_request: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_envelope_bytes: 64 * 1024,
+            max_frame_bytes: 64 * 1024 + 1024,
+            events_per_second: 200,
+            events_burst: 400,
+            pair_messages_per_second: 50,
+            pair_messages_burst: 200,
+            prekey_fetches_per_minute: 10,
+            max_queue_per_recipient: 10_000,
+            message_ttl: Duration::from_secs(30 * 24 * 3600),
+            tombstone_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_prekeys_per_upload: 100,
+            max_prekeys_stored: 500,
+            prekey_low_watermark: 20,
+            challenge_ttl: Duration::from_secs(60),
+            auth_timeout: Duration::from_secs(60),
+            max_auth_failures: 5,
+            max_ids_per_request: 1_000,
+        }
+    }
+}

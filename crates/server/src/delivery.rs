@@ -1,0 +1,475 @@
+//! The queue writer: every message store, acknowledgement and final catch-up of a logging-in
+//! socket goes through one task, in the order the sockets sent them.
+//!
+//! Why one task: it makes per-sender order a property of a channel rather than of locks
+//! (socketioxide runs each event's handler as its own task, so handlers can finish out of
+//! order; the `message:send` extractor therefore enqueues here synchronously, in wire order),
+//! and it turns many small writes into few transactions: the writer takes every job waiting,
+//! commits them together (group commit), and only then acknowledges the senders and pushes to
+//! the recipients. A sender's ack therefore always means "on disk".
+//!
+//! A socket that logs in first reads its backlog outside the writer, then sends an `Attach`
+//! job: the writer joins it to its user's room and pushes whatever was stored in between.
+//! Because live pushes come from this same task, nothing stored by this node can slip between
+//! the catch-up and the first live push, so a recipient sees each sender's messages in order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::value::RawValue;
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{AckSender, SocketRef};
+use tokio::sync::mpsc;
+
+use crate::events::{
+    self, DeliveredPush, ErrorCode, Failure, PresencePush, Receipt, ReceivePush, ReceivedMessage,
+    SendAnswer,
+};
+use crate::state::{RecipientInfo, Relay, user_room};
+use crate::storage::{NewMessage, QueuedMessage, StoreOutcome};
+
+/// Most jobs the writer takes into one batch.
+pub const MAX_BATCH: usize = 512;
+/// Messages per `message:receive` push when catching up.
+pub const PAGE: usize = 64;
+
+/// Work for the queue writer.
+pub(crate) enum Job<A: Adapter> {
+    /// Store a message, then acknowledge its sender and push it to its recipient.
+    Store {
+        /// The message.
+        message: NewMessage,
+        /// Where the sender waits for the result.
+        ack: AckSender<A>,
+        /// When the relay received it (for the latency histogram).
+        received: Instant,
+    },
+    /// A recipient acknowledged messages.
+    Ack {
+        /// `(recipient, message id)` pairs.
+        acks: Vec<(String, i64)>,
+    },
+    /// Answer once every job before this one is done (graceful shutdown).
+    Flush(tokio::sync::oneshot::Sender<()>),
+    /// A logged-in socket has caught up to `after`: join it to its room and push the rest.
+    Attach {
+        /// The socket.
+        socket: SocketRef<A>,
+        /// Its user.
+        user: Arc<str>,
+        /// The last message id it was sent.
+        after: i64,
+    },
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Runs the writer until every sender of its inbox is gone, then returns (graceful shutdown
+/// drains the inbox this way).
+pub(crate) async fn run_writer<A: Adapter>(
+    relay: Arc<Relay<A>>,
+    mut inbox: mpsc::Receiver<Job<A>>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while inbox.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        relay.metrics.batch_size.observe(batch.len() as f64);
+        process(&relay, std::mem::take(&mut batch)).await;
+    }
+    tracing::debug!("queue writer stopped");
+}
+
+async fn process<A: Adapter>(relay: &Arc<Relay<A>>, jobs: Vec<Job<A>>) {
+    let mut stores = Vec::new();
+    let mut acks = Vec::new();
+    let mut attaches = Vec::new();
+    let mut flushes = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Flush(done) => flushes.push(done),
+            Job::Store {
+                message,
+                ack,
+                received,
+            } => stores.push((message, ack, received)),
+            Job::Ack { acks: more } => acks.extend(more),
+            Job::Attach {
+                socket,
+                user,
+                after,
+            } => attaches.push((socket, user, after)),
+        }
+    }
+    if !stores.is_empty() {
+        store(relay, stores).await;
+    }
+    if !acks.is_empty() {
+        acknowledge(relay, acks).await;
+    }
+    for (socket, user, after) in attaches {
+        attach(relay, socket, &user, after).await;
+    }
+    for done in flushes {
+        let _ = done.send(());
+    }
+}
+
+fn refuse<A: Adapter>(relay: &Relay<A>, ack: AckSender<A>, failure: &Failure) {
+    relay.metrics.reject(failure.error.as_str());
+    // The sender may be gone; then there is nobody to tell.
+    let _ = ack.send(failure);
+}
+
+/// Looks up recipients the cache does not know, in two queries for the whole batch.
+async fn refresh_recipients<A: Adapter>(
+    relay: &Relay<A>,
+    recipients: &[&str],
+    now: Instant,
+) -> Result<(), crate::storage::StorageError> {
+    let unknown: Vec<&str> = recipients
+        .iter()
+        .copied()
+        .filter(|user| relay.recipients.get(user, now).is_none())
+        .collect();
+    for user in unknown {
+        let exists = relay.storage.identity(user).await?.is_some();
+        let pending = if exists {
+            relay.storage.pending_count(user).await?
+        } else {
+            0
+        };
+        relay.recipients.put(
+            user,
+            RecipientInfo {
+                exists,
+                pending,
+                read_at: now,
+            },
+        );
+    }
+    Ok(())
+}
+
+async fn store<A: Adapter>(relay: &Arc<Relay<A>>, jobs: Vec<(NewMessage, AckSender<A>, Instant)>) {
+    let now = Instant::now();
+    let limits = relay.limits();
+    let mut recipients: Vec<&str> = jobs.iter().map(|(m, ..)| m.recipient.as_str()).collect();
+    recipients.sort_unstable();
+    recipients.dedup();
+    if let Err(error) = refresh_recipients(relay, &recipients, now).await {
+        relay.metrics.storage_errors.inc();
+        tracing::warn!(%error, "looking up recipients failed");
+        let failure = Failure::new(ErrorCode::StorageUnavailable, "storage unavailable; retry");
+        for (_, ack, _) in jobs {
+            refuse(relay, ack, &failure);
+        }
+        return;
+    }
+
+    // Admit what fits: known recipients with room in their queue.
+    let mut admitted = Vec::with_capacity(jobs.len());
+    let mut acks = Vec::with_capacity(jobs.len());
+    let mut received = Vec::with_capacity(jobs.len());
+    let mut extra: HashMap<&str, usize> = HashMap::new();
+    let recipient_names: Vec<String> = jobs.iter().map(|(m, ..)| m.recipient.clone()).collect();
+    for ((message, ack, at), recipient) in jobs.into_iter().zip(&recipient_names) {
+        let info = relay.recipients.get(recipient, now);
+        match info {
+            Some(info) if info.exists => {
+                let queued = info.pending + extra.get(recipient.as_str()).copied().unwrap_or(0);
+                if queued >= limits.max_queue_per_recipient {
+                    refuse(
+                        relay,
+                        ack,
+                        &Failure::new(ErrorCode::QueueFull, "the recipient's queue is full"),
+                    );
+                    continue;
+                }
+                *extra.entry(recipient.as_str()).or_default() += 1;
+                admitted.push(message);
+                acks.push(ack);
+                received.push(at);
+            }
+            _ => refuse(
+                relay,
+                ack,
+                &Failure::new(ErrorCode::UnknownUser, "no such user"),
+            ),
+        }
+    }
+    if admitted.is_empty() {
+        return;
+    }
+
+    let outcomes = match relay.storage.store_messages(&admitted).await {
+        Ok(outcomes) => outcomes,
+        Err(error) => {
+            relay.metrics.storage_errors.inc();
+            tracing::warn!(%error, messages = admitted.len(), "storing messages failed");
+            let failure = Failure::new(
+                ErrorCode::StorageUnavailable,
+                "storage unavailable; nothing stored; retry",
+            );
+            for ack in acks {
+                refuse(relay, ack, &failure);
+            }
+            return;
+        }
+    };
+
+    // Stored: tell the senders, then the recipients, grouped per recipient in order.
+    let mut per_recipient: Vec<(&str, Vec<(i64, &NewMessage)>)> = Vec::new();
+    let mut new_contacts: Vec<(String, String)> = Vec::new();
+    for (((message, outcome), ack), at) in admitted.iter().zip(&outcomes).zip(acks).zip(received) {
+        let duplicate = matches!(outcome, StoreOutcome::Duplicate(_));
+        let _ = ack.send(&SendAnswer {
+            ok: true,
+            id: outcome.id(),
+            duplicate,
+        });
+        relay
+            .metrics
+            .store_seconds
+            .observe(at.elapsed().as_secs_f64());
+        if duplicate {
+            continue;
+        }
+        relay.metrics.messages_stored.inc();
+        relay.metrics.queue_depth.inc();
+        relay.recipients.add_pending(&message.recipient, 1);
+        match per_recipient
+            .iter_mut()
+            .find(|(r, _)| *r == message.recipient)
+        {
+            Some((_, list)) => list.push((outcome.id(), message)),
+            None => per_recipient.push((&message.recipient, vec![(outcome.id(), message)])),
+        }
+        let key = relay.contact_key(&message.sender, &message.recipient);
+        let fresh = relay
+            .known_contacts
+            .lock()
+            .map(|mut known| known.insert(key))
+            .unwrap_or(false);
+        if fresh {
+            new_contacts.push((message.sender.clone(), message.recipient.clone()));
+        }
+    }
+    for (recipient, messages) in &per_recipient {
+        let push = ReceivePush {
+            messages: messages
+                .iter()
+                .map(|(id, message)| ReceivedMessage {
+                    id: *id,
+                    from: &message.sender,
+                    received_at: message.created_at,
+                    envelope: &message.envelope,
+                })
+                .collect(),
+        };
+        let delivered = push_to_user(relay, recipient, events::MESSAGE_RECEIVE, &push);
+        if delivered {
+            relay
+                .metrics
+                .messages_delivered
+                .inc_by(messages.len() as u64);
+        }
+    }
+    if !new_contacts.is_empty() {
+        record_contacts(relay, new_contacts).await;
+    }
+}
+
+/// Saves new contact pairs and tells each side the other is online.
+async fn record_contacts<A: Adapter>(relay: &Relay<A>, pairs: Vec<(String, String)>) {
+    if let Err(error) = relay.storage.add_contacts(&pairs).await {
+        relay.metrics.storage_errors.inc();
+        tracing::warn!(%error, "recording contacts failed");
+        let mut known = relay
+            .known_contacts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (a, b) in &pairs {
+            known.remove(&relay.contact_key(a, b));
+        }
+        return;
+    }
+    for (sender, recipient) in &pairs {
+        if relay.is_online(recipient) {
+            push_to_user(
+                relay,
+                recipient,
+                events::USER_JOINED,
+                &PresencePush { user_id: sender },
+            );
+            push_to_user(
+                relay,
+                sender,
+                events::USER_JOINED,
+                &PresencePush { user_id: recipient },
+            );
+        }
+    }
+}
+
+async fn acknowledge<A: Adapter>(relay: &Relay<A>, acks: Vec<(String, i64)>) {
+    let acknowledged = match relay.storage.acknowledge(&acks, now_ms()).await {
+        Ok(acknowledged) => acknowledged,
+        Err(error) => {
+            // The messages stay queued and are delivered again; the client de-duplicates.
+            relay.metrics.storage_errors.inc();
+            tracing::warn!(%error, acks = acks.len(), "recording acknowledgements failed");
+            return;
+        }
+    };
+    relay
+        .metrics
+        .messages_acknowledged
+        .inc_by(acknowledged.len() as u64);
+    relay.metrics.queue_depth.dec_by(acknowledged.len() as i64);
+    let mut per_sender: Vec<(&str, Vec<Receipt<'_>>)> = Vec::new();
+    for done in &acknowledged {
+        relay.recipients.add_pending(&done.recipient, -1);
+        let receipt = Receipt {
+            id: done.id,
+            client_id: &done.client_id,
+            to: &done.recipient,
+        };
+        match per_sender.iter_mut().find(|(s, _)| *s == done.sender) {
+            Some((_, list)) => list.push(receipt),
+            None => per_sender.push((&done.sender, vec![receipt])),
+        }
+    }
+    for (sender, receipts) in per_sender {
+        push_to_user(
+            relay,
+            sender,
+            events::MESSAGE_DELIVERED,
+            &DeliveredPush { receipts },
+        );
+    }
+}
+
+async fn attach<A: Adapter>(relay: &Arc<Relay<A>>, socket: SocketRef<A>, user: &str, after: i64) {
+    if !socket.connected() {
+        return;
+    }
+    socket.join(user_room(user));
+    let mut after = after;
+    loop {
+        match relay.storage.pending_messages(user, after, PAGE).await {
+            Ok(messages) if messages.is_empty() => break,
+            Ok(messages) => {
+                after = messages.last().map_or(after, |m| m.id);
+                let full_page = messages.len() == PAGE;
+                if let Err(error) = send_page(relay, &socket, &messages) {
+                    tracing::debug!(%error, "socket cannot take its backlog; disconnecting it");
+                    let _ = socket.disconnect();
+                    break;
+                }
+                if !full_page {
+                    break;
+                }
+            }
+            Err(error) => {
+                // Without the catch-up the socket could miss messages; make it reconnect.
+                relay.metrics.storage_errors.inc();
+                tracing::warn!(%error, "catching a socket up failed; disconnecting it");
+                let _ = socket.disconnect();
+                break;
+            }
+        }
+    }
+}
+
+/// Pushes one page of queued messages to a socket.
+pub(crate) fn send_page<A: Adapter>(
+    relay: &Relay<A>,
+    socket: &SocketRef<A>,
+    messages: &[QueuedMessage],
+) -> Result<(), socketioxide::SendError> {
+    let raw: Vec<Option<Box<RawValue>>> = messages
+        .iter()
+        .map(|m| RawValue::from_string(m.envelope.clone()).ok())
+        .collect();
+    let push = ReceivePush {
+        messages: messages
+            .iter()
+            .zip(&raw)
+            .filter_map(|(m, envelope)| {
+                Some(ReceivedMessage {
+                    id: m.id,
+                    from: &m.sender,
+                    received_at: m.created_at,
+                    envelope: envelope.as_deref()?,
+                })
+            })
+            .collect(),
+    };
+    socket.emit(events::MESSAGE_RECEIVE, &push)?;
+    relay
+        .metrics
+        .messages_delivered
+        .inc_by(push.messages.len() as u64);
+    Ok(())
+}
+
+/// Pushes an event to every socket of `user` on this node. A socket that cannot take it (its
+/// buffer is full) is disconnected: it catches up from the queue when it reconnects, which keeps
+/// delivery gap-free. Returns whether any socket took it.
+pub(crate) fn push_to_user<A: Adapter, T: serde::Serialize + ?Sized>(
+    relay: &Relay<A>,
+    user: &str,
+    event: &'static str,
+    payload: &T,
+) -> bool {
+    let Some(io) = relay.io() else { return false };
+    let mut delivered = false;
+    for socket in io.to(user_room(user)).sockets() {
+        match socket.emit(event, payload) {
+            Ok(()) => delivered = true,
+            Err(error) => {
+                tracing::debug!(%error, event, "push failed; disconnecting the socket");
+                let _ = socket.disconnect();
+            }
+        }
+    }
+    delivered
+}
+
+/// Periodic housekeeping: expiring undelivered messages, purging old tombstones, refreshing the
+/// queue-depth gauge and forgetting idle rate-limit buckets.
+pub(crate) async fn run_housekeeping<A: Adapter>(relay: Arc<Relay<A>>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now_wall = now_ms();
+        let tombstones_before =
+            now_wall - i64::try_from(relay.limits().tombstone_ttl.as_millis()).unwrap_or(i64::MAX);
+        match relay.storage.purge(now_wall, tombstones_before).await {
+            Ok((expired, _purged)) => {
+                relay.metrics.messages_expired.inc_by(expired);
+            }
+            Err(error) => {
+                relay.metrics.storage_errors.inc();
+                tracing::warn!(%error, "purging the queue failed");
+            }
+        }
+        if let Ok(pending) = relay.storage.total_pending().await {
+            relay
+                .metrics
+                .queue_depth
+                .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        }
+        let now = Instant::now();
+        relay.pair_limiter.sweep(now);
+        relay.fetch_limiter.sweep(now);
+        relay.recipients.sweep(now);
+    }
+}

@@ -1,0 +1,788 @@
+//! Socket.IO handlers: connection set-up, authentication, the key directory, sending and
+//! acknowledging messages, presence.
+//!
+//! Every request is decoded with a typed, fallible decoder (`TryData`) and answered through
+//! its ack with `{"ok": true, …}` or a [`Failure`]; nothing a client sends can panic a handler
+//! or leave a request unanswered. Handlers are registered in a connect *middleware*, which runs
+//! before the client is told it is connected, so no early event finds no handler.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use socketioxide::adapter::{Adapter, LocalAdapter};
+use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+use socketioxide::handler::{ConnectHandler, FromMessageParts, Value};
+use socketioxide::socket::Socket;
+use socketioxide::{SendError, SocketError, SocketIo};
+use sotto_protocol::UserId;
+use sotto_protocol::wire::{
+    self, BundleJson, OneTimePrekeyJson, PublicIdentityJson, SignedPrekeyJson,
+};
+
+use crate::auth::{self, AuthFailure};
+use crate::delivery::{self, Job, PAGE, now_ms, push_to_user};
+use crate::events::{
+    self, BundleAnswer, ChallengeAnswer, Done, ErrorCode, Failure, IdsRequest, LoginAnswer,
+    LoginRequest, PrekeysLowPush, PresencePush, RegisterRequest, RequestKeyRequest, SendRequest,
+    StatusAnswer, StatusEntry, UploadAnswer,
+};
+use crate::state::{Connection, Relay};
+use crate::storage::{MessageStatus, NewMessage, NewUser, RegisterError};
+
+/// Registers the relay's namespace on a single-node (local adapter) server. (socketioxide
+/// only offers `ns` on concrete adapters, so each adapter gets its own registration.)
+pub(crate) fn register_namespace(io: &SocketIo<LocalAdapter>) {
+    io.ns(
+        "/",
+        on_connect::<LocalAdapter>.with(set_up_connection::<LocalAdapter>),
+    );
+}
+
+type Reply<T> = Result<T, Failure>;
+
+fn answer<A: Adapter, T: Serialize>(relay: &Relay<A>, ack: AckSender<A>, result: Reply<T>) {
+    let sent = match result {
+        Ok(value) => ack.send(&value),
+        Err(failure) => {
+            relay.metrics.reject(failure.error.as_str());
+            ack.send(&failure)
+        }
+    };
+    if let Err(error) = sent {
+        tracing::debug!(%error, "could not answer; the socket is gone");
+    }
+}
+
+fn bad_request(error: impl std::fmt::Display) -> Failure {
+    Failure::new(ErrorCode::BadRequest, format!("malformed request: {error}"))
+}
+
+fn connection<A: Adapter>(socket: &Socket<A>) -> Reply<Arc<Connection>> {
+    socket
+        .extensions
+        .get::<Arc<Connection>>()
+        .ok_or_else(|| Failure::new(ErrorCode::Busy, "connection is closing"))
+}
+
+fn allow_event<A: Adapter>(relay: &Relay<A>, connection: &Connection) -> Reply<()> {
+    connection
+        .allow_event(relay.limits(), Instant::now())
+        .map_err(|wait| Failure::rate_limited(wait.as_millis().try_into().unwrap_or(u64::MAX)))
+}
+
+fn logged_in(connection: &Connection) -> Reply<Arc<str>> {
+    connection
+        .user()
+        .ok_or_else(|| Failure::new(ErrorCode::Unauthenticated, "log in or register first"))
+}
+
+fn parse_user_id(text: &str) -> Reply<UserId> {
+    UserId::parse(text).map_err(|e| Failure::new(ErrorCode::InvalidUserId, e.to_string()))
+}
+
+fn storage_failure<A: Adapter>(relay: &Relay<A>, error: impl std::fmt::Display) -> Failure {
+    relay.metrics.storage_errors.inc();
+    tracing::warn!(%error, "storage operation failed");
+    Failure::new(ErrorCode::StorageUnavailable, "storage unavailable; retry")
+}
+
+/// Runs before the client learns it is connected: per-connection state, every handler, the
+/// login deadline.
+async fn set_up_connection<A: Adapter>(
+    socket: SocketRef<A>,
+    State(relay): State<Arc<Relay<A>>>,
+) -> Result<(), Infallible> {
+    let host = socket
+        .req_parts()
+        .headers
+        .get(axum::http::header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    socket.extensions.insert(Arc::new(Connection::new(host)));
+    socket.on(events::AUTH_CHALLENGE, on_challenge::<A>);
+    socket.on(events::AUTH_LOGIN, on_login::<A>);
+    socket.on(events::REGISTER_KEY, on_register::<A>);
+    socket.on(events::REQUEST_KEY, on_request_key::<A>);
+    socket.on(events::MESSAGE_SEND, async |_: QueuedSend| {});
+    socket.on(events::MESSAGE_ACK, on_ack::<A>);
+    socket.on(events::MESSAGE_STATUS, on_status::<A>);
+    socket.on_disconnect(on_disconnect::<A>);
+    relay.metrics.connections.inc();
+    relay.metrics.connections_total.inc();
+
+    let deadline = relay.limits().auth_timeout;
+    let weak = Arc::downgrade(&relay);
+    let pending = socket.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(deadline).await;
+        let anonymous = connection(&pending)
+            .map(|c| c.user().is_none())
+            .unwrap_or(false);
+        if anonymous && pending.connected() {
+            if let Some(relay) = weak.upgrade() {
+                relay.metrics.auth_failure("timeout");
+            }
+            let _ = pending.disconnect();
+        }
+    });
+    Ok(())
+}
+
+async fn on_connect<A: Adapter>(socket: SocketRef<A>) {
+    tracing::trace!(sid = %socket.id, "connected");
+}
+
+async fn on_disconnect<A: Adapter>(socket: SocketRef<A>, State(relay): State<Arc<Relay<A>>>) {
+    relay.metrics.connections.dec();
+    let Ok(connection) = connection(&socket) else {
+        return;
+    };
+    let Some(user) = connection.user() else {
+        return;
+    };
+    relay.metrics.authenticated.dec();
+    let last = {
+        let mut online = relay.online.lock().unwrap_or_else(|e| e.into_inner());
+        match online.get_mut(&*user) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            _ => {
+                online.remove(&*user);
+                true
+            }
+        }
+    };
+    if last {
+        announce(&relay, &user, events::USER_LEFT).await;
+    }
+}
+
+/// Tells a user's online contacts that the user joined or left.
+async fn announce<A: Adapter>(relay: &Relay<A>, user: &str, event: &'static str) {
+    let contacts = match relay.storage.contacts(user).await {
+        Ok(contacts) => contacts,
+        Err(error) => {
+            relay.metrics.storage_errors.inc();
+            tracing::warn!(%error, "loading contacts for presence failed");
+            return;
+        }
+    };
+    for contact in contacts.iter().filter(|c| relay.is_online(c)) {
+        push_to_user(relay, contact, event, &PresencePush { user_id: user });
+    }
+}
+
+// ---- authentication ----------------------------------------------------------------------
+
+async fn on_challenge<A: Adapter>(
+    socket: SocketRef<A>,
+    ack: AckSender<A>,
+    State(relay): State<Arc<Relay<A>>>,
+) {
+    let result = (|| {
+        let connection = connection(&socket)?;
+        allow_event(&relay, &connection)?;
+        let now = Instant::now();
+        let challenge = auth::new_challenge(relay.limits(), now);
+        let expires_at =
+            now_ms() + i64::try_from(relay.limits().challenge_ttl.as_millis()).unwrap_or(i64::MAX);
+        let answer = ChallengeAnswer {
+            ok: true,
+            nonce: wire::b64(&challenge.nonce),
+            host: connection.host.clone(),
+            expires_at,
+        };
+        connection.lock().challenge = Some(challenge);
+        Ok(answer)
+    })();
+    answer(&relay, ack, result);
+}
+
+/// Checks a challenge signature against the hosts this relay answers to.
+fn verify_login<A: Adapter>(
+    relay: &Relay<A>,
+    connection: &Connection,
+    user: &UserId,
+    key: &sotto_protocol::VerifyingKey,
+    signature: &str,
+) -> Result<(), AuthFailure> {
+    let challenge = connection.lock().challenge.take();
+    let now = Instant::now();
+    let mut result = auth::verify_challenge(
+        challenge.clone(),
+        &connection.host,
+        user,
+        key,
+        signature,
+        now,
+    );
+    for host in &relay.config.public_hosts {
+        if result != Err(AuthFailure::BadSignature) {
+            break;
+        }
+        result = auth::verify_challenge(challenge.clone(), host, user, key, signature, now);
+    }
+    result
+}
+
+fn record_auth_failure<A: Adapter>(
+    relay: &Relay<A>,
+    socket: &SocketRef<A>,
+    connection: &Connection,
+    failure: AuthFailure,
+) -> Failure {
+    relay.metrics.auth_failure(failure.label());
+    let failures = {
+        let mut state = connection.lock();
+        state.auth_failures += 1;
+        state.auth_failures
+    };
+    if failures >= relay.limits().max_auth_failures {
+        tracing::info!(sid = %socket.id, "too many failed logins; closing the connection");
+        let closing = socket.clone();
+        tokio::spawn(async move {
+            // Let the failure answer go out first.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = closing.disconnect();
+        });
+    }
+    failure.failure()
+}
+
+async fn on_login<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(request): TryData<LoginRequest>,
+    ack: AckSender<A>,
+    State(relay): State<Arc<Relay<A>>>,
+) {
+    let result = login(&relay, &socket, request).await;
+    let logged_in = result
+        .as_ref()
+        .ok()
+        .map(|answer| Arc::<str>::from(answer.user_id.as_str()));
+    answer(&relay, ack, result);
+    if let Some(user) = logged_in {
+        after_login(relay, socket, user).await;
+    }
+}
+
+async fn login<A: Adapter>(
+    relay: &Relay<A>,
+    socket: &SocketRef<A>,
+    request: Result<LoginRequest, socketioxide::ParserError>,
+) -> Reply<LoginAnswer> {
+    let connection = connection(socket)?;
+    allow_event(relay, &connection)?;
+    let request = request.map_err(bad_request)?;
+    if connection.user().is_some() {
+        return Err(Failure::new(
+            ErrorCode::AlreadyAuthenticated,
+            "already logged in",
+        ));
+    }
+    let user = parse_user_id(&request.user_id)?;
+    let identity = relay
+        .storage
+        .identity(user.as_str())
+        .await
+        .map_err(|e| storage_failure(relay, e))?;
+    let Some(key) = identity.as_ref().and_then(auth::stored_signing_key) else {
+        connection.lock().challenge = None;
+        return Err(record_auth_failure(
+            relay,
+            socket,
+            &connection,
+            AuthFailure::UnknownUser,
+        ));
+    };
+    if let Err(failure) = verify_login(relay, &connection, &user, &key, &request.signature) {
+        return Err(record_auth_failure(relay, socket, &connection, failure));
+    }
+    bind_user(relay, &connection, &user);
+    login_answer(relay, &user).await
+}
+
+/// Marks the connection as `user`'s.
+fn bind_user<A: Adapter>(relay: &Relay<A>, connection: &Connection, user: &UserId) {
+    connection.lock().user = Some(Arc::from(user.as_str()));
+    relay.metrics.logins.inc();
+    relay.metrics.authenticated.inc();
+}
+
+async fn login_answer<A: Adapter>(relay: &Relay<A>, user: &UserId) -> Reply<LoginAnswer> {
+    let queued = relay
+        .storage
+        .pending_count(user.as_str())
+        .await
+        .map_err(|e| storage_failure(relay, e))?;
+    let one_time_prekeys = relay
+        .storage
+        .one_time_prekey_count(user.as_str())
+        .await
+        .map_err(|e| storage_failure(relay, e))?;
+    Ok(LoginAnswer {
+        ok: true,
+        user_id: user.to_string(),
+        queued,
+        one_time_prekeys,
+    })
+}
+
+/// After the login answer went out: presence, then the backlog, then live delivery.
+async fn after_login<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, user: Arc<str>) {
+    let first = {
+        let mut online = relay.online.lock().unwrap_or_else(|e| e.into_inner());
+        let count = online.entry(user.to_string()).or_default();
+        *count += 1;
+        *count == 1
+    };
+    if first {
+        announce(&relay, &user, events::USER_JOINED).await;
+    }
+    if let Ok(contacts) = relay.storage.contacts(&user).await {
+        for contact in contacts.iter().filter(|c| relay.is_online(c)) {
+            let _ = socket.emit(events::USER_JOINED, &PresencePush { user_id: contact });
+        }
+    }
+    tokio::spawn(catch_up(relay, socket, user));
+}
+
+/// Sends the backlog page by page (waiting when the socket's buffer is full), then hands the
+/// socket to the writer for the rest and for live delivery.
+async fn catch_up<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, user: Arc<str>) {
+    let mut after = 0;
+    loop {
+        let page = match relay.storage.pending_messages(&user, after, PAGE).await {
+            Ok(page) => page,
+            Err(error) => {
+                relay.metrics.storage_errors.inc();
+                tracing::warn!(%error, "reading the backlog failed; disconnecting to retry later");
+                let _ = socket.disconnect();
+                return;
+            }
+        };
+        let Some(last) = page.last().map(|m| m.id) else {
+            break;
+        };
+        // socketioxide refuses a packet when the socket's outgoing buffer is full: wait for the
+        // client to drain it rather than dropping the page (up to 10 s, then start over later).
+        let mut attempts = 0;
+        loop {
+            match delivery::send_page(&relay, &socket, &page) {
+                Ok(()) => break,
+                Err(SendError::Socket(SocketError::InternalChannelFull)) if attempts < 500 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "catch-up stalled; disconnecting to retry later");
+                    let _ = socket.disconnect();
+                    return;
+                }
+            }
+        }
+        after = last;
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    let job = Job::Attach {
+        socket: socket.clone(),
+        user,
+        after,
+    };
+    if relay.writer.send(job).await.is_err() {
+        let _ = socket.disconnect();
+    }
+}
+
+// ---- registration and prekeys --------------------------------------------------------------
+
+async fn on_register<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(request): TryData<RegisterRequest>,
+    ack: AckSender<A>,
+    State(relay): State<Arc<Relay<A>>>,
+) {
+    let connection = match connection(&socket) {
+        Ok(connection) => connection,
+        Err(failure) => return answer(&relay, ack, Err::<Done, _>(failure)),
+    };
+    if let Err(failure) = allow_event(&relay, &connection) {
+        return answer(&relay, ack, Err::<Done, _>(failure));
+    }
+    let request = match request {
+        Ok(request) => request,
+        Err(error) => return answer(&relay, ack, Err::<Done, _>(bad_request(error))),
+    };
+    match connection.user() {
+        Some(user) => {
+            let result = upload_prekeys(&relay, &user, request).await;
+            answer(&relay, ack, result);
+        }
+        None => {
+            let result = register(&relay, &socket, &connection, request).await;
+            let registered = result
+                .as_ref()
+                .ok()
+                .map(|answer| Arc::<str>::from(answer.user_id.as_str()));
+            answer(&relay, ack, result);
+            if let Some(user) = registered {
+                after_login(relay, socket, user).await;
+            }
+        }
+    }
+}
+
+fn required<'a, T>(field: &'a Option<T>, name: &str) -> Reply<&'a T> {
+    field
+        .as_ref()
+        .ok_or_else(|| bad_request(format!("missing field `{name}`")))
+}
+
+async fn register<A: Adapter>(
+    relay: &Relay<A>,
+    socket: &SocketRef<A>,
+    connection: &Connection,
+    request: RegisterRequest,
+) -> Reply<LoginAnswer> {
+    let user = parse_user_id(required(&request.user_id, "userId")?)?;
+    let identity_json: &PublicIdentityJson = required(&request.identity, "identity")?;
+    let spk_json: &SignedPrekeyJson = required(&request.signed_prekey, "signedPrekey")?;
+    let signature = required(&request.signature, "signature")?;
+    let opk_json: &[OneTimePrekeyJson] = request.one_time_prekeys.as_deref().unwrap_or_default();
+
+    let (identity, stored_identity) = auth::check_identity(identity_json)?;
+    let signed_prekey = auth::check_signed_prekey(spk_json, &identity)?;
+    let one_time_prekeys = auth::check_one_time_prekeys(opk_json, relay.limits())?;
+    if let Err(failure) = verify_login(relay, connection, &user, identity.signing_key(), signature)
+    {
+        return Err(record_auth_failure(relay, socket, connection, failure));
+    }
+    let new_user = NewUser {
+        user_id: user.to_string(),
+        identity: stored_identity,
+        signed_prekey,
+        one_time_prekeys,
+        now: now_ms(),
+    };
+    match relay.storage.register_user(&new_user).await {
+        Ok(()) => {}
+        Err(RegisterError::Taken) => {
+            return Err(Failure::new(
+                ErrorCode::UserTaken,
+                format!("{user} is taken"),
+            ));
+        }
+        Err(RegisterError::Storage(error)) => return Err(storage_failure(relay, error)),
+    }
+    relay.recipients.forget(user.as_str());
+    tracing::info!(user = %user, "registered");
+    bind_user(relay, connection, &user);
+    login_answer(relay, &user).await
+}
+
+async fn upload_prekeys<A: Adapter>(
+    relay: &Relay<A>,
+    user: &str,
+    request: RegisterRequest,
+) -> Reply<UploadAnswer> {
+    if request.user_id.is_some() || request.identity.is_some() || request.signature.is_some() {
+        return Err(Failure::new(
+            ErrorCode::AlreadyAuthenticated,
+            "already registered; only prekeys can be uploaded",
+        ));
+    }
+    let stored = relay
+        .storage
+        .identity(user)
+        .await
+        .map_err(|e| storage_failure(relay, e))?;
+    let identity = stored
+        .as_ref()
+        .and_then(auth::stored_identity)
+        .ok_or_else(|| Failure::new(ErrorCode::UnknownUser, "this user no longer exists"))?;
+    let signed_prekey = request
+        .signed_prekey
+        .as_ref()
+        .map(|json| auth::check_signed_prekey(json, &identity))
+        .transpose()?;
+    let one_time = auth::check_one_time_prekeys(
+        request.one_time_prekeys.as_deref().unwrap_or_default(),
+        relay.limits(),
+    )?;
+    if let Some(spk) = &signed_prekey {
+        relay
+            .storage
+            .set_signed_prekey(user, spk)
+            .await
+            .map_err(|e| storage_failure(relay, e))?;
+    }
+    let count = relay
+        .storage
+        .add_one_time_prekeys(user, &one_time, relay.limits().max_prekeys_stored)
+        .await
+        .map_err(|e| storage_failure(relay, e))?;
+    Ok(UploadAnswer {
+        ok: true,
+        one_time_prekeys: count,
+    })
+}
+
+async fn on_request_key<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(request): TryData<RequestKeyRequest>,
+    ack: AckSender<A>,
+    State(relay): State<Arc<Relay<A>>>,
+) {
+    let result = request_key(&relay, &socket, request).await;
+    if let Ok(answer) = &result {
+        let _ = socket.emit(events::PUBLIC_KEY, answer);
+    }
+    answer(&relay, ack, result);
+}
+
+async fn request_key<A: Adapter>(
+    relay: &Relay<A>,
+    socket: &SocketRef<A>,
+    request: Result<RequestKeyRequest, socketioxide::ParserError>,
+) -> Reply<BundleAnswer> {
+    let connection = connection(socket)?;
+    allow_event(relay, &connection)?;
+    let requester = logged_in(&connection)?;
+    let request = request.map_err(bad_request)?;
+    let target = parse_user_id(&request.user_id)?;
+    if target.as_str() == &*requester {
+        return Err(bad_request("ask for someone else's keys"));
+    }
+    relay
+        .fetch_limiter
+        .check(&relay.pair_key(&requester, target.as_str()), Instant::now())
+        .map_err(|wait| Failure::rate_limited(wait.as_millis().try_into().unwrap_or(u64::MAX)))?;
+    let claimed = relay
+        .storage
+        .claim_bundle(target.as_str())
+        .await
+        .map_err(|e| storage_failure(relay, e))?
+        .ok_or_else(|| Failure::new(ErrorCode::UnknownUser, format!("no user {target}")))?;
+    if claimed.remaining < relay.limits().prekey_low_watermark {
+        push_to_user(
+            relay,
+            target.as_str(),
+            events::PREKEYS_LOW,
+            &PrekeysLowPush {
+                remaining: claimed.remaining,
+            },
+        );
+    }
+    let bundle = BundleJson {
+        version: u64::from(sotto_protocol::PROTOCOL_VERSION),
+        suite: u64::from(sotto_protocol::SUITE_P256),
+        user_id: target.to_string(),
+        identity: PublicIdentityJson {
+            signing: claimed.identity.signing,
+            dh: claimed.identity.dh,
+            signature: claimed.identity.signature,
+        },
+        signed_prekey: SignedPrekeyJson {
+            id: claimed.signed_prekey.id,
+            key: claimed.signed_prekey.key,
+            created_at: claimed.signed_prekey.created_at,
+            signature: claimed.signed_prekey.signature,
+        },
+        one_time_prekey: claimed.one_time_prekey.map(|opk| OneTimePrekeyJson {
+            id: opk.id,
+            key: opk.key,
+        }),
+    };
+    Ok(BundleAnswer {
+        ok: true,
+        user_id: target.to_string(),
+        bundle,
+    })
+}
+
+// ---- messages ------------------------------------------------------------------------------
+
+/// The `message:send` extractor. It does the whole job synchronously, in the socket's read
+/// loop and therefore in the order the client sent: check, rate-limit and enqueue for the
+/// writer, or answer with the reason it cannot. The handler it feeds has nothing left to do.
+pub(crate) struct QueuedSend;
+
+impl<A: Adapter> FromMessageParts<A> for QueuedSend {
+    type Error = Infallible;
+
+    fn from_message_parts(
+        socket: &Arc<Socket<A>>,
+        value: &mut Value,
+        ack_id: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        let TryData(request) = TryData::<SendRequest>::from_message_parts(socket, value, ack_id)?;
+        let ack = AckSender::<A>::from_message_parts(socket, value, ack_id)?;
+        let Ok(State(relay)) = State::<Arc<Relay<A>>>::from_message_parts(socket, value, ack_id)
+        else {
+            return Ok(QueuedSend);
+        };
+        if let Err((ack, failure)) = enqueue_send(&relay, socket, request, ack) {
+            relay.metrics.reject(failure.error.as_str());
+            let _ = ack.send(&failure);
+        }
+        Ok(QueuedSend)
+    }
+}
+
+fn valid_client_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn enqueue_send<A: Adapter>(
+    relay: &Relay<A>,
+    socket: &Arc<Socket<A>>,
+    request: Result<SendRequest, socketioxide::ParserError>,
+    ack: AckSender<A>,
+) -> Result<(), (AckSender<A>, Failure)> {
+    let check = || -> Reply<NewMessage> {
+        let connection = connection(socket)?;
+        allow_event(relay, &connection)?;
+        let sender = logged_in(&connection)?;
+        let request = request.map_err(bad_request)?;
+        if request.envelope.get().len() > relay.limits().max_envelope_bytes {
+            return Err(Failure::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "envelopes are limited to {} bytes",
+                    relay.limits().max_envelope_bytes
+                ),
+            ));
+        }
+        let recipient = parse_user_id(&request.to)?;
+        if recipient.as_str() == &*sender {
+            return Err(bad_request("a message needs another recipient"));
+        }
+        if !valid_client_id(&request.id) {
+            return Err(bad_request("`id` must be 1 to 64 characters of base64url"));
+        }
+        events::check_envelope(&request.envelope).map_err(bad_request)?;
+        relay
+            .pair_limiter
+            .check(&relay.pair_key(&sender, recipient.as_str()), Instant::now())
+            .map_err(|w| Failure::rate_limited(w.as_millis().try_into().unwrap_or(u64::MAX)))?;
+        let created_at = now_ms();
+        let ttl = i64::try_from(relay.limits().message_ttl.as_millis()).unwrap_or(i64::MAX);
+        Ok(NewMessage {
+            recipient: recipient.to_string(),
+            sender: sender.to_string(),
+            client_id: request.id,
+            envelope: request.envelope,
+            created_at,
+            expires_at: created_at.saturating_add(ttl),
+        })
+    };
+    let message = match check() {
+        Ok(message) => message,
+        Err(failure) => return Err((ack, failure)),
+    };
+    let job = Job::Store {
+        message,
+        ack,
+        received: Instant::now(),
+    };
+    relay.writer.try_send(job).map_err(|error| {
+        let job = match error {
+            tokio::sync::mpsc::error::TrySendError::Full(job)
+            | tokio::sync::mpsc::error::TrySendError::Closed(job) => job,
+        };
+        let Job::Store { ack, .. } = job else {
+            unreachable_job()
+        };
+        (
+            ack,
+            Failure::new(ErrorCode::Busy, "the relay is busy; retry shortly"),
+        )
+    })
+}
+
+#[allow(clippy::panic)]
+fn unreachable_job() -> ! {
+    panic!("a Store job was sent, a Store job comes back")
+}
+
+async fn on_ack<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(request): TryData<IdsRequest>,
+    ack: AckSender<A>,
+    State(relay): State<Arc<Relay<A>>>,
+) {
+    let result = (|| {
+        let connection = connection(&socket)?;
+        allow_event(&relay, &connection)?;
+        let user = logged_in(&connection)?;
+        let request = request.map_err(bad_request)?;
+        if request.ids.len() > relay.limits().max_ids_per_request {
+            return Err(Failure::new(
+                ErrorCode::TooLarge,
+                "too many ids in one request",
+            ));
+        }
+        let acks = request
+            .ids
+            .into_iter()
+            .map(|id| (user.to_string(), id))
+            .collect();
+        relay
+            .writer
+            .try_send(Job::Ack { acks })
+            .map_err(|_| Failure::new(ErrorCode::Busy, "the relay is busy; retry shortly"))?;
+        Ok(Done::OK)
+    })();
+    answer(&relay, ack, result);
+}
+
+async fn on_status<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(request): TryData<IdsRequest>,
+    ack: AckSender<A>,
+    State(relay): State<Arc<Relay<A>>>,
+) {
+    let result = async {
+        let connection = connection(&socket)?;
+        allow_event(&relay, &connection)?;
+        let user = logged_in(&connection)?;
+        let request = request.map_err(bad_request)?;
+        if request.ids.len() > relay.limits().max_ids_per_request {
+            return Err(Failure::new(
+                ErrorCode::TooLarge,
+                "too many ids in one request",
+            ));
+        }
+        let statuses = relay
+            .storage
+            .message_status(&user, &request.ids)
+            .await
+            .map_err(|e| storage_failure(&relay, e))?;
+        Ok(StatusAnswer {
+            ok: true,
+            statuses: statuses
+                .into_iter()
+                .map(|(id, status)| StatusEntry {
+                    id,
+                    status: match status {
+                        MessageStatus::Pending => "pending",
+                        MessageStatus::Delivered => "delivered",
+                        MessageStatus::Unknown => "unknown",
+                    },
+                })
+                .collect(),
+        })
+    }
+    .await;
+    answer(&relay, ack, result);
+}

@@ -1,0 +1,111 @@
+//! Plain HTTP: health, metrics and the web client.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::metrics::Metrics;
+use crate::storage::Storage;
+
+/// The built web client (`web/dist`), embedded in release builds and read from disk in debug
+/// builds.
+#[derive(rust_embed::Embed)]
+#[folder = "../../web/dist"]
+#[allow_missing = true]
+struct WebClient;
+
+/// What the HTTP routes need.
+#[derive(Clone)]
+pub(crate) struct HttpState {
+    /// The database, for `/healthz`.
+    pub storage: Arc<dyn Storage>,
+    /// The metrics, for `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+/// `/healthz`, `/metrics` and the web client.
+pub(crate) fn routes(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(get(web_client))
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<HttpState>) -> Response {
+    match state.storage.health().await {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(error) => {
+            state.metrics.storage_errors.inc();
+            tracing::warn!(%error, "health check: database unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Served while the web client has not been built.
+const NOT_BUILT: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<title>Sotto</title></head><body><main><h1>Sotto</h1><p>The relay is running, but the web \
+client has not been built. Run <code>./scripts/run</code>, which builds it, or \
+<code>npm ci &amp;&amp; npm run build</code> in <code>web/</code>.</p></main></body></html>";
+
+/// A strict policy: the client's own scripts and styles, its own relay, nothing else.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'none'; \
+frame-ancestors 'none'";
+
+async fn web_client(uri: Uri) -> Response {
+    let path = uri.path().trim_start_matches('/');
+    let path = if path.is_empty() { "index.html" } else { path };
+    let (file, path) = match WebClient::get(path) {
+        Some(file) => (Some(file), path),
+        // Unknown paths without an extension are client-side routes: serve the app.
+        None if !path.contains('.') => (WebClient::get("index.html"), "index.html"),
+        None => (None, path),
+    };
+    let security = [
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ];
+    match file {
+        Some(file) => {
+            let cache = if path == "index.html" {
+                "no-cache"
+            } else {
+                "public, max-age=3600"
+            };
+            (
+                security,
+                [
+                    (header::CONTENT_TYPE, file.metadata.mimetype()),
+                    (header::CACHE_CONTROL, cache),
+                ],
+                file.data,
+            )
+                .into_response()
+        }
+        None if path == "index.html" => (
+            security,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            NOT_BUILT,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    }
+}

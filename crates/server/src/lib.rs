@@ -1,0 +1,139 @@
+//! Sotto's relay: an authenticated Socket.IO server with a key directory and durable
+//! store-and-forward delivery. It sees public keys and ciphertext, never a message.
+//!
+//! # Layout
+//!
+//! | concept                                        | module          |
+//! |------------------------------------------------|-----------------|
+//! | configuration and limits                       | [`config`]      |
+//! | event names, payloads, error codes             | [`events`]      |
+//! | login challenges, registration checks          | `auth`          |
+//! | Socket.IO handlers                             | `handlers`      |
+//! | the queue writer: ordered, batched delivery    | `delivery`      |
+//! | relay and per-connection state                 | `state`         |
+//! | rate limits                                    | `limits`        |
+//! | durable storage (SQLite, PostgreSQL)           | [`storage`]     |
+//! | `/healthz`, `/metrics`, the web client         | `http`          |
+//! | Prometheus metrics                             | [`metrics`]     |
+//!
+//! [`serve`] runs the relay on a listener until a shutdown signal; tests start it on
+//! `127.0.0.1:0` exactly as `sotto serve` does.
+
+pub mod config;
+pub mod events;
+pub mod metrics;
+pub mod storage;
+
+mod auth;
+mod delivery;
+mod handlers;
+mod http;
+mod limits;
+mod state;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socketioxide::{SocketIo, TransportType};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+pub use config::{Config, Limits};
+pub use delivery::now_ms;
+
+use crate::metrics::Metrics;
+use crate::state::Relay;
+
+/// Why the relay could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    /// Serving failed.
+    #[error("serving failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Depth of the queue writer's inbox; when it is full, senders are told to retry.
+const WRITER_INBOX: usize = 65_536;
+/// Packets a socket's outgoing buffer holds before it counts as too slow.
+const SOCKET_BUFFER: usize = 1_024;
+/// How often the queue is purged and the gauges refreshed.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+
+/// Runs the relay on `listener` until `shutdown` resolves, then stops gracefully: sockets are
+/// closed, every message already received is stored and acknowledged, the database is closed.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let storage = storage::open(&config.database_url).await?;
+    let metrics = Arc::new(Metrics::new());
+    if let Ok(pending) = storage.total_pending().await {
+        metrics
+            .queue_depth
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+    let (writer, inbox) = mpsc::channel(WRITER_INBOX);
+    let limits = config.limits.clone();
+    let allow_polling = config.allow_polling;
+    let relay = Arc::new(Relay::new(config, storage.clone(), metrics.clone(), writer));
+    let builder = SocketIo::builder()
+        .max_payload(limits.max_frame_bytes as u64)
+        .ws_max_message_size(limits.max_frame_bytes)
+        .ws_max_frame_size(limits.max_frame_bytes)
+        .max_buffer_size(SOCKET_BUFFER)
+        .connect_timeout(Duration::from_secs(10))
+        .with_state(relay.clone());
+    let builder = if allow_polling {
+        builder.transports([TransportType::Polling, TransportType::Websocket])
+    } else {
+        builder.transports([TransportType::Websocket])
+    };
+    let (layer, io) = builder.build_layer();
+    relay.attach_io(io.clone());
+    handlers::register_namespace(&io);
+
+    let writer_task = tokio::spawn(delivery::run_writer(relay.clone(), inbox));
+    let housekeeping = tokio::spawn(delivery::run_housekeeping(
+        relay.clone(),
+        HOUSEKEEPING_EVERY,
+    ));
+
+    let app = http::routes(http::HttpState {
+        storage: storage.clone(),
+        metrics,
+    })
+    .layer(layer);
+    tracing::info!(address = %listener.local_addr()?, "relay listening");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop_rx.await;
+    });
+    let server = tokio::spawn(async move { server.await });
+
+    shutdown.await;
+    tracing::info!("shutting down: closing sockets, draining the queue writer");
+    io.close().await;
+    housekeeping.abort();
+    let (flushed_tx, flushed_rx) = tokio::sync::oneshot::channel();
+    if relay
+        .writer
+        .send(delivery::Job::Flush(flushed_tx))
+        .await
+        .is_ok()
+    {
+        let _ = flushed_rx.await;
+    }
+    writer_task.abort();
+    let _ = stop_tx.send(());
+    if let Ok(result) = server.await {
+        result?;
+    }
+    storage.close().await;
+    tracing::info!("relay stopped");
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! Prometheus metrics, served at `/metrics` as OpenMetrics text.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A label with one `reason` (or `code`) value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// Why.
+    pub reason: String,
+}
+
+/// Every metric the relay keeps. Handles are cheap clones of atomics.
+#[derive(Debug)]
+pub struct Metrics {
+    /// The registry rendered at `/metrics`.
+    registry: Registry,
+    /// Open Socket.IO connections.
+    pub connections: Gauge,
+    /// Connections accepted since start.
+    pub connections_total: Counter,
+    /// Authenticated connections open now.
+    pub authenticated: Gauge,
+    /// Successful logins and registrations.
+    pub logins: Counter,
+    /// Failed authentications, by reason.
+    pub auth_failures: Family<Reason, Counter>,
+    /// Requests refused, by error code.
+    pub rejections: Family<Reason, Counter>,
+    /// Messages stored in the queue.
+    pub messages_stored: Counter,
+    /// Messages pushed to a recipient's socket.
+    pub messages_delivered: Counter,
+    /// Messages acknowledged by their recipient.
+    pub messages_acknowledged: Counter,
+    /// Messages dropped undelivered after their time to live.
+    pub messages_expired: Counter,
+    /// Messages waiting for their recipient.
+    pub queue_depth: Gauge,
+    /// Storage operations that failed.
+    pub storage_errors: Counter,
+    /// Size of the queue writer's batches.
+    pub batch_size: Histogram,
+    /// Seconds from receiving a message to its stored acknowledgement going out.
+    pub store_seconds: Histogram,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sotto");
+        let metrics = Self {
+            connections: Gauge::default(),
+            connections_total: Counter::default(),
+            authenticated: Gauge::default(),
+            logins: Counter::default(),
+            auth_failures: Family::default(),
+            rejections: Family::default(),
+            messages_stored: Counter::default(),
+            messages_delivered: Counter::default(),
+            messages_acknowledged: Counter::default(),
+            messages_expired: Counter::default(),
+            queue_depth: Gauge::default(),
+            storage_errors: Counter::default(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            store_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Open Socket.IO connections",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "Connections accepted",
+            metrics.connections_total.clone(),
+        );
+        registry.register(
+            "authenticated_connections",
+            "Authenticated connections open",
+            metrics.authenticated.clone(),
+        );
+        registry.register(
+            "logins",
+            "Successful logins and registrations",
+            metrics.logins.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Failed authentications by reason",
+            metrics.auth_failures.clone(),
+        );
+        registry.register(
+            "rejections",
+            "Refused requests by error code",
+            metrics.rejections.clone(),
+        );
+        registry.register(
+            "messages_stored",
+            "Messages stored in the queue",
+            metrics.messages_stored.clone(),
+        );
+        registry.register(
+            "messages_delivered",
+            "Messages pushed to a recipient socket",
+            metrics.messages_delivered.clone(),
+        );
+        registry.register(
+            "messages_acknowledged",
+            "Messages acknowledged by their recipient",
+            metrics.messages_acknowledged.clone(),
+        );
+        registry.register(
+            "messages_expired",
+            "Messages dropped undelivered after their time to live",
+            metrics.messages_expired.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Messages waiting for their recipient",
+            metrics.queue_depth.clone(),
+        );
+        registry.register(
+            "storage_errors",
+            "Failed storage operations",
+            metrics.storage_errors.clone(),
+        );
+        registry.register(
+            "writer_batch_size",
+            "Jobs per queue-writer batch",
+            metrics.batch_size.clone(),
+        );
+        registry.register(
+            "store_seconds",
+            "Receive-to-stored-ack time",
+            metrics.store_seconds.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Counts a refused request.
+    pub fn reject(&self, code: &str) {
+        self.rejections
+            .get_or_create(&Reason {
+                reason: code.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a failed authentication.
+    pub fn auth_failure(&self, reason: &str) {
+        self.auth_failures
+            .get_or_create(&Reason {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,254 @@
+//! Shared relay state, and the state each connection carries.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
+use tokio::sync::mpsc;
+
+use crate::config::{Config, Limits};
+use crate::delivery::Job;
+use crate::limits::{KeyedLimiter, Rate, TokenBucket};
+use crate::metrics::Metrics;
+use crate::storage::Storage;
+
+/// The room every socket of a user joins once logged in.
+pub fn user_room(user: &str) -> String {
+    format!("u:{user}")
+}
+
+/// How long what the relay knows about a recipient (that it exists, how much is queued) is
+/// trusted before it is read again.
+const RECIPIENT_CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// What the queue writer remembers about a recipient.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecipientInfo {
+    /// Whether the user exists.
+    pub exists: bool,
+    /// Messages pending for them (kept up to date between reads).
+    pub pending: usize,
+    /// When this was read from the database.
+    pub read_at: Instant,
+}
+
+/// Recipients the writer has looked up recently.
+#[derive(Debug, Default)]
+pub(crate) struct RecipientCache {
+    /// By user id.
+    entries: Mutex<HashMap<String, RecipientInfo>>,
+}
+
+impl RecipientCache {
+    /// A fresh entry, if there is one.
+    pub fn get(&self, user: &str, now: Instant) -> Option<RecipientInfo> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(user)
+            .filter(|info| now.duration_since(info.read_at) < RECIPIENT_CACHE_TTL)
+            .copied()
+    }
+
+    /// Records what was read.
+    pub fn put(&self, user: &str, info: RecipientInfo) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.insert(user.to_owned(), info);
+    }
+
+    /// Adjusts a recipient's pending count.
+    pub fn add_pending(&self, user: &str, delta: isize) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(info) = entries.get_mut(user) {
+            info.pending = info.pending.saturating_add_signed(delta);
+        }
+    }
+
+    /// Forgets a recipient (after it registered or was released).
+    pub fn forget(&self, user: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.remove(user);
+    }
+
+    /// Drops stale entries.
+    pub fn sweep(&self, now: Instant) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, info| now.duration_since(info.read_at) < RECIPIENT_CACHE_TTL);
+    }
+}
+
+/// The relay: configuration, storage, metrics, limits and the queue writer's inbox. One per
+/// process, shared by every connection (as Socket.IO state).
+pub struct Relay<A: Adapter> {
+    /// Configuration.
+    pub config: Config,
+    /// The database.
+    pub storage: Arc<dyn Storage>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The Socket.IO server, for pushes; set once the layer is built (it holds the relay as
+    /// its state, so the two are made one after the other).
+    io: OnceLock<SocketIo<A>>,
+    /// The queue writer's inbox.
+    pub(crate) writer: mpsc::Sender<Job<A>>,
+    /// Per (sender, recipient) message limits.
+    pub(crate) pair_limiter: KeyedLimiter<u64>,
+    /// Per (requester, target) bundle-fetch limits.
+    pub(crate) fetch_limiter: KeyedLimiter<u64>,
+    /// Authenticated sockets per user on this node, for presence.
+    pub(crate) online: Mutex<HashMap<String, usize>>,
+    /// Pairs of users known to be contacts (hashed), so storing a message does not write the
+    /// pair every time.
+    pub(crate) known_contacts: Mutex<HashSet<u64>>,
+    /// Recipients the writer has looked up.
+    pub(crate) recipients: RecipientCache,
+    /// Keys the pair hashes; random per process.
+    hasher: RandomState,
+}
+
+impl<A: Adapter> std::fmt::Debug for Relay<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Adapter> Relay<A> {
+    pub(crate) fn new(
+        config: Config,
+        storage: Arc<dyn Storage>,
+        metrics: Arc<Metrics>,
+        writer: mpsc::Sender<Job<A>>,
+    ) -> Self {
+        let limits = &config.limits;
+        let pair_rate = Rate::new(
+            limits.pair_messages_per_second,
+            Duration::from_secs(1),
+            limits.pair_messages_burst,
+        );
+        let fetch_rate = Rate::new(
+            limits.prekey_fetches_per_minute,
+            Duration::from_secs(60),
+            limits.prekey_fetches_per_minute,
+        );
+        Self {
+            pair_limiter: KeyedLimiter::new(pair_rate),
+            fetch_limiter: KeyedLimiter::new(fetch_rate),
+            online: Mutex::new(HashMap::new()),
+            known_contacts: Mutex::new(HashSet::new()),
+            recipients: RecipientCache::default(),
+            hasher: RandomState::new(),
+            config,
+            storage,
+            metrics,
+            io: OnceLock::new(),
+            writer,
+        }
+    }
+
+    /// Gives the relay its Socket.IO handle.
+    pub(crate) fn attach_io(&self, io: SocketIo<A>) {
+        let _ = self.io.set(io);
+    }
+
+    /// The Socket.IO handle (none only before start-up finished).
+    pub(crate) fn io(&self) -> Option<&SocketIo<A>> {
+        self.io.get()
+    }
+
+    /// The configured limits.
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    /// A hash naming an ordered pair of users.
+    pub(crate) fn pair_key(&self, first: &str, second: &str) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        first.hash(&mut hasher);
+        second.hash(&mut hasher);
+        std::hash::Hasher::finish(&hasher)
+    }
+
+    /// A hash naming an unordered pair of users.
+    pub(crate) fn contact_key(&self, a: &str, b: &str) -> u64 {
+        if a <= b {
+            self.pair_key(a, b)
+        } else {
+            self.pair_key(b, a)
+        }
+    }
+
+    /// Whether the user has an authenticated socket on this node.
+    pub(crate) fn is_online(&self, user: &str) -> bool {
+        let online = self.online.lock().unwrap_or_else(|e| e.into_inner());
+        online.get(user).is_some_and(|count| *count > 0)
+    }
+}
+
+/// A login challenge handed to a connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Challenge {
+    /// The random nonce to sign.
+    pub nonce: [u8; 32],
+    /// When it stops being accepted.
+    pub expires: Instant,
+}
+
+/// What a connection knows about itself.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionState {
+    /// The outstanding challenge; taken (single use) by the first login attempt.
+    pub challenge: Option<Challenge>,
+    /// The user this connection proved to be.
+    pub user: Option<Arc<str>>,
+    /// Failed logins so far.
+    pub auth_failures: u32,
+    /// Per-connection event limit.
+    pub events: Option<TokenBucket>,
+}
+
+/// Per-connection state, kept in the socket's extensions.
+#[derive(Debug)]
+pub struct Connection {
+    /// The host the client connected to (the `Host` header), bound into login signatures.
+    pub host: String,
+    /// Mutable state.
+    pub(crate) state: Mutex<ConnectionState>,
+}
+
+impl Connection {
+    pub(crate) fn new(host: String) -> Self {
+        Self {
+            host,
+            state: Mutex::new(ConnectionState::default()),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ConnectionState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The logged-in user, if any.
+    pub fn user(&self) -> Option<Arc<str>> {
+        self.lock().user.clone()
+    }
+
+    /// Takes an event token, or says how long to wait.
+    pub(crate) fn allow_event(&self, limits: &Limits, now: Instant) -> Result<(), Duration> {
+        let Some(rate) = Rate::new(
+            limits.events_per_second,
+            Duration::from_secs(1),
+            limits.events_burst,
+        ) else {
+            return Ok(());
+        };
+        let mut state = self.lock();
+        state
+            .events
+            .get_or_insert_with(|| TokenBucket::full(rate, now))
+            .take(rate, now)
+    }
+}

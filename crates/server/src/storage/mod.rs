@@ -1,0 +1,298 @@
+//! Durable state: the key directory and the message queue, behind one trait with a SQLite
+//! backend (the default) and a PostgreSQL backend (several nodes).
+//!
+//! Everything here is public keys and ciphertext. Keys are kept as the base64url text they
+//! travel as, envelopes as the JSON text the sender sent, so serving them needs no re-encoding.
+//! Times are Unix milliseconds.
+
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use sqlite::SqliteStorage;
+
+/// A storage failure. Details are logged; clients only ever see "storage unavailable".
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The database failed or could not be reached. Retrying later may work.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migration error: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// The database URL is not one this relay understands.
+    #[error("unsupported database URL {0:?} (use sqlite:PATH, sqlite::memory: or postgres://…)")]
+    UnsupportedUrl(String),
+}
+
+/// Why a registration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// Someone already holds the user id.
+    #[error("user id taken")]
+    Taken,
+    /// The database failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// A user's public identity as stored (base64url text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredIdentity {
+    /// `IKs`.
+    pub signing: String,
+    /// `IKd`.
+    pub dh: String,
+    /// The binding signature.
+    pub signature: String,
+}
+
+/// A signed prekey as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSignedPrekey {
+    /// The owner's prekey id.
+    pub id: u32,
+    /// The public key, base64url.
+    pub key: String,
+    /// Creation time, Unix seconds (as signed).
+    pub created_at: u64,
+    /// The signature, base64url.
+    pub signature: String,
+}
+
+/// A one-time prekey as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOneTimePrekey {
+    /// The owner's prekey id.
+    pub id: u32,
+    /// The public key, base64url.
+    pub key: String,
+}
+
+/// A registration, already verified.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// The normalised user id.
+    pub user_id: String,
+    /// Its identity.
+    pub identity: StoredIdentity,
+    /// Its first signed prekey.
+    pub signed_prekey: StoredSignedPrekey,
+    /// Its first one-time prekeys.
+    pub one_time_prekeys: Vec<StoredOneTimePrekey>,
+    /// When it registered.
+    pub now: i64,
+}
+
+/// What a bundle request hands out. The one-time prekey, if any, is gone from the store.
+#[derive(Debug, Clone)]
+pub struct ClaimedBundle {
+    /// The user's identity.
+    pub identity: StoredIdentity,
+    /// The current signed prekey.
+    pub signed_prekey: StoredSignedPrekey,
+    /// One one-time prekey, consumed by this claim.
+    pub one_time_prekey: Option<StoredOneTimePrekey>,
+    /// How many one-time prekeys remain after this claim.
+    pub remaining: usize,
+}
+
+/// A message to queue.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The recipient's user id.
+    pub recipient: String,
+    /// The authenticated sender.
+    pub sender: String,
+    /// The sender's id for this message; a resend with the same id is stored once.
+    pub client_id: String,
+    /// The envelope JSON, as sent (checked, never re-encoded).
+    pub envelope: Box<serde_json::value::RawValue>,
+    /// When the relay received it.
+    pub created_at: i64,
+    /// When it is dropped if still undelivered.
+    pub expires_at: i64,
+}
+
+/// What storing one message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// Stored now, with this id.
+    Stored(i64),
+    /// The same sender and client id were stored before, with this id.
+    Duplicate(i64),
+}
+
+impl StoreOutcome {
+    /// The message's id either way.
+    pub fn id(self) -> i64 {
+        match self {
+            StoreOutcome::Stored(id) | StoreOutcome::Duplicate(id) => id,
+        }
+    }
+}
+
+/// A queued message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    /// Its id.
+    pub id: i64,
+    /// Who sent it.
+    pub sender: String,
+    /// The envelope JSON.
+    pub envelope: String,
+    /// When the relay received it.
+    pub created_at: i64,
+}
+
+/// A message acknowledged by its recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acknowledged {
+    /// Its id.
+    pub id: i64,
+    /// Who sent it, to be told.
+    pub sender: String,
+    /// The sender's id for it.
+    pub client_id: String,
+    /// Who acknowledged it.
+    pub recipient: String,
+}
+
+/// Where a sent message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageStatus {
+    /// Still queued.
+    Pending,
+    /// The recipient acknowledged it.
+    Delivered,
+    /// Not known: expired undelivered, purged long after delivery, or never the caller's.
+    Unknown,
+}
+
+/// The relay's durable state.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Whether the database answers.
+    async fn health(&self) -> Result<(), StorageError>;
+
+    /// Claims a user id. Of two concurrent claims exactly one succeeds.
+    async fn register_user(&self, user: &NewUser) -> Result<(), RegisterError>;
+
+    /// A user's identity, if registered.
+    async fn identity(&self, user_id: &str) -> Result<Option<StoredIdentity>, StorageError>;
+
+    /// The user's bundle, consuming exactly one one-time prekey when any are left.
+    async fn claim_bundle(&self, user_id: &str) -> Result<Option<ClaimedBundle>, StorageError>;
+
+    /// Adds one-time prekeys (ids already present are ignored), keeping at most `max_stored`.
+    /// Returns how many the user now has.
+    async fn add_one_time_prekeys(
+        &self,
+        user_id: &str,
+        keys: &[StoredOneTimePrekey],
+        max_stored: usize,
+    ) -> Result<usize, StorageError>;
+
+    /// Replaces the user's signed prekey.
+    async fn set_signed_prekey(
+        &self,
+        user_id: &str,
+        prekey: &StoredSignedPrekey,
+    ) -> Result<(), StorageError>;
+
+    /// How many one-time prekeys the user has left.
+    async fn one_time_prekey_count(&self, user_id: &str) -> Result<usize, StorageError>;
+
+    /// Stores a batch of messages in one transaction, de-duplicating on (sender, client id).
+    /// Outcomes are in the batch's order.
+    async fn store_messages(&self, batch: &[NewMessage])
+    -> Result<Vec<StoreOutcome>, StorageError>;
+
+    /// A recipient's pending messages with ids above `after_id`, oldest first.
+    async fn pending_messages(
+        &self,
+        recipient: &str,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<QueuedMessage>, StorageError>;
+
+    /// How many messages are pending for a recipient.
+    async fn pending_count(&self, recipient: &str) -> Result<usize, StorageError>;
+
+    /// Acknowledges messages: each `(recipient, id)` pair counts only if the message is that
+    /// recipient's and still pending. Returns those that were.
+    async fn acknowledge(
+        &self,
+        acks: &[(String, i64)],
+        now: i64,
+    ) -> Result<Vec<Acknowledged>, StorageError>;
+
+    /// The status of messages the caller sent.
+    async fn message_status(
+        &self,
+        sender: &str,
+        ids: &[i64],
+    ) -> Result<Vec<(i64, MessageStatus)>, StorageError>;
+
+    /// Records that these pairs of users exchanged messages.
+    async fn add_contacts(&self, pairs: &[(String, String)]) -> Result<(), StorageError>;
+
+    /// The users a user has exchanged messages with.
+    async fn contacts(&self, user_id: &str) -> Result<Vec<String>, StorageError>;
+
+    /// Drops expired undelivered messages and tombstones older than `tombstones_before`.
+    /// Returns (expired, purged).
+    async fn purge(&self, now: i64, tombstones_before: i64) -> Result<(u64, u64), StorageError>;
+
+    /// Frees a user id: its keys and its undelivered messages go. Returns whether it existed.
+    async fn release_user(&self, user_id: &str) -> Result<bool, StorageError>;
+
+    /// Messages pending in total (for metrics).
+    async fn total_pending(&self) -> Result<u64, StorageError>;
+
+    /// Closes the connections, waiting for running queries.
+    async fn close(&self);
+}
+
+/// Opens the database named by `url`, creating it (SQLite) and running migrations.
+pub async fn open(url: &str) -> Result<Arc<dyn Storage>, StorageError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStorage::open(url).await?))
+    } else {
+        Err(StorageError::UnsupportedUrl(url.to_owned()))
+    }
+}
+
+/// Splits a batch into chunks of a few fixed sizes, so multi-row statements come in a handful
+/// of shapes that stay in the prepared-statement cache.
+pub(crate) fn fixed_chunks<T>(items: &[T]) -> Vec<&[T]> {
+    const SIZES: [usize; 4] = [64, 16, 4, 1];
+    let mut chunks = Vec::new();
+    let mut rest = items;
+    for size in SIZES {
+        while rest.len() >= size {
+            let (chunk, tail) = rest.split_at(size);
+            chunks.push(chunk);
+            rest = tail;
+        }
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixed_chunks;
+
+    #[test]
+    fn chunks_cover_the_batch_in_fixed_sizes() {
+        let items: Vec<u32> = (0..150).collect();
+        let chunks = fixed_chunks(&items);
+        let sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [64, 64, 16, 4, 1, 1]);
+        let flat: Vec<u32> = chunks.concat();
+        assert_eq!(flat, items);
+        assert!(fixed_chunks::<u32>(&[]).is_empty());
+    }
+}

@@ -1,0 +1,307 @@
+//! Store-and-forward over real sockets: stored before the ack, pushed in order, deleted only on
+//! the recipient's acknowledgement, resends stored once, the offline queue, restarts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+mod support;
+
+use std::time::Duration;
+
+use sotto_client::relay::Incoming;
+use support::{TestServer, TestUser, client_id, envelope};
+
+#[tokio::test]
+async fn a_message_is_stored_pushed_and_deleted_on_ack() {
+    let server = TestServer::start().await;
+    let mut alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+
+    let sent = alice
+        .client
+        .send_raw("bob", &client_id(), &envelope(0))
+        .await
+        .unwrap();
+    assert!(!sent.duplicate);
+    // Stored before the ack: the row is there now.
+    assert_eq!(
+        server
+            .query_i64("SELECT COUNT(*) FROM messages WHERE acked_at IS NULL")
+            .await,
+        1
+    );
+
+    let got = bob.messages(1).await;
+    assert_eq!(got[0].id, sent.id);
+    assert_eq!(got[0].from, "alice");
+    assert_eq!(got[0].envelope.get(), envelope_text(&got[0]));
+
+    bob.client.ack(&[sent.id]).await.unwrap();
+    // The sender hears that it was delivered.
+    let receipt = loop {
+        match alice.next(support::WAIT).await.expect("a receipt") {
+            Incoming::Delivered(receipts) => break receipts,
+            _ => continue,
+        }
+    };
+    assert_eq!(receipt[0].id, sent.id);
+    assert_eq!(receipt[0].to, "bob");
+    // The envelope is gone; only a tombstone without content stays.
+    assert_eq!(
+        server
+            .query_i64("SELECT COUNT(*) FROM messages WHERE envelope IS NOT NULL")
+            .await,
+        0
+    );
+    assert_eq!(
+        alice.client.status(&[sent.id]).await.unwrap(),
+        vec![(sent.id, "delivered".into())]
+    );
+}
+
+fn envelope_text(message: &sotto_client::relay::ReceivedMessage) -> &str {
+    message.envelope.get()
+}
+
+#[tokio::test]
+async fn the_envelope_is_forwarded_byte_for_byte() {
+    let server = TestServer::start().await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    let original = envelope(7);
+    alice
+        .client
+        .send_raw("bob", &client_id(), &original)
+        .await
+        .unwrap();
+    assert_eq!(bob.messages(1).await[0].envelope.get(), original.get());
+}
+
+#[tokio::test]
+async fn unacknowledged_messages_come_again_on_reconnect_and_acknowledged_ones_do_not() {
+    let server = TestServer::start().await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(
+            alice
+                .client
+                .send_raw("bob", &client_id(), &envelope(n))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let first = bob.messages(5).await;
+    assert_eq!(first.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+    // Bob saves and acknowledges only the first two, then loses his connection.
+    bob.client.ack(&ids[..2]).await.unwrap();
+    let answer = bob.reconnect(&server).await;
+    assert_eq!(answer.queued, 3);
+    let again = bob.messages(3).await;
+    assert_eq!(again.iter().map(|m| m.id).collect::<Vec<_>>(), ids[2..]);
+    bob.no_messages(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_resend_with_the_same_client_id_is_stored_once() {
+    let server = TestServer::start().await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    let id = client_id();
+    let first = alice
+        .client
+        .send_raw("bob", &id, &envelope(1))
+        .await
+        .unwrap();
+    let again = alice
+        .client
+        .send_raw("bob", &id, &envelope(1))
+        .await
+        .unwrap();
+    assert_eq!(first.id, again.id);
+    assert!(!first.duplicate && again.duplicate);
+    assert_eq!(bob.messages(1).await.len(), 1);
+    bob.no_messages(Duration::from_millis(300)).await;
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 1);
+    // Even after delivery, the same id is recognised.
+    bob.client.ack(&[first.id]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        alice
+            .client
+            .send_raw("bob", &id, &envelope(1))
+            .await
+            .unwrap()
+            .duplicate
+    );
+}
+
+#[tokio::test]
+async fn offline_recipients_get_their_queue_on_login_in_order() {
+    let server = TestServer::start().await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    bob.client.close();
+    let mut ids = Vec::new();
+    // More than one page of the catch-up.
+    for n in 0..150 {
+        ids.push(
+            alice
+                .client
+                .send_raw("bob", &client_id(), &envelope(n))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let answer = bob.reconnect(&server).await;
+    assert_eq!(answer.queued, 150);
+    let got = bob.messages(150).await;
+    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+}
+
+#[tokio::test]
+async fn per_sender_order_holds_while_messages_stream_during_login() {
+    let server = TestServer::start_with(|config| {
+        config.limits.events_per_second = 0;
+        config.limits.pair_messages_per_second = 0;
+    })
+    .await;
+    let alice = TestUser::register(&server, "alice").await;
+    let carol = TestUser::register(&server, "carol").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    bob.client.close();
+    // Two senders stream without waiting for acks while Bob logs in.
+    let stream = |user: TestUser, count: u32| {
+        tokio::spawn(async move {
+            let mut pending = Vec::new();
+            for n in 0..count {
+                let client = user.client.clone();
+                pending.push(tokio::spawn(async move {
+                    client
+                        .send_raw("bob", &client_id(), &envelope(n))
+                        .await
+                        .unwrap()
+                        .id
+                }));
+                if n % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            let mut ids = Vec::new();
+            for task in pending {
+                ids.push(task.await.unwrap());
+            }
+            (user, ids)
+        })
+    };
+    let a = stream(alice, 300);
+    let c = stream(carol, 300);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    bob.reconnect(&server).await;
+    let (_alice, alice_ids) = a.await.unwrap();
+    let (_carol, carol_ids) = c.await.unwrap();
+    let got = bob.messages(600).await;
+    for (sender, mut expected) in [("alice", alice_ids), ("carol", carol_ids)] {
+        let order: Vec<i64> = got
+            .iter()
+            .filter(|m| m.from == sender)
+            .map(|m| m.id)
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(order, expected, "{sender}'s messages in order, each once");
+    }
+}
+
+#[tokio::test]
+async fn the_queue_survives_a_restart() {
+    let server = TestServer::start().await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    bob.client.close();
+    let sent = alice
+        .client
+        .send_raw("bob", &client_id(), &envelope(3))
+        .await
+        .unwrap();
+    let server = server.restart().await;
+    let answer = bob.reconnect(&server).await;
+    assert_eq!(answer.queued, 1);
+    assert_eq!(bob.messages(1).await[0].id, sent.id);
+}
+
+#[tokio::test]
+async fn every_socket_of_the_recipient_gets_the_push() {
+    let server = TestServer::start().await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    let (second, mut second_pushes) =
+        sotto_client::relay::RelayClient::connect(&server.url, support::WAIT)
+            .await
+            .unwrap();
+    second.login(&bob.id, &bob.identity).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sent = alice
+        .client
+        .send_raw("bob", &client_id(), &envelope(1))
+        .await
+        .unwrap();
+    assert_eq!(bob.messages(1).await[0].id, sent.id);
+    let on_second = loop {
+        let push = tokio::time::timeout(support::WAIT, second_pushes.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if let Incoming::Messages(messages) = Incoming::from_push(push) {
+            break messages;
+        }
+    };
+    assert_eq!(on_second[0].id, sent.id);
+}
+
+#[tokio::test]
+async fn unknown_recipients_are_refused() {
+    let server = TestServer::start().await;
+    let alice = TestUser::register(&server, "alice").await;
+    let error = alice
+        .client
+        .send_raw("nobody", &client_id(), &envelope(1))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("unknown_user"));
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 0);
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let server = TestServer::start().await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    let sent = alice
+        .client
+        .send_raw("bob", &client_id(), &envelope(1))
+        .await
+        .unwrap();
+    bob.messages(1).await;
+    bob.client.ack(&[sent.id]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = server.get("/healthz").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, metrics) = server.get("/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "sotto_connections 2",
+        "sotto_authenticated_connections 2",
+        "sotto_messages_stored_total 1",
+        "sotto_messages_delivered_total 1",
+        "sotto_messages_acknowledged_total 1",
+        "sotto_queue_depth 0",
+        "sotto_logins_total 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
+    }
+}
