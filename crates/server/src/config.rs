@@ -41,8 +41,9 @@ impl Config {
 pub struct Limits {
     /// Largest envelope accepted, in bytes of JSON.
     pub max_envelope_bytes: usize,
-    /// Largest Socket.IO frame or long-polling body; a little above the envelope limit to leave
-    /// room for the event around it.
+    /// Largest Socket.IO frame or long-polling body. Twice the envelope limit, so an envelope
+    /// somewhat over its limit still gets a clear `too_large` answer; anything larger closes
+    /// the connection before it is buffered.
     pub max_frame_bytes: usize,
     /// Events per second per connection (0: unlimited).
     pub events_per_second: u32,
@@ -80,7 +81,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_envelope_bytes: 64 * 1024,
-            max_frame_bytes: 64 * 1024 + 1024,
+            max_frame_bytes: 128 * 1024,
             events_per_second: 200,
             events_burst: 400,
             pair_messages_per_second: 50,

@@ -1,0 +1,379 @@
+//! Registration and login: user-id claims (sequential and concurrent), challenge signatures
+//! (good, replayed, expired, wrong key, wrong host), what an unauthenticated socket may do.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use sotto_client::relay::RelayClient;
+use sotto_protocol::signing::authentication_message;
+use sotto_protocol::wire::{self, OneTimePrekeyJson, PublicIdentityJson, SignedPrekeyJson};
+use sotto_protocol::{IdentityKeyPair, UserId};
+use support::{TestServer, TestUser, WAIT, client_id, envelope, keys};
+
+async fn connect(server: &TestServer) -> RelayClient {
+    RelayClient::connect(&server.url, WAIT).await.unwrap().0
+}
+
+fn sign(identity: &IdentityKeyPair, host: &str, user: &str, nonce_b64: &str) -> String {
+    let nonce: [u8; 32] = wire::from_b64("nonce", nonce_b64)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let message = authentication_message(host, &UserId::parse(user).unwrap(), &nonce).unwrap();
+    wire::b64(identity.sign(&message).as_bytes())
+}
+
+#[tokio::test]
+async fn a_taken_user_id_is_refused_clearly() {
+    let server = TestServer::start().await;
+    TestUser::register(&server, "alice").await;
+    let (identity, spk, _) = keys(0);
+    let client = connect(&server).await;
+    let error = client
+        .register(
+            &UserId::parse("ALICE").unwrap(),
+            &identity,
+            spk.public(),
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.code(),
+        Some("user_taken"),
+        "ids are normalised before the check"
+    );
+}
+
+#[tokio::test]
+async fn of_concurrent_claims_exactly_one_wins() {
+    let server = TestServer::start().await;
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let url = server.url.clone();
+        tasks.push(tokio::spawn(async move {
+            let (identity, spk, _) = keys(0);
+            let client = RelayClient::connect(&url, WAIT).await.unwrap().0;
+            client
+                .register(
+                    &UserId::parse("contested").unwrap(),
+                    &identity,
+                    spk.public(),
+                    &[],
+                )
+                .await
+        }));
+    }
+    let mut wins = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(error) => assert_eq!(error.code(), Some("user_taken")),
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM users").await, 1);
+}
+
+#[tokio::test]
+async fn invalid_user_ids_are_refused() {
+    let server = TestServer::start().await;
+    let (identity, spk, _) = keys(0);
+    let client = connect(&server).await;
+    for bad in [
+        "a",
+        "has space",
+        "_underscore_first",
+        "ünïcode",
+        &"x".repeat(33),
+    ] {
+        let challenge = client.challenge().await.unwrap();
+        let answer: Result<serde_json::Value, _> = client
+            .call(
+                "user:register-key",
+                &json!({
+                    "userId": bad,
+                    "identity": PublicIdentityJson::from(identity.public()),
+                    "signedPrekey": SignedPrekeyJson::from(spk.public()),
+                    "signature": challenge.nonce,
+                }),
+            )
+            .await;
+        assert_eq!(answer.unwrap_err().code(), Some("invalid_user_id"), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn login_works_and_a_replayed_challenge_does_not() {
+    let server = TestServer::start().await;
+    let alice = TestUser::register(&server, "alice").await;
+    let host = server.addr.to_string();
+    let client = connect(&server).await;
+    let challenge = client.challenge().await.unwrap();
+    assert_eq!(challenge.host, host);
+    let signature = sign(&alice.identity, &host, "alice", &challenge.nonce);
+    let login = json!({ "userId": "alice", "signature": signature });
+    let answer: serde_json::Value = client.call("auth:login", &login).await.unwrap();
+    assert_eq!(answer["userId"], "alice");
+
+    // The same signature on another connection, which never asked for that nonce.
+    let other = connect(&server).await;
+    let error = other
+        .call::<_, serde_json::Value>("auth:login", &login)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("no_challenge"));
+    // ...or after asking for a fresh challenge: the old signature does not cover it.
+    other.challenge().await.unwrap();
+    let error = other
+        .call::<_, serde_json::Value>("auth:login", &login)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("authentication_failed"));
+    // A challenge is single use even on the connection it was issued to.
+    let third = connect(&server).await;
+    let challenge = third.challenge().await.unwrap();
+    let bad = json!({ "userId": "alice", "signature": sign(&keys(0).0, &host, "alice", &challenge.nonce) });
+    assert!(
+        third
+            .call::<_, serde_json::Value>("auth:login", &bad)
+            .await
+            .is_err()
+    );
+    let good = json!({ "userId": "alice", "signature": sign(&alice.identity, &host, "alice", &challenge.nonce) });
+    let error = third
+        .call::<_, serde_json::Value>("auth:login", &good)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("no_challenge"));
+}
+
+#[tokio::test]
+async fn wrong_key_wrong_user_and_wrong_host_are_refused() {
+    let server = TestServer::start().await;
+    let alice = TestUser::register(&server, "alice").await;
+    TestUser::register(&server, "bob").await;
+    let host = server.addr.to_string();
+    let mallory = keys(0).0;
+    let cases = [
+        ("wrong key", "alice"),
+        ("signed for bob", "alice"),
+        ("other host", "alice"),
+        ("unknown user", "carol"),
+    ];
+    for (name, user) in cases {
+        let client = connect(&server).await;
+        let challenge = client.challenge().await.unwrap();
+        let signature = match name {
+            "wrong key" => sign(&mallory, &host, "alice", &challenge.nonce),
+            "signed for bob" => sign(&alice.identity, &host, "bob", &challenge.nonce),
+            "other host" => sign(
+                &alice.identity,
+                "evil.example:3000",
+                "alice",
+                &challenge.nonce,
+            ),
+            _ => sign(&alice.identity, &host, "carol", &challenge.nonce),
+        };
+        let error = client
+            .call::<_, serde_json::Value>(
+                "auth:login",
+                &json!({ "userId": user, "signature": signature }),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Some("authentication_failed"), "{name}");
+    }
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics.contains("sotto_auth_failures_total{reason=\"bad_signature\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sotto_auth_failures_total{reason=\"unknown_user\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_challenge_is_refused() {
+    let server = TestServer::start_with(|config| {
+        config.limits.challenge_ttl = Duration::from_millis(200);
+    })
+    .await;
+    let alice = TestUser::register(&server, "alice").await;
+    let client = connect(&server).await;
+    let challenge = client.challenge().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signature = sign(
+        &alice.identity,
+        &server.addr.to_string(),
+        "alice",
+        &challenge.nonce,
+    );
+    let error = client
+        .call::<_, serde_json::Value>(
+            "auth:login",
+            &json!({ "userId": "alice", "signature": signature }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("challenge_expired"));
+}
+
+#[tokio::test]
+async fn a_registration_must_prove_the_identity_key() {
+    let server = TestServer::start().await;
+    let (identity, spk, _) = keys(0);
+    let (other, _, _) = keys(0);
+    let client = connect(&server).await;
+    let challenge = client.challenge().await.unwrap();
+    let signature = sign(&other, &server.addr.to_string(), "dave", &challenge.nonce);
+    let answer = client
+        .call::<_, serde_json::Value>(
+            "user:register-key",
+            &json!({
+                "userId": "dave",
+                "identity": PublicIdentityJson::from(identity.public()),
+                "signedPrekey": SignedPrekeyJson::from(spk.public()),
+                "signature": signature,
+            }),
+        )
+        .await;
+    assert_eq!(answer.unwrap_err().code(), Some("authentication_failed"));
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM users").await, 0);
+}
+
+#[tokio::test]
+async fn keys_with_bad_signatures_or_points_are_refused_at_registration() {
+    let server = TestServer::start().await;
+    let (identity, spk, opks) = keys(2);
+    let (other, other_spk, _) = keys(0);
+    let good_identity = PublicIdentityJson::from(identity.public());
+    let mut swapped_identity = good_identity.clone();
+    swapped_identity.dh = PublicIdentityJson::from(other.public()).dh;
+    let mut off_curve = OneTimePrekeyJson::from(&opks[0].public());
+    let mut key = wire::from_b64("k", &off_curve.key).unwrap();
+    key[64] ^= 1;
+    off_curve.key = wire::b64(&key);
+    let cases = [
+        (
+            "identity binding",
+            swapped_identity,
+            SignedPrekeyJson::from(spk.public()),
+            vec![],
+        ),
+        (
+            "prekey by another identity",
+            good_identity.clone(),
+            SignedPrekeyJson::from(other_spk.public()),
+            vec![],
+        ),
+        (
+            "off-curve one-time prekey",
+            good_identity.clone(),
+            SignedPrekeyJson::from(spk.public()),
+            vec![off_curve],
+        ),
+    ];
+    for (name, identity_json, spk_json, opk_json) in cases {
+        let client = connect(&server).await;
+        let challenge = client.challenge().await.unwrap();
+        let signature = sign(
+            &identity,
+            &server.addr.to_string(),
+            "erin",
+            &challenge.nonce,
+        );
+        let error = client
+            .call::<_, serde_json::Value>(
+                "user:register-key",
+                &json!({
+                    "userId": "erin",
+                    "identity": identity_json,
+                    "signedPrekey": spk_json,
+                    "oneTimePrekeys": opk_json,
+                    "signature": signature,
+                }),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Some("invalid_keys"), "{name}");
+    }
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM users").await, 0);
+}
+
+#[tokio::test]
+async fn an_unauthenticated_socket_can_only_register_or_log_in() {
+    let server = TestServer::start().await;
+    TestUser::register(&server, "bob").await;
+    let client = connect(&server).await;
+    let requests = [
+        ("user:request-key", json!({ "userId": "bob" })),
+        (
+            "message:send",
+            json!({ "to": "bob", "id": client_id(), "envelope": serde_json::from_str::<serde_json::Value>(envelope(1).get()).unwrap() }),
+        ),
+        ("message:ack", json!({ "ids": [1] })),
+        ("message:status", json!({ "ids": [1] })),
+    ];
+    for (event, request) in requests {
+        let error = client
+            .call::<_, serde_json::Value>(event, &request)
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Some("unauthenticated"), "{event}");
+    }
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 0);
+}
+
+#[tokio::test]
+async fn repeated_failures_close_the_connection_and_so_does_staying_anonymous() {
+    let server = TestServer::start_with(|config| {
+        config.limits.auth_timeout = Duration::from_millis(500);
+    })
+    .await;
+    TestUser::register(&server, "alice").await;
+    let client = connect(&server).await;
+    for _ in 0..5 {
+        client.challenge().await.unwrap();
+        let bad = json!({ "userId": "alice", "signature": wire::b64(&[1u8; 64]) });
+        let _ = client
+            .call::<_, serde_json::Value>("auth:login", &bad)
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!client.is_open(), "closed after too many failures");
+
+    let idle = connect(&server).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(!idle.is_open(), "closed after the login deadline");
+}
+
+#[tokio::test]
+async fn a_sender_field_cannot_be_smuggled_in() {
+    let server = TestServer::start().await;
+    let mallory = TestUser::register(&server, "mallory").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    TestUser::register(&server, "alice").await;
+    let envelope_value: serde_json::Value = serde_json::from_str(envelope(1).get()).unwrap();
+    let spoofed =
+        json!({ "to": "bob", "from": "alice", "id": client_id(), "envelope": envelope_value });
+    let error = mallory
+        .client
+        .call::<_, serde_json::Value>("message:send", &spoofed)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("bad_request"));
+    // The sender is always the authenticated user.
+    mallory
+        .client
+        .send_raw("bob", &client_id(), &envelope(2))
+        .await
+        .unwrap();
+    assert_eq!(bob.messages(1).await[0].from, "mallory");
+}

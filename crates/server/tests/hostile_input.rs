@@ -1,0 +1,290 @@
+//! Malformed payloads for every event, oversized frames on both transports, rate limits: each
+//! gets a clear error or a closed connection, and the relay carries on.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sotto_client::relay::RelayClient;
+use sotto_client::socketio::SocketIoClient;
+use support::{TestServer, TestUser, WAIT, client_id, envelope, envelope_of_size};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn malformed_payloads_get_bad_request_for_every_event() {
+    let server = TestServer::start().await;
+    let alice = TestUser::register(&server, "alice").await;
+    TestUser::register(&server, "bob").await;
+    let anonymous = RelayClient::connect(&server.url, WAIT).await.unwrap().0;
+    let junk = [
+        json!(null),
+        json!(42),
+        json!("text"),
+        json!([1, 2]),
+        json!({ "unexpected": true }),
+    ];
+    for event in ["auth:login", "user:register-key"] {
+        for payload in &junk {
+            let error = anonymous
+                .call::<_, Value>(event, payload)
+                .await
+                .unwrap_err();
+            assert_eq!(error.code(), Some("bad_request"), "{event} {payload}");
+        }
+    }
+    for event in [
+        "user:request-key",
+        "message:send",
+        "message:ack",
+        "message:status",
+    ] {
+        for payload in &junk {
+            let error = alice
+                .client
+                .call::<_, Value>(event, payload)
+                .await
+                .unwrap_err();
+            assert_eq!(error.code(), Some("bad_request"), "{event} {payload}");
+        }
+    }
+    // Envelopes of the wrong shape.
+    let good: Value = serde_json::from_str(envelope(1).get()).unwrap();
+    let mut cases = Vec::new();
+    for (field, value) in [
+        ("version", json!(2)),
+        ("suite", json!(7)),
+        ("ciphertext", json!("not base64!")),
+        ("ciphertext", json!("AAAA")),
+        ("header", json!({ "dh": "short", "pn": 0, "n": 0 })),
+        (
+            "header",
+            json!({ "dh": good["header"]["dh"], "pn": -1, "n": 0 }),
+        ),
+        ("extra", json!(1)),
+    ] {
+        let mut bad = good.clone();
+        bad[field] = value;
+        cases.push(bad);
+    }
+    for bad in cases {
+        let error = alice
+            .client
+            .call::<_, Value>(
+                "message:send",
+                &json!({ "to": "bob", "id": client_id(), "envelope": bad }),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Some("bad_request"), "{bad}");
+    }
+    for id in ["", "has space", &"x".repeat(65)] {
+        let error = alice
+            .client
+            .call::<_, Value>(
+                "message:send",
+                &json!({ "to": "bob", "id": id, "envelope": good }),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Some("bad_request"), "client id {id:?}");
+    }
+    // Unknown events are ignored; the connection stays usable.
+    alice
+        .client
+        .socket()
+        .emit("no:such-event", &json!({}))
+        .unwrap();
+    alice
+        .client
+        .socket()
+        .send_raw("42[\"message:send\"".into())
+        .unwrap();
+    alice
+        .client
+        .socket()
+        .send_raw("4299999999999999999999[\"x\"]".into())
+        .unwrap();
+    alice
+        .client
+        .socket()
+        .send_raw("not a packet".into())
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 0);
+    let fresh = RelayClient::connect(&server.url, WAIT).await.unwrap().0;
+    assert!(fresh.challenge().await.is_ok(), "the relay still answers");
+}
+
+#[tokio::test]
+async fn too_large_envelopes_get_a_clear_error() {
+    let server = TestServer::start().await;
+    let alice = TestUser::register(&server, "alice").await;
+    TestUser::register(&server, "bob").await;
+    // Inside the frame limit but over the envelope limit.
+    let big = envelope_of_size(1, 80_000);
+    let error = alice
+        .client
+        .send_raw("bob", &client_id(), &big)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("too_large"));
+    // The largest real ciphertext is fine.
+    let largest = envelope_of_size(1, 32 * 1024 + 16);
+    alice
+        .client
+        .send_raw("bob", &client_id(), &largest)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn oversized_websocket_frames_close_the_connection() {
+    let server = TestServer::start().await;
+    let (client, _) = SocketIoClient::connect(&server.url, WAIT).await.unwrap();
+    let huge = format!("42[\"message:send\",\"{}\"]", "A".repeat(32 * 1024 * 1024));
+    client.send_raw(huge).unwrap();
+    for _ in 0..100 {
+        if !client.is_open() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !client.is_open(),
+        "the relay closes a connection that sends a 32 MiB frame"
+    );
+    assert_eq!(server.get("/healthz").await.0, 200);
+}
+
+/// Opens a long-polling session and returns its sid.
+async fn polling_session(addr: std::net::SocketAddr) -> String {
+    let (status, body) = support::http_get(addr, "/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(status, 200, "{body}");
+    let open: Value = serde_json::from_str(body.trim_start_matches('0')).unwrap();
+    open["sid"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn oversized_long_polling_bodies_are_refused() {
+    let server = TestServer::start().await;
+    let sid = polling_session(server.addr).await;
+    let body = format!("42[\"x\",\"{}\"]", "A".repeat(1024 * 1024));
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: {}\r\n\
+         Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        server.addr,
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let _ = stream.write_all(body.as_bytes()).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response);
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        status == 413 || status == 400,
+        "expected a refusal, got {text:?}"
+    );
+    assert_eq!(server.get("/healthz").await.0, 200);
+}
+
+#[tokio::test]
+async fn per_connection_and_per_pair_rate_limits() {
+    let server = TestServer::start_with(|config| {
+        config.limits.events_per_second = 0;
+        config.limits.pair_messages_per_second = 5;
+        config.limits.pair_messages_burst = 10;
+    })
+    .await;
+    let alice = TestUser::register(&server, "alice").await;
+    TestUser::register(&server, "bob").await;
+    TestUser::register(&server, "carol").await;
+    let mut limited = 0;
+    for n in 0..15 {
+        match alice
+            .client
+            .send_raw("bob", &client_id(), &envelope(n))
+            .await
+        {
+            Ok(_) => {}
+            Err(error) => {
+                assert_eq!(error.code(), Some("rate_limited"));
+                assert!(error.retryable());
+                limited += 1;
+            }
+        }
+    }
+    assert_eq!(limited, 5, "a burst of 10, then refused");
+    // Another recipient has its own allowance.
+    alice
+        .client
+        .send_raw("carol", &client_id(), &envelope(1))
+        .await
+        .unwrap();
+
+    let server = TestServer::start_with(|config| {
+        config.limits.events_per_second = 10;
+        config.limits.events_burst = 20;
+    })
+    .await;
+    let client = RelayClient::connect(&server.url, WAIT).await.unwrap().0;
+    let mut refused = 0;
+    for _ in 0..30 {
+        if let Err(error) = client.challenge().await {
+            assert_eq!(error.code(), Some("rate_limited"));
+            refused += 1;
+        }
+    }
+    assert!((9..=11).contains(&refused), "refused {refused} of 30");
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics.contains("sotto_rejections_total{reason=\"rate_limited\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_recipient_queue_refuses_more() {
+    let server = TestServer::start_with(|config| {
+        config.limits.max_queue_per_recipient = 5;
+        config.limits.pair_messages_per_second = 0;
+    })
+    .await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    bob.client.close();
+    for n in 0..5 {
+        alice
+            .client
+            .send_raw("bob", &client_id(), &envelope(n))
+            .await
+            .unwrap();
+    }
+    let error = alice
+        .client
+        .send_raw("bob", &client_id(), &envelope(9))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("queue_full"));
+    // Once Bob takes delivery, there is room again.
+    bob.reconnect(&server).await;
+    let got = bob.messages(5).await;
+    bob.client
+        .ack(&got.iter().map(|m| m.id).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    alice
+        .client
+        .send_raw("bob", &client_id(), &envelope(10))
+        .await
+        .unwrap();
+}
