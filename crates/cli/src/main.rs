@@ -71,8 +71,23 @@ enum AdminCommand {
     },
 }
 
+/// Libraries that log whole frames or packets at debug and trace level. They are capped
+/// whatever `RUST_LOG` says, because frames carry keys and ciphertext and logs must not.
+const PAYLOAD_LOGGING_TARGETS: [&str; 5] = [
+    "tungstenite",
+    "tokio_tungstenite",
+    "engineioxide",
+    "socketioxide",
+    "hyper",
+];
+
 fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    for target in PAYLOAD_LOGGING_TARGETS {
+        if let Ok(directive) = format!("{target}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -50,6 +50,9 @@ pub enum RecordError {
     /// A receipt with an unknown type, a bad count or trailing bytes.
     #[error("invalid receipt")]
     InvalidReceipt,
+    /// A record of a kind this version cannot write.
+    #[error("unsupported record kind {0}")]
+    UnsupportedKind(u8),
 }
 
 /// A message digest (§7.3): SHA-256 over the label and the unpadded record.
@@ -179,7 +182,7 @@ impl Record {
                 (KIND_RECEIPT, 3 + 8 * receipt.counters.len())
             }
             // An unknown kind has no body this version could write.
-            RecordBody::Unsupported { .. } => return Err(RecordError::InvalidReceipt),
+            RecordBody::Unsupported { kind } => return Err(RecordError::UnsupportedKind(*kind)),
         };
         if RECORD_HEADER_LEN + body_len > MAX_RECORD_LEN {
             return Err(RecordError::RecordTooLarge);
