@@ -7,10 +7,19 @@ use clap::{Args, Parser, Subcommand};
 use sotto_server::{Config, storage};
 use tracing_subscriber::EnvFilter;
 
+mod commands;
+
 /// Sotto: end-to-end encrypted chat through a relay that sees only keys and ciphertext.
 #[derive(Debug, Parser)]
 #[command(name = "sotto", version, about, long_about = None)]
 struct Cli {
+    /// The relay to talk to (default: the one the identity registered with, else
+    /// http://127.0.0.1:3000).
+    #[arg(long, global = true, env = "SOTTO_SERVER")]
+    server: Option<String>,
+    /// The folder holding this client's identity and history (one identity per folder).
+    #[arg(long, global = true, env = "SOTTO_HOME")]
+    home: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,6 +31,45 @@ enum Command {
     /// Operator tools that work directly on the relay's database.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Create keys, claim USER on the relay and upload prekeys.
+    Register {
+        /// The user id to claim.
+        user: String,
+    },
+    /// Send one message; exits 0 once the relay has stored it.
+    Send {
+        /// The recipient.
+        user: String,
+        /// The message.
+        text: String,
+    },
+    /// Print received messages (`SENDER<TAB>TEXT`), each saved before it is acknowledged.
+    Recv {
+        /// Keep receiving until SECONDS pass with nothing new.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
+        /// JSON lines with sender, text, id and times.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the 60-digit safety number shared with USER, in 12 groups of 5.
+    SafetyNumber {
+        /// The contact.
+        user: String,
+    },
+    /// Mark USER's safety number verified once they confirm it matches.
+    Verify {
+        /// The contact.
+        user: String,
+        /// Do not ask (you compared the numbers already).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Accept USER's changed identity key (after comparing the new safety number).
+    Trust {
+        /// The contact.
+        user: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -157,9 +205,19 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let place = commands::Place {
+        server: cli.server.clone(),
+        home: cli.home.clone().unwrap_or_else(commands::default_home),
+    };
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Admin(command) => admin(command).await,
+        Command::Register { user } => commands::register(&place, &user).await,
+        Command::Send { user, text } => commands::send(&place, &user, &text).await,
+        Command::Recv { wait, json } => commands::recv(&place, wait, json).await,
+        Command::SafetyNumber { user } => commands::safety_number(&place, &user).await,
+        Command::Verify { user, yes } => commands::verify(&place, &user, yes).await,
+        Command::Trust { user } => commands::trust(&place, &user).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -6,6 +6,12 @@
 //! |-------------------------------------------------|-----------------|
 //! | a small Socket.IO client over WebSocket         | [`socketio`]    |
 //! | the relay's events as typed calls               | [`relay`]       |
+//! | the local SQLite store                          | [`store`]       |
+//! | sending, receiving, prekeys, key changes        | [`client`]      |
 
+pub mod client;
 pub mod relay;
 pub mod socketio;
+pub mod store;
+
+pub use client::{Client, ClientError, Event};

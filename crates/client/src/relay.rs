@@ -347,6 +347,19 @@ impl RelayClient {
         Ok(bundle)
     }
 
+    /// Looks up `user`'s current identity without consuming a prekey.
+    pub async fn identity(&self, user: &str) -> Result<sotto_protocol::PublicIdentity, RelayError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            identity: PublicIdentityJson,
+        }
+        let answer: Answer = self
+            .call("user:identity", &serde_json::json!({ "userId": user }))
+            .await?;
+        sotto_protocol::PublicIdentity::try_from(&answer.identity)
+            .map_err(|e| RelayError::Unexpected(format!("invalid identity: {e}")))
+    }
+
     /// Sends an envelope to `to`, with the sender's id `client_id` for de-duplication.
     pub async fn send(
         &self,

@@ -15,6 +15,8 @@ pub const AUTH_LOGIN: &str = "auth:login";
 pub const REGISTER_KEY: &str = "user:register-key";
 /// Client → relay: fetch a user's bundle.
 pub const REQUEST_KEY: &str = "user:request-key";
+/// Client → relay: a user's current identity (no prekey is consumed).
+pub const IDENTITY: &str = "user:identity";
 /// Relay → client: the bundle asked for (also the answer of `user:request-key`).
 pub const PUBLIC_KEY: &str = "user:public-key";
 /// Client → relay: queue a message.
@@ -266,6 +268,18 @@ pub struct BundleAnswer {
     pub user_id: String,
     /// The bundle (§8.2).
     pub bundle: sotto_protocol::wire::BundleJson,
+}
+
+/// Answer of `user:identity`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityAnswer {
+    /// Always true.
+    pub ok: bool,
+    /// Whose identity.
+    pub user_id: String,
+    /// The identity (§8.1).
+    pub identity: sotto_protocol::wire::PublicIdentityJson,
 }
 
 /// Answer of `message:send`.

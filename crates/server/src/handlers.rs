@@ -24,9 +24,9 @@ use sotto_protocol::wire::{
 use crate::auth::{self, AuthFailure};
 use crate::delivery::{self, Job, PAGE, now_ms, push_to_user};
 use crate::events::{
-    self, BundleAnswer, ChallengeAnswer, Done, ErrorCode, Failure, IdsRequest, LoginAnswer,
-    LoginRequest, PrekeysLowPush, PresencePush, RegisterRequest, RequestKeyRequest, SendRequest,
-    StatusAnswer, StatusEntry, UploadAnswer,
+    self, BundleAnswer, ChallengeAnswer, Done, ErrorCode, Failure, IdentityAnswer, IdsRequest,
+    LoginAnswer, LoginRequest, PrekeysLowPush, PresencePush, RegisterRequest, RequestKeyRequest,
+    SendRequest, StatusAnswer, StatusEntry, UploadAnswer,
 };
 use crate::state::{Connection, Relay};
 use crate::storage::{MessageStatus, NewMessage, NewUser, RegisterError};
@@ -106,6 +106,7 @@ async fn set_up_connection<A: Adapter>(
     socket.on(events::AUTH_LOGIN, on_login::<A>);
     socket.on(events::REGISTER_KEY, on_register::<A>);
     socket.on(events::REQUEST_KEY, on_request_key::<A>);
+    socket.on(events::IDENTITY, on_identity::<A>);
     socket.on(events::MESSAGE_SEND, async |_: QueuedSend| {});
     socket.on(events::MESSAGE_ACK, on_ack::<A>);
     socket.on(events::MESSAGE_STATUS, on_status::<A>);
@@ -605,6 +606,38 @@ async fn request_key<A: Adapter>(
         user_id: target.to_string(),
         bundle,
     })
+}
+
+async fn on_identity<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(request): TryData<RequestKeyRequest>,
+    ack: AckSender<A>,
+    State(relay): State<Arc<Relay<A>>>,
+) {
+    let result = async {
+        let connection = connection(&socket)?;
+        allow_event(&relay, &connection)?;
+        logged_in(&connection)?;
+        let request = request.map_err(bad_request)?;
+        let target = parse_user_id(&request.user_id)?;
+        let identity = relay
+            .storage
+            .identity(target.as_str())
+            .await
+            .map_err(|e| storage_failure(&relay, e))?
+            .ok_or_else(|| Failure::new(ErrorCode::UnknownUser, format!("no user {target}")))?;
+        Ok(IdentityAnswer {
+            ok: true,
+            user_id: target.to_string(),
+            identity: PublicIdentityJson {
+                signing: identity.signing,
+                dh: identity.dh,
+                signature: identity.signature,
+            },
+        })
+    }
+    .await;
+    answer(&relay, ack, result);
 }
 
 // ---- messages ------------------------------------------------------------------------------

@@ -1,0 +1,327 @@
+//! The terminal client's script-friendly commands: register, send, recv, safety-number, verify,
+//! trust.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sotto_client::relay::{RelayClient, RelayError};
+use sotto_client::socketio::Push;
+use sotto_client::{Client, ClientError, Event};
+use sotto_protocol::UserId;
+use tokio::sync::mpsc;
+
+/// Where the client talks to and keeps its state.
+#[derive(Debug, Clone)]
+pub struct Place {
+    /// `--server`, when given; otherwise the server the identity registered with.
+    pub server: Option<String>,
+    /// `--home`.
+    pub home: PathBuf,
+}
+
+/// The default relay.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:3000";
+
+/// The default home folder: the user's data directory.
+pub fn default_home() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("sotto")
+}
+
+fn parse_user(text: &str) -> anyhow::Result<UserId> {
+    UserId::parse(text).map_err(|e| anyhow::anyhow!("invalid user id {text:?}: {e}"))
+}
+
+/// A plain-language explanation of a client error.
+pub fn explain(error: &ClientError, server: &str) -> String {
+    match error {
+        ClientError::Relay(RelayError::Transport(_)) => {
+            format!("cannot reach the relay at {server}: is it running? ({error})")
+        }
+        ClientError::Relay(RelayError::Refused(refusal)) => match refusal.error.as_str() {
+            "unknown_user" => format!("no such user on this relay ({})", refusal.message),
+            "user_taken" => "that user id is taken; choose another".to_owned(),
+            "rate_limited" => format!(
+                "the relay is rate-limiting you; try again in {} ms",
+                refusal.retry_after_ms.unwrap_or(1000)
+            ),
+            "queue_full" => "the recipient has too many undelivered messages".to_owned(),
+            "too_large" => "the message is too large".to_owned(),
+            "authentication_failed" => {
+                "the relay does not recognise this identity (was the user id released?)".to_owned()
+            }
+            _ => format!("the relay refused: {} ({})", refusal.message, refusal.error),
+        },
+        other => other.to_string(),
+    }
+}
+
+async fn open(place: &Place) -> anyhow::Result<(Client, String)> {
+    let client = Client::open(&place.home).await?;
+    let server = place
+        .server
+        .clone()
+        .unwrap_or_else(|| client.server().to_owned());
+    Ok((client, server))
+}
+
+async fn connect(
+    client: &Client,
+    server: &str,
+) -> anyhow::Result<(RelayClient, mpsc::UnboundedReceiver<Push>, usize)> {
+    match client.connect(server).await {
+        Ok((relay, pushes, answer)) => Ok((relay, pushes, answer.queued)),
+        Err(error) => bail!("{}", explain(&error, server)),
+    }
+}
+
+/// Prints warnings for events a script's stdout should not carry.
+fn warn(event: &Event) {
+    match event {
+        Event::KeyChanged { peer } => eprintln!(
+            "warning: {peer}'s identity key changed. Compare safety numbers \
+             (sotto safety-number {peer}), then accept it with: sotto trust {peer}"
+        ),
+        Event::Missing { peer, count } => {
+            let plural = if *count == 1 { "message" } else { "messages" };
+            eprintln!(
+                "warning: {count} {plural} from {peer} are missing (not delivered by the relay)"
+            );
+        }
+        Event::Undecryptable { peer } => {
+            eprintln!("warning: a message from {peer} could not be decrypted")
+        }
+        Event::Failed { reason, .. } => eprintln!("error: a message could not be sent: {reason}"),
+        _ => {}
+    }
+}
+
+/// `sotto register USER`.
+pub async fn register(place: &Place, user: &str) -> anyhow::Result<()> {
+    let user = parse_user(user)?;
+    let server = place
+        .server
+        .clone()
+        .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
+    match Client::register(&place.home, &server, &user).await {
+        Ok((client, relay, _)) => {
+            relay.close();
+            client.close().await;
+            eprintln!(
+                "registered {user} at {server}; keys are in {}",
+                place.home.display()
+            );
+            Ok(())
+        }
+        Err(error) => bail!("{}", explain(&error, &server)),
+    }
+}
+
+/// `sotto send USER TEXT`: exits once the relay has stored the message.
+pub async fn send(place: &Place, to: &str, text: &str) -> anyhow::Result<()> {
+    let peer = parse_user(to)?;
+    let (client, server) = open(place).await?;
+    let message_id = client
+        .compose(&peer, text)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", explain(&e, &server)))?;
+    let (relay, _pushes, _) = connect(&client, &server)
+        .await
+        .context("the message is queued and will be sent on the next connection")?;
+    let events = client
+        .flush_outbox(&relay)
+        .await
+        .map_err(|e| anyhow::anyhow!("{} (the message stays queued)", explain(&e, &server)))?;
+    relay.close();
+    client.close().await;
+    let mut stored = false;
+    for event in &events {
+        match event {
+            Event::Stored { message_id: id } if *id == message_id => stored = true,
+            Event::Failed {
+                message_id: id,
+                reason,
+            } if *id == message_id => {
+                bail!("{to}: {reason}")
+            }
+            Event::KeyChanged { peer: changed } if changed == peer.as_str() => {
+                bail!("{}", ClientError::KeyChanged(peer.to_string()))
+            }
+            other => warn(other),
+        }
+    }
+    if !stored {
+        bail!("the message to {to} is queued but the relay has not stored it yet");
+    }
+    Ok(())
+}
+
+/// One received message as `recv --json` prints it.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JsonLine<'a> {
+    sender: &'a str,
+    text: &'a str,
+    id: Option<i64>,
+    sent_at: i64,
+    received_at: Option<i64>,
+}
+
+fn escape(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('\t', "\\t")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
+}
+
+/// `sotto recv`: prints received messages, each saved and acknowledged.
+pub async fn recv(place: &Place, wait: Option<u64>, json: bool) -> anyhow::Result<()> {
+    let (client, server) = open(place).await?;
+    let (relay, mut pushes, queued) = connect(&client, &server).await?;
+    for event in client.flush_outbox(&relay).await? {
+        warn(&event);
+    }
+    let mut out = std::io::stdout().lock();
+    let mut handled = 0usize;
+    // Without --wait: return once the backlog announced at login is handled (and nothing more
+    // arrives for a moment). With it: return after SECONDS with nothing new.
+    let quiet = wait.map_or(Duration::from_millis(500), Duration::from_secs);
+    loop {
+        let timeout = if wait.is_none() && handled < queued {
+            Duration::from_secs(10)
+        } else {
+            quiet
+        };
+        let Ok(Some(push)) = tokio::time::timeout(timeout, pushes.recv()).await else {
+            break;
+        };
+        let is_messages = push.event == "message:receive";
+        let events = client
+            .handle(&relay, push)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", explain(&e, &server)))?;
+        if is_messages {
+            handled += 1.max(events.len());
+        }
+        for event in events {
+            match &event {
+                Event::Received(message) => {
+                    let text = message.body.as_deref().unwrap_or_default();
+                    if json {
+                        let line = JsonLine {
+                            sender: &message.peer,
+                            text,
+                            id: message.server_id,
+                            sent_at: message.sent_at,
+                            received_at: message.received_at,
+                        };
+                        writeln!(out, "{}", serde_json::to_string(&line)?)?;
+                    } else {
+                        writeln!(out, "{}\t{}", message.peer, escape(text))?;
+                    }
+                    out.flush()?;
+                }
+                other => warn(other),
+            }
+        }
+    }
+    for event in client.refresh_delivery(&relay).await.unwrap_or_default() {
+        warn(&event);
+    }
+    relay.close();
+    client.close().await;
+    Ok(())
+}
+
+async fn number(place: &Place, peer: &UserId) -> anyhow::Result<(Client, String, bool)> {
+    let (client, server) = open(place).await?;
+    if client.store().contact(peer.as_str()).await?.is_none() {
+        let (relay, _pushes, _) = connect(&client, &server).await?;
+        client
+            .learn_identity(&relay, peer)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", explain(&e, &server)))?;
+        relay.close();
+    }
+    let (number, changed) = client.safety_number(peer).await?;
+    Ok((client, number.grouped(), changed))
+}
+
+/// `sotto safety-number USER`: the 60 digits in 12 groups of 5.
+pub async fn safety_number(place: &Place, peer: &str) -> anyhow::Result<()> {
+    let peer = parse_user(peer)?;
+    let (client, grouped, changed) = number(place, &peer).await?;
+    let verified = client
+        .store()
+        .contact(peer.as_str())
+        .await?
+        .is_some_and(|c| c.verified);
+    println!("{grouped}");
+    if changed {
+        eprintln!(
+            "{peer}'s identity changed; this is the new number. Accept it with: sotto trust {peer}"
+        );
+    } else if verified {
+        eprintln!("verified");
+    } else {
+        eprintln!(
+            "not verified: compare with {peer} in person or over a trusted channel, then run: sotto verify {peer}"
+        );
+    }
+    client.close().await;
+    Ok(())
+}
+
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
+/// `sotto verify USER`: marks the safety number verified after the person confirms it.
+pub async fn verify(place: &Place, peer: &str, yes: bool) -> anyhow::Result<()> {
+    let peer = parse_user(peer)?;
+    let (client, grouped, changed) = number(place, &peer).await?;
+    if changed {
+        bail!("{peer}'s identity changed; accept it first with: sotto trust {peer}");
+    }
+    println!("{grouped}");
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!("run in a terminal to confirm, or pass --yes after comparing the numbers");
+        }
+        if !confirm(&format!("Does {peer} see exactly these digits?"))? {
+            bail!("not verified");
+        }
+    }
+    client.verify(&peer).await?;
+    eprintln!("{peer} is verified");
+    client.close().await;
+    Ok(())
+}
+
+/// `sotto trust USER`: accepts a changed identity key.
+pub async fn trust(place: &Place, peer: &str) -> anyhow::Result<()> {
+    let peer = parse_user(peer)?;
+    let (client, _server) = open(place).await?;
+    if !client.trust(&peer).await? {
+        bail!("{peer}'s identity has not changed; nothing to accept");
+    }
+    let (number, _) = client.safety_number(&peer).await?;
+    println!("{}", number.grouped());
+    eprintln!(
+        "accepted {peer}'s new identity; compare the safety number above, then run: sotto verify {peer}"
+    );
+    client.close().await;
+    Ok(())
+}
+
+/// Whether `home` already holds an identity (for `chat` to offer registration).
+pub fn has_identity(home: &Path) -> bool {
+    home.join(sotto_client::store::DATABASE_FILE).exists()
+}

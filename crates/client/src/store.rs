@@ -1,0 +1,1006 @@
+//! The local store: one SQLite file under the client's home folder, holding the identity,
+//! prekeys, sessions, contacts, conversation counters, history and the outbox.
+//!
+//! The folder is made 0700 and the file 0600 before SQLite opens it (SQLite gives its WAL and
+//! SHM files the database file's permissions). Everything that must change together when a
+//! message is decrypted (session, contact, used prekey, counters, history) changes in one
+//! transaction, committed before the relay is told the message was received.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use sotto_protocol::prekeys::{OneTimePrekey, SignedPrekey};
+use sotto_protocol::record::MessageDigest;
+use sotto_protocol::wire::{self, PublicIdentityJson};
+use sotto_protocol::{
+    DhKeyPair, DhSecretKey, IdentityKeyPair, PublicIdentity, SessionRecord, UserId,
+};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqliteConnection, SqlitePool};
+
+/// The store's file name inside the home folder.
+pub const DATABASE_FILE: &str = "sotto.db";
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("local database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrating the database failed.
+    #[error("local database migration: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// The home folder could not be prepared.
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// Stored data does not decode (damaged, or written by a newer version).
+    #[error("local data is damaged: {0}")]
+    Corrupt(String),
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+/// The local identity and where it is registered.
+#[derive(Debug, Clone)]
+pub struct LocalIdentity {
+    /// Our user id.
+    pub user: UserId,
+    /// The relay it is registered with.
+    pub server: String,
+    /// The keys.
+    pub keys: IdentityKeyPair,
+}
+
+/// What we know about a contact's identity.
+#[derive(Debug, Clone)]
+pub struct Contact {
+    /// Who.
+    pub peer: UserId,
+    /// The identity the user accepted (first seen, or trusted after a change).
+    pub identity: PublicIdentity,
+    /// Whether the user compared safety numbers and marked it verified.
+    pub verified: bool,
+    /// A different identity seen since and not yet accepted: sending is blocked meanwhile.
+    pub pending: Option<PublicIdentity>,
+}
+
+/// A conversation's counters (PROTOCOL.md §7.3).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Records we sent to the peer.
+    pub sent: u64,
+    /// Every record up to this counter has arrived.
+    pub received_contiguous: u64,
+    /// Counters that arrived above the contiguous prefix.
+    pub received_above: Vec<u64>,
+    /// The counter and digest of the last record received (what our next record names).
+    pub last_counter: u64,
+    /// Digest of that record.
+    pub last_digest: MessageDigest,
+    /// The highest of our counters the peer says it received.
+    pub peer_received: u64,
+}
+
+impl Counters {
+    /// Records that the peer's record `counter` arrived.
+    pub fn note_received(&mut self, counter: u64, digest: MessageDigest) {
+        if counter > self.received_contiguous && !self.received_above.contains(&counter) {
+            self.received_above.push(counter);
+            self.received_above.sort_unstable();
+            while self.received_above.first() == Some(&(self.received_contiguous + 1)) {
+                self.received_above.remove(0);
+                self.received_contiguous += 1;
+            }
+        }
+        self.last_counter = counter;
+        self.last_digest = digest;
+    }
+
+    /// How many of the peer's records are missing: counters below the highest one seen that
+    /// never arrived.
+    pub fn missing(&self) -> u64 {
+        let highest = self
+            .received_above
+            .last()
+            .copied()
+            .unwrap_or(self.received_contiguous);
+        highest - self.received_contiguous - self.received_above.len() as u64
+    }
+
+    /// How many of our records the peer has not confirmed receiving.
+    pub fn unconfirmed(&self) -> u64 {
+        self.sent.saturating_sub(self.peer_received)
+    }
+}
+
+/// A message in the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Local id.
+    pub id: i64,
+    /// The other party.
+    pub peer: String,
+    /// Whether we sent it.
+    pub outgoing: bool,
+    /// The text (none for a message that could not be decrypted).
+    pub body: Option<String>,
+    /// The sender's counter.
+    pub counter: Option<u64>,
+    /// When it was sent (sender's clock), Unix ms.
+    pub sent_at: i64,
+    /// When it was received, Unix ms.
+    pub received_at: Option<i64>,
+    /// The relay's id.
+    pub server_id: Option<i64>,
+    /// `sending`, `stored`, `delivered`, `received` or `undecryptable`.
+    pub status: String,
+}
+
+/// A conversation in the list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationSummary {
+    /// The other party.
+    pub peer: String,
+    /// Messages not yet seen.
+    pub unread: u64,
+    /// The last message's text, if any.
+    pub last: Option<String>,
+    /// When the conversation last changed.
+    pub updated_at: i64,
+}
+
+/// An outbox entry.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Our id for the message (sent to the relay for de-duplication).
+    pub client_id: String,
+    /// The recipient.
+    pub peer: String,
+    /// The history row.
+    pub message_id: i64,
+    /// The envelope, once encrypted.
+    pub envelope: Option<String>,
+}
+
+/// The local store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// Connections.
+    pool: SqlitePool,
+}
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "init".into(),
+        MigrationType::Simple,
+        AssertSqlSafe(include_str!("../migrations/0001_init.sql")).into_sql_str(),
+        false,
+    )])
+}
+
+#[cfg(unix)]
+fn restrict(path: &Path, mode: u32) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        StoreError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn restrict(_: &Path, _: u32) -> Result<(), StoreError> {
+    Ok(())
+}
+
+fn identity_from_text(
+    signing: &str,
+    dh: &str,
+    signature: &str,
+) -> Result<PublicIdentity, StoreError> {
+    PublicIdentity::try_from(&PublicIdentityJson {
+        signing: signing.to_owned(),
+        dh: dh.to_owned(),
+        signature: signature.to_owned(),
+    })
+    .map_err(corrupt)
+}
+
+fn identity_text(identity: &PublicIdentity) -> PublicIdentityJson {
+    PublicIdentityJson::from(identity)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Opens (creating) the store in `home`.
+    pub async fn open(home: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(home).map_err(|source| StoreError::Io {
+            path: home.to_owned(),
+            source,
+        })?;
+        restrict(home, 0o700)?;
+        let path = home.join(DATABASE_FILE);
+        if !path.exists() {
+            std::fs::File::create(&path).map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        restrict(&path, 0o600)?;
+        let options = SqliteConnectOptions::from_str(&format!("sqlite:{}", path.display()))?
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await?;
+        migrator().run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Closes the store.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    // ---- identity and prekeys --------------------------------------------------------------
+
+    /// The local identity, if one was created.
+    pub async fn identity(&self) -> Result<Option<LocalIdentity>, StoreError> {
+        let row = sqlx::query("SELECT user_id, server, signing_secret, dh_secret FROM identity")
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let user = UserId::parse(row.get::<String, _>(0).as_str()).map_err(corrupt)?;
+        let signing: Vec<u8> = row.get(2);
+        let dh: Vec<u8> = row.get(3);
+        let keys = IdentityKeyPair::from_secret_bytes(&signing, &dh).map_err(corrupt)?;
+        Ok(Some(LocalIdentity {
+            user,
+            server: row.get(1),
+            keys,
+        }))
+    }
+
+    /// Saves a new identity with its first prekeys, in one transaction.
+    pub async fn create_identity(
+        &self,
+        identity: &LocalIdentity,
+        signed_prekey: &SignedPrekey,
+        created_at_seconds: u64,
+        one_time: &[OneTimePrekey],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO identity (id, user_id, server, signing_secret, dh_secret, created_at) \
+             VALUES (1, $1, $2, $3, $4, $5)",
+        )
+        .bind(identity.user.as_str())
+        .bind(&identity.server)
+        .bind(&identity.keys.signing_key().to_bytes()[..])
+        .bind(&identity.keys.dh_key_pair().secret().to_bytes()[..])
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        insert_signed_prekey(&mut tx, signed_prekey, created_at_seconds).await?;
+        for key in one_time {
+            insert_one_time_prekey(&mut tx, key).await?;
+        }
+        let max = one_time
+            .iter()
+            .map(OneTimePrekey::id)
+            .max()
+            .unwrap_or(0)
+            .max(signed_prekey.id());
+        advance_prekey_id(&mut tx, max).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Changes the relay this identity talks to.
+    pub async fn set_server(&self, server: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE identity SET server = $1")
+            .bind(server)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every signed prekey still kept, newest first, with creation time (Unix seconds).
+    pub async fn signed_prekeys(
+        &self,
+        identity: &IdentityKeyPair,
+    ) -> Result<Vec<(SignedPrekey, u64, bool)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_id, secret, created_at, current FROM signed_prekeys ORDER BY key_id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let id = u32::try_from(row.get::<i64, _>(0)).map_err(corrupt)?;
+                let secret: Vec<u8> = row.get(1);
+                let created = to_u64(row.get(2));
+                let prekey = SignedPrekey::from_secret_bytes(identity, id, created, &secret)
+                    .map_err(corrupt)?;
+                Ok((prekey, created, row.get::<i64, _>(3) != 0))
+            })
+            .collect()
+    }
+
+    /// Adds a new current signed prekey and forgets those older than `forget_before` (seconds).
+    pub async fn rotate_signed_prekey(
+        &self,
+        prekey: &SignedPrekey,
+        created_at_seconds: u64,
+        forget_before: u64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE signed_prekeys SET current = 0")
+            .execute(&mut *tx)
+            .await?;
+        insert_signed_prekey(&mut tx, prekey, created_at_seconds).await?;
+        advance_prekey_id(&mut tx, prekey.id()).await?;
+        sqlx::query("DELETE FROM signed_prekeys WHERE current = 0 AND created_at < $1")
+            .bind(to_i64(forget_before))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A one-time prekey by id.
+    pub async fn one_time_prekey(&self, id: u32) -> Result<Option<OneTimePrekey>, StoreError> {
+        let row = sqlx::query("SELECT secret FROM one_time_prekeys WHERE key_id = $1")
+            .bind(i64::from(id))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            let secret: Vec<u8> = row.get(0);
+            let pair = DhKeyPair::from_secret(DhSecretKey::from_bytes(&secret).map_err(corrupt)?);
+            Ok(OneTimePrekey::from_key_pair(id, pair))
+        })
+        .transpose()
+    }
+
+    /// The next unused prekey id (one-time and signed prekeys share the sequence).
+    pub async fn next_prekey_id(&self) -> Result<u32, StoreError> {
+        let next: Option<i64> = sqlx::query_scalar("SELECT next_prekey_id FROM identity")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(u32::try_from(next.unwrap_or(1)).unwrap_or(u32::MAX))
+    }
+
+    /// Adds one-time prekeys.
+    pub async fn add_one_time_prekeys(&self, keys: &[OneTimePrekey]) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        for key in keys {
+            insert_one_time_prekey(&mut tx, key).await?;
+        }
+        if let Some(max) = keys.iter().map(OneTimePrekey::id).max() {
+            advance_prekey_id(&mut tx, max).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// How many one-time prekeys are kept.
+    pub async fn one_time_prekey_count(&self) -> Result<usize, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM one_time_prekeys")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
+    // ---- sessions and contacts -------------------------------------------------------------
+
+    /// A peer's session record.
+    pub async fn session(&self, peer: &str) -> Result<SessionRecord, StoreError> {
+        let record: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT record FROM sessions WHERE peer = $1")
+                .bind(peer)
+                .fetch_optional(&self.pool)
+                .await?;
+        match record {
+            Some(bytes) => SessionRecord::from_bytes(&bytes).map_err(corrupt),
+            None => Ok(SessionRecord::new()),
+        }
+    }
+
+    /// A contact.
+    pub async fn contact(&self, peer: &str) -> Result<Option<Contact>, StoreError> {
+        let row = sqlx::query(
+            "SELECT signing, dh, signature, verified, pending_signing, pending_dh, \
+             pending_signature FROM contacts WHERE peer = $1",
+        )
+        .bind(peer)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| contact_from_row(peer, &row)).transpose()
+    }
+
+    /// Every contact.
+    pub async fn contacts(&self) -> Result<Vec<Contact>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT peer, signing, dh, signature, verified, pending_signing, pending_dh, \
+             pending_signature FROM contacts ORDER BY peer",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let peer: String = row.get(0);
+                let tail = ContactRow {
+                    signing: row.get(1),
+                    dh: row.get(2),
+                    signature: row.get(3),
+                    verified: row.get(4),
+                    pending: (row.get(5), row.get(6), row.get(7)),
+                };
+                tail.into_contact(&peer)
+            })
+            .collect()
+    }
+
+    /// Marks a contact verified (the user compared safety numbers).
+    pub async fn set_verified(&self, peer: &str, verified: bool) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE contacts SET verified = $2 WHERE peer = $1")
+            .bind(peer)
+            .bind(i64::from(verified))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Accepts a contact's changed identity: it becomes the accepted one (unverified), and
+    /// sessions with the old identity are dropped so the next message starts afresh.
+    pub async fn accept_pending(&self, peer: &str) -> Result<bool, StoreError> {
+        let Some(contact) = self.contact(peer).await? else {
+            return Ok(false);
+        };
+        let Some(pending) = contact.pending else {
+            return Ok(false);
+        };
+        let mut tx = self.begin().await?;
+        let json = identity_text(&pending);
+        sqlx::query(
+            "UPDATE contacts SET signing = $2, dh = $3, signature = $4, verified = 0, \
+             pending_signing = NULL, pending_dh = NULL, pending_signature = NULL WHERE peer = $1",
+        )
+        .bind(peer)
+        .bind(&json.signing)
+        .bind(&json.dh)
+        .bind(&json.signature)
+        .execute(&mut *tx)
+        .await?;
+        let mut record = self.session(peer).await?;
+        let kept: Vec<_> = record
+            .sessions()
+            .iter()
+            .filter(|s| s.remote_identity().same_keys(&pending))
+            .cloned()
+            .collect();
+        record.clear();
+        for session in kept.into_iter().rev() {
+            record.promote(session);
+        }
+        save_session(&mut tx, peer, &record).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    // ---- conversations and history ---------------------------------------------------------
+
+    /// A conversation's counters.
+    pub async fn counters(&self, peer: &str) -> Result<Counters, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        counters(&mut connection, peer).await
+    }
+
+    /// The conversation list, most recent first.
+    pub async fn conversations(&self) -> Result<Vec<ConversationSummary>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.peer, c.unread, c.updated_at, \
+               (SELECT body FROM messages m WHERE m.peer = c.peer ORDER BY id DESC LIMIT 1) \
+             FROM conversations c ORDER BY c.updated_at DESC, c.peer",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| ConversationSummary {
+                peer: row.get(0),
+                unread: to_u64(row.get(1)),
+                updated_at: row.get(2),
+                last: row.get(3),
+            })
+            .collect())
+    }
+
+    /// Makes sure a conversation exists (starting one with someone new).
+    pub async fn touch_conversation(&self, peer: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO conversations (peer, updated_at) VALUES ($1, $2) \
+             ON CONFLICT (peer) DO NOTHING",
+        )
+        .bind(peer)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks a conversation read.
+    pub async fn mark_read(&self, peer: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE conversations SET unread = 0 WHERE peer = $1")
+            .bind(peer)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The last `limit` messages with a peer, oldest first.
+    pub async fn history(&self, peer: &str, limit: i64) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, peer, outgoing, body, counter, sent_at, received_at, server_id, status \
+             FROM (SELECT * FROM messages WHERE peer = $1 ORDER BY id DESC LIMIT $2) ORDER BY id",
+        )
+        .bind(peer)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(message_from_row).collect())
+    }
+
+    /// Whether an incoming message with this relay id was already saved.
+    pub async fn has_incoming(&self, peer: &str, server_id: i64) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM messages WHERE peer = $1 AND outgoing = 0 AND server_id = $2",
+        )
+        .bind(peer)
+        .bind(server_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    /// Sets the status of outgoing messages by relay id (delivery receipts).
+    pub async fn mark_delivered(
+        &self,
+        server_ids: &[i64],
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut changed = Vec::new();
+        for id in server_ids {
+            let row = sqlx::query(
+                "UPDATE messages SET status = 'delivered' WHERE outgoing = 1 AND server_id = $1 \
+                 AND status != 'delivered' \
+                 RETURNING id, peer, outgoing, body, counter, sent_at, received_at, server_id, status",
+            )
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            changed.extend(row.as_ref().map(message_from_row));
+        }
+        Ok(changed)
+    }
+
+    /// Relay ids of our messages that are stored but not known to be delivered.
+    pub async fn undelivered_ids(&self) -> Result<Vec<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT server_id FROM messages WHERE outgoing = 1 AND status = 'stored' \
+             AND server_id IS NOT NULL ORDER BY id DESC LIMIT 1000",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The outbox, oldest first.
+    pub async fn outbox(&self) -> Result<Vec<Outgoing>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT client_id, peer, message_id, envelope FROM outbox ORDER BY created_at, rowid",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| Outgoing {
+                client_id: row.get(0),
+                peer: row.get(1),
+                message_id: row.get(2),
+                envelope: row.get(3),
+            })
+            .collect())
+    }
+
+    /// A history row.
+    pub async fn message(&self, id: i64) -> Result<Option<StoredMessage>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, peer, outgoing, body, counter, sent_at, received_at, server_id, status \
+             FROM messages WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(message_from_row))
+    }
+
+    /// The relay stored an outgoing message: record its id and drop it from the outbox.
+    pub async fn mark_stored(&self, client_id: &str, server_id: i64) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE messages SET server_id = $2, status = CASE WHEN status = 'sending' \
+             THEN 'stored' ELSE status END WHERE client_id = $1 AND outgoing = 1",
+        )
+        .bind(client_id)
+        .bind(server_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM outbox WHERE client_id = $1")
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The relay refused an outgoing message for good: mark it failed and drop it.
+    pub async fn mark_failed(&self, client_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE messages SET status = 'failed' WHERE client_id = $1 AND outgoing = 1")
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM outbox WHERE client_id = $1")
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+struct ContactRow {
+    signing: String,
+    dh: String,
+    signature: String,
+    verified: i64,
+    pending: (Option<String>, Option<String>, Option<String>),
+}
+
+impl ContactRow {
+    fn into_contact(self, peer: &str) -> Result<Contact, StoreError> {
+        let pending = match self.pending {
+            (Some(signing), Some(dh), Some(signature)) => {
+                Some(identity_from_text(&signing, &dh, &signature)?)
+            }
+            _ => None,
+        };
+        Ok(Contact {
+            peer: UserId::parse(peer).map_err(corrupt)?,
+            identity: identity_from_text(&self.signing, &self.dh, &self.signature)?,
+            verified: self.verified != 0,
+            pending,
+        })
+    }
+}
+
+fn contact_from_row(peer: &str, row: &sqlx::sqlite::SqliteRow) -> Result<Contact, StoreError> {
+    ContactRow {
+        signing: row.get(0),
+        dh: row.get(1),
+        signature: row.get(2),
+        verified: row.get(3),
+        pending: (row.get(4), row.get(5), row.get(6)),
+    }
+    .into_contact(peer)
+}
+
+fn message_from_row(row: &sqlx::sqlite::SqliteRow) -> StoredMessage {
+    StoredMessage {
+        id: row.get(0),
+        peer: row.get(1),
+        outgoing: row.get::<i64, _>(2) != 0,
+        body: row.get(3),
+        counter: row.get::<Option<i64>, _>(4).map(to_u64),
+        sent_at: row.get(5),
+        received_at: row.get(6),
+        server_id: row.get(7),
+        status: row.get(8),
+    }
+}
+
+async fn insert_signed_prekey(
+    tx: &mut SqliteConnection,
+    prekey: &SignedPrekey,
+    created_at_seconds: u64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO signed_prekeys (key_id, secret, created_at, current) VALUES ($1, $2, $3, 1)",
+    )
+    .bind(i64::from(prekey.id()))
+    .bind(&prekey.key_pair().secret().to_bytes()[..])
+    .bind(to_i64(created_at_seconds))
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+async fn advance_prekey_id(tx: &mut SqliteConnection, used: u32) -> Result<(), StoreError> {
+    sqlx::query("UPDATE identity SET next_prekey_id = MAX(next_prekey_id, $1)")
+        .bind(i64::from(used) + 1)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_one_time_prekey(
+    tx: &mut SqliteConnection,
+    key: &OneTimePrekey,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO one_time_prekeys (key_id, secret) VALUES ($1, $2)")
+        .bind(i64::from(key.id()))
+        .bind(&key.key_pair().secret().to_bytes()[..])
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+// ---- operations used inside a caller's transaction ---------------------------------------------
+
+/// Saves a peer's session record.
+pub async fn save_session(
+    tx: &mut SqliteConnection,
+    peer: &str,
+    record: &SessionRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO sessions (peer, record) VALUES ($1, $2) \
+         ON CONFLICT (peer) DO UPDATE SET record = excluded.record",
+    )
+    .bind(peer)
+    .bind(&record.to_bytes()[..])
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// What seeing a peer's identity meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// First contact: accepted on first use.
+    New,
+    /// The accepted identity.
+    Known,
+    /// Not the accepted identity: now pending until the user accepts it.
+    Changed,
+}
+
+/// Records that `identity` was seen for `peer`.
+pub async fn see_identity(
+    tx: &mut SqliteConnection,
+    peer: &str,
+    identity: &PublicIdentity,
+    now: i64,
+) -> Result<Seen, StoreError> {
+    let row = sqlx::query(
+        "SELECT signing, dh, signature, verified, pending_signing, pending_dh, pending_signature \
+         FROM contacts WHERE peer = $1",
+    )
+    .bind(peer)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let json = identity_text(identity);
+    let Some(row) = row else {
+        sqlx::query(
+            "INSERT INTO contacts (peer, signing, dh, signature, added_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(peer)
+        .bind(&json.signing)
+        .bind(&json.dh)
+        .bind(&json.signature)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        return Ok(Seen::New);
+    };
+    let contact = contact_from_row(peer, &row)?;
+    if contact.identity.same_keys(identity) {
+        return Ok(Seen::Known);
+    }
+    sqlx::query(
+        "UPDATE contacts SET pending_signing = $2, pending_dh = $3, pending_signature = $4, \
+         changed_at = $5 WHERE peer = $1",
+    )
+    .bind(peer)
+    .bind(&json.signing)
+    .bind(&json.dh)
+    .bind(&json.signature)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(Seen::Changed)
+}
+
+/// A conversation's counters, inside a transaction.
+pub async fn counters(tx: &mut SqliteConnection, peer: &str) -> Result<Counters, StoreError> {
+    let row = sqlx::query(
+        "SELECT sent_counter, received_contiguous, received_above, last_counter, last_digest, \
+         peer_received FROM conversations WHERE peer = $1",
+    )
+    .bind(peer)
+    .fetch_optional(tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(Counters::default());
+    };
+    let above: String = row.get(2);
+    let digest: Option<Vec<u8>> = row.get(4);
+    let mut last_digest = MessageDigest::NONE;
+    if let Some(bytes) = digest.filter(|d| d.len() == 32) {
+        last_digest.0.copy_from_slice(&bytes);
+    }
+    Ok(Counters {
+        sent: to_u64(row.get(0)),
+        received_contiguous: to_u64(row.get(1)),
+        received_above: above.split(',').filter_map(|c| c.parse().ok()).collect(),
+        last_counter: to_u64(row.get(3)),
+        last_digest,
+        peer_received: to_u64(row.get(5)),
+    })
+}
+
+/// Saves a conversation's counters; `unread` is added to its unread count.
+pub async fn save_counters(
+    tx: &mut SqliteConnection,
+    peer: &str,
+    counters: &Counters,
+    unread: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    let above = counters
+        .received_above
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    sqlx::query(
+        "INSERT INTO conversations (peer, sent_counter, received_contiguous, received_above, \
+           last_counter, last_digest, peer_received, unread, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (peer) DO UPDATE SET sent_counter = excluded.sent_counter, \
+           received_contiguous = excluded.received_contiguous, \
+           received_above = excluded.received_above, last_counter = excluded.last_counter, \
+           last_digest = excluded.last_digest, peer_received = excluded.peer_received, \
+           unread = conversations.unread + excluded.unread, updated_at = excluded.updated_at",
+    )
+    .bind(peer)
+    .bind(to_i64(counters.sent))
+    .bind(to_i64(counters.received_contiguous))
+    .bind(above)
+    .bind(to_i64(counters.last_counter))
+    .bind(&counters.last_digest.0[..])
+    .bind(to_i64(counters.peer_received))
+    .bind(unread)
+    .bind(now)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Adds a history row and returns its id.
+pub async fn insert_message(
+    tx: &mut SqliteConnection,
+    message: &StoredMessage,
+    client_id: Option<&str>,
+) -> Result<i64, StoreError> {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO messages (peer, outgoing, body, counter, sent_at, received_at, client_id, \
+           server_id, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+    )
+    .bind(&message.peer)
+    .bind(i64::from(message.outgoing))
+    .bind(&message.body)
+    .bind(message.counter.map(to_i64))
+    .bind(message.sent_at)
+    .bind(message.received_at)
+    .bind(client_id)
+    .bind(message.server_id)
+    .bind(&message.status)
+    .fetch_one(tx)
+    .await?;
+    Ok(id)
+}
+
+/// Deletes a used one-time prekey.
+pub async fn delete_one_time_prekey(tx: &mut SqliteConnection, id: u32) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM one_time_prekeys WHERE key_id = $1")
+        .bind(i64::from(id))
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Queues an outgoing message.
+pub async fn queue_outgoing(
+    tx: &mut SqliteConnection,
+    client_id: &str,
+    peer: &str,
+    message_id: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO outbox (client_id, peer, message_id, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(client_id)
+    .bind(peer)
+    .bind(message_id)
+    .bind(now)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Records an outgoing message's envelope.
+pub async fn seal_outgoing(
+    tx: &mut SqliteConnection,
+    client_id: &str,
+    envelope: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE outbox SET envelope = $2 WHERE client_id = $1")
+        .bind(client_id)
+        .bind(envelope)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Base64url of a digest, for display.
+pub fn digest_text(digest: &MessageDigest) -> String {
+    wire::b64(&digest.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_track_gaps_and_late_arrivals() {
+        let mut counters = Counters::default();
+        counters.note_received(1, MessageDigest::NONE);
+        assert_eq!(counters.missing(), 0);
+        counters.note_received(4, MessageDigest::NONE);
+        assert_eq!(counters.missing(), 2, "2 and 3 are missing");
+        counters.note_received(3, MessageDigest::NONE);
+        assert_eq!(counters.missing(), 1);
+        counters.note_received(2, MessageDigest::NONE);
+        assert_eq!(counters.missing(), 0);
+        assert_eq!(counters.received_contiguous, 4);
+        assert!(counters.received_above.is_empty());
+        counters.note_received(2, MessageDigest::NONE);
+        assert_eq!(counters.received_contiguous, 4, "a repeat changes nothing");
+    }
+}
