@@ -2,7 +2,7 @@
 //! trust.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -41,20 +41,7 @@ pub fn explain(error: &ClientError, server: &str) -> String {
         ClientError::Relay(RelayError::Transport(_)) => {
             format!("cannot reach the relay at {server}: is it running? ({error})")
         }
-        ClientError::Relay(RelayError::Refused(refusal)) => match refusal.error.as_str() {
-            "unknown_user" => format!("no such user on this relay ({})", refusal.message),
-            "user_taken" => "that user id is taken; choose another".to_owned(),
-            "rate_limited" => format!(
-                "the relay is rate-limiting you; try again in {} ms",
-                refusal.retry_after_ms.unwrap_or(1000)
-            ),
-            "queue_full" => "the recipient has too many undelivered messages".to_owned(),
-            "too_large" => "the message is too large".to_owned(),
-            "authentication_failed" => {
-                "the relay does not recognise this identity (was the user id released?)".to_owned()
-            }
-            _ => format!("the relay refused: {} ({})", refusal.message, refusal.error),
-        },
+        ClientError::Relay(RelayError::Refused(refusal)) => refusal.explain(),
         other => other.to_string(),
     }
 }
@@ -177,6 +164,28 @@ fn escape(text: &str) -> String {
         .replace('\r', "\\r")
 }
 
+fn print_message(
+    out: &mut impl Write,
+    message: &sotto_client::store::StoredMessage,
+    json: bool,
+) -> anyhow::Result<()> {
+    let text = message.body.as_deref().unwrap_or_default();
+    if json {
+        let line = JsonLine {
+            sender: &message.peer,
+            text,
+            id: message.server_id,
+            sent_at: message.sent_at,
+            received_at: message.received_at,
+        };
+        writeln!(out, "{}", serde_json::to_string(&line)?)?;
+    } else {
+        writeln!(out, "{}\t{}", message.peer, escape(text))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 /// `sotto recv`: prints received messages, each saved and acknowledged.
 pub async fn recv(place: &Place, wait: Option<u64>, json: bool) -> anyhow::Result<()> {
     let (client, server) = open(place).await?;
@@ -185,6 +194,17 @@ pub async fn recv(place: &Place, wait: Option<u64>, json: bool) -> anyhow::Resul
         warn(&event);
     }
     let mut out = std::io::stdout().lock();
+    // Saved by an earlier run that stopped before printing them.
+    for message in client.store().unseen().await? {
+        match (&message.body, message.status.as_str()) {
+            (_, "undecryptable") => warn(&Event::Undecryptable {
+                peer: message.peer.clone(),
+            }),
+            (Some(_), _) => print_message(&mut out, &message, json)?,
+            (None, _) => {}
+        }
+        client.store().mark_seen(&[message.id]).await?;
+    }
     let mut handled = 0usize;
     // Without --wait: return once the backlog announced at login is handled (and nothing more
     // arrives for a moment). With it: return after SECONDS with nothing new.
@@ -209,20 +229,8 @@ pub async fn recv(place: &Place, wait: Option<u64>, json: bool) -> anyhow::Resul
         for event in events {
             match &event {
                 Event::Received(message) => {
-                    let text = message.body.as_deref().unwrap_or_default();
-                    if json {
-                        let line = JsonLine {
-                            sender: &message.peer,
-                            text,
-                            id: message.server_id,
-                            sent_at: message.sent_at,
-                            received_at: message.received_at,
-                        };
-                        writeln!(out, "{}", serde_json::to_string(&line)?)?;
-                    } else {
-                        writeln!(out, "{}\t{}", message.peer, escape(text))?;
-                    }
-                    out.flush()?;
+                    print_message(&mut out, message, json)?;
+                    client.store().mark_seen(&[message.id]).await?;
                 }
                 other => warn(other),
             }
@@ -319,9 +327,4 @@ pub async fn trust(place: &Place, peer: &str) -> anyhow::Result<()> {
     );
     client.close().await;
     Ok(())
-}
-
-/// Whether `home` already holds an identity (for `chat` to offer registration).
-pub fn has_identity(home: &Path) -> bool {
-    home.join(sotto_client::store::DATABASE_FILE).exists()
 }

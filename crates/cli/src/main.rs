@@ -8,6 +8,7 @@ use sotto_server::{Config, storage};
 use tracing_subscriber::EnvFilter;
 
 mod commands;
+mod tui;
 
 /// Sotto: end-to-end encrypted chat through a relay that sees only keys and ciphertext.
 #[derive(Debug, Parser)]
@@ -70,6 +71,8 @@ enum Command {
         /// The contact.
         user: String,
     },
+    /// The terminal chat: conversations, safety numbers, key-change warnings. `?` for help.
+    Chat,
 }
 
 #[derive(Debug, Args)]
@@ -218,6 +221,7 @@ async fn main() -> std::process::ExitCode {
         Command::SafetyNumber { user } => commands::safety_number(&place, &user).await,
         Command::Verify { user, yes } => commands::verify(&place, &user, yes).await,
         Command::Trust { user } => commands::trust(&place, &user).await,
+        Command::Chat => tui::run(&place).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

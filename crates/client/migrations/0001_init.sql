@@ -72,7 +72,9 @@ CREATE TABLE messages (
     received_at INTEGER,
     client_id   TEXT,
     server_id   INTEGER,
-    status      TEXT    NOT NULL
+    status      TEXT    NOT NULL,
+    -- Whether the user has been shown this message (recv printed it, or the chat displayed it).
+    seen        INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX messages_incoming ON messages (peer, server_id) WHERE outgoing = 0;
 CREATE INDEX messages_by_peer ON messages (peer, id);

@@ -194,13 +194,16 @@ impl Client {
                 user: existing.user.to_string(),
             });
         }
-        let mut rng = rand::rng();
-        let keys = IdentityKeyPair::generate(&mut rng);
         let created = now_seconds();
-        let signed = SignedPrekey::generate(&keys, 1, created, &mut rng);
-        let one_time: Vec<OneTimePrekey> = (2..2 + PREKEY_TARGET as u32)
-            .map(|id| OneTimePrekey::generate(id, &mut rng))
-            .collect();
+        let (keys, signed, one_time) = {
+            let mut rng = rand::rng();
+            let keys = IdentityKeyPair::generate(&mut rng);
+            let signed = SignedPrekey::generate(&keys, 1, created, &mut rng);
+            let one_time: Vec<OneTimePrekey> = (2..2 + PREKEY_TARGET as u32)
+                .map(|id| OneTimePrekey::generate(id, &mut rng))
+                .collect();
+            (keys, signed, one_time)
+        };
         let (relay, pushes) = RelayClient::connect(server, crate::relay::DEFAULT_TIMEOUT).await?;
         let publics: Vec<_> = one_time.iter().map(OneTimePrekey::public).collect();
         relay
@@ -291,7 +294,6 @@ impl Client {
         relay: &RelayClient,
         uploaded: usize,
     ) -> Result<(), ClientError> {
-        let mut rng = rand::rng();
         let signed = self.store.signed_prekeys(&self.local.keys).await?;
         let current = signed.iter().find(|(_, _, current)| *current);
         let now = now_seconds();
@@ -300,7 +302,7 @@ impl Client {
             .is_none_or(|(_, created, _)| now.saturating_sub(*created) >= SIGNED_PREKEY_ROTATION)
         {
             let id = self.store.next_prekey_id().await?;
-            let prekey = SignedPrekey::generate(&self.local.keys, id, now, &mut rng);
+            let prekey = SignedPrekey::generate(&self.local.keys, id, now, &mut rand::rng());
             self.store
                 .rotate_signed_prekey(&prekey, now, now.saturating_sub(SIGNED_PREKEY_RETENTION))
                 .await?;
@@ -310,9 +312,12 @@ impl Client {
         if uploaded < PREKEY_LOW {
             let first = self.store.next_prekey_id().await?;
             let count = PREKEY_TARGET - uploaded;
-            fresh = (first..first + count as u32)
-                .map(|id| OneTimePrekey::generate(id, &mut rng))
-                .collect();
+            fresh = {
+                let mut rng = rand::rng();
+                (first..first + count as u32)
+                    .map(|id| OneTimePrekey::generate(id, &mut rng))
+                    .collect()
+            };
             // Saved before uploading: a key the relay hands out must exist here.
             self.store.add_one_time_prekeys(&fresh).await?;
         }
@@ -409,7 +414,10 @@ impl Client {
                     events.push(Event::KeyChanged { peer });
                 }
                 Err(ClientError::Relay(error)) if !error.retryable() => {
-                    let reason = error.to_string();
+                    let reason = match &error {
+                        RelayError::Refused(refusal) => refusal.explain(),
+                        other => other.to_string(),
+                    };
                     self.store.mark_failed(&outgoing.client_id).await?;
                     events.push(Event::Failed {
                         message_id: outgoing.message_id,
@@ -577,13 +585,15 @@ impl Client {
             }
         }
         let mut record = self.store.session(sender.as_str()).await?;
-        let decrypted = match record.decrypt(
+        // Bound first, so the thread-local generator is not held across an await.
+        let result = record.decrypt(
             self.local_party(),
             &sender,
             &envelope,
             &prekeys,
             &mut rand::rng(),
-        ) {
+        );
+        let decrypted = match result {
             Ok(decrypted) => decrypted,
             Err(DecryptError::DuplicateMessage) => return Ok(Vec::new()),
             Err(_) => return self.save_undecryptable(&sender, message, now).await,

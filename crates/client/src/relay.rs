@@ -52,6 +52,27 @@ pub enum RelayError {
     Unexpected(String),
 }
 
+impl Refusal {
+    /// The refusal in plain language.
+    pub fn explain(&self) -> String {
+        match self.error.as_str() {
+            "unknown_user" => "no such user on this relay".to_owned(),
+            "user_taken" => "that user id is taken; choose another".to_owned(),
+            "rate_limited" => format!(
+                "the relay is rate-limiting you; try again in {} ms",
+                self.retry_after_ms.unwrap_or(1000)
+            ),
+            "queue_full" => "the recipient has too many undelivered messages".to_owned(),
+            "too_large" => "the message is too large".to_owned(),
+            "authentication_failed" => {
+                "the relay does not recognise this identity (was the user id released?)".to_owned()
+            }
+            "invalid_user_id" => format!("invalid user id: {}", self.message),
+            _ => format!("the relay refused: {} ({})", self.message, self.error),
+        }
+    }
+}
+
 impl RelayError {
     /// The refusal code, if the relay refused.
     pub fn code(&self) -> Option<&str> {

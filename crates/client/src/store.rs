@@ -554,9 +554,13 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a conversation read.
+    /// Marks a conversation read (and its messages shown).
     pub async fn mark_read(&self, peer: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE conversations SET unread = 0 WHERE peer = $1")
+            .bind(peer)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("UPDATE messages SET seen = 1 WHERE peer = $1 AND seen = 0")
             .bind(peer)
             .execute(&self.pool)
             .await?;
@@ -574,6 +578,29 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(message_from_row).collect())
+    }
+
+    /// Incoming messages saved but not yet shown to the user, oldest first (a `recv` that was
+    /// killed between saving and printing prints them next time).
+    pub async fn unseen(&self) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, peer, outgoing, body, counter, sent_at, received_at, server_id, status \
+             FROM messages WHERE outgoing = 0 AND seen = 0 ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(message_from_row).collect())
+    }
+
+    /// Marks messages shown.
+    pub async fn mark_seen(&self, ids: &[i64]) -> Result<(), StoreError> {
+        for id in ids {
+            sqlx::query("UPDATE messages SET seen = 1 WHERE id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Whether an incoming message with this relay id was already saved.
