@@ -26,9 +26,7 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:3000";
 
 /// The default home folder: the user's data directory.
 pub fn default_home() -> PathBuf {
-    dirs::data_dir()
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("sotto")
+    dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("sotto")
 }
 
 fn parse_user(text: &str) -> anyhow::Result<UserId> {
@@ -48,10 +46,7 @@ pub fn explain(error: &ClientError, server: &str) -> String {
 
 async fn open(place: &Place) -> anyhow::Result<(Client, String)> {
     let client = Client::open(&place.home).await?;
-    let server = place
-        .server
-        .clone()
-        .unwrap_or_else(|| client.server().to_owned());
+    let server = place.server.clone().unwrap_or_else(|| client.server().to_owned());
     Ok((client, server))
 }
 
@@ -89,18 +84,12 @@ fn warn(event: &Event) {
 /// `sotto register USER`.
 pub async fn register(place: &Place, user: &str) -> anyhow::Result<()> {
     let user = parse_user(user)?;
-    let server = place
-        .server
-        .clone()
-        .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
+    let server = place.server.clone().unwrap_or_else(|| DEFAULT_SERVER.to_owned());
     match Client::register(&place.home, &server, &user).await {
         Ok((client, relay, _)) => {
             relay.close();
             client.close().await;
-            eprintln!(
-                "registered {user} at {server}; keys are in {}",
-                place.home.display()
-            );
+            eprintln!("registered {user} at {server}; keys are in {}", place.home.display());
             Ok(())
         }
         Err(error) => bail!("{}", explain(&error, &server)),
@@ -128,10 +117,7 @@ pub async fn send(place: &Place, to: &str, text: &str) -> anyhow::Result<()> {
     for event in &events {
         match event {
             Event::Stored { message_id: id } if *id == message_id => stored = true,
-            Event::Failed {
-                message_id: id,
-                reason,
-            } if *id == message_id => {
+            Event::Failed { message_id: id, reason } if *id == message_id => {
                 bail!("{to}: {reason}")
             }
             Event::KeyChanged { peer: changed } if changed == peer.as_str() => {
@@ -158,10 +144,7 @@ struct JsonLine<'a> {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('\\', "\\\\")
-        .replace('\t', "\\t")
-        .replace('\n', "\\n")
-        .replace('\r', "\\r")
+    text.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r")
 }
 
 fn print_message(
@@ -197,9 +180,7 @@ pub async fn recv(place: &Place, wait: Option<u64>, json: bool) -> anyhow::Resul
     // Saved by an earlier run that stopped before printing them.
     for message in client.store().unseen().await? {
         match (&message.body, message.status.as_str()) {
-            (_, "undecryptable") => warn(&Event::Undecryptable {
-                peer: message.peer.clone(),
-            }),
+            (_, "undecryptable") => warn(&Event::Undecryptable { peer: message.peer.clone() }),
             (Some(_), _) => print_message(&mut out, &message, json)?,
             (None, _) => {}
         }
@@ -210,11 +191,8 @@ pub async fn recv(place: &Place, wait: Option<u64>, json: bool) -> anyhow::Resul
     // arrives for a moment). With it: return after SECONDS with nothing new.
     let quiet = wait.map_or(Duration::from_millis(500), Duration::from_secs);
     loop {
-        let timeout = if wait.is_none() && handled < queued {
-            Duration::from_secs(10)
-        } else {
-            quiet
-        };
+        let timeout =
+            if wait.is_none() && handled < queued { Duration::from_secs(10) } else { quiet };
         let Ok(Some(push)) = tokio::time::timeout(timeout, pushes.recv()).await else {
             break;
         };
@@ -262,11 +240,7 @@ async fn number(place: &Place, peer: &UserId) -> anyhow::Result<(Client, String,
 pub async fn safety_number(place: &Place, peer: &str) -> anyhow::Result<()> {
     let peer = parse_user(peer)?;
     let (client, grouped, changed) = number(place, &peer).await?;
-    let verified = client
-        .store()
-        .contact(peer.as_str())
-        .await?
-        .is_some_and(|c| c.verified);
+    let verified = client.store().contact(peer.as_str()).await?.is_some_and(|c| c.verified);
     println!("{grouped}");
     if changed {
         eprintln!(

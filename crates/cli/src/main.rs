@@ -1,5 +1,8 @@
 //! The `sotto` command: the relay (`serve`), operator tools (`admin`) and the terminal client.
 
+// A command-line program talks through stdout (results) and stderr (everything else).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::net::SocketAddr;
 
 use anyhow::Context;
@@ -85,12 +88,15 @@ struct ServeArgs {
     database: String,
     /// Host names (host[:port]) clients may reach this relay by when a proxy rewrites the Host
     /// header; login signatures are bound to the host. Repeat for several.
-    #[arg(
-        long = "public-host",
-        env = "SOTTO_PUBLIC_HOSTS",
-        value_delimiter = ','
-    )]
+    #[arg(long = "public-host", env = "SOTTO_PUBLIC_HOSTS", value_delimiter = ',')]
     public_hosts: Vec<String>,
+    /// Redis (`redis://host:port`) to run several nodes against one PostgreSQL: the Socket.IO
+    /// Redis adapter carries pushes and presence between them.
+    #[arg(long, env = "REDIS_URL")]
+    redis: Option<String>,
+    /// Prefix of this deployment's Redis channels.
+    #[arg(long, env = "SOTTO_REDIS_PREFIX", default_value = "sotto")]
+    redis_prefix: String,
     /// Offer only the WebSocket transport (no HTTP long-polling), e.g. behind a load balancer
     /// without sticky sessions.
     #[arg(long, env = "SOTTO_WEBSOCKET_ONLY")]
@@ -124,13 +130,8 @@ enum AdminCommand {
 
 /// Libraries that log whole frames or packets at debug and trace level. They are capped
 /// whatever `RUST_LOG` says, because frames carry keys and ciphertext and logs must not.
-const PAYLOAD_LOGGING_TARGETS: [&str; 5] = [
-    "tungstenite",
-    "tokio_tungstenite",
-    "engineioxide",
-    "socketioxide",
-    "hyper",
-];
+const PAYLOAD_LOGGING_TARGETS: [&str; 5] =
+    ["tungstenite", "tokio_tungstenite", "engineioxide", "socketioxide", "hyper"];
 
 fn init_logging(json: bool) {
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -139,9 +140,7 @@ fn init_logging(json: bool) {
             filter = filter.add_directive(directive);
         }
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -177,6 +176,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::new(args.listen, args.database);
     config.public_hosts = args.public_hosts;
     config.allow_polling = !args.websocket_only;
+    config.redis_url = args.redis;
+    config.redis_prefix = args.redis_prefix;
     config.limits.events_per_second = args.events_per_second;
     config.limits.pair_messages_per_second = args.pair_messages_per_second;
     config.limits.max_queue_per_recipient = args.max_queue;

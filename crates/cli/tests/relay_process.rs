@@ -3,6 +3,8 @@
 //! huge frames leave memory flat.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+// Relay processes are killed and reaped in `Drop`.
+#![allow(clippy::zombie_processes)]
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -21,11 +23,7 @@ use sotto_protocol::{IdentityKeyPair, SignedPrekey, UserId};
 const WAIT: Duration = Duration::from_secs(10);
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 struct Relay {
@@ -38,19 +36,8 @@ struct Relay {
 fn start(database: &str, port: u16, stderr_path: &std::path::Path) -> Relay {
     let stderr = std::fs::File::create(stderr_path).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_sotto"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--database",
-            database,
-        ])
-        .args([
-            "--events-per-second",
-            "0",
-            "--pair-messages-per-second",
-            "0",
-        ])
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database", database])
+        .args(["--events-per-second", "0", "--pair-messages-per-second", "0"])
         .env("RUST_LOG", "trace")
         .stdout(Stdio::null())
         .stderr(stderr)
@@ -59,12 +46,7 @@ fn start(database: &str, port: u16, stderr_path: &std::path::Path) -> Relay {
     let url = format!("http://127.0.0.1:{port}");
     for _ in 0..300 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Relay {
-                child,
-                url,
-                port,
-                stderr_path: stderr_path.to_owned(),
-            };
+            return Relay { child, url, port, stderr_path: stderr_path.to_owned() };
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -101,10 +83,7 @@ impl Relay {
 
     fn logs(&self) -> String {
         let mut text = String::new();
-        std::fs::File::open(&self.stderr_path)
-            .unwrap()
-            .read_to_string(&mut text)
-            .unwrap();
+        std::fs::File::open(&self.stderr_path).unwrap().read_to_string(&mut text).unwrap();
         text
     }
 }
@@ -124,23 +103,14 @@ struct User {
 async fn register(
     url: &str,
     name: &str,
-) -> (
-    User,
-    RelayClient,
-    tokio::sync::mpsc::UnboundedReceiver<sotto_client::socketio::Push>,
-) {
+) -> (User, RelayClient, tokio::sync::mpsc::UnboundedReceiver<sotto_client::socketio::Push>) {
     let mut rng = rand::rng();
     let identity = IdentityKeyPair::generate(&mut rng);
     let spk = SignedPrekey::generate(&identity, 1, 1_767_225_600, &mut rng);
-    let opks: Vec<_> = (0..5)
-        .map(|i| OneTimePrekey::generate(i, &mut rng).public())
-        .collect();
+    let opks: Vec<_> = (0..5).map(|i| OneTimePrekey::generate(i, &mut rng).public()).collect();
     let id = UserId::parse(name).unwrap();
     let (client, pushes) = RelayClient::connect(url, WAIT).await.unwrap();
-    client
-        .register(&id, &identity, spk.public(), &opks)
-        .await
-        .unwrap();
+    client.register(&id, &identity, spk.public(), &opks).await.unwrap();
     (User { id, identity }, client, pushes)
 }
 
@@ -191,9 +161,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message() {
                     n += 1;
                     let client = alice_client.clone();
                     tokio::spawn(async move {
-                        client
-                            .send_raw("bob", &format!("m{n}"), &envelope(&n.to_be_bytes()))
-                            .await
+                        client.send_raw("bob", &format!("m{n}"), &envelope(&n.to_be_bytes())).await
                     })
                 })
                 .collect();
@@ -212,11 +180,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     relay.kill9();
     let acked = sender.await.unwrap();
-    assert!(
-        acked.len() > 100,
-        "the stream was under way ({} acked)",
-        acked.len()
-    );
+    assert!(acked.len() > 100, "the stream was under way ({} acked)", acked.len());
 
     let relay = start(&database, port, &dir.path().join("2.log"));
     let (client, mut pushes) = RelayClient::connect(&relay.url, WAIT).await.unwrap();
@@ -225,10 +189,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message() {
     let received = collect(&mut pushes, Duration::from_millis(1500)).await;
     let received_set: HashSet<i64> = received.iter().copied().collect();
     assert_eq!(received_set.len(), received.len(), "nothing twice");
-    let lost: Vec<&i64> = acked
-        .iter()
-        .filter(|id| !received_set.contains(id))
-        .collect();
+    let lost: Vec<&i64> = acked.iter().filter(|id| !received_set.contains(id)).collect();
     assert!(lost.is_empty(), "{} acknowledged messages lost", lost.len());
     eprintln!(
         "sigkill: {} acknowledged before the kill, {} delivered after restart, 0 lost",
@@ -250,9 +211,7 @@ async fn sigterm_finishes_in_flight_work_and_exits_cleanly() {
     for n in 0..200u32 {
         let client = alice_client.clone();
         tasks.push(tokio::spawn(async move {
-            client
-                .send_raw("bob", &format!("t{n}"), &envelope(&n.to_be_bytes()))
-                .await
+            client.send_raw("bob", &format!("t{n}"), &envelope(&n.to_be_bytes())).await
         }));
     }
     tokio::time::sleep(Duration::from_millis(30)).await;
@@ -268,14 +227,9 @@ async fn sigterm_finishes_in_flight_work_and_exits_cleanly() {
     let relay = start(&database, port, &dir.path().join("2.log"));
     let (client, mut pushes) = RelayClient::connect(&relay.url, WAIT).await.unwrap();
     client.login(&bob.id, &bob.identity).await.unwrap();
-    let received: HashSet<i64> = collect(&mut pushes, Duration::from_millis(800))
-        .await
-        .into_iter()
-        .collect();
-    assert!(
-        acked.iter().all(|id| received.contains(id)),
-        "every acknowledged message survives"
-    );
+    let received: HashSet<i64> =
+        collect(&mut pushes, Duration::from_millis(800)).await.into_iter().collect();
+    assert!(acked.iter().all(|id| received.contains(id)), "every acknowledged message survives");
 }
 
 #[tokio::test]
@@ -286,20 +240,13 @@ async fn release_user_frees_the_id_for_new_keys() {
     let (alice, alice_client, _) = register(&relay.url, "alice").await;
     let (_, bob_client, _) = register(&relay.url, "bob").await;
     alice_client.close();
-    bob_client
-        .send_raw("alice", "before-release", &envelope(b"x"))
-        .await
-        .unwrap();
+    bob_client.send_raw("alice", "before-release", &envelope(b"x")).await.unwrap();
 
     let output = Command::new(env!("CARGO_BIN_EXE_sotto"))
         .args(["admin", "release-user", "Alice", "--database", &database])
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let output = Command::new(env!("CARGO_BIN_EXE_sotto"))
         .args(["admin", "release-user", "alice", "--database", &database])
         .output()
@@ -325,16 +272,10 @@ async fn logs_carry_no_keys_ciphertext_or_envelopes() {
     let (_, bob_client, mut bob_pushes) = register(&relay.url, "bob").await;
     let marked = envelope(b"SECRET-MARKER-1234567");
     let text = marked.get().to_owned();
-    let sent = alice_client
-        .send_raw("bob", "logcheck", &marked)
-        .await
-        .unwrap();
+    let sent = alice_client.send_raw("bob", "logcheck", &marked).await.unwrap();
     let _ = collect(&mut bob_pushes, Duration::from_millis(300)).await;
     bob_client.ack(&[sent.id]).await.unwrap();
-    let bundle = alice_client
-        .request_bundle(&UserId::parse("bob").unwrap())
-        .await
-        .unwrap();
+    let bundle = alice_client.request_bundle(&UserId::parse("bob").unwrap()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let logs = relay.logs();
     assert!(logs.len() > 500, "trace logging is on");
@@ -373,9 +314,6 @@ async fn huge_frames_leave_memory_flat() {
     }
     let after = relay.rss_kb();
     eprintln!("rss before {before} kB, after 40 x 32 MiB frames {after} kB");
-    assert!(
-        after < before + 20 * 1024,
-        "memory grew from {before} kB to {after} kB"
-    );
+    assert!(after < before + 20 * 1024, "memory grew from {before} kB to {after} kB");
     let _ = relay.port;
 }

@@ -3,6 +3,8 @@
 //! `admin release-user`, and `sotto chat` driven through tmux as a person would.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+// Relay processes are killed and reaped in `Drop`.
+#![allow(clippy::zombie_processes)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -21,20 +23,10 @@ struct Relay {
 impl Relay {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let database = format!("sqlite:{}", dir.path().join("relay.db").display());
         let child = Command::new(SOTTO)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--database",
-                &database,
-            ])
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database", &database])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -45,12 +37,7 @@ impl Relay {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            database,
-            dir,
-        }
+        Self { child, url: format!("http://127.0.0.1:{port}"), database, dir }
     }
 
     fn home(&self, name: &str) -> PathBuf {
@@ -101,11 +88,7 @@ fn two_clients_chat_both_ways_and_the_offline_one_catches_up() {
         lines(&relay.ok("b", &["recv"])),
         ["alice\tHi Bob", "alice\tare you there?\\ttab and\\nnewline"]
     );
-    assert_eq!(
-        relay.ok("b", &["recv"]),
-        "",
-        "acknowledged messages do not come back"
-    );
+    assert_eq!(relay.ok("b", &["recv"]), "", "acknowledged messages do not come back");
     relay.ok("b", &["send", "alice", "Yes!"]);
     let json = relay.ok("a", &["recv", "--json"]);
     let line: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
@@ -118,11 +101,7 @@ fn two_clients_chat_both_ways_and_the_offline_one_catches_up() {
     assert_eq!(from_alice, from_bob);
     let groups: Vec<&str> = from_alice.split_whitespace().collect();
     assert_eq!(groups.len(), 12);
-    assert!(
-        groups
-            .iter()
-            .all(|g| g.len() == 5 && g.bytes().all(|b| b.is_ascii_digit()))
-    );
+    assert!(groups.iter().all(|g| g.len() == 5 && g.bytes().all(|b| b.is_ascii_digit())));
     relay.ok("a", &["verify", "bob", "--yes"]);
 }
 
@@ -133,18 +112,13 @@ fn three_clients_all_reach_each_other() {
         relay.ok(home, &["register", user]);
     }
     for (home, from) in [("a", "alice"), ("b", "bob"), ("c", "carol")] {
-        for to in ["alice", "bob", "carol"]
-            .into_iter()
-            .filter(|to| *to != from)
-        {
+        for to in ["alice", "bob", "carol"].into_iter().filter(|to| *to != from) {
             relay.ok(home, &["send", to, &format!("{from} to {to}")]);
         }
     }
     for (home, me) in [("a", "alice"), ("b", "bob"), ("c", "carol")] {
-        let mut got = lines(&relay.ok(home, &["recv"]))
-            .into_iter()
-            .map(str::to_owned)
-            .collect::<Vec<_>>();
+        let mut got =
+            lines(&relay.ok(home, &["recv"])).into_iter().map(str::to_owned).collect::<Vec<_>>();
         got.sort();
         let mut expected: Vec<String> = ["alice", "bob", "carol"]
             .into_iter()
@@ -162,15 +136,9 @@ fn clear_errors_for_unknown_users_taken_ids_and_an_unreachable_relay() {
     relay.ok("a", &["register", "alice"]);
     let output = relay.sotto("a", &["send", "nobody", "hi"]);
     assert!(!output.status.success());
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("no such user"),
-        "{output:?}"
-    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no such user"), "{output:?}");
     let output = relay.sotto("x", &["register", "alice"]);
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("taken"),
-        "{output:?}"
-    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("taken"), "{output:?}");
     let output = relay.sotto("a", &["register", "again"]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("already holds the identity alice"));
     let output = Command::new(SOTTO)
@@ -231,11 +199,7 @@ fn a_receiver_killed_mid_backlog_loses_nothing_and_shows_nothing_twice() {
         let mut child = child;
         let _ = child.kill();
         let output = child.wait_with_output().unwrap();
-        printed.extend(
-            String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .map(str::to_owned),
-        );
+        printed.extend(String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned));
     }
     printed.extend(relay.ok("b", &["recv"]).lines().map(str::to_owned));
     let expected: Vec<String> = (0..60).map(|n| format!("alice\tmessage {n}")).collect();
@@ -257,13 +221,7 @@ fn a_key_change_after_release_and_re_registration_blocks_sending_until_trusted()
 
     // Bob loses every device; the operator frees the id; Bob registers again.
     let output = Command::new(SOTTO)
-        .args([
-            "admin",
-            "release-user",
-            "bob",
-            "--database",
-            &relay.database,
-        ])
+        .args(["admin", "release-user", "bob", "--database", &relay.database])
         .output()
         .unwrap();
     assert!(output.status.success());
@@ -273,10 +231,7 @@ fn a_key_change_after_release_and_re_registration_blocks_sending_until_trusted()
     let output = relay.sotto("a", &["send", "bob", "secret for the old bob"]);
     assert!(!output.status.success());
     let error = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        error.contains("identity key changed") && error.contains("sotto trust bob"),
-        "{error}"
-    );
+    assert!(error.contains("identity key changed") && error.contains("sotto trust bob"), "{error}");
     // The safety number differs from before and matches the new Bob's.
     let after = relay.ok("a", &["safety-number", "bob"]);
     assert_ne!(before, after);
@@ -297,13 +252,7 @@ fn a_new_identity_writing_to_us_shows_the_warning_on_receive() {
     relay.ok("b", &["send", "alice", "hello"]);
     relay.ok("a", &["recv"]);
     let output = Command::new(SOTTO)
-        .args([
-            "admin",
-            "release-user",
-            "bob",
-            "--database",
-            &relay.database,
-        ])
+        .args(["admin", "release-user", "bob", "--database", &relay.database])
         .output()
         .unwrap();
     assert!(output.status.success());
@@ -311,10 +260,7 @@ fn a_new_identity_writing_to_us_shows_the_warning_on_receive() {
     relay.ok("b2", &["send", "alice", "it's me, new phone"]);
     let output = relay.sotto("a", &["recv"]);
     assert!(output.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&output.stdout),
-        "bob\tit's me, new phone\n"
-    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "bob\tit's me, new phone\n");
     assert!(String::from_utf8_lossy(&output.stderr).contains("bob's identity key changed"));
     let blocked = relay.sotto("a", &["send", "bob", "hi"]);
     assert!(!blocked.status.success());
@@ -344,33 +290,16 @@ fn the_chat_ui_driven_through_tmux() {
     relay.ok("b", &["register", "bob"]);
     relay.ok("b", &["send", "alice", "hello from bob"]);
     let session = format!("sotto-test-{}", std::process::id());
-    let command = format!(
-        "{SOTTO} --server {} --home {} chat",
-        relay.url,
-        relay.home("a").display()
-    );
-    let _ = tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "110",
-        "-y",
-        "30",
-        &command,
-    ]);
+    let command =
+        format!("{SOTTO} --server {} --home {} chat", relay.url, relay.home("a").display());
+    let _ = tmux(&["new-session", "-d", "-s", &session, "-x", "110", "-y", "30", &command]);
     let screen = wait_for_screen(&session, "hello from bob");
     assert!(screen.contains("● online"), "{screen}");
 
     // Reply as a person would: type and press Enter.
     tmux(&["send-keys", "-t", &session, "hi bob, alice here", "Enter"]);
     wait_for_screen(&session, "hi bob, alice here");
-    assert!(
-        relay
-            .ok("b", &["recv"])
-            .contains("alice\thi bob, alice here")
-    );
+    assert!(relay.ok("b", &["recv"]).contains("alice\thi bob, alice here"));
     wait_for_screen(&session, "✓✓ delivered");
 
     // A new conversation by user id, the help screen, the safety number.
@@ -386,10 +315,7 @@ fn the_chat_ui_driven_through_tmux() {
     let screen = wait_for_screen(&session, "Safety number with carol");
     let expected = relay.ok("c", &["safety-number", "alice"]);
     let groups: Vec<&str> = expected.split_whitespace().collect();
-    assert!(
-        screen.contains(&groups[..4].join("  ")),
-        "{screen}\n{expected}"
-    );
+    assert!(screen.contains(&groups[..4].join("  ")), "{screen}\n{expected}");
     tmux(&["send-keys", "-t", &session, "v"]);
     wait_for_screen(&session, "carol is verified");
     std::fs::write(relay.dir.path().join("tui.txt"), &screen).unwrap();

@@ -138,10 +138,7 @@ fn now_ms() -> i64 {
 }
 
 fn now_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// A random client message id (16 bytes, base64url).
@@ -206,17 +203,9 @@ impl Client {
         };
         let (relay, pushes) = RelayClient::connect(server, crate::relay::DEFAULT_TIMEOUT).await?;
         let publics: Vec<_> = one_time.iter().map(OneTimePrekey::public).collect();
-        relay
-            .register(user, &keys, signed.public(), &publics)
-            .await?;
-        let local = LocalIdentity {
-            user: user.clone(),
-            server: server.to_owned(),
-            keys,
-        };
-        store
-            .create_identity(&local, &signed, created, &one_time, now_ms())
-            .await?;
+        relay.register(user, &keys, signed.public(), &publics).await?;
+        let local = LocalIdentity { user: user.clone(), server: server.to_owned(), keys };
+        store.create_identity(&local, &signed, created, &one_time, now_ms()).await?;
         Ok((Self::new(store, local), relay, pushes))
     }
 
@@ -231,12 +220,7 @@ impl Client {
     }
 
     fn new(store: Store, local: LocalIdentity) -> Self {
-        Self {
-            store,
-            local,
-            locks: StdMutex::default(),
-            checked: StdMutex::default(),
-        }
+        Self { store, local, locks: StdMutex::default(), checked: StdMutex::default() }
     }
 
     /// Our user id.
@@ -265,10 +249,7 @@ impl Client {
     }
 
     fn local_party(&self) -> LocalParty<'_> {
-        LocalParty {
-            user: &self.local.user,
-            identity: &self.local.keys,
-        }
+        LocalParty { user: &self.local.user, identity: &self.local.keys }
     }
 
     /// Connects and logs in to `server`, then keeps prekeys healthy.
@@ -278,12 +259,8 @@ impl Client {
     ) -> Result<(RelayClient, mpsc::UnboundedReceiver<Push>, LoginAnswer), ClientError> {
         let (relay, pushes) = RelayClient::connect(server, crate::relay::DEFAULT_TIMEOUT).await?;
         let answer = relay.login(&self.local.user, &self.local.keys).await?;
-        self.checked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        self.maintain_prekeys(&relay, answer.one_time_prekeys)
-            .await?;
+        self.checked.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.maintain_prekeys(&relay, answer.one_time_prekeys).await?;
         Ok((relay, pushes, answer))
     }
 
@@ -323,9 +300,7 @@ impl Client {
         }
         if new_signed.is_some() || !fresh.is_empty() {
             let publics: Vec<_> = fresh.iter().map(OneTimePrekey::public).collect();
-            relay
-                .upload_prekeys(new_signed.as_ref().map(SignedPrekey::public), &publics)
-                .await?;
+            relay.upload_prekeys(new_signed.as_ref().map(SignedPrekey::public), &publics).await?;
         }
         Ok(())
     }
@@ -339,9 +314,7 @@ impl Client {
             return Err(ClientError::ToSelf);
         }
         if text.is_empty() || text.len() > sotto_protocol::record::MAX_TEXT_LEN {
-            return Err(ClientError::TooLong {
-                max: sotto_protocol::record::MAX_TEXT_LEN,
-            });
+            return Err(ClientError::TooLong { max: sotto_protocol::record::MAX_TEXT_LEN });
         }
         if let Some(contact) = self.store.contact(peer.as_str()).await?
             && contact.pending.is_some()
@@ -376,12 +349,7 @@ impl Client {
     /// Checks a peer's identity with the relay once per connection, so a changed identity
     /// (the peer re-registered) is noticed before anything is sent to the old one.
     async fn check_identity(&self, relay: &RelayClient, peer: &str) -> Result<(), ClientError> {
-        if self
-            .checked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(peer)
-        {
+        if self.checked.lock().unwrap_or_else(|e| e.into_inner()).contains(peer) {
             return Ok(());
         }
         let identity = relay.identity(peer).await?;
@@ -391,10 +359,7 @@ impl Client {
         if seen == Seen::Changed {
             return Err(ClientError::KeyChanged(peer.to_owned()));
         }
-        self.checked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(peer.to_owned());
+        self.checked.lock().unwrap_or_else(|e| e.into_inner()).insert(peer.to_owned());
         Ok(())
     }
 
@@ -419,10 +384,7 @@ impl Client {
                         other => other.to_string(),
                     };
                     self.store.mark_failed(&outgoing.client_id).await?;
-                    events.push(Event::Failed {
-                        message_id: outgoing.message_id,
-                        reason,
-                    });
+                    events.push(Event::Failed { message_id: outgoing.message_id, reason });
                 }
                 Err(error) => return Err(error),
             }
@@ -441,15 +403,9 @@ impl Client {
         };
         let raw = serde_json::value::RawValue::from_string(envelope)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let answer = relay
-            .send_raw(&outgoing.peer, &outgoing.client_id, &raw)
-            .await?;
-        self.store
-            .mark_stored(&outgoing.client_id, answer.id)
-            .await?;
-        Ok(Event::Stored {
-            message_id: outgoing.message_id,
-        })
+        let answer = relay.send_raw(&outgoing.peer, &outgoing.client_id, &raw).await?;
+        self.store.mark_stored(&outgoing.client_id, answer.id).await?;
+        Ok(Event::Stored { message_id: outgoing.message_id })
     }
 
     /// Encrypts an outbox entry, starting a session from a fresh bundle when needed, and saves
@@ -497,9 +453,8 @@ impl Client {
             counters.last_counter,
             counters.last_digest,
         );
-        let (envelope, _digest) = record
-            .encrypt(&plaintext)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let (envelope, _digest) =
+            record.encrypt(&plaintext).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let json = envelope.to_json();
         store::save_session(&mut tx, peer.as_str(), &record).await?;
         store::seal_outgoing(&mut tx, &outgoing.client_id, &json).await?;
@@ -524,10 +479,7 @@ impl Client {
                     .collect())
             }
             Incoming::Joined(peer) => Ok(vec![Event::Presence { peer, online: true }]),
-            Incoming::Left(peer) => Ok(vec![Event::Presence {
-                peer,
-                online: false,
-            }]),
+            Incoming::Left(peer) => Ok(vec![Event::Presence { peer, online: false }]),
             Incoming::PrekeysLow(remaining) => {
                 self.maintain_prekeys(relay, remaining).await?;
                 Ok(Vec::new())
@@ -568,10 +520,7 @@ impl Client {
         let Ok(envelope) = Envelope::from_json(message.envelope.get()) else {
             return self.save_undecryptable(&sender, message, now).await;
         };
-        let mut prekeys = LoadedPrekeys {
-            signed: Vec::new(),
-            one_time: None,
-        };
+        let mut prekeys = LoadedPrekeys { signed: Vec::new(), one_time: None };
         if let Some(prekey) = &envelope.prekey {
             prekeys.signed = self
                 .store
@@ -586,13 +535,8 @@ impl Client {
         }
         let mut record = self.store.session(sender.as_str()).await?;
         // Bound first, so the thread-local generator is not held across an await.
-        let result = record.decrypt(
-            self.local_party(),
-            &sender,
-            &envelope,
-            &prekeys,
-            &mut rand::rng(),
-        );
+        let result =
+            record.decrypt(self.local_party(), &sender, &envelope, &prekeys, &mut rand::rng());
         let decrypted = match result {
             Ok(decrypted) => decrypted,
             Err(DecryptError::DuplicateMessage) => return Ok(Vec::new()),
@@ -612,9 +556,7 @@ impl Client {
             // A new identity starts its own count.
             counters.received_contiguous = 0;
             counters.received_above.clear();
-            events.push(Event::KeyChanged {
-                peer: sender.to_string(),
-            });
+            events.push(Event::KeyChanged { peer: sender.to_string() });
         }
         let plaintext = &decrypted.record;
         if counters.received_contiguous == 0 && counters.received_above.is_empty() {
@@ -652,10 +594,7 @@ impl Client {
         }
         let missing = counters.missing();
         if missing > 0 && missing != missing_before {
-            events.push(Event::Missing {
-                peer: sender.to_string(),
-                count: missing,
-            });
+            events.push(Event::Missing { peer: sender.to_string(), count: missing });
         }
         Ok(events)
     }
@@ -682,9 +621,7 @@ impl Client {
         let counters = store::counters(&mut tx, sender.as_str()).await?;
         store::save_counters(&mut tx, sender.as_str(), &counters, 1, now).await?;
         tx.commit().await.map_err(StoreError::from)?;
-        Ok(vec![Event::Undecryptable {
-            peer: sender.to_string(),
-        }])
+        Ok(vec![Event::Undecryptable { peer: sender.to_string() }])
     }
 
     /// Asks the relay about our messages not yet known delivered (receipts missed offline).
@@ -700,13 +637,7 @@ impl Client {
             .filter(|(_, status)| status == "delivered")
             .map(|(id, _)| id)
             .collect();
-        Ok(self
-            .store
-            .mark_delivered(&delivered)
-            .await?
-            .into_iter()
-            .map(Event::Delivered)
-            .collect())
+        Ok(self.store.mark_delivered(&delivered).await?.into_iter().map(Event::Delivered).collect())
     }
 
     // ---- identities -------------------------------------------------------------------------
@@ -755,10 +686,7 @@ impl Client {
     /// Accepts `peer`'s changed identity. False if nothing had changed.
     pub async fn trust(&self, peer: &UserId) -> Result<bool, ClientError> {
         let accepted = self.store.accept_pending(peer.as_str()).await?;
-        self.checked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(peer.as_str());
+        self.checked.lock().unwrap_or_else(|e| e.into_inner()).remove(peer.as_str());
         Ok(accepted)
     }
 

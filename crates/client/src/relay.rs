@@ -190,21 +190,21 @@ impl Incoming {
         }
         let data = push.data.get();
         let decoded = match push.event.as_str() {
-            "message:receive" => serde_json::from_str::<Messages>(data)
-                .ok()
-                .map(|m| Incoming::Messages(m.messages)),
-            "message:delivered" => serde_json::from_str::<Receipts>(data)
-                .ok()
-                .map(|r| Incoming::Delivered(r.receipts)),
-            "user:joined" => serde_json::from_str::<Presence>(data)
-                .ok()
-                .map(|p| Incoming::Joined(p.user_id)),
-            "user:left" => serde_json::from_str::<Presence>(data)
-                .ok()
-                .map(|p| Incoming::Left(p.user_id)),
-            "prekeys:low" => serde_json::from_str::<Low>(data)
-                .ok()
-                .map(|l| Incoming::PrekeysLow(l.remaining)),
+            "message:receive" => {
+                serde_json::from_str::<Messages>(data).ok().map(|m| Incoming::Messages(m.messages))
+            }
+            "message:delivered" => {
+                serde_json::from_str::<Receipts>(data).ok().map(|r| Incoming::Delivered(r.receipts))
+            }
+            "user:joined" => {
+                serde_json::from_str::<Presence>(data).ok().map(|p| Incoming::Joined(p.user_id))
+            }
+            "user:left" => {
+                serde_json::from_str::<Presence>(data).ok().map(|p| Incoming::Left(p.user_id))
+            }
+            "prekeys:low" => {
+                serde_json::from_str::<Low>(data).ok().map(|l| Incoming::PrekeysLow(l.remaining))
+            }
             _ => None,
         };
         decoded.unwrap_or(Incoming::Other(push))
@@ -352,18 +352,12 @@ impl RelayClient {
         struct Answer {
             bundle: BundleJson,
         }
-        let answer: Answer = self
-            .call(
-                "user:request-key",
-                &serde_json::json!({ "userId": user.as_str() }),
-            )
-            .await?;
+        let answer: Answer =
+            self.call("user:request-key", &serde_json::json!({ "userId": user.as_str() })).await?;
         let bundle = PrekeyBundle::try_from(&answer.bundle)
             .map_err(|e| RelayError::Unexpected(format!("invalid bundle: {e}")))?;
         if bundle.user_id() != user {
-            return Err(RelayError::Unexpected(
-                "the relay sent someone else's bundle".into(),
-            ));
+            return Err(RelayError::Unexpected("the relay sent someone else's bundle".into()));
         }
         Ok(bundle)
     }
@@ -374,9 +368,8 @@ impl RelayClient {
         struct Answer {
             identity: PublicIdentityJson,
         }
-        let answer: Answer = self
-            .call("user:identity", &serde_json::json!({ "userId": user }))
-            .await?;
+        let answer: Answer =
+            self.call("user:identity", &serde_json::json!({ "userId": user })).await?;
         sotto_protocol::PublicIdentity::try_from(&answer.identity)
             .map_err(|e| RelayError::Unexpected(format!("invalid identity: {e}")))
     }
@@ -406,22 +399,12 @@ impl RelayClient {
             id: &'a str,
             envelope: &'a RawValue,
         }
-        self.call(
-            "message:send",
-            &Request {
-                to,
-                id: client_id,
-                envelope,
-            },
-        )
-        .await
+        self.call("message:send", &Request { to, id: client_id, envelope }).await
     }
 
     /// Acknowledges received messages (after they are saved).
     pub async fn ack(&self, ids: &[i64]) -> Result<(), RelayError> {
-        let _: Value = self
-            .call("message:ack", &serde_json::json!({ "ids": ids }))
-            .await?;
+        let _: Value = self.call("message:ack", &serde_json::json!({ "ids": ids })).await?;
         Ok(())
     }
 
@@ -436,13 +419,8 @@ impl RelayClient {
         struct Answer {
             statuses: Vec<Entry>,
         }
-        let answer: Answer = self
-            .call("message:status", &serde_json::json!({ "ids": ids }))
-            .await?;
-        Ok(answer
-            .statuses
-            .into_iter()
-            .map(|e| (e.id, e.status))
-            .collect())
+        let answer: Answer =
+            self.call("message:status", &serde_json::json!({ "ids": ids })).await?;
+        Ok(answer.statuses.into_iter().map(|e| (e.id, e.status)).collect())
     }
 }

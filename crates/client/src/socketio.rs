@@ -97,21 +97,15 @@ pub fn websocket_url(server: &str) -> Result<String, TransportError> {
         "https" | "wss" => "wss",
         _ => return Err(TransportError::InvalidUrl(server.to_owned())),
     };
-    let host = url
-        .host_str()
-        .ok_or_else(|| TransportError::InvalidUrl(server.to_owned()))?;
+    let host = url.host_str().ok_or_else(|| TransportError::InvalidUrl(server.to_owned()))?;
     let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
-    Ok(format!(
-        "{scheme}://{host}{port}/socket.io/?EIO=4&transport=websocket"
-    ))
+    Ok(format!("{scheme}://{host}{port}/socket.io/?EIO=4&transport=websocket"))
 }
 
 /// The `host[:port]` a client connecting to `server` presents (what it signs at login).
 pub fn authority(server: &str) -> Result<String, TransportError> {
     let url = url::Url::parse(server).map_err(|_| TransportError::InvalidUrl(server.to_owned()))?;
-    let host = url
-        .host_str()
-        .ok_or_else(|| TransportError::InvalidUrl(server.to_owned()))?;
+    let host = url.host_str().ok_or_else(|| TransportError::InvalidUrl(server.to_owned()))?;
     Ok(match url.port() {
         Some(port) => format!("{host}:{port}"),
         None => host.to_owned(),
@@ -145,29 +139,21 @@ impl SocketIoClient {
         // Engine.IO open, then Socket.IO connect on "/".
         let open = next_text(&mut stream).await?;
         if !open.starts_with('0') {
-            return Err(TransportError::Protocol(format!(
-                "expected an open packet, got {open:?}"
-            )));
+            return Err(TransportError::Protocol(format!("expected an open packet, got {open:?}")));
         }
-        sink.send(Message::text("40"))
-            .await
-            .map_err(|e| TransportError::Connect(e.to_string()))?;
+        sink.send(Message::text("40")).await.map_err(|e| TransportError::Connect(e.to_string()))?;
         loop {
             let packet = next_text(&mut stream).await?;
             match packet.as_str() {
                 "2" => {
-                    sink.send(Message::text("3"))
-                        .await
-                        .map_err(|_| TransportError::Closed)?;
+                    sink.send(Message::text("3")).await.map_err(|_| TransportError::Closed)?;
                 }
                 text if text.starts_with("40") => break,
                 text if text.starts_with("44") => {
                     return Err(TransportError::Refused(text[2..].to_owned()));
                 }
                 other => {
-                    return Err(TransportError::Protocol(format!(
-                        "unexpected packet {other:?}"
-                    )));
+                    return Err(TransportError::Protocol(format!("unexpected packet {other:?}")));
                 }
             }
         }
@@ -202,14 +188,7 @@ impl SocketIoClient {
             // Dropping the senders fails every waiting request with `Closed`.
             reader_shared.pending.lock().await.clear();
         });
-        Ok((
-            Self {
-                outgoing,
-                next_ack: Arc::new(AtomicU64::new(0)),
-                shared,
-            },
-            pushes_rx,
-        ))
+        Ok((Self { outgoing, next_ack: Arc::new(AtomicU64::new(0)), shared }, pushes_rx))
     }
 
     /// Whether the connection is still open.
@@ -219,11 +198,8 @@ impl SocketIoClient {
 
     /// Emits an event without asking for an acknowledgement.
     pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<(), TransportError> {
-        let packet = format!(
-            "42[{},{}]",
-            serde_json::to_string(event)?,
-            serde_json::to_string(data)?
-        );
+        let packet =
+            format!("42[{},{}]", serde_json::to_string(event)?, serde_json::to_string(data)?);
         self.send_raw(packet)
     }
 
@@ -237,11 +213,8 @@ impl SocketIoClient {
         let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.shared.pending.lock().await.insert(id, tx);
-        let packet = format!(
-            "42{id}[{},{}]",
-            serde_json::to_string(event)?,
-            serde_json::to_string(data)?
-        );
+        let packet =
+            format!("42{id}[{},{}]", serde_json::to_string(event)?, serde_json::to_string(data)?);
         if let Err(error) = self.send_raw(packet) {
             self.shared.pending.lock().await.remove(&id);
             return Err(error);
@@ -263,9 +236,7 @@ impl SocketIoClient {
         data: &T,
         timeout: Duration,
     ) -> Result<R, TransportError> {
-        Ok(serde_json::from_value(
-            self.request(event, data, timeout).await?,
-        )?)
+        Ok(serde_json::from_value(self.request(event, data, timeout).await?)?)
     }
 
     /// Sends a raw Engine.IO text packet. For tests and fuzzers that need to send what a
@@ -274,16 +245,12 @@ impl SocketIoClient {
         if !self.is_open() {
             return Err(TransportError::Closed);
         }
-        self.outgoing
-            .send(Message::text(packet))
-            .map_err(|_| TransportError::Closed)
+        self.outgoing.send(Message::text(packet)).map_err(|_| TransportError::Closed)
     }
 
     /// Sends a raw WebSocket message (binary frames, oversized frames) — for tests.
     pub fn send_message(&self, message: Message) -> Result<(), TransportError> {
-        self.outgoing
-            .send(message)
-            .map_err(|_| TransportError::Closed)
+        self.outgoing.send(message).map_err(|_| TransportError::Closed)
     }
 
     /// Disconnects: Socket.IO disconnect, then the WebSocket close.
@@ -310,9 +277,7 @@ where
 
 /// Splits `<digits>rest` into the number and the rest.
 fn leading_id(text: &str) -> (Option<u64>, &str) {
-    let end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     (text[..end].parse().ok(), &text[end..])
 }
 
@@ -348,11 +313,7 @@ async fn handle_packet(
                 if let (Some(id), Ok(Value::Array(mut args))) =
                     (id, serde_json::from_str::<Value>(body))
                 {
-                    let first = if args.is_empty() {
-                        Value::Null
-                    } else {
-                        args.swap_remove(0)
-                    };
+                    let first = if args.is_empty() { Value::Null } else { args.swap_remove(0) };
                     if let Some(waiter) = shared.pending.lock().await.remove(&id) {
                         let _ = waiter.send(first);
                     }
@@ -380,10 +341,7 @@ mod tests {
             "wss://chat.example/socket.io/?EIO=4&transport=websocket"
         );
         assert!(websocket_url("ftp://x").is_err());
-        assert_eq!(
-            authority("http://localhost:3000").unwrap(),
-            "localhost:3000"
-        );
+        assert_eq!(authority("http://localhost:3000").unwrap(), "localhost:3000");
         assert_eq!(authority("https://chat.example").unwrap(), "chat.example");
     }
 

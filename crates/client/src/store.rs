@@ -107,11 +107,7 @@ impl Counters {
     /// How many of the peer's records are missing: counters below the highest one seen that
     /// never arrived.
     pub fn missing(&self) -> u64 {
-        let highest = self
-            .received_above
-            .last()
-            .copied()
-            .unwrap_or(self.received_contiguous);
+        let highest = self.received_above.last().copied().unwrap_or(self.received_contiguous);
         highest - self.received_contiguous - self.received_above.len() as u64
     }
 
@@ -190,12 +186,8 @@ fn migrator() -> Migrator {
 #[cfg(unix)]
 fn restrict(path: &Path, mode: u32) -> Result<(), StoreError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
-        StoreError::Io {
-            path: path.to_owned(),
-            source,
-        }
-    })
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|source| StoreError::Io { path: path.to_owned(), source })
 }
 
 #[cfg(not(unix))]
@@ -231,27 +223,20 @@ fn to_i64(value: u64) -> i64 {
 impl Store {
     /// Opens (creating) the store in `home`.
     pub async fn open(home: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(home).map_err(|source| StoreError::Io {
-            path: home.to_owned(),
-            source,
-        })?;
+        std::fs::create_dir_all(home)
+            .map_err(|source| StoreError::Io { path: home.to_owned(), source })?;
         restrict(home, 0o700)?;
         let path = home.join(DATABASE_FILE);
         if !path.exists() {
-            std::fs::File::create(&path).map_err(|source| StoreError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            std::fs::File::create(&path)
+                .map_err(|source| StoreError::Io { path: path.clone(), source })?;
         }
         restrict(&path, 0o600)?;
         let options = SqliteConnectOptions::from_str(&format!("sqlite:{}", path.display()))?
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(options)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(2).connect_with(options).await?;
         migrator().run(&pool).await?;
         Ok(Self { pool })
     }
@@ -278,11 +263,7 @@ impl Store {
         let signing: Vec<u8> = row.get(2);
         let dh: Vec<u8> = row.get(3);
         let keys = IdentityKeyPair::from_secret_bytes(&signing, &dh).map_err(corrupt)?;
-        Ok(Some(LocalIdentity {
-            user,
-            server: row.get(1),
-            keys,
-        }))
+        Ok(Some(LocalIdentity { user, server: row.get(1), keys }))
     }
 
     /// Saves a new identity with its first prekeys, in one transaction.
@@ -310,12 +291,7 @@ impl Store {
         for key in one_time {
             insert_one_time_prekey(&mut tx, key).await?;
         }
-        let max = one_time
-            .iter()
-            .map(OneTimePrekey::id)
-            .max()
-            .unwrap_or(0)
-            .max(signed_prekey.id());
+        let max = one_time.iter().map(OneTimePrekey::id).max().unwrap_or(0).max(signed_prekey.id());
         advance_prekey_id(&mut tx, max).await?;
         tx.commit().await?;
         Ok(())
@@ -323,10 +299,7 @@ impl Store {
 
     /// Changes the relay this identity talks to.
     pub async fn set_server(&self, server: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE identity SET server = $1")
-            .bind(server)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query("UPDATE identity SET server = $1").bind(server).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -360,9 +333,7 @@ impl Store {
         forget_before: u64,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query("UPDATE signed_prekeys SET current = 0")
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("UPDATE signed_prekeys SET current = 0").execute(&mut *tx).await?;
         insert_signed_prekey(&mut tx, prekey, created_at_seconds).await?;
         advance_prekey_id(&mut tx, prekey.id()).await?;
         sqlx::query("DELETE FROM signed_prekeys WHERE current = 0 AND created_at < $1")
@@ -908,12 +879,7 @@ pub async fn save_counters(
     unread: i64,
     now: i64,
 ) -> Result<(), StoreError> {
-    let above = counters
-        .received_above
-        .iter()
-        .map(u64::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let above = counters.received_above.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     sqlx::query(
         "INSERT INTO conversations (peer, sent_counter, received_contiguous, received_above, \
            last_counter, last_digest, peer_received, unread, updated_at) \

@@ -63,49 +63,22 @@ fn pair() -> Pair {
     )
     .unwrap();
     let mut alice_sessions = SessionRecord::new();
-    let local = LocalParty {
-        user: &alice,
-        identity: &alice_id,
-    };
+    let local = LocalParty { user: &alice, identity: &alice_id };
     alice_sessions.promote(Session::initiate(local, &bob, &bundle, &mut rng).unwrap());
     let mut bob_sessions = SessionRecord::new();
     let (first, _) = alice_sessions.encrypt(&text(1)).unwrap();
-    let local = LocalParty {
-        user: &bob,
-        identity: &bob_id,
-    };
-    bob_sessions
-        .decrypt(local, &alice, &first, &keys, &mut rng)
-        .unwrap();
+    let local = LocalParty { user: &bob, identity: &bob_id };
+    bob_sessions.decrypt(local, &alice, &first, &keys, &mut rng).unwrap();
     // One reply so Alice stops sending prekey headers.
     let (reply, _) = bob_sessions.encrypt(&text(1)).unwrap();
-    let local = LocalParty {
-        user: &alice,
-        identity: &alice_id,
-    };
-    alice_sessions
-        .decrypt(local, &bob, &reply, &keys, &mut rng)
-        .unwrap();
-    Pair {
-        alice,
-        bob,
-        alice_id,
-        bob_id,
-        alice_sessions,
-        bob_sessions,
-        rng,
-    }
+    let local = LocalParty { user: &alice, identity: &alice_id };
+    alice_sessions.decrypt(local, &bob, &reply, &keys, &mut rng).unwrap();
+    Pair { alice, bob, alice_id, bob_id, alice_sessions, bob_sessions, rng }
 }
 
 /// A text record whose padded form is 256 bytes.
 fn text(counter: u64) -> Record {
-    Record::text(
-        &"m".repeat(150),
-        1_767_225_600_000,
-        counter,
-        0,
-        MessageDigest::NONE,
-    )
+    Record::text(&"m".repeat(150), 1_767_225_600_000, counter, 0, MessageDigest::NONE)
 }
 
 fn bench_x3dh(c: &mut Criterion) {
@@ -116,13 +89,9 @@ fn bench_x3dh(c: &mut Criterion) {
     let bob_id = IdentityKeyPair::generate(&mut rng);
     let spk = SignedPrekey::generate(&bob_id, 1, 0, &mut rng);
     let opk = OneTimePrekey::generate(1, &mut rng);
-    let bundle = PrekeyBundle::new(
-        bob.clone(),
-        *bob_id.public(),
-        *spk.public(),
-        Some(opk.public()),
-    )
-    .unwrap();
+    let bundle =
+        PrekeyBundle::new(bob.clone(), *bob_id.public(), *spk.public(), Some(opk.public()))
+            .unwrap();
     c.bench_function("x3dh initiate + respond (with one-time prekey)", |b| {
         b.iter(|| {
             let ephemeral = DhKeyPair::generate(&mut rng);
@@ -141,15 +110,7 @@ fn bench_x3dh(c: &mut Criterion) {
 fn bench_ratchet(c: &mut Criterion) {
     let mut group = c.benchmark_group("ratchet 256 B");
     group.throughput(Throughput::Elements(1));
-    let Pair {
-        alice,
-        bob,
-        bob_id,
-        mut alice_sessions,
-        mut bob_sessions,
-        mut rng,
-        ..
-    } = pair();
+    let Pair { alice, bob, bob_id, mut alice_sessions, mut bob_sessions, mut rng, .. } = pair();
     let keys = Keys {
         signed: SignedPrekey::generate(&bob_id, 9, 0, &mut rng),
         one_time: OneTimePrekey::generate(9, &mut rng),
@@ -159,52 +120,24 @@ fn bench_ratchet(c: &mut Criterion) {
     group.bench_function("encrypt + decrypt, in-chain", |b| {
         b.iter(|| {
             let (envelope, _) = alice_sessions.encrypt(&record).unwrap();
-            let local = LocalParty {
-                user: &bob,
-                identity: &bob_id,
-            };
-            black_box(
-                bob_sessions
-                    .decrypt(local, &alice, &envelope, &keys, &mut rng)
-                    .unwrap(),
-            );
+            let local = LocalParty { user: &bob, identity: &bob_id };
+            black_box(bob_sessions.decrypt(local, &alice, &envelope, &keys, &mut rng).unwrap());
         })
     });
 
-    let Pair {
-        alice,
-        bob,
-        alice_id,
-        bob_id,
-        mut alice_sessions,
-        mut bob_sessions,
-        mut rng,
-    } = pair();
+    let Pair { alice, bob, alice_id, bob_id, mut alice_sessions, mut bob_sessions, mut rng } =
+        pair();
     group.bench_function("encrypt + decrypt, DH step every message", |b| {
         let mut alice_turn = true;
         b.iter(|| {
             if alice_turn {
                 let (envelope, _) = alice_sessions.encrypt(&record).unwrap();
-                let local = LocalParty {
-                    user: &bob,
-                    identity: &bob_id,
-                };
-                black_box(
-                    bob_sessions
-                        .decrypt(local, &alice, &envelope, &keys, &mut rng)
-                        .unwrap(),
-                );
+                let local = LocalParty { user: &bob, identity: &bob_id };
+                black_box(bob_sessions.decrypt(local, &alice, &envelope, &keys, &mut rng).unwrap());
             } else {
                 let (envelope, _) = bob_sessions.encrypt(&record).unwrap();
-                let local = LocalParty {
-                    user: &alice,
-                    identity: &alice_id,
-                };
-                black_box(
-                    alice_sessions
-                        .decrypt(local, &bob, &envelope, &keys, &mut rng)
-                        .unwrap(),
-                );
+                let local = LocalParty { user: &alice, identity: &alice_id };
+                black_box(alice_sessions.decrypt(local, &bob, &envelope, &keys, &mut rng).unwrap());
             }
             alice_turn = !alice_turn;
         })
@@ -216,21 +149,10 @@ fn bench_ratchet(c: &mut Criterion) {
 }
 
 fn bench_safety_number(c: &mut Criterion) {
-    let Pair {
-        alice,
-        bob,
-        alice_id,
-        bob_id,
-        ..
-    } = pair();
+    let Pair { alice, bob, alice_id, bob_id, .. } = pair();
     c.bench_function("safety number", |b| {
         b.iter(|| {
-            black_box(SafetyNumber::compute(
-                &alice,
-                alice_id.public(),
-                &bob,
-                bob_id.public(),
-            ))
+            black_box(SafetyNumber::compute(&alice, alice_id.public(), &bob, bob_id.public()))
         })
     });
 }

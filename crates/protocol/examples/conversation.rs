@@ -42,10 +42,7 @@ fn main() {
     let mut bob_prekeys = InMemoryPrekeyStore::default();
     bob_prekeys.add_signed_prekey(bob_spk);
     bob_prekeys.add_one_time_prekey(bob_opk);
-    println!(
-        "bob published a bundle, {} bytes of JSON",
-        bundle.to_json().len()
-    );
+    println!("bob published a bundle, {} bytes of JSON", bundle.to_json().len());
 
     let text = |t: &str, n: u64| Record::text(t, 1_767_225_600_000 + n, n, 0, MessageDigest::NONE);
     let (first, _) = store::encrypt(
@@ -57,10 +54,7 @@ fn main() {
         &mut rng,
     )
     .unwrap();
-    println!(
-        "alice -> bob: prekey message, {} bytes of JSON",
-        first.to_json().len()
-    );
+    println!("alice -> bob: prekey message, {} bytes of JSON", first.to_json().len());
     let (late, _) = store::encrypt(
         &mut alice_ids,
         &mut alice_sessions,
@@ -71,15 +65,9 @@ fn main() {
     )
     .unwrap();
 
-    let (got, change) = store::decrypt(
-        &mut bob_ids,
-        &mut bob_prekeys,
-        &mut bob_sessions,
-        &alice,
-        &first,
-        &mut rng,
-    )
-    .unwrap();
+    let (got, change) =
+        store::decrypt(&mut bob_ids, &mut bob_prekeys, &mut bob_sessions, &alice, &first, &mut rng)
+            .unwrap();
     println!(
         "bob reads {:?} ({change:?} identity), one-time prekey used: {:?}",
         got.record.as_text().unwrap(),
@@ -104,32 +92,14 @@ fn main() {
         &mut rng,
     )
     .unwrap();
-    println!(
-        "alice reads {:?} after a DH ratchet step",
-        got.record.as_text().unwrap()
-    );
+    println!("alice reads {:?} after a DH ratchet step", got.record.as_text().unwrap());
 
-    let (got, _) = store::decrypt(
-        &mut bob_ids,
-        &mut bob_prekeys,
-        &mut bob_sessions,
-        &alice,
-        &late,
-        &mut rng,
-    )
-    .unwrap();
-    println!(
-        "bob reads the late message {:?} from a skipped key",
-        got.record.as_text().unwrap()
-    );
-    let again = store::decrypt(
-        &mut bob_ids,
-        &mut bob_prekeys,
-        &mut bob_sessions,
-        &alice,
-        &late,
-        &mut rng,
-    );
+    let (got, _) =
+        store::decrypt(&mut bob_ids, &mut bob_prekeys, &mut bob_sessions, &alice, &late, &mut rng)
+            .unwrap();
+    println!("bob reads the late message {:?} from a skipped key", got.record.as_text().unwrap());
+    let again =
+        store::decrypt(&mut bob_ids, &mut bob_prekeys, &mut bob_sessions, &alice, &late, &mut rng);
     println!("delivering it again: {}", again.unwrap_err());
 
     use sotto_protocol::store::IdentityStore;

@@ -46,74 +46,41 @@ fn main() {
     let wire: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(vectors.join("wire.json")).unwrap()).unwrap();
     for bundle in wire["bundles"].as_array().unwrap() {
-        write(
-            &corpus.join("bundle"),
-            bundle["json"].as_str().unwrap().as_bytes(),
-        );
+        write(&corpus.join("bundle"), bundle["json"].as_str().unwrap().as_bytes());
     }
     for envelope in wire["envelopes"].as_array().unwrap() {
         let text = envelope["json"].as_str().unwrap();
         write(&corpus.join("envelope"), text.as_bytes());
         let value: serde_json::Value = serde_json::from_str(text).unwrap();
-        write(
-            &corpus.join("header"),
-            value["header"].to_string().as_bytes(),
-        );
+        write(&corpus.join("header"), value["header"].to_string().as_bytes());
     }
     for case in wire["invalid"].as_array().unwrap() {
-        let target = if case["kind"] == "bundle" {
-            "bundle"
-        } else {
-            "envelope"
-        };
-        write(
-            &corpus.join(target),
-            case["json"].as_str().unwrap().as_bytes(),
-        );
+        let target = if case["kind"] == "bundle" { "bundle" } else { "envelope" };
+        write(&corpus.join(target), case["json"].as_str().unwrap().as_bytes());
     }
     let records: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(vectors.join("records.json")).unwrap())
             .unwrap();
-    for case in records["valid"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .chain(records["invalid"].as_array().unwrap())
+    for case in
+        records["valid"].as_array().unwrap().iter().chain(records["invalid"].as_array().unwrap())
     {
-        write(
-            &corpus.join("record"),
-            &hex::decode(case["padded"].as_str().unwrap()).unwrap(),
-        );
+        write(&corpus.join("record"), &hex::decode(case["padded"].as_str().unwrap()).unwrap());
     }
 
     // Saved sessions at a few points of a conversation.
     let mut rng = ChaCha20Rng::seed_from_u64(3);
-    let (alice, bob) = (
-        UserId::parse("alice").unwrap(),
-        UserId::parse("bob").unwrap(),
-    );
-    let (alice_id, bob_id) = (
-        IdentityKeyPair::generate(&mut rng),
-        IdentityKeyPair::generate(&mut rng),
-    );
-    let keys = Keys(
-        SignedPrekey::generate(&bob_id, 1, 0, &mut rng),
-        OneTimePrekey::generate(1, &mut rng),
-    );
-    let bundle = PrekeyBundle::new(
-        bob.clone(),
-        *bob_id.public(),
-        *keys.0.public(),
-        Some(keys.1.public()),
-    )
-    .unwrap();
+    let (alice, bob) = (UserId::parse("alice").unwrap(), UserId::parse("bob").unwrap());
+    let (alice_id, bob_id) =
+        (IdentityKeyPair::generate(&mut rng), IdentityKeyPair::generate(&mut rng));
+    let keys =
+        Keys(SignedPrekey::generate(&bob_id, 1, 0, &mut rng), OneTimePrekey::generate(1, &mut rng));
+    let bundle =
+        PrekeyBundle::new(bob.clone(), *bob_id.public(), *keys.0.public(), Some(keys.1.public()))
+            .unwrap();
     let mut a = SessionRecord::new();
     a.promote(
         Session::initiate(
-            LocalParty {
-                user: &alice,
-                identity: &alice_id,
-            },
+            LocalParty { user: &alice, identity: &alice_id },
             &bob,
             &bundle,
             &mut rng,
@@ -126,42 +93,19 @@ fn main() {
         let text = Record::text("seed", i, i + 1, 0, MessageDigest::NONE);
         let (first, _) = a.encrypt(&text).unwrap();
         let (skipped, _) = a.encrypt(&text).unwrap();
-        b.decrypt(
-            LocalParty {
-                user: &bob,
-                identity: &bob_id,
-            },
-            &alice,
-            &skipped,
-            &keys,
-            &mut rng,
-        )
-        .unwrap();
+        b.decrypt(LocalParty { user: &bob, identity: &bob_id }, &alice, &skipped, &keys, &mut rng)
+            .unwrap();
         let (reply, _) = b.encrypt(&text).unwrap();
-        a.decrypt(
-            LocalParty {
-                user: &alice,
-                identity: &alice_id,
-            },
-            &bob,
-            &reply,
-            &keys,
-            &mut rng,
-        )
-        .unwrap();
+        a.decrypt(LocalParty { user: &alice, identity: &alice_id }, &bob, &reply, &keys, &mut rng)
+            .unwrap();
         let _ = first;
         write(&corpus.join("session_state"), &a.to_bytes());
         write(&corpus.join("session_state"), &b.to_bytes());
         write(
             &corpus.join("header"),
-            serde_json::to_string(&HeaderJson::from(&reply.header))
-                .unwrap()
-                .as_bytes(),
+            serde_json::to_string(&HeaderJson::from(&reply.header)).unwrap().as_bytes(),
         );
-        write(
-            &corpus.join("record"),
-            &record::pad(&text.encode().unwrap()).unwrap(),
-        );
+        write(&corpus.join("record"), &record::pad(&text.encode().unwrap()).unwrap());
     }
     for seed in [
         &b"\x00\x00\x01\x02\x03"[..],

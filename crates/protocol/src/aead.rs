@@ -26,13 +26,7 @@ pub fn seal(
 ) -> Result<Vec<u8>, AeadError> {
     let nonce = Nonce::from(*material.nonce());
     cipher(material)?
-        .encrypt(
-            &nonce,
-            Payload {
-                msg: plaintext,
-                aad: associated_data,
-            },
-        )
+        .encrypt(&nonce, Payload { msg: plaintext, aad: associated_data })
         .map_err(|_| AeadError)
 }
 
@@ -44,13 +38,7 @@ pub fn open(
 ) -> Result<Zeroizing<Vec<u8>>, AeadError> {
     let nonce = Nonce::from(*material.nonce());
     cipher(material)?
-        .decrypt(
-            &nonce,
-            Payload {
-                msg: ciphertext,
-                aad: associated_data,
-            },
-        )
+        .decrypt(&nonce, Payload { msg: ciphertext, aad: associated_data })
         .map(Zeroizing::new)
         .map_err(|_| AeadError)
 }

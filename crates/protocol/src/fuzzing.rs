@@ -126,11 +126,7 @@ pub fn conversation(data: &[u8]) {
             2 | 3 if !in_flight.is_empty() => {
                 let (from, envelope, text) = in_flight.remove(arg % in_flight.len());
                 let got = receive(&mut sides, from, &envelope, &mut rng);
-                assert_eq!(
-                    got.as_deref(),
-                    Ok(text.as_str()),
-                    "delivered message decrypts"
-                );
+                assert_eq!(got.as_deref(), Ok(text.as_str()), "delivered message decrypts");
                 delivered.push((from, envelope));
             }
             4 if !in_flight.is_empty() => {
@@ -150,11 +146,7 @@ pub fn conversation(data: &[u8]) {
                 envelope.ciphertext[position] ^= 1 << (byte % 8);
                 let before = sides[1 - from].sessions.to_bytes();
                 assert!(receive(&mut sides, from, &envelope, &mut rng).is_err());
-                assert_eq!(
-                    *sides[1 - from].sessions.to_bytes(),
-                    *before,
-                    "state unchanged"
-                );
+                assert_eq!(*sides[1 - from].sessions.to_bytes(), *before, "state unchanged");
             }
             7 => {
                 let side = &mut sides[arg % 2];
@@ -170,10 +162,7 @@ pub fn conversation(data: &[u8]) {
     }
     for from in [0, 1, 0, 1] {
         let envelope = send(&mut sides, from, "final", &mut rng).expect("can send");
-        assert_eq!(
-            receive(&mut sides, from, &envelope, &mut rng).as_deref(),
-            Ok("final")
-        );
+        assert_eq!(receive(&mut sides, from, &envelope, &mut rng).as_deref(), Ok("final"));
     }
 }
 
@@ -188,13 +177,8 @@ fn send(sides: &mut [Side; 2], from: usize, text: &str, rng: &mut ChaCha20Rng) -
             opk,
         )
         .expect("own bundle verifies");
-        let local = LocalParty {
-            user: &sender.user,
-            identity: &sender.identity,
-        };
-        sender
-            .sessions
-            .promote(Session::initiate(local, &receiver.user, &bundle, rng).ok()?);
+        let local = LocalParty { user: &sender.user, identity: &sender.identity };
+        sender.sessions.promote(Session::initiate(local, &receiver.user, &bundle, rng).ok()?);
     }
     let record = Record::text(text, 0, 1, 0, MessageDigest::NONE);
     let (envelope, _) = sender.sessions.encrypt(&record).ok()?;
@@ -208,14 +192,9 @@ fn receive(
     rng: &mut ChaCha20Rng,
 ) -> Result<String, DecryptError> {
     let (sender, receiver) = pair(sides, from);
-    let local = LocalParty {
-        user: &receiver.user,
-        identity: &receiver.identity,
-    };
+    let local = LocalParty { user: &receiver.user, identity: &receiver.identity };
     let decrypted =
-        receiver
-            .sessions
-            .decrypt(local, &sender.user, envelope, &receiver.prekeys, rng)?;
+        receiver.sessions.decrypt(local, &sender.user, envelope, &receiver.prekeys, rng)?;
     if let Some(id) = decrypted.used_one_time_prekey {
         receiver.prekeys.one_time.retain(|k| k.id() != id);
     }
@@ -224,9 +203,5 @@ fn receive(
 
 fn pair(sides: &mut [Side; 2], from: usize) -> (&mut Side, &mut Side) {
     let (a, b) = sides.split_at_mut(1);
-    if from == 0 {
-        (&mut a[0], &mut b[0])
-    } else {
-        (&mut b[0], &mut a[0])
-    }
+    if from == 0 { (&mut a[0], &mut b[0]) } else { (&mut b[0], &mut a[0]) }
 }

@@ -34,16 +34,8 @@ impl IdentityKeyPair {
     pub fn from_keys(signing: SigningKey, dh: DhKeyPair) -> Self {
         let verifying = signing.verifying_key();
         let signature = signing.sign(&identity_binding_message(&verifying, dh.public()));
-        let public = PublicIdentity {
-            signing: verifying,
-            dh: *dh.public(),
-            signature,
-        };
-        Self {
-            signing,
-            dh,
-            public,
-        }
+        let public = PublicIdentity { signing: verifying, dh: *dh.public(), signature };
+        Self { signing, dh, public }
     }
 
     /// Restores an identity from the two 32-byte private scalars.
@@ -77,9 +69,7 @@ impl IdentityKeyPair {
 
 impl fmt::Debug for IdentityKeyPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IdentityKeyPair")
-            .field("public", &self.public)
-            .finish_non_exhaustive()
+        f.debug_struct("IdentityKeyPair").field("public", &self.public).finish_non_exhaustive()
     }
 }
 
@@ -102,11 +92,7 @@ impl PublicIdentity {
         signature: Signature,
     ) -> Result<Self, KeyError> {
         signing.verify(&identity_binding_message(&signing, &dh), &signature)?;
-        Ok(Self {
-            signing,
-            dh,
-            signature,
-        })
+        Ok(Self { signing, dh, signature })
     }
 
     /// Rebuilds an identity from local state this device saved after verifying it, without
@@ -116,11 +102,7 @@ impl PublicIdentity {
         dh: DhPublicKey,
         signature: Signature,
     ) -> Self {
-        Self {
-            signing,
-            dh,
-            signature,
-        }
+        Self { signing, dh, signature }
     }
 
     /// `IKs`.

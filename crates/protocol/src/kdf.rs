@@ -119,10 +119,7 @@ impl RootKey {
 impl ChainKey {
     /// `KDF_CK`: the message key for the current position and the next chain key.
     pub fn step(&self) -> (MessageKey, ChainKey) {
-        (
-            MessageKey(hmac(&self.0, &[0x01])),
-            ChainKey(hmac(&self.0, &[0x02])),
-        )
+        (MessageKey(hmac(&self.0, &[0x01])), ChainKey(hmac(&self.0, &[0x02])))
     }
 }
 
@@ -130,10 +127,8 @@ impl MessageKey {
     /// Expands the message key into an AES-256 key and a GCM nonce.
     pub fn expand(&self) -> MessageKeyMaterial {
         let okm = hkdf::<{ KEY_LEN + NONCE_LEN }>(&ZERO_SALT, self.as_bytes(), MESSAGE_KEY_INFO);
-        let mut material = MessageKeyMaterial {
-            key: Box::new([0u8; KEY_LEN]),
-            nonce: [0u8; NONCE_LEN],
-        };
+        let mut material =
+            MessageKeyMaterial { key: Box::new([0u8; KEY_LEN]), nonce: [0u8; NONCE_LEN] };
         material.key.copy_from_slice(&okm[..KEY_LEN]);
         material.nonce.copy_from_slice(&okm[KEY_LEN..]);
         material

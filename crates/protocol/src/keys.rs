@@ -71,10 +71,7 @@ impl DhPublicKey {
     /// Decodes and validates an uncompressed SEC1 point.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
         let point = parse_point(bytes)?;
-        Ok(Self {
-            point,
-            encoded: encode_point(&point),
-        })
+        Ok(Self { point, encoded: encode_point(&point) })
     }
 
     /// The 65-byte uncompressed encoding.
@@ -111,9 +108,7 @@ impl DhSecretKey {
         if bytes.len() != SECRET_KEY_LEN {
             return Err(KeyError::InvalidSecretKey);
         }
-        p256::SecretKey::from_slice(bytes)
-            .map(Self)
-            .map_err(|_| KeyError::InvalidSecretKey)
+        p256::SecretKey::from_slice(bytes).map(Self).map_err(|_| KeyError::InvalidSecretKey)
     }
 
     /// The 32-byte big-endian scalar, in a buffer that is wiped when dropped.
@@ -128,10 +123,7 @@ impl DhSecretKey {
     /// The matching public key.
     pub fn public_key(&self) -> DhPublicKey {
         let point = self.0.public_key();
-        DhPublicKey {
-            point,
-            encoded: encode_point(&point),
-        }
+        DhPublicKey { point, encoded: encode_point(&point) }
     }
 
     /// P-256 ECDH: the X coordinate of `self · their`. All-zero outputs are refused.
@@ -256,10 +248,7 @@ impl VerifyingKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
         let point = parse_point(bytes)?;
         let key = p256::ecdsa::VerifyingKey::from(&point);
-        Ok(Self {
-            key,
-            encoded: encode_point(&point),
-        })
+        Ok(Self { key, encoded: encode_point(&point) })
     }
 
     /// The 65-byte uncompressed encoding.
@@ -271,9 +260,7 @@ impl VerifyingKey {
     pub fn verify(&self, message: &[u8], signature: &Signature) -> Result<(), KeyError> {
         let signature = p256::ecdsa::Signature::from_slice(&signature.0)
             .map_err(|_| KeyError::InvalidSignature)?;
-        self.key
-            .verify(message, &signature)
-            .map_err(|_| KeyError::InvalidSignature)
+        self.key.verify(message, &signature).map_err(|_| KeyError::InvalidSignature)
     }
 }
 
@@ -305,9 +292,7 @@ impl SigningKey {
         if bytes.len() != SECRET_KEY_LEN {
             return Err(KeyError::InvalidSecretKey);
         }
-        p256::ecdsa::SigningKey::from_slice(bytes)
-            .map(Self)
-            .map_err(|_| KeyError::InvalidSecretKey)
+        p256::ecdsa::SigningKey::from_slice(bytes).map(Self).map_err(|_| KeyError::InvalidSecretKey)
     }
 
     /// The 32-byte big-endian scalar, wiped when dropped.
@@ -323,10 +308,7 @@ impl SigningKey {
     pub fn verifying_key(&self) -> VerifyingKey {
         let key = *self.0.verifying_key();
         let point = p256::PublicKey::from(&key);
-        VerifyingKey {
-            key,
-            encoded: encode_point(&point),
-        }
+        VerifyingKey { key, encoded: encode_point(&point) }
     }
 
     /// Signs `message` (ECDSA P-256 / SHA-256, deterministic nonces per RFC 6979).

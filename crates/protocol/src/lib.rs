@@ -37,10 +37,7 @@
 //! works on a copy of the session and commits only after the AEAD tag and the record check out,
 //! so a failed decryption leaves the stored session byte-identical.
 
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod aead;
 pub mod fuzzing;

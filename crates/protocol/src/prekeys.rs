@@ -44,12 +44,7 @@ impl SignedPrekey {
             key_pair.public(),
         );
         let signature = identity.sign(&message);
-        let public = SignedPrekeyPublic {
-            id,
-            created_at,
-            key: *key_pair.public(),
-            signature,
-        };
+        let public = SignedPrekeyPublic { id, created_at, key: *key_pair.public(), signature };
         Self { key_pair, public }
     }
 
@@ -82,9 +77,7 @@ impl SignedPrekey {
 
 impl fmt::Debug for SignedPrekey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SignedPrekey")
-            .field("public", &self.public)
-            .finish_non_exhaustive()
+        f.debug_struct("SignedPrekey").field("public", &self.public).finish_non_exhaustive()
     }
 }
 
@@ -122,10 +115,7 @@ pub struct OneTimePrekey {
 impl OneTimePrekey {
     /// Generates a one-time prekey.
     pub fn generate<R: CryptoRng + ?Sized>(id: u32, rng: &mut R) -> Self {
-        Self {
-            id,
-            key_pair: DhKeyPair::generate(rng),
-        }
+        Self { id, key_pair: DhKeyPair::generate(rng) }
     }
 
     /// Wraps an existing key pair.
@@ -145,10 +135,7 @@ impl OneTimePrekey {
 
     /// What is published.
     pub fn public(&self) -> OneTimePrekeyPublic {
-        OneTimePrekeyPublic {
-            id: self.id,
-            key: *self.key_pair.public(),
-        }
+        OneTimePrekeyPublic { id: self.id, key: *self.key_pair.public() }
     }
 }
 
@@ -193,12 +180,7 @@ impl PrekeyBundle {
         one_time_prekey: Option<OneTimePrekeyPublic>,
     ) -> Result<Self, KeyError> {
         signed_prekey.verify(&identity)?;
-        Ok(Self {
-            user_id,
-            identity,
-            signed_prekey,
-            one_time_prekey,
-        })
+        Ok(Self { user_id, identity, signed_prekey, one_time_prekey })
     }
 
     /// Whose bundle this is.

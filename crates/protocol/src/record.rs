@@ -305,10 +305,7 @@ pub fn unpad(padded: &[u8]) -> Result<&[u8], RecordError> {
     if !is_bucket(padded.len()) {
         return Err(RecordError::InvalidPadding);
     }
-    let marker = padded
-        .iter()
-        .rposition(|&b| b != 0)
-        .ok_or(RecordError::InvalidPadding)?;
+    let marker = padded.iter().rposition(|&b| b != 0).ok_or(RecordError::InvalidPadding)?;
     if padded[marker] != 0x80 {
         return Err(RecordError::InvalidPadding);
     }
@@ -340,10 +337,7 @@ mod tests {
         assert_eq!(bucket_for(63).unwrap(), 64);
         assert_eq!(bucket_for(64).unwrap(), 128);
         assert_eq!(bucket_for(MAX_RECORD_LEN).unwrap(), MAX_BUCKET);
-        assert_eq!(
-            bucket_for(MAX_RECORD_LEN + 1),
-            Err(RecordError::RecordTooLarge)
-        );
+        assert_eq!(bucket_for(MAX_RECORD_LEN + 1), Err(RecordError::RecordTooLarge));
     }
 
     #[test]
@@ -358,10 +352,7 @@ mod tests {
     #[test]
     fn receipts_round_trip() {
         let record = Record {
-            body: RecordBody::Receipt(Receipt {
-                kind: ReceiptKind::Read,
-                counters: vec![1, 2, 9],
-            }),
+            body: RecordBody::Receipt(Receipt { kind: ReceiptKind::Read, counters: vec![1, 2, 9] }),
             ..sample()
         };
         let encoded = record.encode().unwrap();
@@ -384,10 +375,7 @@ mod tests {
         assert_eq!(Record::decode(&encoded[..57]), Err(RecordError::Truncated));
         let mut wrong_version = encoded.to_vec();
         wrong_version[0] = 2;
-        assert_eq!(
-            Record::decode(&wrong_version),
-            Err(RecordError::UnsupportedVersion(2))
-        );
+        assert_eq!(Record::decode(&wrong_version), Err(RecordError::UnsupportedVersion(2)));
         let mut bad_utf8 = encoded.to_vec();
         bad_utf8[RECORD_HEADER_LEN] = 0xff;
         assert_eq!(Record::decode(&bad_utf8), Err(RecordError::InvalidText));
@@ -402,10 +390,7 @@ mod tests {
     fn unknown_kinds_decode_as_unsupported() {
         let mut encoded = sample().encode().unwrap().to_vec();
         encoded[1] = 4;
-        assert_eq!(
-            Record::decode(&encoded).unwrap().body,
-            RecordBody::Unsupported { kind: 4 }
-        );
+        assert_eq!(Record::decode(&encoded).unwrap().body, RecordBody::Unsupported { kind: 4 });
     }
 
     #[test]

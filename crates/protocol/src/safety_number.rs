@@ -54,9 +54,7 @@ pub fn fingerprint(user: &UserId, identity: &PublicIdentity) -> [u8; 64] {
 pub fn digits(fingerprint: &[u8; 64]) -> String {
     let mut out = String::with_capacity(30);
     for chunk in fingerprint[..30].chunks_exact(5) {
-        let value = chunk
-            .iter()
-            .fold(0u64, |acc, &byte| (acc << 8) | u64::from(byte));
+        let value = chunk.iter().fold(0u64, |acc, &byte| (acc << 8) | u64::from(byte));
         out.push_str(&format!("{:05}", value % 100_000));
     }
     out
@@ -92,10 +90,7 @@ impl SafetyNumber {
         qr[0] = QR_VERSION;
         qr[1..33].copy_from_slice(&low[..32]);
         qr[33..].copy_from_slice(&high[..32]);
-        Self {
-            digits: low_digits + &high_digits,
-            qr,
-        }
+        Self { digits: low_digits + &high_digits, qr }
     }
 
     /// The 60 digits.

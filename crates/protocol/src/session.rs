@@ -207,19 +207,11 @@ impl Session {
         signed_prekey: &SignedPrekey,
         one_time_prekey: Option<&OneTimePrekey>,
     ) -> Result<Self, DecryptError> {
-        let initiator = InitiatorKeys {
-            user: sender,
-            identity: &prekey.identity,
-            base_key: &prekey.base_key,
-        };
-        let responded = x3dh::respond(
-            local.user,
-            local.identity,
-            signed_prekey,
-            one_time_prekey,
-            &initiator,
-        )
-        .map_err(|_| DecryptError::InvalidPrekeyMessage)?;
+        let initiator =
+            InitiatorKeys { user: sender, identity: &prekey.identity, base_key: &prekey.base_key };
+        let responded =
+            x3dh::respond(local.user, local.identity, signed_prekey, one_time_prekey, &initiator)
+                .map_err(|_| DecryptError::InvalidPrekeyMessage)?;
         Ok(Self {
             local_user: local.user.clone(),
             remote_user: sender.clone(),
@@ -273,11 +265,7 @@ impl Session {
             signed_prekey_id: pending.signed_prekey_id,
             one_time_prekey_id: pending.one_time_prekey_id,
         });
-        let envelope = Envelope {
-            header: sealed.header,
-            prekey,
-            ciphertext: sealed.ciphertext,
-        };
+        let envelope = Envelope { header: sealed.header, prekey, ciphertext: sealed.ciphertext };
         Ok((envelope, sealed.digest))
     }
 
@@ -353,8 +341,7 @@ impl SessionRecord {
 
     /// Whether there is a session to encrypt with.
     pub fn can_encrypt(&self) -> bool {
-        self.current()
-            .is_some_and(|session| session.ratchet.can_send())
+        self.current().is_some_and(|session| session.ratchet.can_send())
     }
 
     /// Makes `session` current, keeping the previous ones (bounded).
@@ -389,10 +376,7 @@ impl SessionRecord {
         rng: &mut R,
     ) -> Result<Decrypted, DecryptError> {
         if let Some(prekey) = &envelope.prekey {
-            let known = self
-                .sessions
-                .iter()
-                .position(|s| s.base_key == prekey.base_key);
+            let known = self.sessions.iter().position(|s| s.base_key == prekey.base_key);
             if known.is_none() {
                 return self.decrypt_new_session(local, sender, prekey, envelope, prekeys, rng);
             }
@@ -439,20 +423,13 @@ impl SessionRecord {
             .signed_prekey(prekey.signed_prekey_id)
             .ok_or(DecryptError::UnknownSignedPrekey(prekey.signed_prekey_id))?;
         let one_time_prekey = match prekey.one_time_prekey_id {
-            Some(id) => Some(
-                prekeys
-                    .one_time_prekey(id)
-                    .ok_or(DecryptError::UnknownOneTimePrekey(id))?,
-            ),
+            Some(id) => {
+                Some(prekeys.one_time_prekey(id).ok_or(DecryptError::UnknownOneTimePrekey(id))?)
+            }
             None => None,
         };
-        let mut session = Session::respond(
-            local,
-            sender,
-            prekey,
-            &signed_prekey,
-            one_time_prekey.as_ref(),
-        )?;
+        let mut session =
+            Session::respond(local, sender, prekey, &signed_prekey, one_time_prekey.as_ref())?;
         let (record, digest) = session.decrypt(envelope, rng)?;
         let remote_identity = session.remote_identity;
         self.promote(session);
@@ -510,9 +487,7 @@ impl SessionRecord {
 
 impl fmt::Debug for SessionRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionRecord")
-            .field("sessions", &self.sessions)
-            .finish()
+        f.debug_struct("SessionRecord").field("sessions", &self.sessions).finish()
     }
 }
 
@@ -598,14 +573,11 @@ impl From<&Session> for SessionSnapshot {
             remote_identity: (&session.remote_identity).into(),
             associated_data: session.associated_data.as_bytes().to_vec(),
             base_key: session.base_key.as_bytes().to_vec(),
-            pending_prekey: session
-                .pending_prekey
-                .as_ref()
-                .map(|pending| PendingSnapshot {
-                    local_identity: (&pending.local_identity).into(),
-                    signed_prekey_id: pending.signed_prekey_id,
-                    one_time_prekey_id: pending.one_time_prekey_id,
-                }),
+            pending_prekey: session.pending_prekey.as_ref().map(|pending| PendingSnapshot {
+                local_identity: (&pending.local_identity).into(),
+                signed_prekey_id: pending.signed_prekey_id,
+                one_time_prekey_id: pending.one_time_prekey_id,
+            }),
             ratchet_secret: *ratchet.dh_self.secret().to_bytes(),
             ratchet_public: ratchet.dh_self.public().as_bytes().to_vec(),
             remote_ratchet_key: ratchet.dh_remote.map(|key| key.as_bytes().to_vec()),

@@ -72,10 +72,7 @@ pub fn authentication_message(
     if host.is_empty() || host.len() > MAX_HOST_LEN || !host.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ChallengeError::InvalidHost);
     }
-    let mut message = start(
-        AUTHENTICATION_LABEL,
-        1 + host.len() + 33 + CHALLENGE_NONCE_LEN,
-    );
+    let mut message = start(AUTHENTICATION_LABEL, 1 + host.len() + 33 + CHALLENGE_NONCE_LEN);
     message.push(host.len() as u8);
     message.extend_from_slice(host.as_bytes());
     user.encode_into(&mut message);

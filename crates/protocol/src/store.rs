@@ -83,11 +83,7 @@ pub struct InMemoryIdentityStore {
 impl InMemoryIdentityStore {
     /// A store for our identity.
     pub fn new(user: UserId, identity: IdentityKeyPair) -> Self {
-        Self {
-            user,
-            identity,
-            peers: HashMap::new(),
-        }
+        Self { user, identity, peers: HashMap::new() }
     }
 }
 
@@ -176,8 +172,7 @@ impl SessionStore for InMemorySessionStore {
     }
 
     fn store_session(&mut self, peer: &UserId, record: &SessionRecord) -> Result<(), StoreError> {
-        self.sessions
-            .insert(peer.clone(), record.to_bytes().to_vec());
+        self.sessions.insert(peer.clone(), record.to_bytes().to_vec());
         Ok(())
     }
 }
@@ -219,10 +214,8 @@ pub fn encrypt<R: CryptoRng + ?Sized>(
     let mut session_record = sessions.load_session(peer)?.unwrap_or_default();
     if !session_record.can_encrypt() {
         let bundle = bundle.ok_or(EncryptError::NoSession)?;
-        let local = LocalParty {
-            user: identities.local_user(),
-            identity: identities.local_identity(),
-        };
+        let local =
+            LocalParty { user: identities.local_user(), identity: identities.local_identity() };
         let session = Session::initiate(local, peer, bundle, rng)?;
         identities.save_peer_identity(peer, bundle.identity())?;
         session_record.promote(session);
@@ -257,10 +250,7 @@ pub fn decrypt<R: CryptoRng + ?Sized>(
     rng: &mut R,
 ) -> Result<(Decrypted, IdentityChange), StoreDecryptError> {
     let mut session_record = sessions.load_session(sender)?.unwrap_or_default();
-    let local = LocalParty {
-        user: identities.local_user(),
-        identity: identities.local_identity(),
-    };
+    let local = LocalParty { user: identities.local_user(), identity: identities.local_identity() };
     let decrypted =
         session_record.decrypt(local, sender, envelope, &StoreLookup(&*prekeys), rng)?;
     sessions.store_session(sender, &session_record)?;

@@ -36,9 +36,7 @@ impl UserId {
         }
         let normalised = input.to_ascii_lowercase();
         let bytes = normalised.as_bytes();
-        if !bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b))
+        if !bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b))
         {
             return Err(UserIdError::Character);
         }
@@ -94,10 +92,7 @@ mod tests {
     #[test]
     fn normalises_and_accepts_the_allowed_set() {
         assert_eq!(UserId::parse("Alice").unwrap().as_str(), "alice");
-        assert_eq!(
-            UserId::parse("bob.smith_2-x").unwrap().as_str(),
-            "bob.smith_2-x"
-        );
+        assert_eq!(UserId::parse("bob.smith_2-x").unwrap().as_str(), "bob.smith_2-x");
         assert_eq!(UserId::parse("42").unwrap().as_str(), "42");
         assert_eq!(UserId::parse(&"a".repeat(32)).unwrap().as_str().len(), 32);
     }

@@ -192,13 +192,8 @@ fn ecdh(rng: &mut ChaCha20Rng) -> Value {
     let zero_public = hex::decode(ZERO_SHARED_PUBLIC.replace(' ', "")).unwrap_or_default();
     let refused = DhSecretKey::from_bytes(&zero_secret)
         .and_then(|secret| secret.diffie_hellman(&DhPublicKey::from_bytes(&zero_public)?));
-    debug_assert_eq!(
-        refused.err(),
-        Some(crate::keys::KeyError::NonContributoryKey)
-    );
-    let zero_pair = DhSecretKey::from_bytes(&zero_secret)
-        .map(DhKeyPair::from_secret)
-        .ok();
+    debug_assert_eq!(refused.err(), Some(crate::keys::KeyError::NonContributoryKey));
+    let zero_pair = DhSecretKey::from_bytes(&zero_secret).map(DhKeyPair::from_secret).ok();
     let invalid = vec![json!({
         "name": "shared-x-coordinate-zero (Wycheproof ecdh_secp256r1_ecpoint tc 3)",
         "private": zero_pair.as_ref().map(dh_pair_json),
@@ -209,9 +204,7 @@ fn ecdh(rng: &mut ChaCha20Rng) -> Value {
         .map(|i| {
             let ours = DhKeyPair::generate(rng);
             let theirs = DhKeyPair::generate(rng);
-            let shared = ours
-                .diffie_hellman(theirs.public())
-                .map(|s| h(s.as_bytes()));
+            let shared = ours.diffie_hellman(theirs.public()).map(|s| h(s.as_bytes()));
             json!({
                 "name": format!("ecdh-{i}"),
                 "private": dh_pair_json(&ours),
@@ -291,18 +284,8 @@ fn signatures(rng: &mut ChaCha20Rng) -> Value {
         for (name, message, signature, valid) in [
             ("valid", message.clone(), *signature.as_bytes(), true),
             ("other-s", message.clone(), other_s, true),
-            (
-                "tampered-message",
-                tampered_message,
-                *signature.as_bytes(),
-                false,
-            ),
-            (
-                "tampered-signature",
-                message.clone(),
-                tampered_signature,
-                false,
-            ),
+            ("tampered-message", tampered_message, *signature.as_bytes(), false),
+            ("tampered-signature", message.clone(), tampered_signature, false),
         ] {
             cases.push(json!({
                 "name": format!("{kind}-{name}"),
@@ -341,11 +324,7 @@ fn kdf(rng: &mut ChaCha20Rng) -> Value {
             let (dh, next_root, chain) = match &shared {
                 Some(shared) => {
                     let (next_root, chain) = root.step(shared);
-                    (
-                        h(shared.as_bytes()),
-                        h(next_root.as_bytes()),
-                        h(chain.as_bytes()),
-                    )
+                    (h(shared.as_bytes()), h(next_root.as_bytes()), h(chain.as_bytes()))
                 }
                 None => Default::default(),
             };
@@ -402,12 +381,7 @@ impl Party {
         let identity = IdentityKeyPair::generate(rng);
         let signed_prekey = SignedPrekey::generate(&identity, spk_id, 1_767_225_600, rng);
         let one_time_prekey = OneTimePrekey::generate(opk_id, rng);
-        Self {
-            user: user(id),
-            identity,
-            signed_prekey,
-            one_time_prekey,
-        }
+        Self { user: user(id), identity, signed_prekey, one_time_prekey }
     }
 
     fn bundle(&self, with_one_time: bool) -> Option<PrekeyBundle> {
@@ -465,10 +439,7 @@ fn x3dh_vectors(rng: &mut ChaCha20Rng) -> Value {
         let (Ok(outputs), Ok(initiated), Ok(responded)) = (outputs, initiated, responded) else {
             continue;
         };
-        debug_assert_eq!(
-            initiated.shared_secret.as_bytes(),
-            responded.shared_secret.as_bytes()
-        );
+        debug_assert_eq!(initiated.shared_secret.as_bytes(), responded.shared_secret.as_bytes());
         let names = ["dh1", "dh2", "dh3", "dh4"];
         let mut dh = serde_json::Map::new();
         for (name, output) in names.iter().zip(&outputs) {
@@ -507,41 +478,32 @@ fn aead_vectors(rng: &mut ChaCha20Rng) -> Value {
         &bob.user,
         bob.identity.public(),
     );
-    let cases: Vec<Value> = [
-        ("short", "hi"),
-        ("longer", &"a longer message ".repeat(9)[..]),
-    ]
-    .iter()
-    .enumerate()
-    .map(|(i, (name, text))| {
-        let message_key = MessageKey::from_bytes(random32(rng));
-        let material = message_key.expand();
-        let header = Header {
-            dh: *DhKeyPair::generate(rng).public(),
-            pn: i as u32,
-            n: 3 + i as u32,
-        };
-        let record = Record::text(text, 1_767_225_600_000, 1, 0, MessageDigest::NONE);
-        let padded = record
-            .encode()
-            .and_then(|e| record::pad(&e))
-            .unwrap_or_default();
-        let aad = message_associated_data(&ad, &header);
-        let ciphertext = aead::seal(&material, &padded, &aad).unwrap_or_default();
-        json!({
-            "name": name,
-            "messageKey": h(message_key.as_bytes()),
-            "aesKey": h(material.key()),
-            "nonce": h(material.nonce()),
-            "associatedData": h(ad.as_bytes()),
-            "header": { "dhB64": b64(header.dh.as_bytes()), "pn": header.pn, "n": header.n },
-            "headerBytes": h(&header.encode()),
-            "aad": h(&aad),
-            "plaintext": h(&padded),
-            "ciphertext": h(&ciphertext),
+    let cases: Vec<Value> = [("short", "hi"), ("longer", &"a longer message ".repeat(9)[..])]
+        .iter()
+        .enumerate()
+        .map(|(i, (name, text))| {
+            let message_key = MessageKey::from_bytes(random32(rng));
+            let material = message_key.expand();
+            let header =
+                Header { dh: *DhKeyPair::generate(rng).public(), pn: i as u32, n: 3 + i as u32 };
+            let record = Record::text(text, 1_767_225_600_000, 1, 0, MessageDigest::NONE);
+            let padded = record.encode().and_then(|e| record::pad(&e)).unwrap_or_default();
+            let aad = message_associated_data(&ad, &header);
+            let ciphertext = aead::seal(&material, &padded, &aad).unwrap_or_default();
+            json!({
+                "name": name,
+                "messageKey": h(message_key.as_bytes()),
+                "aesKey": h(material.key()),
+                "nonce": h(material.nonce()),
+                "associatedData": h(ad.as_bytes()),
+                "header": { "dhB64": b64(header.dh.as_bytes()), "pn": header.pn, "n": header.n },
+                "headerBytes": h(&header.encode()),
+                "aad": h(&aad),
+                "plaintext": h(&padded),
+                "ciphertext": h(&ciphertext),
+            })
         })
-    })
-    .collect();
+        .collect();
     file(
         "AES-256-GCM with a message key's expansion (PROTOCOL.md §6.1-6.2): aad = AD ‖ \
          header_bytes, header_bytes = version ‖ suite ‖ dh ‖ pn (u32 BE) ‖ n (u32 BE); the \
@@ -582,26 +544,11 @@ fn record_json(record: &Record) -> Value {
 fn records() -> Value {
     let digest = MessageDigest::of_encoded(b"previous record");
     let samples = [
-        (
-            "text-short",
-            Record::text("hello", 1_767_225_600_000, 1, 0, MessageDigest::NONE),
-        ),
-        (
-            "text-unicode",
-            Record::text("grüß dich 👋 — ok", 1_767_225_601_234, 2, 1, digest),
-        ),
-        (
-            "text-fills-64",
-            Record::text(&"x".repeat(5), 1, 3, 2, digest),
-        ),
-        (
-            "text-needs-128",
-            Record::text(&"y".repeat(6), 1, 4, 2, digest),
-        ),
-        (
-            "text-2000",
-            Record::text(&"z".repeat(2000), 1_767_225_602_000, 5, 4, digest),
-        ),
+        ("text-short", Record::text("hello", 1_767_225_600_000, 1, 0, MessageDigest::NONE)),
+        ("text-unicode", Record::text("grüß dich 👋 — ok", 1_767_225_601_234, 2, 1, digest)),
+        ("text-fills-64", Record::text(&"x".repeat(5), 1, 3, 2, digest)),
+        ("text-needs-128", Record::text(&"y".repeat(6), 1, 4, 2, digest)),
+        ("text-2000", Record::text(&"z".repeat(2000), 1_767_225_602_000, 5, 4, digest)),
         (
             "receipt-delivered",
             Record {
@@ -615,10 +562,7 @@ fn records() -> Value {
         (
             "receipt-read",
             Record {
-                body: RecordBody::Receipt(Receipt {
-                    kind: ReceiptKind::Read,
-                    counters: vec![42],
-                }),
+                body: RecordBody::Receipt(Receipt { kind: ReceiptKind::Read, counters: vec![42] }),
                 ..Record::text("-", 1_767_225_604_000, 7, 5, digest)
             },
         ),
@@ -660,32 +604,12 @@ fn records() -> Value {
     let invalid: Vec<Value> = [
         ("no-marker", vec![0u8; 64], "InvalidPadding"),
         ("marker-not-0x80", with_marker(0x81), "InvalidPadding"),
-        (
-            "not-a-bucket-size",
-            [padded(&text), vec![0u8]].concat(),
-            "InvalidPadding",
-        ),
-        (
-            "bucket-too-small",
-            padded(&text)[..32].to_vec(),
-            "InvalidPadding",
-        ),
-        (
-            "record-version-2",
-            padded(&with(&|b| b[0] = 2)),
-            "UnsupportedVersion",
-        ),
+        ("not-a-bucket-size", [padded(&text), vec![0u8]].concat(), "InvalidPadding"),
+        ("bucket-too-small", padded(&text)[..32].to_vec(), "InvalidPadding"),
+        ("record-version-2", padded(&with(&|b| b[0] = 2)), "UnsupportedVersion"),
         ("truncated-header", padded(&text[..40]), "Truncated"),
-        (
-            "empty-text",
-            padded(&text[..record::RECORD_HEADER_LEN]),
-            "InvalidText",
-        ),
-        (
-            "invalid-utf8",
-            padded(&with(&|b| b[record::RECORD_HEADER_LEN] = 0xc3)),
-            "InvalidText",
-        ),
+        ("empty-text", padded(&text[..record::RECORD_HEADER_LEN]), "InvalidText"),
+        ("invalid-utf8", padded(&with(&|b| b[record::RECORD_HEADER_LEN] = 0xc3)), "InvalidText"),
         (
             "receipt-count-mismatch",
             padded(&with(&|b| {
@@ -729,10 +653,7 @@ fn wire(rng: &mut ChaCha20Rng) -> Value {
     let bundle_with = bob.bundle(true);
     let bundle_without = bob.bundle(false);
     let mut record = SessionRecord::new();
-    let local = LocalParty {
-        user: &alice.user,
-        identity: &alice.identity,
-    };
+    let local = LocalParty { user: &alice.user, identity: &alice.identity };
     let mut envelopes = Vec::new();
     if let Some(bundle) = &bundle_with {
         if let Ok(session) = Session::initiate(local, &bob.user, bundle, rng) {
@@ -746,22 +667,20 @@ fn wire(rng: &mut ChaCha20Rng) -> Value {
             envelopes.push(("message", plain));
         }
     }
-    let bundles: Vec<Value> = [
-        ("with-one-time-prekey", &bundle_with),
-        ("without", &bundle_without),
-    ]
-    .iter()
-    .filter_map(|(name, bundle)| {
-        let bundle = bundle.as_ref()?;
-        Some(json!({
-            "name": name,
-            "json": bundle.to_json(),
-            "userId": bundle.user_id().as_str(),
-            "signedPrekeyId": bundle.signed_prekey().id,
-            "oneTimePrekeyId": bundle.one_time_prekey().map(|k| k.id),
-        }))
-    })
-    .collect();
+    let bundles: Vec<Value> =
+        [("with-one-time-prekey", &bundle_with), ("without", &bundle_without)]
+            .iter()
+            .filter_map(|(name, bundle)| {
+                let bundle = bundle.as_ref()?;
+                Some(json!({
+                    "name": name,
+                    "json": bundle.to_json(),
+                    "userId": bundle.user_id().as_str(),
+                    "signedPrekeyId": bundle.signed_prekey().id,
+                    "oneTimePrekeyId": bundle.one_time_prekey().map(|k| k.id),
+                }))
+            })
+            .collect();
     let envelope_cases: Vec<Value> = envelopes
         .iter()
         .map(|(name, envelope)| {
@@ -799,24 +718,9 @@ fn wire(rng: &mut ChaCha20Rng) -> Value {
     let invalid: Vec<Value> = [
         ("envelope", "not-json", "{".to_owned(), "Json"),
         ("envelope", "top-level-array", "[]".to_owned(), "Json"),
-        (
-            "envelope",
-            "version-2",
-            edit(&base, &|v| v["version"] = json!(2)),
-            "UnsupportedVersion",
-        ),
-        (
-            "envelope",
-            "suite-9",
-            edit(&base, &|v| v["suite"] = json!(9)),
-            "UnsupportedSuite",
-        ),
-        (
-            "envelope",
-            "unknown-field",
-            edit(&base, &|v| v["extra"] = json!(1)),
-            "Json",
-        ),
+        ("envelope", "version-2", edit(&base, &|v| v["version"] = json!(2)), "UnsupportedVersion"),
+        ("envelope", "suite-9", edit(&base, &|v| v["suite"] = json!(9)), "UnsupportedSuite"),
+        ("envelope", "unknown-field", edit(&base, &|v| v["extra"] = json!(1)), "Json"),
         (
             "envelope",
             "missing-header",
@@ -825,12 +729,7 @@ fn wire(rng: &mut ChaCha20Rng) -> Value {
             }),
             "Json",
         ),
-        (
-            "envelope",
-            "n-not-integer",
-            edit(&base, &|v| v["header"]["n"] = json!("1")),
-            "Json",
-        ),
+        ("envelope", "n-not-integer", edit(&base, &|v| v["header"]["n"] = json!("1")), "Json"),
         (
             "envelope",
             "n-too-large",
@@ -850,11 +749,7 @@ fn wire(rng: &mut ChaCha20Rng) -> Value {
             "dh-standard-alphabet",
             edit(&base, &|v| {
                 v["header"]["dh"] = json!(
-                    v["header"]["dh"]
-                        .as_str()
-                        .unwrap_or("")
-                        .replace('-', "+")
-                        .replace('_', "/")
+                    v["header"]["dh"].as_str().unwrap_or("").replace('-', "+").replace('_', "/")
                         + "+"
                 )
             }),
@@ -890,24 +785,14 @@ fn wire(rng: &mut ChaCha20Rng) -> Value {
             edit(&base, &|v| v["prekey"]["identity"]["dh"] = json!(other_key)),
             "InvalidSignature",
         ),
-        (
-            "envelope",
-            "prekey-unknown-field",
-            edit(&base, &|v| v["prekey"]["x"] = json!(0)),
-            "Json",
-        ),
+        ("envelope", "prekey-unknown-field", edit(&base, &|v| v["prekey"]["x"] = json!(0)), "Json"),
         (
             "bundle",
             "version-0",
             edit(&bundle_base, &|v| v["version"] = json!(0)),
             "UnsupportedVersion",
         ),
-        (
-            "bundle",
-            "suite-2",
-            edit(&bundle_base, &|v| v["suite"] = json!(2)),
-            "UnsupportedSuite",
-        ),
+        ("bundle", "suite-2", edit(&bundle_base, &|v| v["suite"] = json!(2)), "UnsupportedSuite"),
         (
             "bundle",
             "user-id-not-normalised",
@@ -923,9 +808,7 @@ fn wire(rng: &mut ChaCha20Rng) -> Value {
         (
             "bundle",
             "signed-prekey-swapped",
-            edit(&bundle_base, &|v| {
-                v["signedPrekey"]["key"] = json!(other_key)
-            }),
+            edit(&bundle_base, &|v| v["signedPrekey"]["key"] = json!(other_key)),
             "InvalidSignature",
         ),
         (
@@ -960,9 +843,7 @@ fn wire(rng: &mut ChaCha20Rng) -> Value {
         (
             "bundle",
             "one-time-prekey-off-curve",
-            edit(&bundle_base, &|v| {
-                v["oneTimePrekey"]["key"] = json!(off_curve)
-            }),
+            edit(&bundle_base, &|v| v["oneTimePrekey"]["key"] = json!(off_curve)),
             "InvalidPublicKey",
         ),
         (
@@ -1054,10 +935,7 @@ fn ratchet(rng: &mut ChaCha20Rng) -> Value {
     };
     let ephemeral = DhKeyPair::generate(rng);
     let first_ratchet_key = DhKeyPair::generate(rng);
-    let local = LocalParty {
-        user: &alice.party.user,
-        identity: &alice.party.identity,
-    };
+    let local = LocalParty { user: &alice.party.user, identity: &alice.party.identity };
     match Session::initiate_with_keys(
         local,
         &bob.party.user,
@@ -1128,10 +1006,7 @@ fn ratchet(rng: &mut ChaCha20Rng) -> Value {
                     speaker.last_received.0,
                     speaker.last_received.1,
                 );
-                let chain = speaker
-                    .record
-                    .current()
-                    .and_then(|s| s.ratchet().sending.clone());
+                let chain = speaker.record.current().and_then(|s| s.ratchet().sending.clone());
                 let Ok((envelope, digest)) = speaker.record.encrypt(&record) else {
                     continue;
                 };
@@ -1164,20 +1039,15 @@ fn ratchet(rng: &mut ChaCha20Rng) -> Value {
             Deliver(index) | Tamper(index) => {
                 let tamper = matches!(op, Tamper(_));
                 let from_alice = senders[index];
-                let (receiver, sender) = if from_alice {
-                    (&mut bob, &alice)
-                } else {
-                    (&mut alice, &bob)
-                };
+                let (receiver, sender) =
+                    if from_alice { (&mut bob, &alice) } else { (&mut alice, &bob) };
                 let mut envelope = envelopes[index].clone();
                 if tamper {
                     envelope.ciphertext[0] ^= 0x01;
                 }
                 let before = receiver.record.to_bytes();
-                let local = LocalParty {
-                    user: &receiver.party.user,
-                    identity: &receiver.party.identity,
-                };
+                let local =
+                    LocalParty { user: &receiver.party.user, identity: &receiver.party.identity };
                 let result = receiver.record.decrypt(
                     local,
                     &sender.party.user,
@@ -1211,11 +1081,8 @@ fn ratchet(rng: &mut ChaCha20Rng) -> Value {
             }
         }
     }
-    let associated_data = alice
-        .record
-        .current()
-        .map(|s| h(s.associated_data().as_bytes()))
-        .unwrap_or_default();
+    let associated_data =
+        alice.record.current().map(|s| h(s.associated_data().as_bytes())).unwrap_or_default();
     file(
         "A scripted Double Ratchet conversation (PROTOCOL.md §6) with prekey messages, \
          out-of-order delivery within and across DH ratchet steps, a duplicate and a tampered \

@@ -98,11 +98,7 @@ pub fn from_b64(field: &'static str, text: &str) -> Result<Vec<u8>, DecodeError>
 fn exact<const N: usize>(field: &'static str, text: &str) -> Result<[u8; N], DecodeError> {
     let bytes = from_b64(field, text)?;
     let actual = bytes.len();
-    bytes.try_into().map_err(|_| DecodeError::InvalidLength {
-        field,
-        expected: N,
-        actual,
-    })
+    bytes.try_into().map_err(|_| DecodeError::InvalidLength { field, expected: N, actual })
 }
 
 fn dh_key(field: &'static str, text: &str) -> Result<DhPublicKey, DecodeError> {
@@ -166,11 +162,8 @@ impl TryFrom<&PublicIdentityJson> for PublicIdentity {
         let signing = verifying_key("identity.signing", &json.signing)?;
         let dh = dh_key("identity.dh", &json.dh)?;
         let binding = signature("identity.signature", &json.signature)?;
-        PublicIdentity::new(signing, dh, binding).map_err(|_: KeyError| {
-            DecodeError::InvalidSignature {
-                field: "identity.signature",
-            }
-        })
+        PublicIdentity::new(signing, dh, binding)
+            .map_err(|_: KeyError| DecodeError::InvalidSignature { field: "identity.signature" })
     }
 }
 
@@ -203,9 +196,7 @@ impl SignedPrekeyJson {
     /// Decodes the prekey and verifies its signature against its owner's identity.
     pub fn decode(&self, owner: &PublicIdentity) -> Result<SignedPrekeyPublic, DecodeError> {
         if self.created_at > MAX_SAFE_INTEGER {
-            return Err(DecodeError::OutOfRange {
-                field: "signedPrekey.createdAt",
-            });
+            return Err(DecodeError::OutOfRange { field: "signedPrekey.createdAt" });
         }
         let spk = SignedPrekeyPublic {
             id: self.id,
@@ -214,9 +205,7 @@ impl SignedPrekeyJson {
             signature: signature("signedPrekey.signature", &self.signature)?,
         };
         spk.verify(owner)
-            .map_err(|_| DecodeError::InvalidSignature {
-                field: "signedPrekey.signature",
-            })?;
+            .map_err(|_| DecodeError::InvalidSignature { field: "signedPrekey.signature" })?;
         Ok(spk)
     }
 }
@@ -233,20 +222,14 @@ pub struct OneTimePrekeyJson {
 
 impl From<&OneTimePrekeyPublic> for OneTimePrekeyJson {
     fn from(opk: &OneTimePrekeyPublic) -> Self {
-        Self {
-            id: opk.id,
-            key: b64(opk.key.as_bytes()),
-        }
+        Self { id: opk.id, key: b64(opk.key.as_bytes()) }
     }
 }
 
 impl TryFrom<&OneTimePrekeyJson> for OneTimePrekeyPublic {
     type Error = DecodeError;
     fn try_from(json: &OneTimePrekeyJson) -> Result<Self, DecodeError> {
-        Ok(Self {
-            id: json.id,
-            key: dh_key("oneTimePrekey.key", &json.key)?,
-        })
+        Ok(Self { id: json.id, key: dh_key("oneTimePrekey.key", &json.key)? })
     }
 }
 
@@ -293,16 +276,9 @@ impl TryFrom<&BundleJson> for PrekeyBundle {
         }
         let identity = PublicIdentity::try_from(&json.identity)?;
         let signed_prekey = json.signed_prekey.decode(&identity)?;
-        let one_time_prekey = json
-            .one_time_prekey
-            .as_ref()
-            .map(TryFrom::try_from)
-            .transpose()?;
-        PrekeyBundle::new(user_id, identity, signed_prekey, one_time_prekey).map_err(|_| {
-            DecodeError::InvalidSignature {
-                field: "signedPrekey.signature",
-            }
-        })
+        let one_time_prekey = json.one_time_prekey.as_ref().map(TryFrom::try_from).transpose()?;
+        PrekeyBundle::new(user_id, identity, signed_prekey, one_time_prekey)
+            .map_err(|_| DecodeError::InvalidSignature { field: "signedPrekey.signature" })
     }
 }
 
@@ -333,22 +309,14 @@ pub struct HeaderJson {
 
 impl From<&Header> for HeaderJson {
     fn from(header: &Header) -> Self {
-        Self {
-            dh: b64(header.dh.as_bytes()),
-            pn: header.pn,
-            n: header.n,
-        }
+        Self { dh: b64(header.dh.as_bytes()), pn: header.pn, n: header.n }
     }
 }
 
 impl TryFrom<&HeaderJson> for Header {
     type Error = DecodeError;
     fn try_from(json: &HeaderJson) -> Result<Self, DecodeError> {
-        Ok(Header {
-            dh: dh_key("header.dh", &json.dh)?,
-            pn: json.pn,
-            n: json.n,
-        })
+        Ok(Header { dh: dh_key("header.dh", &json.dh)?, pn: json.pn, n: json.n })
     }
 }
 
@@ -449,9 +417,7 @@ impl TryFrom<&EnvelopeJson> for Envelope {
         check_version_and_suite(json.version, json.suite)?;
         // Check the length from the text before decoding, so an oversized field costs nothing.
         if json.ciphertext.len() > MAX_CIPHERTEXT_LEN.div_ceil(3) * 4 {
-            return Err(DecodeError::InvalidCiphertextLength(
-                json.ciphertext.len() / 4 * 3,
-            ));
+            return Err(DecodeError::InvalidCiphertextLength(json.ciphertext.len() / 4 * 3));
         }
         let ciphertext = from_b64("ciphertext", &json.ciphertext)?;
         check_ciphertext_len(ciphertext.len())?;

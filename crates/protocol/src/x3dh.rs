@@ -57,10 +57,7 @@ impl AssociatedData {
         let mut out = Vec::with_capacity(2 + 2 * (33 + 130));
         out.push(PROTOCOL_VERSION);
         out.push(SUITE_P256);
-        for (user, identity) in [
-            (initiator, initiator_identity),
-            (responder, responder_identity),
-        ] {
+        for (user, identity) in [(initiator, initiator_identity), (responder, responder_identity)] {
             user.encode_into(&mut out);
             out.extend_from_slice(identity.signing_key().as_bytes());
             out.extend_from_slice(identity.dh_key().as_bytes());

@@ -30,23 +30,15 @@ fn alice_and_bob_talk_both_ways() {
         for i in 0..3 {
             let text = format!("alice {round}.{i}");
             let envelope = alice.send(&mut bob, &text, &mut rng);
-            assert_eq!(
-                envelope.is_prekey_message(),
-                round == 0,
-                "prekey header until a reply"
-            );
-            let (got, _) = bob
-                .receive(&alice.user.clone(), &envelope, &mut rng)
-                .unwrap();
+            assert_eq!(envelope.is_prekey_message(), round == 0, "prekey header until a reply");
+            let (got, _) = bob.receive(&alice.user.clone(), &envelope, &mut rng).unwrap();
             assert_eq!(got, text);
         }
         for i in 0..2 {
             let text = format!("bob {round}.{i}");
             let envelope = bob.send(&mut alice, &text, &mut rng);
             assert!(!envelope.is_prekey_message());
-            let (got, _) = alice
-                .receive(&bob.user.clone(), &envelope, &mut rng)
-                .unwrap();
+            let (got, _) = alice.receive(&bob.user.clone(), &envelope, &mut rng).unwrap();
             assert_eq!(got, text);
         }
     }
@@ -58,12 +50,8 @@ fn first_message_uses_a_one_time_prekey_and_consumes_it_only_on_success() {
     let envelope = alice.send(&mut bob, "hello", &mut rng);
     let opk = envelope.prekey.unwrap().one_time_prekey_id.unwrap();
     assert!(bob.prekeys.one_time_prekey(opk).unwrap().is_some());
-    bob.receive(&alice.user.clone(), &envelope, &mut rng)
-        .unwrap();
-    assert!(
-        bob.prekeys.one_time_prekey(opk).unwrap().is_none(),
-        "used prekey deleted"
-    );
+    bob.receive(&alice.user.clone(), &envelope, &mut rng).unwrap();
+    assert!(bob.prekeys.one_time_prekey(opk).unwrap().is_none(), "used prekey deleted");
 }
 
 #[test]
@@ -72,12 +60,7 @@ fn works_without_one_time_prekeys() {
     bob.one_time.clear();
     let envelope = alice.send(&mut bob, "no opk", &mut rng);
     assert_eq!(envelope.prekey.unwrap().one_time_prekey_id, None);
-    assert_eq!(
-        bob.receive(&alice.user.clone(), &envelope, &mut rng)
-            .unwrap()
-            .0,
-        "no opk"
-    );
+    assert_eq!(bob.receive(&alice.user.clone(), &envelope, &mut rng).unwrap().0, "no opk");
 }
 
 #[test]
@@ -85,21 +68,16 @@ fn out_of_order_within_and_across_ratchet_steps() {
     let (mut alice, mut bob, mut rng) = pair(4);
     let a = alice.user.clone();
     let b = bob.user.clone();
-    let first: Vec<Envelope> = (0..4)
-        .map(|i| alice.send(&mut bob, &format!("a1-{i}"), &mut rng))
-        .collect();
+    let first: Vec<Envelope> =
+        (0..4).map(|i| alice.send(&mut bob, &format!("a1-{i}"), &mut rng)).collect();
     // Bob gets the last first, then the others in reverse.
     for i in (0..4).rev() {
-        assert_eq!(
-            bob.receive(&a, &first[i], &mut rng).unwrap().0,
-            format!("a1-{i}")
-        );
+        assert_eq!(bob.receive(&a, &first[i], &mut rng).unwrap().0, format!("a1-{i}"));
     }
     let reply = bob.send(&mut alice, "b1", &mut rng);
     alice.receive(&b, &reply, &mut rng).unwrap();
-    let second: Vec<Envelope> = (0..3)
-        .map(|i| alice.send(&mut bob, &format!("a2-{i}"), &mut rng))
-        .collect();
+    let second: Vec<Envelope> =
+        (0..3).map(|i| alice.send(&mut bob, &format!("a2-{i}"), &mut rng)).collect();
     bob.receive(&a, &second[2], &mut rng).unwrap();
     let reply = bob.send(&mut alice, "b2", &mut rng);
     alice.receive(&b, &reply, &mut rng).unwrap();
@@ -120,10 +98,7 @@ fn duplicates_are_refused_with_their_own_error_and_change_nothing() {
     bob.receive(&a, &first, &mut rng).unwrap();
     for envelope in [&first, &second] {
         let before = bob.session_bytes(&a);
-        assert_eq!(
-            bob.receive(&a, envelope, &mut rng),
-            Err(DecryptError::DuplicateMessage)
-        );
+        assert_eq!(bob.receive(&a, envelope, &mut rng), Err(DecryptError::DuplicateMessage));
         assert_eq!(bob.session_bytes(&a), before);
     }
     // After a DH step, the old chain's messages are still recognised as duplicates.
@@ -131,10 +106,7 @@ fn duplicates_are_refused_with_their_own_error_and_change_nothing() {
     alice.receive(&bob.user.clone(), &reply, &mut rng).unwrap();
     let next = alice.send(&mut bob, "three", &mut rng);
     bob.receive(&a, &next, &mut rng).unwrap();
-    assert_eq!(
-        bob.receive(&a, &first, &mut rng),
-        Err(DecryptError::DuplicateMessage)
-    );
+    assert_eq!(bob.receive(&a, &first, &mut rng), Err(DecryptError::DuplicateMessage));
 }
 
 #[test]
@@ -146,10 +118,7 @@ fn a_replayed_prekey_message_is_a_duplicate_even_after_the_reply() {
     let reply = bob.send(&mut alice, "hi", &mut rng);
     alice.receive(&bob.user.clone(), &reply, &mut rng).unwrap();
     let before = bob.session_bytes(&a);
-    assert_eq!(
-        bob.receive(&a, &prekey_message, &mut rng),
-        Err(DecryptError::DuplicateMessage)
-    );
+    assert_eq!(bob.receive(&a, &prekey_message, &mut rng), Err(DecryptError::DuplicateMessage));
     assert_eq!(bob.session_bytes(&a), before);
     // Replayed to a device that lost the session, it cannot start a new one either: the
     // one-time prekey is gone.
@@ -169,18 +138,12 @@ fn assert_refused_without_change(
     rng: &mut rand_chacha::ChaCha20Rng,
 ) {
     let before = bob.session_bytes(from);
-    let one_time_left: Vec<bool> = (100..110)
-        .map(|id| bob.prekeys.one_time_prekey(id).unwrap().is_some())
-        .collect();
+    let one_time_left: Vec<bool> =
+        (100..110).map(|id| bob.prekeys.one_time_prekey(id).unwrap().is_some()).collect();
     assert_eq!(bob.receive(from, envelope, rng), Err(expected));
-    assert_eq!(
-        bob.session_bytes(from),
-        before,
-        "session must be byte-identical"
-    );
-    let after: Vec<bool> = (100..110)
-        .map(|id| bob.prekeys.one_time_prekey(id).unwrap().is_some())
-        .collect();
+    assert_eq!(bob.session_bytes(from), before, "session must be byte-identical");
+    let after: Vec<bool> =
+        (100..110).map(|id| bob.prekeys.one_time_prekey(id).unwrap().is_some()).collect();
     assert_eq!(after, one_time_left, "no one-time prekey consumed");
 }
 
@@ -310,10 +273,7 @@ fn tampered_ciphertext_header_and_prekey_message_change_nothing() {
         DecryptError::DecryptionFailed,
         &mut rng,
     );
-    assert_eq!(
-        bob.receive(&a, &after_step, &mut rng).unwrap().0,
-        "after step"
-    );
+    assert_eq!(bob.receive(&a, &after_step, &mut rng).unwrap().0, "after step");
 }
 
 #[test]
@@ -331,12 +291,7 @@ fn a_relay_lying_about_the_sender_fails_closed() {
         &mut rng,
     );
     assert!(bob.sessions.load_session(&mallory).unwrap().is_none());
-    assert_eq!(
-        bob.receive(&alice.user.clone(), &envelope, &mut rng)
-            .unwrap()
-            .0,
-        "from alice"
-    );
+    assert_eq!(bob.receive(&alice.user.clone(), &envelope, &mut rng).unwrap().0, "from alice");
 }
 
 #[test]
@@ -393,10 +348,7 @@ fn a_bundle_for_someone_else_is_refused() {
     let (mut alice, mut bob, mut rng) = pair(11);
     let bundle = bob.bundle();
     let carol = UserId::parse("carol").unwrap();
-    let local = LocalParty {
-        user: &alice.user,
-        identity: alice.identity(),
-    };
+    let local = LocalParty { user: &alice.user, identity: alice.identity() };
     assert!(Session::initiate(local, &carol, &bundle, &mut rng).is_err());
     let _ = &mut alice;
 }
@@ -412,25 +364,12 @@ fn max_skip_is_enforced_and_the_state_is_untouched() {
         skipped.push(alice.send(&mut bob, &format!("m{i}"), &mut rng));
     }
     let too_far = alice.send(&mut bob, "too far", &mut rng);
-    assert_refused_without_change(
-        &mut bob,
-        &a,
-        &too_far,
-        DecryptError::TooManySkipped,
-        &mut rng,
-    );
+    assert_refused_without_change(&mut bob, &a, &too_far, DecryptError::TooManySkipped, &mut rng);
     // Exactly MAX_SKIP skipped keys is allowed.
     let last = skipped.last().unwrap();
+    assert_eq!(bob.receive(&a, last, &mut rng).unwrap().0, format!("m{MAX_SKIP}"));
     assert_eq!(
-        bob.receive(&a, last, &mut rng).unwrap().0,
-        format!("m{MAX_SKIP}")
-    );
-    assert_eq!(
-        bob.session_record(&a)
-            .current()
-            .unwrap()
-            .ratchet()
-            .skipped_keys(),
+        bob.session_record(&a).current().unwrap().ratchet().skipped_keys(),
         MAX_SKIP as usize
     );
     assert_eq!(bob.receive(&a, &skipped[0], &mut rng).unwrap().0, "m0");
@@ -457,10 +396,7 @@ fn stored_skipped_keys_are_capped_and_the_oldest_evicted() {
         }
     }
     let record = bob.session_record(&a);
-    assert_eq!(
-        record.current().unwrap().ratchet().skipped_keys(),
-        MAX_SKIPPED_KEYS
-    );
+    assert_eq!(record.current().unwrap().ratchet().skipped_keys(), MAX_SKIPPED_KEYS);
     assert_eq!(
         bob.receive(&a, &oldest.unwrap(), &mut rng),
         Err(DecryptError::DuplicateMessage),
@@ -491,11 +427,7 @@ fn sessions_survive_save_and_restore_at_every_step() {
         pending.push((i % 3 == 2, envelope, i));
         if i % 4 == 3 {
             for (from_bob, envelope, i) in pending.drain(..).rev() {
-                let (receiver, from) = if from_bob {
-                    (&mut alice, &b)
-                } else {
-                    (&mut bob, &a)
-                };
+                let (receiver, from) = if from_bob { (&mut alice, &b) } else { (&mut bob, &a) };
                 let text = receiver.receive(from, &envelope, &mut rng).unwrap().0;
                 assert!(text.ends_with(&i.to_string()));
             }
@@ -524,26 +456,14 @@ fn simultaneous_initiation_converges() {
     let from_alice = alice.send(&mut bob, "alice first", &mut rng);
     let from_bob = bob.send(&mut alice, "bob first", &mut rng);
     assert!(from_alice.is_prekey_message() && from_bob.is_prekey_message());
-    assert_eq!(
-        bob.receive(&a, &from_alice, &mut rng).unwrap().0,
-        "alice first"
-    );
-    assert_eq!(
-        alice.receive(&b, &from_bob, &mut rng).unwrap().0,
-        "bob first"
-    );
+    assert_eq!(bob.receive(&a, &from_alice, &mut rng).unwrap().0, "alice first");
+    assert_eq!(alice.receive(&b, &from_bob, &mut rng).unwrap().0, "bob first");
     // Whatever each side now considers current, every later message arrives.
     for i in 0..6 {
         let envelope = alice.send(&mut bob, &format!("a{i}"), &mut rng);
-        assert_eq!(
-            bob.receive(&a, &envelope, &mut rng).unwrap().0,
-            format!("a{i}")
-        );
+        assert_eq!(bob.receive(&a, &envelope, &mut rng).unwrap().0, format!("a{i}"));
         let envelope = bob.send(&mut alice, &format!("b{i}"), &mut rng);
-        assert_eq!(
-            alice.receive(&b, &envelope, &mut rng).unwrap().0,
-            format!("b{i}")
-        );
+        assert_eq!(alice.receive(&b, &envelope, &mut rng).unwrap().0, format!("b{i}"));
     }
     // And they end up on the same session.
     let alice_base = *alice.session_record(&b).current().unwrap().base_key();
@@ -556,31 +476,18 @@ fn a_new_identity_is_reported_as_a_key_change() {
     let (mut alice, mut bob, mut rng) = pair(17);
     let (a, b) = (alice.user.clone(), bob.user.clone());
     let envelope = alice.send(&mut bob, "hi", &mut rng);
-    assert_eq!(
-        bob.receive(&a, &envelope, &mut rng).unwrap().1,
-        IdentityChange::New
-    );
+    assert_eq!(bob.receive(&a, &envelope, &mut rng).unwrap().1, IdentityChange::New);
     let envelope = alice.send(&mut bob, "again", &mut rng);
-    assert_eq!(
-        bob.receive(&a, &envelope, &mut rng).unwrap().1,
-        IdentityChange::Unchanged
-    );
+    assert_eq!(bob.receive(&a, &envelope, &mut rng).unwrap().1, IdentityChange::Unchanged);
     let before = SafetyNumber::compute(&a, alice.identity().public(), &b, bob.identity().public());
 
     // Alice loses her device and registers again with new keys.
     let mut new_alice = Device::new("alice", &mut rng);
     let envelope = new_alice.send(&mut bob, "new phone", &mut rng);
     let (text, change) = bob.receive(&a, &envelope, &mut rng).unwrap();
-    assert_eq!(
-        (text.as_str(), change),
-        ("new phone", IdentityChange::Changed)
-    );
-    let after = SafetyNumber::compute(
-        &a,
-        new_alice.identity().public(),
-        &b,
-        bob.identity().public(),
-    );
+    assert_eq!((text.as_str(), change), ("new phone", IdentityChange::Changed));
+    let after =
+        SafetyNumber::compute(&a, new_alice.identity().public(), &b, bob.identity().public());
     assert_ne!(before, after);
     let _ = &mut alice;
 }
@@ -616,10 +523,7 @@ fn an_ordinary_message_without_a_session_is_refused() {
 #[test]
 fn safety_numbers_match_on_both_sides_and_scan() {
     let mut rng = rng(20);
-    let (a, b) = (
-        UserId::parse("alice").unwrap(),
-        UserId::parse("bob").unwrap(),
-    );
+    let (a, b) = (UserId::parse("alice").unwrap(), UserId::parse("bob").unwrap());
     let ida = IdentityKeyPair::generate(&mut rng);
     let idb = IdentityKeyPair::generate(&mut rng);
     let seen_by_alice = SafetyNumber::compute(&a, ida.public(), &b, idb.public());
@@ -635,8 +539,5 @@ fn safety_numbers_match_on_both_sides_and_scan() {
     assert!(!seen_by_bob.matches_qr(&wrong[..64]));
     // A different user id with the same keys gives a different number.
     let c = UserId::parse("carol").unwrap();
-    assert_ne!(
-        SafetyNumber::compute(&c, ida.public(), &b, idb.public()),
-        seen_by_alice
-    );
+    assert_ne!(SafetyNumber::compute(&c, ida.public(), &b, idb.public()), seen_by_alice);
 }

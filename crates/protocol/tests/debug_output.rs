@@ -28,10 +28,7 @@ fn debug_output_is_pinned_and_holds_no_secrets() {
         format!("{:?}", RootKey::from_bytes([7; 32])),
         format!("{:?}", ChainKey::from_bytes([7; 32])),
         format!("{:?}", MessageKey::from_bytes([7; 32])),
-        format!(
-            "{:?}",
-            Record::text("secret text", 1, 1, 0, Default::default())
-        ),
+        format!("{:?}", Record::text("secret text", 1, 1, 0, Default::default())),
         format!("{record:?}"),
     ];
     let expected = [
@@ -66,10 +63,7 @@ fn debug_output_is_pinned_and_holds_no_secrets() {
     ];
     for text in &printed {
         for secret in &secrets {
-            assert!(
-                !text.contains(&secret[..secret.len().min(16)]),
-                "{text} leaks a secret"
-            );
+            assert!(!text.contains(&secret[..secret.len().min(16)]), "{text} leaks a secret");
         }
     }
 }

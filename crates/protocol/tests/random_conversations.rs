@@ -47,15 +47,10 @@ fn deliver(
     message: &InFlight,
     rng: &mut rand_chacha::ChaCha20Rng,
 ) -> Result<String, DecryptError> {
-    let (receiver, sender) = if message.from_alice {
-        (bob, &alice.user)
-    } else {
-        (alice, &bob.user)
-    };
+    let (receiver, sender) =
+        if message.from_alice { (bob, &alice.user) } else { (alice, &bob.user) };
     let sender = sender.clone();
-    receiver
-        .receive(&sender, &message.envelope, rng)
-        .map(|(text, _)| text)
+    receiver.receive(&sender, &message.envelope, rng).map(|(text, _)| text)
 }
 
 proptest! {

@@ -29,8 +29,5 @@ fn committed_vectors_match_the_generator() {
 
 #[test]
 fn generation_is_deterministic() {
-    assert_eq!(
-        sotto_protocol::vectors::generate(),
-        sotto_protocol::vectors::generate()
-    );
+    assert_eq!(sotto_protocol::vectors::generate(), sotto_protocol::vectors::generate());
 }

@@ -25,21 +25,14 @@ fn ecdsa_p256_sha256_p1363() {
                     valid += 1;
                 }
                 TestResult::Invalid => {
-                    assert!(
-                        !accepted,
-                        "tc {} ({}) must be refused",
-                        test.tc_id, test.comment
-                    );
+                    assert!(!accepted, "tc {} ({}) must be refused", test.tc_id, test.comment);
                     invalid += 1;
                 }
                 TestResult::Acceptable => {}
             }
         }
     }
-    assert!(
-        valid > 50 && invalid > 50,
-        "ran {valid} valid and {invalid} invalid cases"
-    );
+    assert!(valid > 50 && invalid > 50, "ran {valid} valid and {invalid} invalid cases");
 }
 
 /// Left-pads or strips a big-endian private scalar to 32 bytes.
@@ -111,9 +104,6 @@ fn ecdh_p256_public_key_validation() {
             }
         }
     }
-    assert!(
-        agreed > 20 && refused > 5,
-        "agreed {agreed}, refused {refused}"
-    );
+    assert!(agreed > 20 && refused > 5, "agreed {agreed}, refused {refused}");
     assert!(compressed_refused > 0 && zero_refused > 0);
 }

@@ -27,10 +27,7 @@ use crate::storage::{StoredIdentity, StoredOneTimePrekey, StoredSignedPrekey};
 pub(crate) fn new_challenge(limits: &Limits, now: Instant) -> Challenge {
     let mut nonce = [0u8; 32];
     rand::rng().fill_bytes(&mut nonce);
-    Challenge {
-        nonce,
-        expires: now + limits.challenge_ttl,
-    }
+    Challenge { nonce, expires: now + limits.challenge_ttl }
 }
 
 /// Why a login or registration signature was refused; the text is the metrics label.
@@ -58,10 +55,9 @@ impl AuthFailure {
 
     pub(crate) fn failure(self) -> Failure {
         match self {
-            AuthFailure::NoChallenge => Failure::new(
-                ErrorCode::NoChallenge,
-                "ask for a challenge (auth:challenge) first",
-            ),
+            AuthFailure::NoChallenge => {
+                Failure::new(ErrorCode::NoChallenge, "ask for a challenge (auth:challenge) first")
+            }
             AuthFailure::Expired => Failure::new(
                 ErrorCode::ChallengeExpired,
                 "the challenge expired; ask for a new one",
@@ -93,9 +89,7 @@ pub(crate) fn verify_challenge(
         .ok_or(AuthFailure::BadSignature)?;
     let message = authentication_message(host, user, &challenge.nonce)
         .map_err(|_| AuthFailure::BadSignature)?;
-    signing_key
-        .verify(&message, &signature)
-        .map_err(|_| AuthFailure::BadSignature)
+    signing_key.verify(&message, &signature).map_err(|_| AuthFailure::BadSignature)
 }
 
 /// Decodes a stored identity's signing key.
@@ -153,10 +147,7 @@ pub(crate) fn check_one_time_prekeys(
     if keys.len() > limits.max_prekeys_per_upload {
         return Err(Failure::new(
             ErrorCode::TooManyPrekeys,
-            format!(
-                "at most {} one-time prekeys per upload",
-                limits.max_prekeys_per_upload
-            ),
+            format!("at most {} one-time prekeys per upload", limits.max_prekeys_per_upload),
         ));
     }
     let mut ids = std::collections::HashSet::with_capacity(keys.len());
@@ -164,15 +155,9 @@ pub(crate) fn check_one_time_prekeys(
         .map(|json| {
             let key: OneTimePrekeyPublic = json.try_into().map_err(invalid_keys)?;
             if !ids.insert(key.id) {
-                return Err(invalid_keys(format!(
-                    "one-time prekey id {} appears twice",
-                    key.id
-                )));
+                return Err(invalid_keys(format!("one-time prekey id {} appears twice", key.id)));
             }
-            Ok(StoredOneTimePrekey {
-                id: key.id,
-                key: json.key.clone(),
-            })
+            Ok(StoredOneTimePrekey { id: key.id, key: json.key.clone() })
         })
         .collect()
 }
@@ -198,14 +183,7 @@ mod tests {
         let key = identity.public().signing_key();
         let good = sign("relay:3000", &user, &challenge);
         assert_eq!(
-            verify_challenge(
-                Some(challenge.clone()),
-                "relay:3000",
-                &user,
-                key,
-                &good,
-                now
-            ),
+            verify_challenge(Some(challenge.clone()), "relay:3000", &user, key, &good, now),
             Ok(())
         );
         assert_eq!(
@@ -213,14 +191,7 @@ mod tests {
             Err(AuthFailure::NoChallenge)
         );
         assert_eq!(
-            verify_challenge(
-                Some(challenge.clone()),
-                "other:3000",
-                &user,
-                key,
-                &good,
-                now
-            ),
+            verify_challenge(Some(challenge.clone()), "other:3000", &user, key, &good, now),
             Err(AuthFailure::BadSignature),
             "bound to the host"
         );
@@ -232,14 +203,7 @@ mod tests {
         );
         let later = now + limits.challenge_ttl + Duration::from_millis(1);
         assert_eq!(
-            verify_challenge(
-                Some(challenge.clone()),
-                "relay:3000",
-                &user,
-                key,
-                &good,
-                later
-            ),
+            verify_challenge(Some(challenge.clone()), "relay:3000", &user, key, &good, later),
             Err(AuthFailure::Expired)
         );
         let other = IdentityKeyPair::generate(&mut rng);

@@ -1,7 +1,6 @@
 //! Relay configuration: where to listen, which database, and every limit.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything `sotto serve` can be told.
@@ -14,10 +13,12 @@ pub struct Config {
     /// Host names clients may bind their login signatures to besides the `Host` header they
     /// sent (set when a proxy rewrites `Host`).
     pub public_hosts: Vec<String>,
-    /// Serve the web client from this folder instead of the copy built into the binary.
-    pub web_root: Option<PathBuf>,
     /// Whether HTTP long-polling is offered besides WebSocket.
     pub allow_polling: bool,
+    /// Redis (`redis://…`) for pushes and presence between several nodes.
+    pub redis_url: Option<String>,
+    /// Prefix of the Redis channels, so several deployments (or tests) can share a Redis.
+    pub redis_prefix: String,
     /// Limits.
     pub limits: Limits,
 }
@@ -29,8 +30,9 @@ impl Config {
             listen,
             database_url: database_url.into(),
             public_hosts: Vec::new(),
-            web_root: None,
             allow_polling: true,
+            redis_url: None,
+            redis_prefix: "sotto".to_owned(),
             limits: Limits::default(),
         }
     }

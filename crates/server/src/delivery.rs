@@ -93,17 +93,9 @@ async fn process<A: Adapter>(relay: &Arc<Relay<A>>, jobs: Vec<Job<A>>) {
     for job in jobs {
         match job {
             Job::Flush(done) => flushes.push(done),
-            Job::Store {
-                message,
-                ack,
-                received,
-            } => stores.push((message, ack, received)),
+            Job::Store { message, ack, received } => stores.push((message, ack, received)),
             Job::Ack { acks: more } => acks.extend(more),
-            Job::Attach {
-                socket,
-                user,
-                after,
-            } => attaches.push((socket, user, after)),
+            Job::Attach { socket, user, after } => attaches.push((socket, user, after)),
         }
     }
     if !stores.is_empty() {
@@ -139,19 +131,8 @@ async fn refresh_recipients<A: Adapter>(
         .collect();
     for user in unknown {
         let exists = relay.storage.identity(user).await?.is_some();
-        let pending = if exists {
-            relay.storage.pending_count(user).await?
-        } else {
-            0
-        };
-        relay.recipients.put(
-            user,
-            RecipientInfo {
-                exists,
-                pending,
-                read_at: now,
-            },
-        );
+        let pending = if exists { relay.storage.pending_count(user).await? } else { 0 };
+        relay.recipients.put(user, RecipientInfo { exists, pending, read_at: now });
     }
     Ok(())
 }
@@ -196,11 +177,7 @@ async fn store<A: Adapter>(relay: &Arc<Relay<A>>, jobs: Vec<(NewMessage, AckSend
                 acks.push(ack);
                 received.push(at);
             }
-            _ => refuse(
-                relay,
-                ack,
-                &Failure::new(ErrorCode::UnknownUser, "no such user"),
-            ),
+            _ => refuse(relay, ack, &Failure::new(ErrorCode::UnknownUser, "no such user")),
         }
     }
     if admitted.is_empty() {
@@ -228,34 +205,20 @@ async fn store<A: Adapter>(relay: &Arc<Relay<A>>, jobs: Vec<(NewMessage, AckSend
     let mut new_contacts: Vec<(String, String)> = Vec::new();
     for (((message, outcome), ack), at) in admitted.iter().zip(&outcomes).zip(acks).zip(received) {
         let duplicate = matches!(outcome, StoreOutcome::Duplicate(_));
-        let _ = ack.send(&SendAnswer {
-            ok: true,
-            id: outcome.id(),
-            duplicate,
-        });
-        relay
-            .metrics
-            .store_seconds
-            .observe(at.elapsed().as_secs_f64());
+        let _ = ack.send(&SendAnswer { ok: true, id: outcome.id(), duplicate });
+        relay.metrics.store_seconds.observe(at.elapsed().as_secs_f64());
         if duplicate {
             continue;
         }
         relay.metrics.messages_stored.inc();
         relay.metrics.queue_depth.inc();
         relay.recipients.add_pending(&message.recipient, 1);
-        match per_recipient
-            .iter_mut()
-            .find(|(r, _)| *r == message.recipient)
-        {
+        match per_recipient.iter_mut().find(|(r, _)| *r == message.recipient) {
             Some((_, list)) => list.push((outcome.id(), message)),
             None => per_recipient.push((&message.recipient, vec![(outcome.id(), message)])),
         }
         let key = relay.contact_key(&message.sender, &message.recipient);
-        let fresh = relay
-            .known_contacts
-            .lock()
-            .map(|mut known| known.insert(key))
-            .unwrap_or(false);
+        let fresh = relay.known_contacts.lock().map(|mut known| known.insert(key)).unwrap_or(false);
         if fresh {
             new_contacts.push((message.sender.clone(), message.recipient.clone()));
         }
@@ -272,12 +235,9 @@ async fn store<A: Adapter>(relay: &Arc<Relay<A>>, jobs: Vec<(NewMessage, AckSend
                 })
                 .collect(),
         };
-        let delivered = push_to_user(relay, recipient, events::MESSAGE_RECEIVE, &push);
+        let delivered = push_to_user(relay, recipient, events::MESSAGE_RECEIVE, &push).await;
         if delivered {
-            relay
-                .metrics
-                .messages_delivered
-                .inc_by(messages.len() as u64);
+            relay.metrics.messages_delivered.inc_by(messages.len() as u64);
         }
     }
     if !new_contacts.is_empty() {
@@ -290,29 +250,31 @@ async fn record_contacts<A: Adapter>(relay: &Relay<A>, pairs: Vec<(String, Strin
     if let Err(error) = relay.storage.add_contacts(&pairs).await {
         relay.metrics.storage_errors.inc();
         tracing::warn!(%error, "recording contacts failed");
-        let mut known = relay
-            .known_contacts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut known = relay.known_contacts.lock().unwrap_or_else(|e| e.into_inner());
         for (a, b) in &pairs {
             known.remove(&relay.contact_key(a, b));
         }
         return;
     }
     for (sender, recipient) in &pairs {
-        if relay.is_online(recipient) {
-            push_to_user(
+        // Clustered, the recipient may be online on another node: the room push finds out.
+        if relay.clustered() || relay.is_online(recipient) {
+            let delivered = push_to_user(
                 relay,
                 recipient,
                 events::USER_JOINED,
                 &PresencePush { user_id: sender },
-            );
-            push_to_user(
-                relay,
-                sender,
-                events::USER_JOINED,
-                &PresencePush { user_id: recipient },
-            );
+            )
+            .await;
+            if delivered {
+                push_to_user(
+                    relay,
+                    sender,
+                    events::USER_JOINED,
+                    &PresencePush { user_id: recipient },
+                )
+                .await;
+            }
         }
     }
 }
@@ -327,31 +289,19 @@ async fn acknowledge<A: Adapter>(relay: &Relay<A>, acks: Vec<(String, i64)>) {
             return;
         }
     };
-    relay
-        .metrics
-        .messages_acknowledged
-        .inc_by(acknowledged.len() as u64);
+    relay.metrics.messages_acknowledged.inc_by(acknowledged.len() as u64);
     relay.metrics.queue_depth.dec_by(acknowledged.len() as i64);
     let mut per_sender: Vec<(&str, Vec<Receipt<'_>>)> = Vec::new();
     for done in &acknowledged {
         relay.recipients.add_pending(&done.recipient, -1);
-        let receipt = Receipt {
-            id: done.id,
-            client_id: &done.client_id,
-            to: &done.recipient,
-        };
+        let receipt = Receipt { id: done.id, client_id: &done.client_id, to: &done.recipient };
         match per_sender.iter_mut().find(|(s, _)| *s == done.sender) {
             Some((_, list)) => list.push(receipt),
             None => per_sender.push((&done.sender, vec![receipt])),
         }
     }
     for (sender, receipts) in per_sender {
-        push_to_user(
-            relay,
-            sender,
-            events::MESSAGE_DELIVERED,
-            &DeliveredPush { receipts },
-        );
+        push_to_user(relay, sender, events::MESSAGE_DELIVERED, &DeliveredPush { receipts }).await;
     }
 }
 
@@ -393,10 +343,8 @@ pub(crate) fn send_page<A: Adapter>(
     socket: &SocketRef<A>,
     messages: &[QueuedMessage],
 ) -> Result<(), socketioxide::SendError> {
-    let raw: Vec<Option<Box<RawValue>>> = messages
-        .iter()
-        .map(|m| RawValue::from_string(m.envelope.clone()).ok())
-        .collect();
+    let raw: Vec<Option<Box<RawValue>>> =
+        messages.iter().map(|m| RawValue::from_string(m.envelope.clone()).ok()).collect();
     let push = ReceivePush {
         messages: messages
             .iter()
@@ -412,23 +360,35 @@ pub(crate) fn send_page<A: Adapter>(
             .collect(),
     };
     socket.emit(events::MESSAGE_RECEIVE, &push)?;
-    relay
-        .metrics
-        .messages_delivered
-        .inc_by(push.messages.len() as u64);
+    relay.metrics.messages_delivered.inc_by(push.messages.len() as u64);
     Ok(())
 }
 
-/// Pushes an event to every socket of `user` on this node. A socket that cannot take it (its
-/// buffer is full) is disconnected: it catches up from the queue when it reconnects, which keeps
-/// delivery gap-free. Returns whether any socket took it.
-pub(crate) fn push_to_user<A: Adapter, T: serde::Serialize + ?Sized>(
+/// Pushes an event to every socket of `user`.
+///
+/// Single node: straight to this node's sockets; a socket that cannot take it (its buffer is
+/// full) is disconnected, so it catches up from the queue when it reconnects and delivery stays
+/// gap-free. Clustered: through the Redis adapter to every node; if Redis is unreachable, to
+/// this node's sockets only (the others catch up from the queue). Returns whether the push went
+/// out (single node: whether any socket took it).
+pub(crate) async fn push_to_user<A: Adapter, T: serde::Serialize + ?Sized>(
     relay: &Relay<A>,
     user: &str,
     event: &'static str,
     payload: &T,
 ) -> bool {
     let Some(io) = relay.io() else { return false };
+    if relay.clustered() {
+        match io.to(user_room(user)).emit(event, payload).await {
+            Ok(()) => return true,
+            // Some local socket was full; the heartbeat closes it, and it catches up.
+            Err(socketioxide::BroadcastError::Socket(_)) => return true,
+            Err(error) => {
+                relay.metrics.adapter_errors.inc();
+                tracing::warn!(%error, event, "adapter push failed; pushing to local sockets only");
+            }
+        }
+    }
     let mut delivered = false;
     for socket in io.to(user_room(user)).sockets() {
         match socket.emit(event, payload) {
@@ -440,6 +400,58 @@ pub(crate) fn push_to_user<A: Adapter, T: serde::Serialize + ?Sized>(
         }
     }
     delivered
+}
+
+/// How often a clustered node re-pushes recent undelivered messages.
+pub(crate) const REDELIVERY_EVERY: Duration = Duration::from_secs(3);
+/// Messages younger than this are left alone (their live push is probably still on its way).
+const REDELIVERY_GRACE: Duration = Duration::from_secs(3);
+/// How far back the re-push looks; older backlogs wait for the recipient's next login.
+const REDELIVERY_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Clustered nodes only: the Redis adapter delivers pushes at most once, so every few seconds
+/// each node re-pushes the recent messages still unacknowledged by recipients connected to it.
+/// A recipient that already has one drops the repeat by its id. This is what keeps live
+/// delivery going while Redis is down or restarting.
+pub(crate) async fn run_redelivery<A: Adapter>(relay: Arc<Relay<A>>) {
+    let mut tick = tokio::time::interval(REDELIVERY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = now_ms();
+        let grace = i64::try_from(REDELIVERY_GRACE.as_millis()).unwrap_or(0);
+        let window = i64::try_from(REDELIVERY_WINDOW.as_millis()).unwrap_or(0);
+        let pending = match relay.storage.pending_between(now - window, now - grace, 10_000).await {
+            Ok(pending) => pending,
+            Err(error) => {
+                relay.metrics.storage_errors.inc();
+                tracing::warn!(%error, "reading recent undelivered messages failed");
+                continue;
+            }
+        };
+        let Some(io) = relay.io() else { continue };
+        let mut per_recipient: Vec<(String, Vec<QueuedMessage>)> = Vec::new();
+        for (recipient, message) in pending {
+            if !relay.is_online(&recipient) {
+                continue;
+            }
+            match per_recipient.iter_mut().find(|(r, _)| *r == recipient) {
+                Some((_, list)) => list.push(message),
+                None => per_recipient.push((recipient, vec![message])),
+            }
+        }
+        for (recipient, messages) in per_recipient {
+            for socket in io.to(user_room(&recipient)).sockets() {
+                for page in messages.chunks(PAGE) {
+                    if send_page(&relay, &socket, page).is_err() {
+                        let _ = socket.clone().disconnect();
+                        break;
+                    }
+                }
+            }
+            relay.metrics.messages_redelivered.inc_by(messages.len() as u64);
+        }
+    }
 }
 
 /// Periodic housekeeping: expiring undelivered messages, purging old tombstones, refreshing the
@@ -462,10 +474,7 @@ pub(crate) async fn run_housekeeping<A: Adapter>(relay: Arc<Relay<A>>, every: Du
             }
         }
         if let Ok(pending) = relay.storage.total_pending().await {
-            relay
-                .metrics
-                .queue_depth
-                .set(i64::try_from(pending).unwrap_or(i64::MAX));
+            relay.metrics.queue_depth.set(i64::try_from(pending).unwrap_or(i64::MAX));
         }
         let now = Instant::now();
         relay.pair_limiter.sweep(now);

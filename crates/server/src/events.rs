@@ -77,10 +77,7 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// Whether retrying the same request later can succeed.
     pub fn retryable(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::RateLimited | ErrorCode::Busy | ErrorCode::StorageUnavailable
-        )
+        matches!(self, ErrorCode::RateLimited | ErrorCode::Busy | ErrorCode::StorageUnavailable)
     }
 
     /// The code's text, as used in metrics labels.
@@ -418,17 +415,14 @@ struct EnvelopeShape<'a> {
 }
 
 fn is_b64url(text: &str) -> bool {
-    text.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn b64_field(text: &str, len: usize, field: &str) -> Result<(), String> {
     if text.len() == len && is_b64url(text) {
         Ok(())
     } else {
-        Err(format!(
-            "envelope {field} is not {len} characters of base64url"
-        ))
+        Err(format!("envelope {field} is not {len} characters of base64url"))
     }
 }
 
@@ -447,17 +441,9 @@ pub fn check_envelope(raw: &RawValue) -> Result<(), String> {
     }
     b64_field(shape.header.dh, KEY_B64_LEN, "header.dh")?;
     if let Some(prekey) = &shape.prekey {
-        b64_field(
-            prekey.identity.signing,
-            KEY_B64_LEN,
-            "prekey.identity.signing",
-        )?;
+        b64_field(prekey.identity.signing, KEY_B64_LEN, "prekey.identity.signing")?;
         b64_field(prekey.identity.dh, KEY_B64_LEN, "prekey.identity.dh")?;
-        b64_field(
-            prekey.identity.signature,
-            SIGNATURE_B64_LEN,
-            "prekey.identity.signature",
-        )?;
+        b64_field(prekey.identity.signature, SIGNATURE_B64_LEN, "prekey.identity.signature")?;
         b64_field(prekey.base_key, KEY_B64_LEN, "prekey.baseKey")?;
     }
     let text = shape.ciphertext;
@@ -502,10 +488,8 @@ mod tests {
                 continue;
             }
             let name = case["name"].as_str().unwrap();
-            let structural = !matches!(
-                name,
-                "dh-off-curve" | "prekey-identity-swapped-dh" | "dh-padded-base64"
-            );
+            let structural =
+                !matches!(name, "dh-off-curve" | "prekey-identity-swapped-dh" | "dh-padded-base64");
             let Ok(value) = RawValue::from_string(case["json"].as_str().unwrap().to_owned()) else {
                 continue;
             };

@@ -33,11 +33,19 @@ use crate::storage::{MessageStatus, NewMessage, NewUser, RegisterError};
 
 /// Registers the relay's namespace on a single-node (local adapter) server. (socketioxide
 /// only offers `ns` on concrete adapters, so each adapter gets its own registration.)
-pub(crate) fn register_namespace(io: &SocketIo<LocalAdapter>) {
-    io.ns(
-        "/",
-        on_connect::<LocalAdapter>.with(set_up_connection::<LocalAdapter>),
-    );
+pub(crate) fn register_local_namespace(io: &SocketIo<LocalAdapter>) {
+    io.ns("/", on_connect::<LocalAdapter>.with(set_up_connection::<LocalAdapter>));
+}
+
+/// Registers the namespace on a clustered server; completes once its Redis channels are
+/// subscribed.
+pub(crate) async fn register_cluster_namespace(
+    io: &SocketIo<crate::cluster::Adapter>,
+) -> Result<(), crate::ServeError> {
+    type Cluster = crate::cluster::Adapter;
+    io.ns("/", on_connect::<Cluster>.with(set_up_connection::<Cluster>))
+        .await
+        .map_err(|e| crate::ServeError::Redis(e.to_string()))
 }
 
 type Reply<T> = Result<T, Failure>;
@@ -119,9 +127,7 @@ async fn set_up_connection<A: Adapter>(
     let pending = socket.clone();
     tokio::spawn(async move {
         tokio::time::sleep(deadline).await;
-        let anonymous = connection(&pending)
-            .map(|c| c.user().is_none())
-            .unwrap_or(false);
+        let anonymous = connection(&pending).map(|c| c.user().is_none()).unwrap_or(false);
         if anonymous && pending.connected() {
             if let Some(relay) = weak.upgrade() {
                 relay.metrics.auth_failure("timeout");
@@ -173,8 +179,8 @@ async fn announce<A: Adapter>(relay: &Relay<A>, user: &str, event: &'static str)
             return;
         }
     };
-    for contact in contacts.iter().filter(|c| relay.is_online(c)) {
-        push_to_user(relay, contact, event, &PresencePush { user_id: user });
+    for contact in contacts.iter().filter(|c| relay.clustered() || relay.is_online(c)) {
+        push_to_user(relay, contact, event, &PresencePush { user_id: user }).await;
     }
 }
 
@@ -214,14 +220,8 @@ fn verify_login<A: Adapter>(
 ) -> Result<(), AuthFailure> {
     let challenge = connection.lock().challenge.take();
     let now = Instant::now();
-    let mut result = auth::verify_challenge(
-        challenge.clone(),
-        &connection.host,
-        user,
-        key,
-        signature,
-        now,
-    );
+    let mut result =
+        auth::verify_challenge(challenge.clone(), &connection.host, user, key, signature, now);
     for host in &relay.config.public_hosts {
         if result != Err(AuthFailure::BadSignature) {
             break;
@@ -262,10 +262,7 @@ async fn on_login<A: Adapter>(
     State(relay): State<Arc<Relay<A>>>,
 ) {
     let result = login(&relay, &socket, request).await;
-    let logged_in = result
-        .as_ref()
-        .ok()
-        .map(|answer| Arc::<str>::from(answer.user_id.as_str()));
+    let logged_in = result.as_ref().ok().map(|answer| Arc::<str>::from(answer.user_id.as_str()));
     answer(&relay, ack, result);
     if let Some(user) = logged_in {
         after_login(relay, socket, user).await;
@@ -281,25 +278,14 @@ async fn login<A: Adapter>(
     allow_event(relay, &connection)?;
     let request = request.map_err(bad_request)?;
     if connection.user().is_some() {
-        return Err(Failure::new(
-            ErrorCode::AlreadyAuthenticated,
-            "already logged in",
-        ));
+        return Err(Failure::new(ErrorCode::AlreadyAuthenticated, "already logged in"));
     }
     let user = parse_user_id(&request.user_id)?;
-    let identity = relay
-        .storage
-        .identity(user.as_str())
-        .await
-        .map_err(|e| storage_failure(relay, e))?;
+    let identity =
+        relay.storage.identity(user.as_str()).await.map_err(|e| storage_failure(relay, e))?;
     let Some(key) = identity.as_ref().and_then(auth::stored_signing_key) else {
         connection.lock().challenge = None;
-        return Err(record_auth_failure(
-            relay,
-            socket,
-            &connection,
-            AuthFailure::UnknownUser,
-        ));
+        return Err(record_auth_failure(relay, socket, &connection, AuthFailure::UnknownUser));
     };
     if let Err(failure) = verify_login(relay, &connection, &user, &key, &request.signature) {
         return Err(record_auth_failure(relay, socket, &connection, failure));
@@ -316,22 +302,14 @@ fn bind_user<A: Adapter>(relay: &Relay<A>, connection: &Connection, user: &UserI
 }
 
 async fn login_answer<A: Adapter>(relay: &Relay<A>, user: &UserId) -> Reply<LoginAnswer> {
-    let queued = relay
-        .storage
-        .pending_count(user.as_str())
-        .await
-        .map_err(|e| storage_failure(relay, e))?;
+    let queued =
+        relay.storage.pending_count(user.as_str()).await.map_err(|e| storage_failure(relay, e))?;
     let one_time_prekeys = relay
         .storage
         .one_time_prekey_count(user.as_str())
         .await
         .map_err(|e| storage_failure(relay, e))?;
-    Ok(LoginAnswer {
-        ok: true,
-        user_id: user.to_string(),
-        queued,
-        one_time_prekeys,
-    })
+    Ok(LoginAnswer { ok: true, user_id: user.to_string(), queued, one_time_prekeys })
 }
 
 /// After the login answer went out: presence, then the backlog, then live delivery.
@@ -346,8 +324,10 @@ async fn after_login<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, use
         announce(&relay, &user, events::USER_JOINED).await;
     }
     if let Ok(contacts) = relay.storage.contacts(&user).await {
-        for contact in contacts.iter().filter(|c| relay.is_online(c)) {
-            let _ = socket.emit(events::USER_JOINED, &PresencePush { user_id: contact });
+        for contact in &contacts {
+            if relay.online_anywhere(contact).await {
+                let _ = socket.emit(events::USER_JOINED, &PresencePush { user_id: contact });
+            }
         }
     }
     tokio::spawn(catch_up(relay, socket, user));
@@ -392,11 +372,7 @@ async fn catch_up<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, user: 
             break;
         }
     }
-    let job = Job::Attach {
-        socket: socket.clone(),
-        user,
-        after,
-    };
+    let job = Job::Attach { socket: socket.clone(), user, after };
     if relay.writer.send(job).await.is_err() {
         let _ = socket.disconnect();
     }
@@ -428,10 +404,8 @@ async fn on_register<A: Adapter>(
         }
         None => {
             let result = register(&relay, &socket, &connection, request).await;
-            let registered = result
-                .as_ref()
-                .ok()
-                .map(|answer| Arc::<str>::from(answer.user_id.as_str()));
+            let registered =
+                result.as_ref().ok().map(|answer| Arc::<str>::from(answer.user_id.as_str()));
             answer(&relay, ack, result);
             if let Some(user) = registered {
                 after_login(relay, socket, user).await;
@@ -441,9 +415,7 @@ async fn on_register<A: Adapter>(
 }
 
 fn required<'a, T>(field: &'a Option<T>, name: &str) -> Reply<&'a T> {
-    field
-        .as_ref()
-        .ok_or_else(|| bad_request(format!("missing field `{name}`")))
+    field.as_ref().ok_or_else(|| bad_request(format!("missing field `{name}`")))
 }
 
 async fn register<A: Adapter>(
@@ -475,10 +447,7 @@ async fn register<A: Adapter>(
     match relay.storage.register_user(&new_user).await {
         Ok(()) => {}
         Err(RegisterError::Taken) => {
-            return Err(Failure::new(
-                ErrorCode::UserTaken,
-                format!("{user} is taken"),
-            ));
+            return Err(Failure::new(ErrorCode::UserTaken, format!("{user} is taken")));
         }
         Err(RegisterError::Storage(error)) => return Err(storage_failure(relay, error)),
     }
@@ -499,11 +468,7 @@ async fn upload_prekeys<A: Adapter>(
             "already registered; only prekeys can be uploaded",
         ));
     }
-    let stored = relay
-        .storage
-        .identity(user)
-        .await
-        .map_err(|e| storage_failure(relay, e))?;
+    let stored = relay.storage.identity(user).await.map_err(|e| storage_failure(relay, e))?;
     let identity = stored
         .as_ref()
         .and_then(auth::stored_identity)
@@ -518,21 +483,14 @@ async fn upload_prekeys<A: Adapter>(
         relay.limits(),
     )?;
     if let Some(spk) = &signed_prekey {
-        relay
-            .storage
-            .set_signed_prekey(user, spk)
-            .await
-            .map_err(|e| storage_failure(relay, e))?;
+        relay.storage.set_signed_prekey(user, spk).await.map_err(|e| storage_failure(relay, e))?;
     }
     let count = relay
         .storage
         .add_one_time_prekeys(user, &one_time, relay.limits().max_prekeys_stored)
         .await
         .map_err(|e| storage_failure(relay, e))?;
-    Ok(UploadAnswer {
-        ok: true,
-        one_time_prekeys: count,
-    })
+    Ok(UploadAnswer { ok: true, one_time_prekeys: count })
 }
 
 async fn on_request_key<A: Adapter>(
@@ -576,10 +534,9 @@ async fn request_key<A: Adapter>(
             relay,
             target.as_str(),
             events::PREKEYS_LOW,
-            &PrekeysLowPush {
-                remaining: claimed.remaining,
-            },
-        );
+            &PrekeysLowPush { remaining: claimed.remaining },
+        )
+        .await;
     }
     let bundle = BundleJson {
         version: u64::from(sotto_protocol::PROTOCOL_VERSION),
@@ -596,16 +553,11 @@ async fn request_key<A: Adapter>(
             created_at: claimed.signed_prekey.created_at,
             signature: claimed.signed_prekey.signature,
         },
-        one_time_prekey: claimed.one_time_prekey.map(|opk| OneTimePrekeyJson {
-            id: opk.id,
-            key: opk.key,
-        }),
+        one_time_prekey: claimed
+            .one_time_prekey
+            .map(|opk| OneTimePrekeyJson { id: opk.id, key: opk.key }),
     };
-    Ok(BundleAnswer {
-        ok: true,
-        user_id: target.to_string(),
-        bundle,
-    })
+    Ok(BundleAnswer { ok: true, user_id: target.to_string(), bundle })
 }
 
 async fn on_identity<A: Adapter>(
@@ -671,9 +623,7 @@ impl<A: Adapter> FromMessageParts<A> for QueuedSend {
 
 fn valid_client_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn enqueue_send<A: Adapter>(
@@ -690,10 +640,7 @@ fn enqueue_send<A: Adapter>(
         if request.envelope.get().len() > relay.limits().max_envelope_bytes {
             return Err(Failure::new(
                 ErrorCode::TooLarge,
-                format!(
-                    "envelopes are limited to {} bytes",
-                    relay.limits().max_envelope_bytes
-                ),
+                format!("envelopes are limited to {} bytes", relay.limits().max_envelope_bytes),
             ));
         }
         let recipient = parse_user_id(&request.to)?;
@@ -723,23 +670,14 @@ fn enqueue_send<A: Adapter>(
         Ok(message) => message,
         Err(failure) => return Err((ack, failure)),
     };
-    let job = Job::Store {
-        message,
-        ack,
-        received: Instant::now(),
-    };
+    let job = Job::Store { message, ack, received: Instant::now() };
     relay.writer.try_send(job).map_err(|error| {
         let job = match error {
             tokio::sync::mpsc::error::TrySendError::Full(job)
             | tokio::sync::mpsc::error::TrySendError::Closed(job) => job,
         };
-        let Job::Store { ack, .. } = job else {
-            unreachable_job()
-        };
-        (
-            ack,
-            Failure::new(ErrorCode::Busy, "the relay is busy; retry shortly"),
-        )
+        let Job::Store { ack, .. } = job else { unreachable_job() };
+        (ack, Failure::new(ErrorCode::Busy, "the relay is busy; retry shortly"))
     })
 }
 
@@ -760,16 +698,9 @@ async fn on_ack<A: Adapter>(
         let user = logged_in(&connection)?;
         let request = request.map_err(bad_request)?;
         if request.ids.len() > relay.limits().max_ids_per_request {
-            return Err(Failure::new(
-                ErrorCode::TooLarge,
-                "too many ids in one request",
-            ));
+            return Err(Failure::new(ErrorCode::TooLarge, "too many ids in one request"));
         }
-        let acks = request
-            .ids
-            .into_iter()
-            .map(|id| (user.to_string(), id))
-            .collect();
+        let acks = request.ids.into_iter().map(|id| (user.to_string(), id)).collect();
         relay
             .writer
             .try_send(Job::Ack { acks })
@@ -791,10 +722,7 @@ async fn on_status<A: Adapter>(
         let user = logged_in(&connection)?;
         let request = request.map_err(bad_request)?;
         if request.ids.len() > relay.limits().max_ids_per_request {
-            return Err(Failure::new(
-                ErrorCode::TooLarge,
-                "too many ids in one request",
-            ));
+            return Err(Failure::new(ErrorCode::TooLarge, "too many ids in one request"));
         }
         let statuses = relay
             .storage

@@ -49,10 +49,7 @@ async fn healthz(State(state): State<HttpState>) -> Response {
 
 async fn metrics(State(state): State<HttpState>) -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.render(),
     )
         .into_response()
@@ -85,27 +82,18 @@ async fn web_client(uri: Uri) -> Response {
     ];
     match file {
         Some(file) => {
-            let cache = if path == "index.html" {
-                "no-cache"
-            } else {
-                "public, max-age=3600"
-            };
+            let cache = if path == "index.html" { "no-cache" } else { "public, max-age=3600" };
             (
                 security,
-                [
-                    (header::CONTENT_TYPE, file.metadata.mimetype()),
-                    (header::CACHE_CONTROL, cache),
-                ],
+                [(header::CONTENT_TYPE, file.metadata.mimetype()), (header::CACHE_CONTROL, cache)],
                 file.data,
             )
                 .into_response()
         }
-        None if path == "index.html" => (
-            security,
-            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-            NOT_BUILT,
-        )
-            .into_response(),
+        None if path == "index.html" => {
+            (security, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], NOT_BUILT)
+                .into_response()
+        }
         None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
     }
 }

@@ -14,6 +14,7 @@
 //! | rate limits                                    | `limits`        |
 //! | durable storage (SQLite, PostgreSQL)           | [`storage`]     |
 //! | `/healthz`, `/metrics`, the web client         | `http`          |
+//! | several nodes: the Redis adapter               | `cluster`       |
 //! | Prometheus metrics                             | [`metrics`]     |
 //!
 //! [`serve`] runs the relay on a listener until a shutdown signal; tests start it on
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod storage;
 
 mod auth;
+mod cluster;
 mod delivery;
 mod handlers;
 mod http;
@@ -35,6 +37,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use socketioxide::adapter::Adapter;
 use socketioxide::{SocketIo, TransportType};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -54,6 +57,9 @@ pub enum ServeError {
     /// Serving failed.
     #[error("serving failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The Redis adapter could not start.
+    #[error("redis: {0}")]
+    Redis(String),
 }
 
 /// Depth of the queue writer's inbox; when it is full, senders are told to retry.
@@ -65,6 +71,8 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// Runs the relay on `listener` until `shutdown` resolves, then stops gracefully: sockets are
 /// closed, every message already received is stored and acknowledged, the database is closed.
+/// With `config.redis_url` set, the socketioxide Redis adapter carries pushes and presence
+/// between nodes; delivery itself never depends on it (the queue is in the database).
 pub async fn serve(
     config: Config,
     listener: TcpListener,
@@ -73,67 +81,111 @@ pub async fn serve(
     let storage = storage::open(&config.database_url).await?;
     let metrics = Arc::new(Metrics::new());
     if let Ok(pending) = storage.total_pending().await {
-        metrics
-            .queue_depth
-            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        metrics.queue_depth.set(i64::try_from(pending).unwrap_or(i64::MAX));
     }
-    let (writer, inbox) = mpsc::channel(WRITER_INBOX);
-    let limits = config.limits.clone();
-    let allow_polling = config.allow_polling;
-    let relay = Arc::new(Relay::new(config, storage.clone(), metrics.clone(), writer));
-    let builder = SocketIo::builder()
-        .max_payload(limits.max_frame_bytes as u64)
-        .ws_max_message_size(limits.max_frame_bytes)
-        .ws_max_frame_size(limits.max_frame_bytes)
-        .max_buffer_size(SOCKET_BUFFER)
-        .connect_timeout(Duration::from_secs(10))
-        .with_state(relay.clone());
-    let builder = if allow_polling {
-        builder.transports([TransportType::Polling, TransportType::Websocket])
-    } else {
-        builder.transports([TransportType::Websocket])
-    };
-    let (layer, io) = builder.build_layer();
-    relay.attach_io(io.clone());
-    handlers::register_namespace(&io);
-
-    let writer_task = tokio::spawn(delivery::run_writer(relay.clone(), inbox));
-    let housekeeping = tokio::spawn(delivery::run_housekeeping(
-        relay.clone(),
-        HOUSEKEEPING_EVERY,
-    ));
-
-    let app = http::routes(http::HttpState {
-        storage: storage.clone(),
-        metrics,
-    })
-    .layer(layer);
-    tracing::info!(address = %listener.local_addr()?, "relay listening");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop_rx.await;
-    });
-    let server = tokio::spawn(async move { server.await });
-
-    shutdown.await;
-    tracing::info!("shutting down: closing sockets, draining the queue writer");
-    io.close().await;
-    housekeeping.abort();
-    let (flushed_tx, flushed_rx) = tokio::sync::oneshot::channel();
-    if relay
-        .writer
-        .send(delivery::Job::Flush(flushed_tx))
-        .await
-        .is_ok()
-    {
-        let _ = flushed_rx.await;
+    match config.redis_url.clone() {
+        None => {
+            let mut parts = Parts::new(config, storage, metrics, SocketIo::builder());
+            let (layer, io) = parts.build();
+            handlers::register_local_namespace(&io);
+            parts.run(layer, io, listener, shutdown).await
+        }
+        Some(url) => {
+            let adapter = cluster::adapter(&url, &config.redis_prefix, &metrics).await?;
+            let builder = SocketIo::builder().with_adapter::<cluster::Adapter>(adapter);
+            let mut parts = Parts::new(config, storage, metrics, builder);
+            let (layer, io) = parts.build();
+            handlers::register_cluster_namespace(&io).await?;
+            parts.run(layer, io, listener, shutdown).await
+        }
     }
-    writer_task.abort();
-    let _ = stop_tx.send(());
-    if let Ok(result) = server.await {
-        result?;
+}
+
+/// What `serve` assembles before it knows the adapter type.
+struct Parts<A: Adapter> {
+    relay: Arc<Relay<A>>,
+    storage: Arc<dyn storage::Storage>,
+    metrics: Arc<Metrics>,
+    inbox: mpsc::Receiver<delivery::Job<A>>,
+    builder: Option<socketioxide::SocketIoBuilder<A>>,
+}
+
+impl<A: Adapter> Parts<A> {
+    fn new(
+        config: Config,
+        storage: Arc<dyn storage::Storage>,
+        metrics: Arc<Metrics>,
+        builder: socketioxide::SocketIoBuilder<A>,
+    ) -> Self {
+        let (writer, inbox) = mpsc::channel(WRITER_INBOX);
+        let relay = Arc::new(Relay::new(config, storage.clone(), metrics.clone(), writer));
+        Self { relay, storage, metrics, inbox, builder: Some(builder) }
     }
-    storage.close().await;
-    tracing::info!("relay stopped");
-    Ok(())
+
+    fn build(&mut self) -> (socketioxide::layer::SocketIoLayer<A>, SocketIo<A>) {
+        let limits = self.relay.limits().clone();
+        let builder = self.builder.take().unwrap_or_else(|| unreachable_build());
+        let builder = builder
+            .max_payload(limits.max_frame_bytes as u64)
+            .ws_max_message_size(limits.max_frame_bytes)
+            .ws_max_frame_size(limits.max_frame_bytes)
+            .max_buffer_size(SOCKET_BUFFER)
+            .connect_timeout(Duration::from_secs(10))
+            .with_state(self.relay.clone());
+        let builder = if self.relay.config.allow_polling {
+            builder.transports([TransportType::Polling, TransportType::Websocket])
+        } else {
+            builder.transports([TransportType::Websocket])
+        };
+        let (layer, io) = builder.build_layer();
+        self.relay.attach_io(io.clone());
+        (layer, io)
+    }
+
+    async fn run(
+        self,
+        layer: socketioxide::layer::SocketIoLayer<A>,
+        io: SocketIo<A>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let Self { relay, storage, metrics, inbox, .. } = self;
+        let writer_task = tokio::spawn(delivery::run_writer(relay.clone(), inbox));
+        let housekeeping =
+            tokio::spawn(delivery::run_housekeeping(relay.clone(), HOUSEKEEPING_EVERY));
+        let redelivery =
+            relay.clustered().then(|| tokio::spawn(delivery::run_redelivery(relay.clone())));
+        let app = http::routes(http::HttpState { storage: storage.clone(), metrics }).layer(layer);
+        tracing::info!(address = %listener.local_addr()?, "relay listening");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        });
+        let server = tokio::spawn(async move { server.await });
+
+        shutdown.await;
+        tracing::info!("shutting down: closing sockets, draining the queue writer");
+        io.close().await;
+        housekeeping.abort();
+        if let Some(redelivery) = redelivery {
+            redelivery.abort();
+        }
+        let (flushed_tx, flushed_rx) = tokio::sync::oneshot::channel();
+        if relay.writer.send(delivery::Job::Flush(flushed_tx)).await.is_ok() {
+            let _ = flushed_rx.await;
+        }
+        writer_task.abort();
+        let _ = stop_tx.send(());
+        if let Ok(result) = server.await {
+            result?;
+        }
+        storage.close().await;
+        tracing::info!("relay stopped");
+        Ok(())
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_build<T>() -> T {
+    panic!("the Socket.IO layer is built once")
 }

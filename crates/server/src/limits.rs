@@ -37,10 +37,7 @@ impl Rate {
 impl TokenBucket {
     /// A full bucket.
     pub fn full(rate: Rate, now: Instant) -> Self {
-        Self {
-            tokens: rate.burst,
-            updated: now,
-        }
+        Self { tokens: rate.burst, updated: now }
     }
 
     /// Takes a token, or says how long until one is available.
@@ -52,9 +49,7 @@ impl TokenBucket {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64(
-                (1.0 - self.tokens) / rate.per_second,
-            ))
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate.per_second))
         }
     }
 
@@ -77,10 +72,7 @@ pub struct KeyedLimiter<K> {
 impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     /// A limiter with `rate` (`None`: unlimited).
     pub fn new(rate: Option<Rate>) -> Self {
-        Self {
-            rate,
-            buckets: Mutex::new(HashMap::new()),
-        }
+        Self { rate, buckets: Mutex::new(HashMap::new()) }
     }
 
     /// Takes a token for `key`, or says how long to wait.
@@ -132,11 +124,7 @@ mod tests {
         }
         let wait = bucket.take(rate, start).unwrap_err();
         assert!(wait <= Duration::from_millis(100) && wait > Duration::ZERO);
-        assert!(
-            bucket
-                .take(rate, start + Duration::from_millis(100))
-                .is_ok()
-        );
+        assert!(bucket.take(rate, start + Duration::from_millis(100)).is_ok());
     }
 
     #[test]

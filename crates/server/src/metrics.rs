@@ -44,6 +44,10 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     /// Storage operations that failed.
     pub storage_errors: Counter,
+    /// Messages pushed again by a clustered node's re-push of unacknowledged messages.
+    pub messages_redelivered: Counter,
+    /// Pushes the Redis adapter could not carry.
+    pub adapter_errors: Counter,
     /// Size of the queue writer's batches.
     pub batch_size: Histogram,
     /// Seconds from receiving a message to its stored acknowledgement going out.
@@ -67,15 +71,13 @@ impl Metrics {
             messages_expired: Counter::default(),
             queue_depth: Gauge::default(),
             storage_errors: Counter::default(),
+            adapter_errors: Counter::default(),
+            messages_redelivered: Counter::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             store_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             registry: Registry::default(),
         };
-        registry.register(
-            "connections",
-            "Open Socket.IO connections",
-            metrics.connections.clone(),
-        );
+        registry.register("connections", "Open Socket.IO connections", metrics.connections.clone());
         registry.register(
             "connections_accepted",
             "Connections accepted",
@@ -86,11 +88,7 @@ impl Metrics {
             "Authenticated connections open",
             metrics.authenticated.clone(),
         );
-        registry.register(
-            "logins",
-            "Successful logins and registrations",
-            metrics.logins.clone(),
-        );
+        registry.register("logins", "Successful logins and registrations", metrics.logins.clone());
         registry.register(
             "auth_failures",
             "Failed authentications by reason",
@@ -141,28 +139,17 @@ impl Metrics {
             "Receive-to-stored-ack time",
             metrics.store_seconds.clone(),
         );
-        Self {
-            registry,
-            ..metrics
-        }
+        Self { registry, ..metrics }
     }
 
     /// Counts a refused request.
     pub fn reject(&self, code: &str) {
-        self.rejections
-            .get_or_create(&Reason {
-                reason: code.to_owned(),
-            })
-            .inc();
+        self.rejections.get_or_create(&Reason { reason: code.to_owned() }).inc();
     }
 
     /// Counts a failed authentication.
     pub fn auth_failure(&self, reason: &str) {
-        self.auth_failures
-            .get_or_create(&Reason {
-                reason: reason.to_owned(),
-            })
-            .inc();
+        self.auth_failures.get_or_create(&Reason { reason: reason.to_owned() }).inc();
     }
 
     /// The OpenMetrics text.

@@ -110,9 +110,7 @@ pub struct Relay<A: Adapter> {
 
 impl<A: Adapter> std::fmt::Debug for Relay<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Relay").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -174,11 +172,28 @@ impl<A: Adapter> Relay<A> {
 
     /// A hash naming an unordered pair of users.
     pub(crate) fn contact_key(&self, a: &str, b: &str) -> u64 {
-        if a <= b {
-            self.pair_key(a, b)
-        } else {
-            self.pair_key(b, a)
+        if a <= b { self.pair_key(a, b) } else { self.pair_key(b, a) }
+    }
+
+    /// Whether several nodes share the work through the Redis adapter.
+    pub(crate) fn clustered(&self) -> bool {
+        self.config.redis_url.is_some()
+    }
+
+    /// Whether the user has an authenticated socket on any node (asking the other nodes through
+    /// the adapter when clustered, with a short timeout: presence is a courtesy).
+    pub(crate) async fn online_anywhere(&self, user: &str) -> bool {
+        if self.is_online(user) {
+            return true;
         }
+        let (true, Some(io)) = (self.clustered(), self.io()) else {
+            return false;
+        };
+        let remote = io.to(user_room(user)).fetch_sockets();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), remote).await,
+            Ok(Ok(sockets)) if !sockets.is_empty()
+        )
     }
 
     /// Whether the user has an authenticated socket on this node.
@@ -221,10 +236,7 @@ pub struct Connection {
 
 impl Connection {
     pub(crate) fn new(host: String) -> Self {
-        Self {
-            host,
-            state: Mutex::new(ConnectionState::default()),
-        }
+        Self { host, state: Mutex::new(ConnectionState::default()) }
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ConnectionState> {
@@ -238,17 +250,12 @@ impl Connection {
 
     /// Takes an event token, or says how long to wait.
     pub(crate) fn allow_event(&self, limits: &Limits, now: Instant) -> Result<(), Duration> {
-        let Some(rate) = Rate::new(
-            limits.events_per_second,
-            Duration::from_secs(1),
-            limits.events_burst,
-        ) else {
+        let Some(rate) =
+            Rate::new(limits.events_per_second, Duration::from_secs(1), limits.events_burst)
+        else {
             return Ok(());
         };
         let mut state = self.lock();
-        state
-            .events
-            .get_or_insert_with(|| TokenBucket::full(rate, now))
-            .take(rate, now)
+        state.events.get_or_insert_with(|| TokenBucket::full(rate, now)).take(rate, now)
     }
 }

@@ -19,10 +19,7 @@ async fn connect(server: &TestServer) -> RelayClient {
 }
 
 fn sign(identity: &IdentityKeyPair, host: &str, user: &str, nonce_b64: &str) -> String {
-    let nonce: [u8; 32] = wire::from_b64("nonce", nonce_b64)
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let nonce: [u8; 32] = wire::from_b64("nonce", nonce_b64).unwrap().try_into().unwrap();
     let message = authentication_message(host, &UserId::parse(user).unwrap(), &nonce).unwrap();
     wire::b64(identity.sign(&message).as_bytes())
 }
@@ -34,19 +31,10 @@ async fn a_taken_user_id_is_refused_clearly() {
     let (identity, spk, _) = keys(0);
     let client = connect(&server).await;
     let error = client
-        .register(
-            &UserId::parse("ALICE").unwrap(),
-            &identity,
-            spk.public(),
-            &[],
-        )
+        .register(&UserId::parse("ALICE").unwrap(), &identity, spk.public(), &[])
         .await
         .unwrap_err();
-    assert_eq!(
-        error.code(),
-        Some("user_taken"),
-        "ids are normalised before the check"
-    );
+    assert_eq!(error.code(), Some("user_taken"), "ids are normalised before the check");
 }
 
 #[tokio::test]
@@ -59,12 +47,7 @@ async fn of_concurrent_claims_exactly_one_wins() {
             let (identity, spk, _) = keys(0);
             let client = RelayClient::connect(&url, WAIT).await.unwrap().0;
             client
-                .register(
-                    &UserId::parse("contested").unwrap(),
-                    &identity,
-                    spk.public(),
-                    &[],
-                )
+                .register(&UserId::parse("contested").unwrap(), &identity, spk.public(), &[])
                 .await
         }));
     }
@@ -84,13 +67,7 @@ async fn invalid_user_ids_are_refused() {
     let server = TestServer::start().await;
     let (identity, spk, _) = keys(0);
     let client = connect(&server).await;
-    for bad in [
-        "a",
-        "has space",
-        "_underscore_first",
-        "ünïcode",
-        &"x".repeat(33),
-    ] {
+    for bad in ["a", "has space", "_underscore_first", "ünïcode", &"x".repeat(33)] {
         let challenge = client.challenge().await.unwrap();
         let answer: Result<serde_json::Value, _> = client
             .call(
@@ -122,33 +99,19 @@ async fn login_works_and_a_replayed_challenge_does_not() {
 
     // The same signature on another connection, which never asked for that nonce.
     let other = connect(&server).await;
-    let error = other
-        .call::<_, serde_json::Value>("auth:login", &login)
-        .await
-        .unwrap_err();
+    let error = other.call::<_, serde_json::Value>("auth:login", &login).await.unwrap_err();
     assert_eq!(error.code(), Some("no_challenge"));
     // ...or after asking for a fresh challenge: the old signature does not cover it.
     other.challenge().await.unwrap();
-    let error = other
-        .call::<_, serde_json::Value>("auth:login", &login)
-        .await
-        .unwrap_err();
+    let error = other.call::<_, serde_json::Value>("auth:login", &login).await.unwrap_err();
     assert_eq!(error.code(), Some("authentication_failed"));
     // A challenge is single use even on the connection it was issued to.
     let third = connect(&server).await;
     let challenge = third.challenge().await.unwrap();
     let bad = json!({ "userId": "alice", "signature": sign(&keys(0).0, &host, "alice", &challenge.nonce) });
-    assert!(
-        third
-            .call::<_, serde_json::Value>("auth:login", &bad)
-            .await
-            .is_err()
-    );
+    assert!(third.call::<_, serde_json::Value>("auth:login", &bad).await.is_err());
     let good = json!({ "userId": "alice", "signature": sign(&alice.identity, &host, "alice", &challenge.nonce) });
-    let error = third
-        .call::<_, serde_json::Value>("auth:login", &good)
-        .await
-        .unwrap_err();
+    let error = third.call::<_, serde_json::Value>("auth:login", &good).await.unwrap_err();
     assert_eq!(error.code(), Some("no_challenge"));
 }
 
@@ -171,12 +134,7 @@ async fn wrong_key_wrong_user_and_wrong_host_are_refused() {
         let signature = match name {
             "wrong key" => sign(&mallory, &host, "alice", &challenge.nonce),
             "signed for bob" => sign(&alice.identity, &host, "bob", &challenge.nonce),
-            "other host" => sign(
-                &alice.identity,
-                "evil.example:3000",
-                "alice",
-                &challenge.nonce,
-            ),
+            "other host" => sign(&alice.identity, "evil.example:3000", "alice", &challenge.nonce),
             _ => sign(&alice.identity, &host, "carol", &challenge.nonce),
         };
         let error = client
@@ -189,14 +147,8 @@ async fn wrong_key_wrong_user_and_wrong_host_are_refused() {
         assert_eq!(error.code(), Some("authentication_failed"), "{name}");
     }
     let (_, metrics) = server.get("/metrics").await;
-    assert!(
-        metrics.contains("sotto_auth_failures_total{reason=\"bad_signature\"} 3"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("sotto_auth_failures_total{reason=\"unknown_user\"} 1"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("sotto_auth_failures_total{reason=\"bad_signature\"} 3"), "{metrics}");
+    assert!(metrics.contains("sotto_auth_failures_total{reason=\"unknown_user\"} 1"), "{metrics}");
 }
 
 #[tokio::test]
@@ -209,12 +161,7 @@ async fn an_expired_challenge_is_refused() {
     let client = connect(&server).await;
     let challenge = client.challenge().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let signature = sign(
-        &alice.identity,
-        &server.addr.to_string(),
-        "alice",
-        &challenge.nonce,
-    );
+    let signature = sign(&alice.identity, &server.addr.to_string(), "alice", &challenge.nonce);
     let error = client
         .call::<_, serde_json::Value>(
             "auth:login",
@@ -261,12 +208,7 @@ async fn keys_with_bad_signatures_or_points_are_refused_at_registration() {
     key[64] ^= 1;
     off_curve.key = wire::b64(&key);
     let cases = [
-        (
-            "identity binding",
-            swapped_identity,
-            SignedPrekeyJson::from(spk.public()),
-            vec![],
-        ),
+        ("identity binding", swapped_identity, SignedPrekeyJson::from(spk.public()), vec![]),
         (
             "prekey by another identity",
             good_identity.clone(),
@@ -283,12 +225,7 @@ async fn keys_with_bad_signatures_or_points_are_refused_at_registration() {
     for (name, identity_json, spk_json, opk_json) in cases {
         let client = connect(&server).await;
         let challenge = client.challenge().await.unwrap();
-        let signature = sign(
-            &identity,
-            &server.addr.to_string(),
-            "erin",
-            &challenge.nonce,
-        );
+        let signature = sign(&identity, &server.addr.to_string(), "erin", &challenge.nonce);
         let error = client
             .call::<_, serde_json::Value>(
                 "user:register-key",
@@ -322,10 +259,7 @@ async fn an_unauthenticated_socket_can_only_register_or_log_in() {
         ("message:status", json!({ "ids": [1] })),
     ];
     for (event, request) in requests {
-        let error = client
-            .call::<_, serde_json::Value>(event, &request)
-            .await
-            .unwrap_err();
+        let error = client.call::<_, serde_json::Value>(event, &request).await.unwrap_err();
         assert_eq!(error.code(), Some("unauthenticated"), "{event}");
     }
     assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 0);
@@ -342,9 +276,7 @@ async fn repeated_failures_close_the_connection_and_so_does_staying_anonymous() 
     for _ in 0..5 {
         client.challenge().await.unwrap();
         let bad = json!({ "userId": "alice", "signature": wire::b64(&[1u8; 64]) });
-        let _ = client
-            .call::<_, serde_json::Value>("auth:login", &bad)
-            .await;
+        let _ = client.call::<_, serde_json::Value>("auth:login", &bad).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!client.is_open(), "closed after too many failures");
@@ -363,17 +295,10 @@ async fn a_sender_field_cannot_be_smuggled_in() {
     let envelope_value: serde_json::Value = serde_json::from_str(envelope(1).get()).unwrap();
     let spoofed =
         json!({ "to": "bob", "from": "alice", "id": client_id(), "envelope": envelope_value });
-    let error = mallory
-        .client
-        .call::<_, serde_json::Value>("message:send", &spoofed)
-        .await
-        .unwrap_err();
+    let error =
+        mallory.client.call::<_, serde_json::Value>("message:send", &spoofed).await.unwrap_err();
     assert_eq!(error.code(), Some("bad_request"));
     // The sender is always the authenticated user.
-    mallory
-        .client
-        .send_raw("bob", &client_id(), &envelope(2))
-        .await
-        .unwrap();
+    mallory.client.send_raw("bob", &client_id(), &envelope(2)).await.unwrap();
     assert_eq!(bob.messages(1).await[0].from, "mallory");
 }

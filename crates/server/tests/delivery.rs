@@ -16,19 +16,10 @@ async fn a_message_is_stored_pushed_and_deleted_on_ack() {
     let mut alice = TestUser::register(&server, "alice").await;
     let mut bob = TestUser::register(&server, "bob").await;
 
-    let sent = alice
-        .client
-        .send_raw("bob", &client_id(), &envelope(0))
-        .await
-        .unwrap();
+    let sent = alice.client.send_raw("bob", &client_id(), &envelope(0)).await.unwrap();
     assert!(!sent.duplicate);
     // Stored before the ack: the row is there now.
-    assert_eq!(
-        server
-            .query_i64("SELECT COUNT(*) FROM messages WHERE acked_at IS NULL")
-            .await,
-        1
-    );
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages WHERE acked_at IS NULL").await, 1);
 
     let got = bob.messages(1).await;
     assert_eq!(got[0].id, sent.id);
@@ -47,15 +38,10 @@ async fn a_message_is_stored_pushed_and_deleted_on_ack() {
     assert_eq!(receipt[0].to, "bob");
     // The envelope is gone; only a tombstone without content stays.
     assert_eq!(
-        server
-            .query_i64("SELECT COUNT(*) FROM messages WHERE envelope IS NOT NULL")
-            .await,
+        server.query_i64("SELECT COUNT(*) FROM messages WHERE envelope IS NOT NULL").await,
         0
     );
-    assert_eq!(
-        alice.client.status(&[sent.id]).await.unwrap(),
-        vec![(sent.id, "delivered".into())]
-    );
+    assert_eq!(alice.client.status(&[sent.id]).await.unwrap(), vec![(sent.id, "delivered".into())]);
 }
 
 fn envelope_text(message: &sotto_client::relay::ReceivedMessage) -> &str {
@@ -68,11 +54,7 @@ async fn the_envelope_is_forwarded_byte_for_byte() {
     let alice = TestUser::register(&server, "alice").await;
     let mut bob = TestUser::register(&server, "bob").await;
     let original = envelope(7);
-    alice
-        .client
-        .send_raw("bob", &client_id(), &original)
-        .await
-        .unwrap();
+    alice.client.send_raw("bob", &client_id(), &original).await.unwrap();
     assert_eq!(bob.messages(1).await[0].envelope.get(), original.get());
 }
 
@@ -83,14 +65,7 @@ async fn unacknowledged_messages_come_again_on_reconnect_and_acknowledged_ones_d
     let mut bob = TestUser::register(&server, "bob").await;
     let mut ids = Vec::new();
     for n in 0..5 {
-        ids.push(
-            alice
-                .client
-                .send_raw("bob", &client_id(), &envelope(n))
-                .await
-                .unwrap()
-                .id,
-        );
+        ids.push(alice.client.send_raw("bob", &client_id(), &envelope(n)).await.unwrap().id);
     }
     let first = bob.messages(5).await;
     assert_eq!(first.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
@@ -109,16 +84,8 @@ async fn a_resend_with_the_same_client_id_is_stored_once() {
     let alice = TestUser::register(&server, "alice").await;
     let mut bob = TestUser::register(&server, "bob").await;
     let id = client_id();
-    let first = alice
-        .client
-        .send_raw("bob", &id, &envelope(1))
-        .await
-        .unwrap();
-    let again = alice
-        .client
-        .send_raw("bob", &id, &envelope(1))
-        .await
-        .unwrap();
+    let first = alice.client.send_raw("bob", &id, &envelope(1)).await.unwrap();
+    let again = alice.client.send_raw("bob", &id, &envelope(1)).await.unwrap();
     assert_eq!(first.id, again.id);
     assert!(!first.duplicate && again.duplicate);
     assert_eq!(bob.messages(1).await.len(), 1);
@@ -127,14 +94,7 @@ async fn a_resend_with_the_same_client_id_is_stored_once() {
     // Even after delivery, the same id is recognised.
     bob.client.ack(&[first.id]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        alice
-            .client
-            .send_raw("bob", &id, &envelope(1))
-            .await
-            .unwrap()
-            .duplicate
-    );
+    assert!(alice.client.send_raw("bob", &id, &envelope(1)).await.unwrap().duplicate);
 }
 
 #[tokio::test]
@@ -146,14 +106,7 @@ async fn offline_recipients_get_their_queue_on_login_in_order() {
     let mut ids = Vec::new();
     // More than one page of the catch-up.
     for n in 0..150 {
-        ids.push(
-            alice
-                .client
-                .send_raw("bob", &client_id(), &envelope(n))
-                .await
-                .unwrap()
-                .id,
-        );
+        ids.push(alice.client.send_raw("bob", &client_id(), &envelope(n)).await.unwrap().id);
     }
     let answer = bob.reconnect(&server).await;
     assert_eq!(answer.queued, 150);
@@ -179,11 +132,7 @@ async fn per_sender_order_holds_while_messages_stream_during_login() {
             for n in 0..count {
                 let client = user.client.clone();
                 pending.push(tokio::spawn(async move {
-                    client
-                        .send_raw("bob", &client_id(), &envelope(n))
-                        .await
-                        .unwrap()
-                        .id
+                    client.send_raw("bob", &client_id(), &envelope(n)).await.unwrap().id
                 }));
                 if n % 20 == 0 {
                     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -204,11 +153,7 @@ async fn per_sender_order_holds_while_messages_stream_during_login() {
     let (_carol, carol_ids) = c.await.unwrap();
     let got = bob.messages(600).await;
     for (sender, mut expected) in [("alice", alice_ids), ("carol", carol_ids)] {
-        let order: Vec<i64> = got
-            .iter()
-            .filter(|m| m.from == sender)
-            .map(|m| m.id)
-            .collect();
+        let order: Vec<i64> = got.iter().filter(|m| m.from == sender).map(|m| m.id).collect();
         expected.sort_unstable();
         assert_eq!(order, expected, "{sender}'s messages in order, each once");
     }
@@ -220,11 +165,7 @@ async fn the_queue_survives_a_restart() {
     let alice = TestUser::register(&server, "alice").await;
     let mut bob = TestUser::register(&server, "bob").await;
     bob.client.close();
-    let sent = alice
-        .client
-        .send_raw("bob", &client_id(), &envelope(3))
-        .await
-        .unwrap();
+    let sent = alice.client.send_raw("bob", &client_id(), &envelope(3)).await.unwrap();
     let server = server.restart().await;
     let answer = bob.reconnect(&server).await;
     assert_eq!(answer.queued, 1);
@@ -237,22 +178,14 @@ async fn every_socket_of_the_recipient_gets_the_push() {
     let alice = TestUser::register(&server, "alice").await;
     let mut bob = TestUser::register(&server, "bob").await;
     let (second, mut second_pushes) =
-        sotto_client::relay::RelayClient::connect(&server.url, support::WAIT)
-            .await
-            .unwrap();
+        sotto_client::relay::RelayClient::connect(&server.url, support::WAIT).await.unwrap();
     second.login(&bob.id, &bob.identity).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let sent = alice
-        .client
-        .send_raw("bob", &client_id(), &envelope(1))
-        .await
-        .unwrap();
+    let sent = alice.client.send_raw("bob", &client_id(), &envelope(1)).await.unwrap();
     assert_eq!(bob.messages(1).await[0].id, sent.id);
     let on_second = loop {
-        let push = tokio::time::timeout(support::WAIT, second_pushes.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let push =
+            tokio::time::timeout(support::WAIT, second_pushes.recv()).await.unwrap().unwrap();
         if let Incoming::Messages(messages) = Incoming::from_push(push) {
             break messages;
         }
@@ -264,11 +197,7 @@ async fn every_socket_of_the_recipient_gets_the_push() {
 async fn unknown_recipients_are_refused() {
     let server = TestServer::start().await;
     let alice = TestUser::register(&server, "alice").await;
-    let error = alice
-        .client
-        .send_raw("nobody", &client_id(), &envelope(1))
-        .await
-        .unwrap_err();
+    let error = alice.client.send_raw("nobody", &client_id(), &envelope(1)).await.unwrap_err();
     assert_eq!(error.code(), Some("unknown_user"));
     assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 0);
 }
@@ -278,11 +207,7 @@ async fn health_and_metrics() {
     let server = TestServer::start().await;
     let alice = TestUser::register(&server, "alice").await;
     let mut bob = TestUser::register(&server, "bob").await;
-    let sent = alice
-        .client
-        .send_raw("bob", &client_id(), &envelope(1))
-        .await
-        .unwrap();
+    let sent = alice.client.send_raw("bob", &client_id(), &envelope(1)).await.unwrap();
     bob.messages(1).await;
     bob.client.ack(&[sent.id]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -299,9 +224,6 @@ async fn health_and_metrics() {
         "sotto_queue_depth 0",
         "sotto_logins_total 2",
     ] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "missing {line:?} in\n{metrics}"
-        );
+        assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
     }
 }

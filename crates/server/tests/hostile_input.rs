@@ -19,34 +19,17 @@ async fn malformed_payloads_get_bad_request_for_every_event() {
     let alice = TestUser::register(&server, "alice").await;
     TestUser::register(&server, "bob").await;
     let anonymous = RelayClient::connect(&server.url, WAIT).await.unwrap().0;
-    let junk = [
-        json!(null),
-        json!(42),
-        json!("text"),
-        json!([1, 2]),
-        json!({ "unexpected": true }),
-    ];
+    let junk =
+        [json!(null), json!(42), json!("text"), json!([1, 2]), json!({ "unexpected": true })];
     for event in ["auth:login", "user:register-key"] {
         for payload in &junk {
-            let error = anonymous
-                .call::<_, Value>(event, payload)
-                .await
-                .unwrap_err();
+            let error = anonymous.call::<_, Value>(event, payload).await.unwrap_err();
             assert_eq!(error.code(), Some("bad_request"), "{event} {payload}");
         }
     }
-    for event in [
-        "user:request-key",
-        "message:send",
-        "message:ack",
-        "message:status",
-    ] {
+    for event in ["user:request-key", "message:send", "message:ack", "message:status"] {
         for payload in &junk {
-            let error = alice
-                .client
-                .call::<_, Value>(event, payload)
-                .await
-                .unwrap_err();
+            let error = alice.client.call::<_, Value>(event, payload).await.unwrap_err();
             assert_eq!(error.code(), Some("bad_request"), "{event} {payload}");
         }
     }
@@ -59,10 +42,7 @@ async fn malformed_payloads_get_bad_request_for_every_event() {
         ("ciphertext", json!("not base64!")),
         ("ciphertext", json!("AAAA")),
         ("header", json!({ "dh": "short", "pn": 0, "n": 0 })),
-        (
-            "header",
-            json!({ "dh": good["header"]["dh"], "pn": -1, "n": 0 }),
-        ),
+        ("header", json!({ "dh": good["header"]["dh"], "pn": -1, "n": 0 })),
         ("extra", json!(1)),
     ] {
         let mut bad = good.clone();
@@ -83,35 +63,16 @@ async fn malformed_payloads_get_bad_request_for_every_event() {
     for id in ["", "has space", &"x".repeat(65)] {
         let error = alice
             .client
-            .call::<_, Value>(
-                "message:send",
-                &json!({ "to": "bob", "id": id, "envelope": good }),
-            )
+            .call::<_, Value>("message:send", &json!({ "to": "bob", "id": id, "envelope": good }))
             .await
             .unwrap_err();
         assert_eq!(error.code(), Some("bad_request"), "client id {id:?}");
     }
     // Unknown events are ignored; the connection stays usable.
-    alice
-        .client
-        .socket()
-        .emit("no:such-event", &json!({}))
-        .unwrap();
-    alice
-        .client
-        .socket()
-        .send_raw("42[\"message:send\"".into())
-        .unwrap();
-    alice
-        .client
-        .socket()
-        .send_raw("4299999999999999999999[\"x\"]".into())
-        .unwrap();
-    alice
-        .client
-        .socket()
-        .send_raw("not a packet".into())
-        .unwrap();
+    alice.client.socket().emit("no:such-event", &json!({})).unwrap();
+    alice.client.socket().send_raw("42[\"message:send\"".into()).unwrap();
+    alice.client.socket().send_raw("4299999999999999999999[\"x\"]".into()).unwrap();
+    alice.client.socket().send_raw("not a packet".into()).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 0);
     let fresh = RelayClient::connect(&server.url, WAIT).await.unwrap().0;
@@ -125,19 +86,11 @@ async fn too_large_envelopes_get_a_clear_error() {
     TestUser::register(&server, "bob").await;
     // Inside the frame limit but over the envelope limit.
     let big = envelope_of_size(1, 80_000);
-    let error = alice
-        .client
-        .send_raw("bob", &client_id(), &big)
-        .await
-        .unwrap_err();
+    let error = alice.client.send_raw("bob", &client_id(), &big).await.unwrap_err();
     assert_eq!(error.code(), Some("too_large"));
     // The largest real ciphertext is fine.
     let largest = envelope_of_size(1, 32 * 1024 + 16);
-    alice
-        .client
-        .send_raw("bob", &client_id(), &largest)
-        .await
-        .unwrap();
+    alice.client.send_raw("bob", &client_id(), &largest).await.unwrap();
 }
 
 #[tokio::test]
@@ -152,10 +105,7 @@ async fn oversized_websocket_frames_close_the_connection() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        !client.is_open(),
-        "the relay closes a connection that sends a 32 MiB frame"
-    );
+    assert!(!client.is_open(), "the relay closes a connection that sends a 32 MiB frame");
     assert_eq!(server.get("/healthz").await.0, 200);
 }
 
@@ -184,15 +134,8 @@ async fn oversized_long_polling_bodies_are_refused() {
     let mut response = Vec::new();
     let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await;
     let text = String::from_utf8_lossy(&response);
-    let status: u16 = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    assert!(
-        status == 413 || status == 400,
-        "expected a refusal, got {text:?}"
-    );
+    let status: u16 = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    assert!(status == 413 || status == 400, "expected a refusal, got {text:?}");
     assert_eq!(server.get("/healthz").await.0, 200);
 }
 
@@ -209,11 +152,7 @@ async fn per_connection_and_per_pair_rate_limits() {
     TestUser::register(&server, "carol").await;
     let mut limited = 0;
     for n in 0..15 {
-        match alice
-            .client
-            .send_raw("bob", &client_id(), &envelope(n))
-            .await
-        {
+        match alice.client.send_raw("bob", &client_id(), &envelope(n)).await {
             Ok(_) => {}
             Err(error) => {
                 assert_eq!(error.code(), Some("rate_limited"));
@@ -224,11 +163,7 @@ async fn per_connection_and_per_pair_rate_limits() {
     }
     assert_eq!(limited, 5, "a burst of 10, then refused");
     // Another recipient has its own allowance.
-    alice
-        .client
-        .send_raw("carol", &client_id(), &envelope(1))
-        .await
-        .unwrap();
+    alice.client.send_raw("carol", &client_id(), &envelope(1)).await.unwrap();
 
     let server = TestServer::start_with(|config| {
         config.limits.events_per_second = 10;
@@ -245,10 +180,7 @@ async fn per_connection_and_per_pair_rate_limits() {
     }
     assert!((9..=11).contains(&refused), "refused {refused} of 30");
     let (_, metrics) = server.get("/metrics").await;
-    assert!(
-        metrics.contains("sotto_rejections_total{reason=\"rate_limited\"}"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("sotto_rejections_total{reason=\"rate_limited\"}"), "{metrics}");
 }
 
 #[tokio::test]
@@ -262,29 +194,14 @@ async fn a_full_recipient_queue_refuses_more() {
     let mut bob = TestUser::register(&server, "bob").await;
     bob.client.close();
     for n in 0..5 {
-        alice
-            .client
-            .send_raw("bob", &client_id(), &envelope(n))
-            .await
-            .unwrap();
+        alice.client.send_raw("bob", &client_id(), &envelope(n)).await.unwrap();
     }
-    let error = alice
-        .client
-        .send_raw("bob", &client_id(), &envelope(9))
-        .await
-        .unwrap_err();
+    let error = alice.client.send_raw("bob", &client_id(), &envelope(9)).await.unwrap_err();
     assert_eq!(error.code(), Some("queue_full"));
     // Once Bob takes delivery, there is room again.
     bob.reconnect(&server).await;
     let got = bob.messages(5).await;
-    bob.client
-        .ack(&got.iter().map(|m| m.id).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    bob.client.ack(&got.iter().map(|m| m.id).collect::<Vec<_>>()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    alice
-        .client
-        .send_raw("bob", &client_id(), &envelope(10))
-        .await
-        .unwrap();
+    alice.client.send_raw("bob", &client_id(), &envelope(10)).await.unwrap();
 }

@@ -22,10 +22,7 @@ async fn concurrent_claims_get_each_one_time_prekey_once_then_the_signed_prekey(
         let url = server.url.clone();
         tasks.push(tokio::spawn(async move {
             let requester = TestUserLite::register(&url, &format!("requester{i}")).await;
-            requester
-                .request_bundle(&UserId::parse("bob").unwrap())
-                .await
-                .unwrap()
+            requester.request_bundle(&UserId::parse("bob").unwrap()).await.unwrap()
         }));
     }
     let mut handed_out = Vec::new();
@@ -43,12 +40,7 @@ async fn concurrent_claims_get_each_one_time_prekey_once_then_the_signed_prekey(
     assert_eq!(handed_out.len(), 20, "all 20 handed out");
     assert_eq!(distinct.len(), 20, "none twice");
     assert_eq!(without, 10, "then the signed prekey alone");
-    assert_eq!(
-        server
-            .query_i64("SELECT COUNT(*) FROM one_time_prekeys")
-            .await,
-        0
-    );
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM one_time_prekeys").await, 0);
 }
 
 /// A registered connection without the test-user bookkeeping.
@@ -58,10 +50,7 @@ impl TestUserLite {
     async fn register(url: &str, name: &str) -> RelayClient {
         let (identity, spk, _) = keys(0);
         let (client, _) = RelayClient::connect(url, WAIT).await.unwrap();
-        client
-            .register(&UserId::parse(name).unwrap(), &identity, spk.public(), &[])
-            .await
-            .unwrap();
+        client.register(&UserId::parse(name).unwrap(), &identity, spk.public(), &[]).await.unwrap();
         client
     }
 }
@@ -73,10 +62,7 @@ async fn the_owner_hears_when_prekeys_run_low_and_can_top_up() {
     let alice = TestUser::register(&server, "alice").await;
     alice.client.request_bundle(&bob.id).await.unwrap();
     // 20 left: not below the watermark yet.
-    assert!(matches!(
-        bob.next(Duration::from_millis(300)).await,
-        None | Some(Incoming::Joined(_))
-    ));
+    assert!(matches!(bob.next(Duration::from_millis(300)).await, None | Some(Incoming::Joined(_))));
     alice.client.request_bundle(&bob.id).await.unwrap();
     let remaining = loop {
         match bob.next(WAIT).await.expect("prekeys:low") {
@@ -86,16 +72,12 @@ async fn the_owner_hears_when_prekeys_run_low_and_can_top_up() {
     };
     assert_eq!(remaining, 19);
     let mut rng = rand::rng();
-    let more: Vec<_> = (100..150)
-        .map(|id| OneTimePrekey::generate(id, &mut rng).public())
-        .collect();
+    let more: Vec<_> =
+        (100..150).map(|id| OneTimePrekey::generate(id, &mut rng).public()).collect();
     assert_eq!(bob.client.upload_prekeys(None, &more).await.unwrap(), 69);
     // A new signed prekey replaces the old one.
     let rotated = sotto_protocol::SignedPrekey::generate(&bob.identity, 2, 1_767_300_000, &mut rng);
-    bob.client
-        .upload_prekeys(Some(rotated.public()), &[])
-        .await
-        .unwrap();
+    bob.client.upload_prekeys(Some(rotated.public()), &[]).await.unwrap();
     let bundle = alice.client.request_bundle(&bob.id).await.unwrap();
     assert_eq!(bundle.signed_prekey().id, 2);
 }
@@ -105,32 +87,22 @@ async fn uploads_are_capped_and_checked() {
     let server = TestServer::start().await;
     let bob = TestUser::register_with(&server, "bob", 0).await;
     let mut rng = rand::rng();
-    let too_many: Vec<_> = (0..101)
-        .map(|id| OneTimePrekey::generate(id, &mut rng).public())
-        .collect();
-    let error = bob
-        .client
-        .upload_prekeys(None, &too_many)
-        .await
-        .unwrap_err();
+    let too_many: Vec<_> =
+        (0..101).map(|id| OneTimePrekey::generate(id, &mut rng).public()).collect();
+    let error = bob.client.upload_prekeys(None, &too_many).await.unwrap_err();
     assert_eq!(error.code(), Some("too_many_prekeys"));
     // Stored keys are capped too.
     let mut total = 0;
     for batch in 0..6u32 {
-        let keys: Vec<_> = (0..100)
-            .map(|i| OneTimePrekey::generate(batch * 100 + i, &mut rng).public())
-            .collect();
+        let keys: Vec<_> =
+            (0..100).map(|i| OneTimePrekey::generate(batch * 100 + i, &mut rng).public()).collect();
         total = bob.client.upload_prekeys(None, &keys).await.unwrap();
     }
     assert_eq!(total, 500);
     // A signed prekey signed by someone else is refused.
     let (mallory, _, _) = keys(0);
     let forged = sotto_protocol::SignedPrekey::generate(&mallory, 9, 0, &mut rng);
-    let error = bob
-        .client
-        .upload_prekeys(Some(forged.public()), &[])
-        .await
-        .unwrap_err();
+    let error = bob.client.upload_prekeys(Some(forged.public()), &[]).await.unwrap_err();
     assert_eq!(error.code(), Some("invalid_keys"));
 }
 
@@ -147,11 +119,7 @@ async fn bundle_fetches_are_rate_limited_per_target() {
     assert_eq!(error.code(), Some("rate_limited"));
     // Another target is unaffected.
     alice.client.request_bundle(&carol.id).await.unwrap();
-    let error = alice
-        .client
-        .request_bundle(&UserId::parse("nobody").unwrap())
-        .await
-        .unwrap_err();
+    let error = alice.client.request_bundle(&UserId::parse("nobody").unwrap()).await.unwrap_err();
     assert_eq!(error.code(), Some("unknown_user"));
     let error = alice.client.request_bundle(&alice.id).await.unwrap_err();
     assert_eq!(error.code(), Some("bad_request"));

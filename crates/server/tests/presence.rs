@@ -35,11 +35,7 @@ async fn presence_reaches_contacts_only() {
     let mut bob = TestUser::register(&server, "bob").await;
     let mut stranger = TestUser::register(&server, "stranger").await;
     // Alice writes to Bob: they become contacts, and each learns the other is online.
-    let sent = alice
-        .client
-        .send_raw("bob", &client_id(), &envelope(1))
-        .await
-        .unwrap();
+    let sent = alice.client.send_raw("bob", &client_id(), &envelope(1)).await.unwrap();
     bob.messages(1).await;
     bob.client.ack(&[sent.id]).await.unwrap();
     let events = drain(&mut bob, Duration::from_millis(300)).await;

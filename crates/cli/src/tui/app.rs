@@ -183,10 +183,7 @@ impl App {
                     }
                     (Some(peer), false) => {
                         self.input.clear();
-                        Action::Send {
-                            peer: peer.clone(),
-                            text,
-                        }
+                        Action::Send { peer: peer.clone(), text }
                     }
                 }
             }
@@ -233,12 +230,7 @@ impl App {
                 }
                 _ => Action::None,
             },
-            Overlay::SafetyNumber {
-                peer,
-                verified,
-                changed,
-                ..
-            } => match key.code {
+            Overlay::SafetyNumber { peer, verified, changed, .. } => match key.code {
                 KeyCode::Char('v') if !verified && !changed => {
                     self.overlay = None;
                     Action::Verify(peer)
@@ -294,17 +286,10 @@ mod tests {
         typed(&mut app, "hi bob");
         assert_eq!(
             app.on_key(key(KeyCode::Enter)),
-            Action::Send {
-                peer: "bob".into(),
-                text: "hi bob".into()
-            }
+            Action::Send { peer: "bob".into(), text: "hi bob".into() }
         );
         assert!(app.input.is_empty());
-        assert_eq!(
-            app.on_key(key(KeyCode::Enter)),
-            Action::None,
-            "nothing to send"
-        );
+        assert_eq!(app.on_key(key(KeyCode::Enter)), Action::None, "nothing to send");
     }
 
     #[test]
@@ -312,10 +297,7 @@ mod tests {
         let mut app = App::new("alice");
         app.on_key(ctrl('n'));
         typed(&mut app, "Carol");
-        assert_eq!(
-            app.on_key(key(KeyCode::Enter)),
-            Action::Open("carol".into())
-        );
+        assert_eq!(app.on_key(key(KeyCode::Enter)), Action::Open("carol".into()));
         assert_eq!(app.overlay, None);
     }
 
@@ -326,20 +308,10 @@ mod tests {
         app.peer.key_changed = true;
         typed(&mut app, "hello");
         assert_eq!(app.on_key(key(KeyCode::Enter)), Action::None);
-        assert_eq!(
-            app.overlay,
-            Some(Overlay::KeyChanged { peer: "bob".into() })
-        );
+        assert_eq!(app.overlay, Some(Overlay::KeyChanged { peer: "bob".into() }));
         assert_eq!(app.on_key(key(KeyCode::Enter)), Action::None, "blocking");
-        assert_eq!(
-            app.on_key(key(KeyCode::Char('x'))),
-            Action::None,
-            "blocking"
-        );
-        assert_eq!(
-            app.on_key(key(KeyCode::Char('a'))),
-            Action::Trust("bob".into())
-        );
+        assert_eq!(app.on_key(key(KeyCode::Char('x'))), Action::None, "blocking");
+        assert_eq!(app.on_key(key(KeyCode::Char('a'))), Action::Trust("bob".into()));
     }
 
     #[test]
@@ -362,10 +334,7 @@ mod tests {
             verified: false,
             changed: false,
         });
-        assert_eq!(
-            app.on_key(key(KeyCode::Char('v'))),
-            Action::Verify("bob".into())
-        );
+        assert_eq!(app.on_key(key(KeyCode::Char('v'))), Action::Verify("bob".into()));
     }
 
     #[test]

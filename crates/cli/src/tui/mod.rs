@@ -34,12 +34,7 @@ enum Update {
     /// Events from the relay.
     Events(Vec<Event>),
     /// A safety number to show.
-    SafetyNumber {
-        peer: String,
-        groups: Vec<String>,
-        verified: bool,
-        changed: bool,
-    },
+    SafetyNumber { peer: String, groups: Vec<String>, verified: bool, changed: bool },
     /// Something to tell the user.
     Notice(String),
 }
@@ -150,10 +145,7 @@ async fn perform(
                 if peer == *client.user() {
                     return Err(ClientError::ToSelf);
                 }
-                client
-                    .store()
-                    .touch_conversation(peer.as_str(), now_ms())
-                    .await?;
+                client.store().touch_conversation(peer.as_str(), now_ms()).await?;
                 client.store().mark_read(peer.as_str()).await?;
                 if let Some(relay) = relay {
                     client.learn_identity(relay, &peer).await?;
@@ -162,17 +154,14 @@ async fn perform(
             }
             Action::ShowSafetyNumber(peer) => {
                 let peer = parse(&peer)?;
-                if client.store().contact(peer.as_str()).await?.is_none() {
-                    if let Some(relay) = relay {
-                        client.learn_identity(relay, &peer).await?;
-                    }
+                if client.store().contact(peer.as_str()).await?.is_none()
+                    && let Some(relay) = relay
+                {
+                    client.learn_identity(relay, &peer).await?;
                 }
                 let (number, changed) = client.safety_number(&peer).await?;
-                let verified = client
-                    .store()
-                    .contact(peer.as_str())
-                    .await?
-                    .is_some_and(|c| c.verified);
+                let verified =
+                    client.store().contact(peer.as_str()).await?.is_some_and(|c| c.verified);
                 let _ = updates.send(Update::SafetyNumber {
                     peer: peer.to_string(),
                     groups: number.groups().map(str::to_owned).collect(),
@@ -249,15 +238,8 @@ async fn reload(client: &Client, app: &mut App, online: &HashSet<String>) -> any
 
 /// Runs the chat until the user quits.
 pub async fn run(place: &Place) -> anyhow::Result<()> {
-    let client = Arc::new(
-        Client::open(&place.home)
-            .await
-            .context("open your identity")?,
-    );
-    let server = place
-        .server
-        .clone()
-        .unwrap_or_else(|| client.server().to_owned());
+    let client = Arc::new(Client::open(&place.home).await.context("open your identity")?);
+    let server = place.server.clone().unwrap_or_else(|| client.server().to_owned());
     let (actions, action_rx) = mpsc::unbounded_channel();
     let (updates_tx, mut updates) = mpsc::unbounded_channel();
     let engine = tokio::spawn(engine(client.clone(), server, action_rx, updates_tx));

@@ -39,18 +39,8 @@ fn chatting() -> App {
     let mut app = App::new("alice");
     app.connection = Connection::Online;
     app.conversations = vec![
-        ConversationSummary {
-            peer: "bob".into(),
-            unread: 0,
-            last: None,
-            updated_at: 2,
-        },
-        ConversationSummary {
-            peer: "carol".into(),
-            unread: 3,
-            last: None,
-            updated_at: 1,
-        },
+        ConversationSummary { peer: "bob".into(), unread: 0, last: None, updated_at: 2 },
+        ConversationSummary { peer: "carol".into(), unread: 3, last: None, updated_at: 1 },
     ];
     app.selected = Some("bob".into());
     app.messages = vec![
@@ -59,12 +49,7 @@ fn chatting() -> App {
         message(3, true, "still there?", "stored"),
         message(4, true, "typing fast", "sending"),
     ];
-    app.peer = PeerInfo {
-        online: true,
-        verified: true,
-        key_changed: false,
-        missing: 0,
-    };
+    app.peer = PeerInfo { online: true, verified: true, key_changed: false, missing: 0 };
     app.input = "draft".into();
     app
 }
@@ -95,11 +80,7 @@ fn the_chat_shows_conversations_unread_counts_statuses_and_connection() {
 #[test]
 fn reconnecting_and_missing_messages_are_visible() {
     let mut app = chatting();
-    app.connection = Connection::Reconnecting {
-        attempt: 2,
-        in_seconds: 4,
-        reason: "x".into(),
-    };
+    app.connection = Connection::Reconnecting { attempt: 2, in_seconds: 4, reason: "x".into() };
     app.peer.missing = 2;
     let text = screen(&app, 100, 20);
     assert!(text.contains("reconnecting in 4s (attempt 2)"), "{text}");

@@ -33,11 +33,7 @@ fn connection_span(connection: &Connection) -> Span<'static> {
     match connection {
         Connection::Connecting => Span::styled("◌ connecting", Style::new().fg(Color::Yellow)),
         Connection::Online => Span::styled("● online", Style::new().fg(Color::Green)),
-        Connection::Reconnecting {
-            attempt,
-            in_seconds,
-            ..
-        } => Span::styled(
+        Connection::Reconnecting { attempt, in_seconds, .. } => Span::styled(
             format!("◌ reconnecting in {in_seconds}s (attempt {attempt})"),
             Style::new().fg(Color::Yellow),
         ),
@@ -77,17 +73,12 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) {
     draw_conversations(frame, app, list_area);
     draw_messages(frame, app, chat_area);
 
-    let input_block = Block::default()
-        .borders(Borders::ALL)
-        .title(match &app.selected {
-            Some(peer) => format!(" Message to {peer} "),
-            None => " Message ".to_owned(),
-        });
+    let input_block = Block::default().borders(Borders::ALL).title(match &app.selected {
+        Some(peer) => format!(" Message to {peer} "),
+        None => " Message ".to_owned(),
+    });
     let shown = if app.input.is_empty() && app.selected.is_none() {
-        Span::styled(
-            "Ctrl-N to start a conversation",
-            Style::new().fg(Color::DarkGray),
-        )
+        Span::styled("Ctrl-N to start a conversation", Style::new().fg(Color::DarkGray))
     } else {
         Span::raw(app.input.clone())
     };
@@ -124,19 +115,13 @@ fn draw_conversations(frame: &mut Frame<'_>, app: &App, area: Rect) {
                     Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD),
                 ));
             }
-            let style = if selected {
-                Style::new().add_modifier(Modifier::REVERSED)
-            } else {
-                Style::new()
-            };
+            let style =
+                if selected { Style::new().add_modifier(Modifier::REVERSED) } else { Style::new() };
             ListItem::new(Line::from(spans)).style(style)
         })
         .collect();
-    let list = List::new(items).block(
-        Block::default()
-            .borders(Borders::ALL)
-            .title(" Conversations "),
-    );
+    let list =
+        List::new(items).block(Block::default().borders(Borders::ALL).title(" Conversations "));
     frame.render_widget(list, area);
 }
 
@@ -166,11 +151,7 @@ fn draw_messages(frame: &mut Frame<'_>, app: &App, area: Rect) {
     }
     let mut lines: Vec<Line<'_>> = Vec::new();
     if app.peer.missing > 0 {
-        let plural = if app.peer.missing == 1 {
-            "message"
-        } else {
-            "messages"
-        };
+        let plural = if app.peer.missing == 1 { "message" } else { "messages" };
         lines.push(Line::styled(
             format!("⚠ {} {plural} from {peer} are missing", app.peer.missing),
             Style::new().fg(Color::Red),
@@ -212,11 +193,9 @@ fn draw_messages(frame: &mut Frame<'_>, app: &App, area: Rect) {
     let height = area.height.saturating_sub(2) as usize;
     let skip = lines.len().saturating_sub(height);
     let shown: Vec<Line<'_>> = lines.into_iter().skip(skip).collect();
-    let view = Paragraph::new(shown).wrap(Wrap { trim: false }).block(
-        Block::default()
-            .borders(Borders::ALL)
-            .title(Line::from(title)),
-    );
+    let view = Paragraph::new(shown)
+        .wrap(Wrap { trim: false })
+        .block(Block::default().borders(Borders::ALL).title(Line::from(title)));
     frame.render_widget(view, area);
 }
 
@@ -257,29 +236,15 @@ fn draw_overlay(frame: &mut Frame<'_>, overlay: &Overlay) {
                 Line::raw("User id:"),
                 Line::raw(format!("> {typed}")),
                 Line::raw(""),
-                Line::styled(
-                    "Enter to open · Esc to cancel",
-                    Style::new().fg(Color::DarkGray),
-                ),
+                Line::styled("Enter to open · Esc to cancel", Style::new().fg(Color::DarkGray)),
             ],
             44,
             7,
         ),
-        Overlay::SafetyNumber {
-            peer,
-            groups,
-            verified,
-            changed,
-        } => {
-            let mut lines = vec![
-                Line::raw(format!("Safety number with {peer}:")),
-                Line::raw(""),
-            ];
+        Overlay::SafetyNumber { peer, groups, verified, changed } => {
+            let mut lines = vec![Line::raw(format!("Safety number with {peer}:")), Line::raw("")];
             for row in groups.chunks(4) {
-                lines.push(Line::styled(
-                    row.join("  "),
-                    Style::new().add_modifier(Modifier::BOLD),
-                ));
+                lines.push(Line::styled(row.join("  "), Style::new().add_modifier(Modifier::BOLD)));
             }
             lines.push(Line::raw(""));
             lines.push(Line::raw(format!(
@@ -306,13 +271,9 @@ fn draw_overlay(frame: &mut Frame<'_>, overlay: &Overlay) {
                     Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
                 ),
                 Line::raw(""),
-                Line::raw(format!(
-                    "This happens when {peer} reinstalls or uses a new device."
-                )),
+                Line::raw(format!("This happens when {peer} reinstalls or uses a new device.")),
                 Line::raw("It could also mean someone is trying to intercept your messages."),
-                Line::raw(format!(
-                    "Messages to {peer} are blocked until you accept the new key."
-                )),
+                Line::raw(format!("Messages to {peer} are blocked until you accept the new key.")),
                 Line::raw(format!("Check the new safety number with {peer} first.")),
                 Line::raw(""),
                 Line::styled(
@@ -327,10 +288,5 @@ fn draw_overlay(frame: &mut Frame<'_>, overlay: &Overlay) {
     let area = centered(frame.area(), width, height);
     frame.render_widget(Clear, area);
     let block = Block::default().borders(Borders::ALL).title(title);
-    frame.render_widget(
-        Paragraph::new(lines)
-            .wrap(Wrap { trim: false })
-            .block(block),
-        area,
-    );
+    frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }).block(block), area);
 }

@@ -190,31 +190,17 @@ impl RatchetState {
         record: &Record,
         associated_data: &AssociatedData,
     ) -> Result<Sealed, RatchetEncryptError> {
-        let chain = self
-            .sending
-            .as_ref()
-            .ok_or(RatchetEncryptError::NoSendingChain)?;
-        let next_ns = self
-            .ns
-            .checked_add(1)
-            .ok_or(RatchetEncryptError::ChainExhausted)?;
+        let chain = self.sending.as_ref().ok_or(RatchetEncryptError::NoSendingChain)?;
+        let next_ns = self.ns.checked_add(1).ok_or(RatchetEncryptError::ChainExhausted)?;
         let encoded = record.encode()?;
         let padded = record::pad(&encoded)?;
         let (message_key, next_chain) = chain.step();
-        let header = Header {
-            dh: *self.dh_self.public(),
-            pn: self.pn,
-            n: self.ns,
-        };
+        let header = Header { dh: *self.dh_self.public(), pn: self.pn, n: self.ns };
         let ciphertext = seal(&message_key, &padded, associated_data, &header)
             .map_err(|_| RatchetEncryptError::EncryptionFailed)?;
         self.sending = Some(next_chain);
         self.ns = next_ns;
-        Ok(Sealed {
-            header,
-            ciphertext,
-            digest: MessageDigest::of_encoded(&encoded),
-        })
+        Ok(Sealed { header, ciphertext, digest: MessageDigest::of_encoded(&encoded) })
     }
 
     /// Decrypts a message. On any error `self` is unchanged.
@@ -244,10 +230,7 @@ impl RatchetState {
             && header.n == self.nr
             && let Some(chain) = &self.receiving
         {
-            let next_nr = self
-                .nr
-                .checked_add(1)
-                .ok_or(RatchetDecryptError::TooManySkipped)?;
+            let next_nr = self.nr.checked_add(1).ok_or(RatchetDecryptError::TooManySkipped)?;
             let (message_key, next_chain) = chain.step();
             let opened = open(&message_key, ciphertext, associated_data, header)?;
             self.receiving = Some(next_chain);
@@ -261,16 +244,10 @@ impl RatchetState {
             next.dh_ratchet(header, rng)?;
         }
         next.skip_message_keys(header.n)?;
-        let chain = next
-            .receiving
-            .as_ref()
-            .ok_or(RatchetDecryptError::AuthenticationFailed)?;
+        let chain = next.receiving.as_ref().ok_or(RatchetDecryptError::AuthenticationFailed)?;
         let (message_key, next_chain) = chain.step();
         next.receiving = Some(next_chain);
-        next.nr = next
-            .nr
-            .checked_add(1)
-            .ok_or(RatchetDecryptError::TooManySkipped)?;
+        next.nr = next.nr.checked_add(1).ok_or(RatchetDecryptError::TooManySkipped)?;
         let opened = open(&message_key, ciphertext, associated_data, header)?;
         *self = next;
         Ok(opened)
@@ -356,10 +333,7 @@ fn open(
     let padded: Zeroizing<Vec<u8>> = aead::open(&message_key.expand(), ciphertext, &aad)?;
     let encoded = record::unpad(&padded).map_err(RatchetDecryptError::InvalidRecord)?;
     let record = Record::decode(encoded).map_err(RatchetDecryptError::InvalidRecord)?;
-    Ok(Opened {
-        record,
-        digest: MessageDigest::of_encoded(encoded),
-    })
+    Ok(Opened { record, digest: MessageDigest::of_encoded(encoded) })
 }
 
 impl core::fmt::Debug for RatchetState {

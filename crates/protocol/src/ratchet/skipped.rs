@@ -32,9 +32,7 @@ impl SkippedKeys {
     }
 
     pub(crate) fn find(&self, ratchet_key: &DhPublicKey, n: u32) -> Option<usize> {
-        self.0
-            .iter()
-            .position(|k| k.n == n && &k.ratchet_key == ratchet_key)
+        self.0.iter().position(|k| k.n == n && &k.ratchet_key == ratchet_key)
     }
 
     pub(crate) fn get(&self, index: usize) -> Option<&MessageKey> {
@@ -50,10 +48,6 @@ impl SkippedKeys {
         if self.0.len() == MAX_SKIPPED_KEYS {
             self.0.pop_front();
         }
-        self.0.push_back(SkippedKey {
-            ratchet_key,
-            n,
-            key,
-        });
+        self.0.push_back(SkippedKey { ratchet_key, n, key });
     }
 }

@@ -37,9 +37,8 @@ impl Device {
         let signed_prekey = SignedPrekey::generate(&identity, 1, 1_767_225_600, rng);
         let mut prekeys = InMemoryPrekeyStore::default();
         prekeys.add_signed_prekey(signed_prekey.clone());
-        let one_time: Vec<OneTimePrekey> = (100..110)
-            .map(|id| OneTimePrekey::generate(id, rng))
-            .collect();
+        let one_time: Vec<OneTimePrekey> =
+            (100..110).map(|id| OneTimePrekey::generate(id, rng)).collect();
         for opk in &one_time {
             prekeys.add_one_time_prekey(opk.clone());
         }
@@ -62,11 +61,7 @@ impl Device {
 
     /// A bundle as the relay would serve it, handing out one-time prekeys in order.
     pub fn bundle(&mut self) -> PrekeyBundle {
-        let opk = if self.one_time.is_empty() {
-            None
-        } else {
-            Some(self.one_time.remove(0))
-        };
+        let opk = if self.one_time.is_empty() { None } else { Some(self.one_time.remove(0)) };
         PrekeyBundle::new(
             self.user.clone(),
             *self.identity().public(),
@@ -78,22 +73,13 @@ impl Device {
 
     pub fn record(&mut self, text: &str) -> Record {
         self.sent += 1;
-        Record::text(
-            text,
-            1_000 * self.sent,
-            self.sent,
-            self.last_received.0,
-            self.last_received.1,
-        )
+        Record::text(text, 1_000 * self.sent, self.sent, self.last_received.0, self.last_received.1)
     }
 
     pub fn send(&mut self, to: &mut Device, text: &str, rng: &mut ChaCha20Rng) -> Envelope {
         let record = self.record(text);
-        let needs_bundle = !self
-            .sessions
-            .load_session(&to.user)
-            .unwrap()
-            .is_some_and(|r| r.can_encrypt());
+        let needs_bundle =
+            !self.sessions.load_session(&to.user).unwrap().is_some_and(|r| r.can_encrypt());
         let bundle = needs_bundle.then(|| to.bundle());
         let (envelope, _) = store::encrypt(
             &mut self.identities,
@@ -124,10 +110,7 @@ impl Device {
         ) {
             Ok((decrypted, change)) => {
                 self.last_received = (decrypted.record.counter, decrypted.digest);
-                Ok((
-                    decrypted.record.as_text().unwrap_or_default().to_owned(),
-                    change,
-                ))
+                Ok((decrypted.record.as_text().unwrap_or_default().to_owned(), change))
             }
             Err(StoreDecryptError::Decrypt(error)) => Err(error),
             Err(StoreDecryptError::Store(error)) => panic!("store failed: {error}"),
@@ -135,17 +118,10 @@ impl Device {
     }
 
     pub fn session_bytes(&self, peer: &UserId) -> Vec<u8> {
-        self.sessions
-            .load_session(peer)
-            .unwrap()
-            .map(|r| r.to_bytes().to_vec())
-            .unwrap_or_default()
+        self.sessions.load_session(peer).unwrap().map(|r| r.to_bytes().to_vec()).unwrap_or_default()
     }
 
     pub fn session_record(&self, peer: &UserId) -> SessionRecord {
-        self.sessions
-            .load_session(peer)
-            .unwrap()
-            .unwrap_or_default()
+        self.sessions.load_session(peer).unwrap().unwrap_or_default()
     }
 }

@@ -39,6 +39,8 @@ CREATE TABLE messages (
 );
 CREATE INDEX messages_pending ON messages (recipient, id) WHERE acked_at IS NULL;
 CREATE INDEX messages_expiry ON messages (expires_at) WHERE acked_at IS NULL;
+-- Recent undelivered messages, re-pushed by clustered nodes in case a push was lost.
+CREATE INDEX messages_recent ON messages (created_at) WHERE acked_at IS NULL;
 CREATE INDEX messages_tombstones ON messages (acked_at) WHERE acked_at IS NOT NULL;
 
 -- Pairs of users who have exchanged messages (user_a < user_b): presence goes only to them.

@@ -5,12 +5,15 @@
 //! travel as, envelopes as the JSON text the sender sent, so serving them needs no re-encoding.
 //! Times are Unix milliseconds.
 
+mod postgres;
+mod shared;
 mod sqlite;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
 
 /// A storage failure. Details are logged; clients only ever see "storage unavailable".
@@ -218,6 +221,15 @@ pub trait Storage: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<QueuedMessage>, StorageError>;
 
+    /// Pending messages received between `from` and `to` (Unix ms), oldest first, with their
+    /// recipients.
+    async fn pending_between(
+        &self,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, QueuedMessage)>, StorageError>;
+
     /// How many messages are pending for a recipient.
     async fn pending_count(&self, recipient: &str) -> Result<usize, StorageError>;
 
@@ -260,6 +272,8 @@ pub trait Storage: Send + Sync + 'static {
 pub async fn open(url: &str) -> Result<Arc<dyn Storage>, StorageError> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStorage::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStorage::open(url).await?))
     } else {
         Err(StorageError::UnsupportedUrl(url.to_owned()))
     }

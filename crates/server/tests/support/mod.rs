@@ -61,15 +61,7 @@ impl TestServer {
         });
         let url = format!("http://{addr}");
         wait_until_healthy(&url).await;
-        Self {
-            url,
-            addr,
-            database_url,
-            db_path,
-            stop: Some(stop),
-            task: Some(task),
-            dir,
-        }
+        Self { url, addr, database_url, db_path, stop: Some(stop), task: Some(task), dir }
     }
 
     /// Stops gracefully and starts again on a new port with the same database.
@@ -84,10 +76,7 @@ impl TestServer {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(WAIT, task)
-                .await
-                .expect("graceful shutdown")
-                .unwrap();
+            tokio::time::timeout(WAIT, task).await.expect("graceful shutdown").unwrap();
         }
     }
 
@@ -113,15 +102,8 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.unwrap();
     let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
 }
 
@@ -162,9 +144,7 @@ pub fn keys(opks: u32) -> (IdentityKeyPair, SignedPrekey, Vec<OneTimePrekey>) {
     let mut rng = rand::rng();
     let identity = IdentityKeyPair::generate(&mut rng);
     let signed_prekey = SignedPrekey::generate(&identity, 1, 1_767_225_600, &mut rng);
-    let one_time = (1..=opks)
-        .map(|id| OneTimePrekey::generate(id, &mut rng))
-        .collect();
+    let one_time = (1..=opks).map(|id| OneTimePrekey::generate(id, &mut rng)).collect();
     (identity, signed_prekey, one_time)
 }
 
@@ -179,20 +159,10 @@ impl TestUser {
         let id = UserId::parse(name).unwrap();
         let (client, pushes) = RelayClient::connect(&server.url, WAIT).await.unwrap();
         let publics: Vec<_> = one_time_prekeys.iter().map(|k| k.public()).collect();
-        let answer = client
-            .register(&id, &identity, signed_prekey.public(), &publics)
-            .await
-            .unwrap();
+        let answer =
+            client.register(&id, &identity, signed_prekey.public(), &publics).await.unwrap();
         assert_eq!(answer.user_id, id.as_str());
-        Self {
-            id,
-            identity,
-            signed_prekey,
-            one_time_prekeys,
-            client,
-            pushes,
-            seen: Vec::new(),
-        }
+        Self { id, identity, signed_prekey, one_time_prekeys, client, pushes, seen: Vec::new() }
     }
 
     /// Opens a new connection and logs in.

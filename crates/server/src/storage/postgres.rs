@@ -1,0 +1,68 @@
+//! PostgreSQL storage, for several relay nodes sharing one database. Write transactions use
+//! the default isolation (read committed) with row locks where they matter: a one-time prekey
+//! is claimed with `FOR UPDATE SKIP LOCKED`, so concurrent claims on any node each get a
+//! different key or none.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, PgPool, Postgres, QueryBuilder, Row, SqlSafeStr};
+
+use super::shared::{to_i64, to_u32, to_u64};
+use super::{
+    Acknowledged, ClaimedBundle, MessageStatus, NewMessage, NewUser, QueuedMessage, RegisterError,
+    Storage, StorageError, StoreOutcome, StoredIdentity, StoredOneTimePrekey, StoredSignedPrekey,
+    fixed_chunks,
+};
+
+/// The PostgreSQL backend.
+#[derive(Debug, Clone)]
+pub struct PostgresStorage {
+    /// Connections.
+    pool: PgPool,
+}
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "init".into(),
+        MigrationType::Simple,
+        AssertSqlSafe(include_str!("../../migrations/postgres/0001_init.sql")).into_sql_str(),
+        false,
+    )])
+}
+
+impl PostgresStorage {
+    /// Connects to `url` (`postgres://…`) and migrates the database (migrations take an
+    /// advisory lock, so several nodes may start at once).
+    pub async fn open(url: &str) -> Result<Self, StorageError> {
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            // Fail fast while the database is unreachable: senders get a retryable error
+            // instead of waiting.
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_with(options)
+            .await?;
+        migrator().run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The pool, for tests that inspect the database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+super::shared::impl_storage!(
+    PostgresStorage,
+    Postgres,
+    begin = "BEGIN",
+    claim_one_time_prekey = "DELETE FROM one_time_prekeys WHERE (user_id, key_id) = \
+         (SELECT user_id, key_id FROM one_time_prekeys WHERE user_id = $1 ORDER BY key_id \
+          LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING key_id, public_key",
+);

@@ -1,0 +1,478 @@
+//! The SQL both backends share. SQLite and PostgreSQL take the same statements (`$n`
+//! placeholders, `ON CONFLICT`, `RETURNING`, `UPDATE … FROM (VALUES …)`); only how a write
+//! transaction starts and how a one-time prekey is claimed differ, and each backend passes
+//! those in.
+
+pub(crate) fn to_u32(value: i64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+pub(crate) fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+pub(crate) fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Implements [`Storage`](super::Storage) for a backend type holding a `pool` of database `$db`.
+macro_rules! impl_storage {
+    ($storage:ty, $db:ty, begin = $begin:expr, claim_one_time_prekey = $claim_one_time_prekey:expr $(,)?) => {
+        impl $storage {
+        async fn insert_one_time_prekeys(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            user_id: &str,
+            keys: &[StoredOneTimePrekey],
+        ) -> Result<(), StorageError> {
+            for chunk in fixed_chunks(keys) {
+                let mut insert = QueryBuilder::<$db>::new(
+                    "INSERT INTO one_time_prekeys (user_id, key_id, public_key) ",
+                );
+                insert.push_values(chunk, |mut row, key| {
+                    row.push_bind(user_id)
+                        .push_bind(i64::from(key.id))
+                        .push_bind(&key.key);
+                });
+                insert.push(" ON CONFLICT DO NOTHING");
+                insert.build().execute(&mut **tx).await?;
+            }
+            Ok(())
+        }
+        }
+
+        #[async_trait]
+        impl Storage for $storage {
+            async fn health(&self) -> Result<(), StorageError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn register_user(&self, user: &NewUser) -> Result<(), RegisterError> {
+                let mut tx = self
+                    .pool
+                    .begin_with($begin)
+                    .await
+                    .map_err(StorageError::from)?;
+                let inserted = sqlx::query(
+                    "INSERT INTO users (user_id, identity_signing, identity_dh, identity_signature, \
+                     registered_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO NOTHING",
+                )
+                .bind(&user.user_id)
+                .bind(&user.identity.signing)
+                .bind(&user.identity.dh)
+                .bind(&user.identity.signature)
+                .bind(user.now)
+                .execute(&mut *tx)
+                .await
+                .map_err(StorageError::from)?;
+                if inserted.rows_affected() == 0 {
+                    return Err(RegisterError::Taken);
+                }
+                let spk = &user.signed_prekey;
+                sqlx::query(
+                    "INSERT INTO signed_prekeys (user_id, key_id, public_key, created_at, signature) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&user.user_id)
+                .bind(i64::from(spk.id))
+                .bind(&spk.key)
+                .bind(to_i64(spk.created_at))
+                .bind(&spk.signature)
+                .execute(&mut *tx)
+                .await
+                .map_err(StorageError::from)?;
+                Self::insert_one_time_prekeys(&mut tx, &user.user_id, &user.one_time_prekeys).await?;
+                // Anything still queued for this id was addressed to an earlier holder's keys.
+                sqlx::query("DELETE FROM messages WHERE recipient = $1 AND acked_at IS NULL")
+                    .bind(&user.user_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StorageError::from)?;
+                tx.commit().await.map_err(StorageError::from)?;
+                Ok(())
+            }
+
+            async fn identity(&self, user_id: &str) -> Result<Option<StoredIdentity>, StorageError> {
+                let row = sqlx::query(
+                    "SELECT identity_signing, identity_dh, identity_signature FROM users WHERE user_id = $1",
+                )
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(|row| StoredIdentity {
+                    signing: row.get(0),
+                    dh: row.get(1),
+                    signature: row.get(2),
+                }))
+            }
+
+            async fn claim_bundle(&self, user_id: &str) -> Result<Option<ClaimedBundle>, StorageError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let Some(row) = sqlx::query(
+                    "SELECT u.identity_signing, u.identity_dh, u.identity_signature, \
+                            s.key_id, s.public_key, s.created_at, s.signature \
+                     FROM users u JOIN signed_prekeys s ON s.user_id = u.user_id WHERE u.user_id = $1",
+                )
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                else {
+                    return Ok(None);
+                };
+                let one_time = sqlx::query(
+                    $claim_one_time_prekey,
+                )
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let remaining: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM one_time_prekeys WHERE user_id = $1")
+                        .bind(user_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                tx.commit().await?;
+                Ok(Some(ClaimedBundle {
+                    identity: StoredIdentity {
+                        signing: row.get(0),
+                        dh: row.get(1),
+                        signature: row.get(2),
+                    },
+                    signed_prekey: StoredSignedPrekey {
+                        id: to_u32(row.get(3)),
+                        key: row.get(4),
+                        created_at: to_u64(row.get(5)),
+                        signature: row.get(6),
+                    },
+                    one_time_prekey: one_time.map(|row| StoredOneTimePrekey {
+                        id: to_u32(row.get(0)),
+                        key: row.get(1),
+                    }),
+                    remaining: usize::try_from(remaining).unwrap_or(0),
+                }))
+            }
+
+            async fn add_one_time_prekeys(
+                &self,
+                user_id: &str,
+                keys: &[StoredOneTimePrekey],
+                max_stored: usize,
+            ) -> Result<usize, StorageError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let count: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM one_time_prekeys WHERE user_id = $1")
+                        .bind(user_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let room = max_stored.saturating_sub(usize::try_from(count).unwrap_or(max_stored));
+                Self::insert_one_time_prekeys(&mut tx, user_id, &keys[..keys.len().min(room)]).await?;
+                let count: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM one_time_prekeys WHERE user_id = $1")
+                        .bind(user_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                tx.commit().await?;
+                Ok(usize::try_from(count).unwrap_or(0))
+            }
+
+            async fn set_signed_prekey(
+                &self,
+                user_id: &str,
+                prekey: &StoredSignedPrekey,
+            ) -> Result<(), StorageError> {
+                sqlx::query(
+                    "UPDATE signed_prekeys SET key_id = $2, public_key = $3, created_at = $4, \
+                     signature = $5 WHERE user_id = $1",
+                )
+                .bind(user_id)
+                .bind(i64::from(prekey.id))
+                .bind(&prekey.key)
+                .bind(to_i64(prekey.created_at))
+                .bind(&prekey.signature)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn one_time_prekey_count(&self, user_id: &str) -> Result<usize, StorageError> {
+                let count: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM one_time_prekeys WHERE user_id = $1")
+                        .bind(user_id)
+                        .fetch_one(&self.pool)
+                        .await?;
+                Ok(usize::try_from(count).unwrap_or(0))
+            }
+
+            async fn store_messages(
+                &self,
+                batch: &[NewMessage],
+            ) -> Result<Vec<StoreOutcome>, StorageError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let mut stored: HashMap<(&str, &str), i64> = HashMap::with_capacity(batch.len());
+                for chunk in fixed_chunks(batch) {
+                    let mut insert = QueryBuilder::<$db>::new(
+                        "INSERT INTO messages (recipient, sender, client_id, envelope, created_at, \
+                         expires_at) ",
+                    );
+                    insert.push_values(chunk, |mut row, message| {
+                        row.push_bind(&message.recipient)
+                            .push_bind(&message.sender)
+                            .push_bind(&message.client_id)
+                            .push_bind(message.envelope.get())
+                            .push_bind(message.created_at)
+                            .push_bind(message.expires_at);
+                    });
+                    insert.push(
+                        " ON CONFLICT (sender, client_id) DO NOTHING RETURNING id, sender, client_id",
+                    );
+                    let rows = insert.build().fetch_all(&mut *tx).await?;
+                    for row in rows {
+                        let id: i64 = row.get(0);
+                        let sender: String = row.get(1);
+                        let client_id: String = row.get(2);
+                        // RETURNING order is unspecified: match rows to the batch by their key.
+                        if let Some(message) = chunk
+                            .iter()
+                            .find(|m| m.client_id == client_id && m.sender == sender)
+                        {
+                            stored.insert((message.sender.as_str(), message.client_id.as_str()), id);
+                        }
+                    }
+                }
+                let mut outcomes = Vec::with_capacity(batch.len());
+                let mut seen: HashMap<(&str, &str), i64> = HashMap::new();
+                for message in batch {
+                    let key = (message.sender.as_str(), message.client_id.as_str());
+                    if let Some(&id) = seen.get(&key) {
+                        outcomes.push(StoreOutcome::Duplicate(id));
+                    } else if let Some(&id) = stored.get(&key) {
+                        seen.insert(key, id);
+                        outcomes.push(StoreOutcome::Stored(id));
+                    } else {
+                        let id: i64 = sqlx::query_scalar(
+                            "SELECT id FROM messages WHERE sender = $1 AND client_id = $2",
+                        )
+                        .bind(&message.sender)
+                        .bind(&message.client_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        seen.insert(key, id);
+                        outcomes.push(StoreOutcome::Duplicate(id));
+                    }
+                }
+                tx.commit().await?;
+                Ok(outcomes)
+            }
+
+            async fn pending_messages(
+                &self,
+                recipient: &str,
+                after_id: i64,
+                limit: usize,
+            ) -> Result<Vec<QueuedMessage>, StorageError> {
+                let rows = sqlx::query(
+                    "SELECT id, sender, envelope, created_at FROM messages \
+                     WHERE recipient = $1 AND acked_at IS NULL AND id > $2 ORDER BY id LIMIT $3",
+                )
+                .bind(recipient)
+                .bind(after_id)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|row| QueuedMessage {
+                        id: row.get(0),
+                        sender: row.get(1),
+                        envelope: row.get::<Option<String>, _>(2).unwrap_or_default(),
+                        created_at: row.get(3),
+                    })
+                    .collect())
+            }
+
+            async fn pending_between(
+                &self,
+                from: i64,
+                to: i64,
+                limit: usize,
+            ) -> Result<Vec<(String, QueuedMessage)>, StorageError> {
+                let rows = sqlx::query(
+                    "SELECT recipient, id, sender, envelope, created_at FROM messages \
+                     WHERE acked_at IS NULL AND created_at >= $1 AND created_at < $2 \
+                     ORDER BY id LIMIT $3",
+                )
+                .bind(from)
+                .bind(to)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|row| {
+                        let message = QueuedMessage {
+                            id: row.get(1),
+                            sender: row.get(2),
+                            envelope: row.get::<Option<String>, _>(3).unwrap_or_default(),
+                            created_at: row.get(4),
+                        };
+                        (row.get(0), message)
+                    })
+                    .collect())
+            }
+
+            async fn pending_count(&self, recipient: &str) -> Result<usize, StorageError> {
+                let count: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM messages WHERE recipient = $1 AND acked_at IS NULL",
+                )
+                .bind(recipient)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(usize::try_from(count).unwrap_or(0))
+            }
+
+            async fn acknowledge(
+                &self,
+                acks: &[(String, i64)],
+                now: i64,
+            ) -> Result<Vec<Acknowledged>, StorageError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let mut acknowledged = Vec::with_capacity(acks.len());
+                for chunk in fixed_chunks(acks) {
+                    let mut update =
+                        QueryBuilder::<$db>::new("UPDATE messages SET envelope = NULL, acked_at = ");
+                    update.push_bind(now);
+                    update.push(" FROM (");
+                    update.push_values(chunk, |mut row, (recipient, id)| {
+                        row.push_bind(*id).push_bind(recipient);
+                    });
+                    update.push(
+                        ") AS v WHERE messages.id = v.column1 AND messages.recipient = v.column2 \
+                         AND messages.acked_at IS NULL \
+                         RETURNING messages.id, messages.sender, messages.client_id, messages.recipient",
+                    );
+                    for row in update.build().fetch_all(&mut *tx).await? {
+                        acknowledged.push(Acknowledged {
+                            id: row.get(0),
+                            sender: row.get(1),
+                            client_id: row.get(2),
+                            recipient: row.get(3),
+                        });
+                    }
+                }
+                tx.commit().await?;
+                Ok(acknowledged)
+            }
+
+            async fn message_status(
+                &self,
+                sender: &str,
+                ids: &[i64],
+            ) -> Result<Vec<(i64, MessageStatus)>, StorageError> {
+                let mut found: HashMap<i64, MessageStatus> = HashMap::new();
+                for chunk in fixed_chunks(ids) {
+                    let mut select =
+                        QueryBuilder::<$db>::new("SELECT id, acked_at FROM messages WHERE sender = ");
+                    select.push_bind(sender);
+                    select.push(" AND id IN (");
+                    let mut list = select.separated(", ");
+                    for id in chunk {
+                        list.push_bind(*id);
+                    }
+                    select.push(")");
+                    for row in select.build().fetch_all(&self.pool).await? {
+                        let acked: Option<i64> = row.get(1);
+                        let status = if acked.is_some() {
+                            MessageStatus::Delivered
+                        } else {
+                            MessageStatus::Pending
+                        };
+                        found.insert(row.get(0), status);
+                    }
+                }
+                Ok(ids
+                    .iter()
+                    .map(|id| {
+                        (
+                            *id,
+                            found.get(id).copied().unwrap_or(MessageStatus::Unknown),
+                        )
+                    })
+                    .collect())
+            }
+
+            async fn add_contacts(&self, pairs: &[(String, String)]) -> Result<(), StorageError> {
+                if pairs.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.pool.begin_with($begin).await?;
+                for chunk in fixed_chunks(pairs) {
+                    let mut insert = QueryBuilder::<$db>::new("INSERT INTO contacts (user_a, user_b) ");
+                    insert.push_values(chunk, |mut row, (a, b)| {
+                        let (low, high) = if a <= b { (a, b) } else { (b, a) };
+                        row.push_bind(low).push_bind(high);
+                    });
+                    insert.push(" ON CONFLICT DO NOTHING");
+                    insert.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn contacts(&self, user_id: &str) -> Result<Vec<String>, StorageError> {
+                let rows = sqlx::query_scalar(
+                    "SELECT user_b FROM contacts WHERE user_a = $1 \
+                     UNION SELECT user_a FROM contacts WHERE user_b = $1",
+                )
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows)
+            }
+
+            async fn purge(&self, now: i64, tombstones_before: i64) -> Result<(u64, u64), StorageError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let expired =
+                    sqlx::query("DELETE FROM messages WHERE acked_at IS NULL AND expires_at <= $1")
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                let purged =
+                    sqlx::query("DELETE FROM messages WHERE acked_at IS NOT NULL AND acked_at < $1")
+                        .bind(tombstones_before)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                tx.commit().await?;
+                Ok((expired, purged))
+            }
+
+            async fn release_user(&self, user_id: &str) -> Result<bool, StorageError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                sqlx::query("DELETE FROM messages WHERE recipient = $1 AND acked_at IS NULL")
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let deleted = sqlx::query("DELETE FROM users WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok(deleted > 0)
+            }
+
+            async fn close(&self) {
+                self.pool.close().await;
+            }
+
+            async fn total_pending(&self) -> Result<u64, StorageError> {
+                let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE acked_at IS NULL")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(to_u64(count))
+            }
+        }
+    };
+}
+
+pub(crate) use impl_storage;

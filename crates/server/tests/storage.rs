@@ -1,0 +1,256 @@
+//! One storage suite, run against both backends: SQLite (a temp file) and PostgreSQL (the
+//! machine's server on 127.0.0.1:5432, in a database of its own, dropped afterwards; override
+//! with SOTTO_TEST_POSTGRES).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+use sotto_server::storage::{
+    self, MessageStatus, NewMessage, NewUser, RegisterError, Storage, StoreOutcome, StoredIdentity,
+    StoredOneTimePrekey, StoredSignedPrekey,
+};
+
+fn admin_url() -> String {
+    std::env::var("SOTTO_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A PostgreSQL database made for one test run and dropped after it.
+struct PgDatabase {
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    async fn create() -> Self {
+        let name = format!("sotto_test_{}_{}", std::process::id(), rand::random::<u32>());
+        let admin =
+            sqlx::PgPool::connect(&admin_url()).await.expect("PostgreSQL on 127.0.0.1:5432");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let base = admin_url();
+        let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+        Self { name, url }
+    }
+
+    async fn drop_now(self) {
+        let admin = sqlx::PgPool::connect(&admin_url()).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&admin)
+        .await
+        .unwrap();
+        admin.close().await;
+    }
+}
+
+fn user(name: &str) -> NewUser {
+    NewUser {
+        user_id: name.to_owned(),
+        identity: StoredIdentity {
+            signing: format!("{name}-s"),
+            dh: format!("{name}-d"),
+            signature: "sig".into(),
+        },
+        signed_prekey: StoredSignedPrekey {
+            id: 1,
+            key: "spk".into(),
+            created_at: 1_767_225_600,
+            signature: "spk-sig".into(),
+        },
+        one_time_prekeys: (1..=20)
+            .map(|id| StoredOneTimePrekey { id, key: format!("opk{id}") })
+            .collect(),
+        now: 1,
+    }
+}
+
+fn message(from: &str, to: &str, client_id: &str) -> NewMessage {
+    NewMessage {
+        recipient: to.to_owned(),
+        sender: from.to_owned(),
+        client_id: client_id.to_owned(),
+        envelope: RawValue::from_string(format!(r#"{{"from":"{from}","id":"{client_id}"}}"#))
+            .unwrap(),
+        created_at: 1_000,
+        expires_at: 10_000,
+    }
+}
+
+async fn run_suite(store: Arc<dyn Storage>) {
+    store.health().await.unwrap();
+
+    // Claims: unique, even when concurrent.
+    store.register_user(&user("alice")).await.unwrap();
+    assert!(matches!(store.register_user(&user("alice")).await, Err(RegisterError::Taken)));
+    let claims: Vec<_> = (0..10)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.register_user(&user("contested")).await.is_ok() })
+        })
+        .collect();
+    let mut wins = 0;
+    for claim in claims {
+        wins += usize::from(claim.await.unwrap());
+    }
+    assert_eq!(wins, 1, "exactly one concurrent claim wins");
+    assert_eq!(store.identity("alice").await.unwrap().unwrap().signing, "alice-s");
+    assert!(store.identity("nobody").await.unwrap().is_none());
+
+    // One-time prekeys: 20 keys, 30 concurrent claimers; each key once, then none.
+    store.register_user(&user("bob")).await.unwrap();
+    let claimers: Vec<_> = (0..30)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim_bundle("bob").await.unwrap().unwrap() })
+        })
+        .collect();
+    let mut handed_out = Vec::new();
+    for claimer in claimers {
+        let bundle = claimer.await.unwrap();
+        assert_eq!(bundle.signed_prekey.key, "spk");
+        handed_out.extend(bundle.one_time_prekey.map(|k| k.id));
+    }
+    assert_eq!(handed_out.len(), 20);
+    assert_eq!(handed_out.iter().collect::<HashSet<_>>().len(), 20, "no key twice");
+    assert_eq!(store.one_time_prekey_count("bob").await.unwrap(), 0);
+    assert!(store.claim_bundle("nobody").await.unwrap().is_none());
+    let more: Vec<_> =
+        (100..110).map(|id| StoredOneTimePrekey { id, key: format!("k{id}") }).collect();
+    assert_eq!(store.add_one_time_prekeys("bob", &more, 5).await.unwrap(), 5, "capped");
+    store
+        .set_signed_prekey(
+            "bob",
+            &StoredSignedPrekey {
+                id: 2,
+                key: "spk2".into(),
+                created_at: 2,
+                signature: "s2".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.claim_bundle("bob").await.unwrap().unwrap().signed_prekey.id, 2);
+
+    // The queue: batch store with a duplicate inside and across batches.
+    let batch = [
+        message("alice", "bob", "m1"),
+        message("alice", "bob", "m2"),
+        message("alice", "bob", "m1"),
+    ];
+    let outcomes = store.store_messages(&batch).await.unwrap();
+    assert!(matches!(outcomes[0], StoreOutcome::Stored(_)));
+    assert!(matches!(outcomes[1], StoreOutcome::Stored(_)));
+    assert_eq!(outcomes[2], StoreOutcome::Duplicate(outcomes[0].id()));
+    let again = store.store_messages(&[message("alice", "bob", "m2")]).await.unwrap();
+    assert_eq!(again[0], StoreOutcome::Duplicate(outcomes[1].id()));
+    // The same client id from another sender is another message.
+    let other = store.store_messages(&[message("carol", "bob", "m1")]).await.unwrap();
+    assert!(matches!(other[0], StoreOutcome::Stored(_)));
+    // A big batch (several statement chunks) keeps its order.
+    let many: Vec<_> = (0..150).map(|i| message("alice", "dave", &format!("bulk{i}"))).collect();
+    let ids: Vec<i64> = store.store_messages(&many).await.unwrap().iter().map(|o| o.id()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase in batch order");
+
+    let pending = store.pending_messages("bob", 0, 10).await.unwrap();
+    assert_eq!(pending.len(), 3);
+    assert_eq!(pending[0].envelope, r#"{"from":"alice","id":"m1"}"#);
+    assert_eq!(store.pending_count("bob").await.unwrap(), 3);
+    assert_eq!(store.pending_messages("bob", pending[0].id, 10).await.unwrap().len(), 2);
+    assert_eq!(store.total_pending().await.unwrap(), 153);
+
+    // Acks count only for the recipient's own pending messages.
+    let acked = store
+        .acknowledge(
+            &[
+                ("bob".into(), pending[0].id),
+                ("mallory".into(), pending[1].id),
+                ("bob".into(), 999_999),
+            ],
+            5_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(acked.len(), 1);
+    assert_eq!((acked[0].sender.as_str(), acked[0].client_id.as_str()), ("alice", "m1"));
+    assert!(
+        store.acknowledge(&[("bob".into(), pending[0].id)], 5_001).await.unwrap().is_empty(),
+        "once"
+    );
+    assert_eq!(store.pending_count("bob").await.unwrap(), 2);
+    let statuses =
+        store.message_status("alice", &[pending[0].id, pending[1].id, 424_242]).await.unwrap();
+    assert_eq!(
+        statuses,
+        vec![
+            (pending[0].id, MessageStatus::Delivered),
+            (pending[1].id, MessageStatus::Pending),
+            (424_242, MessageStatus::Unknown)
+        ]
+    );
+    assert_eq!(
+        store.message_status("carol", &[pending[0].id]).await.unwrap()[0].1,
+        MessageStatus::Unknown
+    );
+
+    // Contacts, either direction, recorded once.
+    store
+        .add_contacts(&[
+            ("alice".into(), "bob".into()),
+            ("bob".into(), "alice".into()),
+            ("carol".into(), "alice".into()),
+        ])
+        .await
+        .unwrap();
+    let mut contacts = store.contacts("alice").await.unwrap();
+    contacts.sort();
+    assert_eq!(contacts, ["bob", "carol"]);
+
+    // Expiry and tombstones.
+    let (expired, purged) = store.purge(10_000, 6_000).await.unwrap();
+    assert_eq!((expired, purged), (152, 1));
+    assert_eq!(store.total_pending().await.unwrap(), 0);
+
+    // Releasing a user drops its keys and its queue.
+    store.store_messages(&[message("bob", "alice", "late")]).await.unwrap();
+    assert!(store.release_user("alice").await.unwrap());
+    assert!(!store.release_user("alice").await.unwrap());
+    assert!(store.identity("alice").await.unwrap().is_none());
+    assert_eq!(store.pending_count("alice").await.unwrap(), 0);
+    store.register_user(&user("alice")).await.unwrap();
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("suite.db").display());
+    run_suite(storage::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_backend() {
+    run_suite(storage::open("sqlite::memory:").await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_backend() {
+    let database = PgDatabase::create().await;
+    let store = storage::open(&database.url).await.unwrap();
+    run_suite(store).await;
+    database.drop_now().await;
+}
+
+#[tokio::test]
+async fn unsupported_urls_are_refused_clearly() {
+    let error = storage::open("mysql://localhost/x").await.err().unwrap();
+    assert!(error.to_string().contains("unsupported database URL"));
+}
