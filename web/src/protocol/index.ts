@@ -150,6 +150,7 @@ export {
   decodeBundleJson,
   decodeEnvelope,
   decodeEnvelopeJson,
+  decodePublicIdentityJson,
   encodeBundle,
   encodeEnvelope,
   type Envelope,

@@ -437,6 +437,14 @@ export async function decodeBundleJson(value: unknown): Promise<PrekeyBundle> {
   return { userId, identity, signedPrekey, oneTimePrekey };
 }
 
+/**
+ * Strictly decodes a public identity (§8.1) from an already parsed JSON value, such as the
+ * relay's `user:identity` answer; verifies its binding signature.
+ */
+export async function decodePublicIdentityJson(value: unknown): Promise<PublicIdentity> {
+  return decodeIdentity(shapeIdentity(value, 'identity'), 'identity');
+}
+
 /** Strictly decodes a bundle from JSON text (§8.2). */
 export async function decodeBundle(text: string): Promise<PrekeyBundle> {
   return decodeBundleJson(parseStrictJson(text));

@@ -1,0 +1,884 @@
+/**
+ * The browser client's core: one identity, its store and its relay connection. It registers or
+ * logs in on every connection, keeps prekeys topped up and rotated, sends through a durable
+ * outbox, receives (decrypt → save → acknowledge), notices key changes and withheld messages,
+ * and tells the UI what changed. No DOM here: `ui/` renders what this module stores.
+ *
+ * Guarantees, and how they are kept:
+ *
+ * - A browser closed at any moment never loses a message and never shows one twice. A received
+ *   message, its ratchet state, the contact, the counters and the used one-time prekey are
+ *   saved in one IndexedDB transaction, and only after it committed is `message:ack` sent; a
+ *   message seen again (the relay pushes unacknowledged ones after every login) is recognised
+ *   by its relay id, or failing that by the ratchet's `DuplicateMessage`.
+ * - A message we send is saved with an outbox entry before anything goes out; its envelope is
+ *   saved with the advanced session before the first send, and resent unchanged with the same
+ *   client id after every reconnect until the relay answers (the relay stores it once).
+ * - One conversation's ratchet steps run one at a time (`KeyedQueue` by peer).
+ * - A contact's identity is trusted on first use; a different one later is kept as *pending*,
+ *   shown as a warning, and blocks sending until the user accepts it.
+ */
+
+import { toBase64Url } from '../protocol/bytes.js';
+import { isProtocolError, ProtocolError } from '../protocol/errors.js';
+import { generateIdentity, type PublicIdentity, sameIdentityKeys } from '../protocol/identity.js';
+import {
+  generateOneTimePrekey,
+  generateSignedPrekey,
+  type OneTimePrekey,
+  type PrekeyLookup,
+  publicSignedPrekey,
+  type SignedPrekey,
+} from '../protocol/prekeys.js';
+import { MAX_TEXT_LENGTH, textRecord } from '../protocol/record.js';
+import { type SafetyNumber, safetyNumber } from '../protocol/safetyNumber.js';
+import {
+  emptySessionRecord,
+  initiateSession,
+  type LocalParty,
+  promoteSession,
+  sessionRecordCanEncrypt,
+  sessionRecordDecrypt,
+  sessionRecordEncrypt,
+  type SessionRecordState,
+} from '../protocol/session.js';
+import { parseUserId, type UserId } from '../protocol/userId.js';
+import {
+  decodeBundleJson,
+  decodeEnvelopeJson,
+  decodePublicIdentityJson,
+  type EnvelopeJson,
+  envelopeToJson,
+  type OneTimePrekeyJson,
+  type SignedPrekeyJson,
+} from '../protocol/wire.js';
+import type { DeliveryReceipt, ReceivedMessage } from '../transport/events.js';
+import { isRelayError, RelayConnection, RelayError } from '../transport/relay.js';
+import type { Account, Contact, Conversation, Message, OutboxEntry, Store, Tx } from '../store/store.js';
+import { emptyCounters, missing, nextSent, noteReceived, resetReceived } from './counters.js';
+import { AppError, errorCode } from './errors.js';
+import { KeyedQueue } from './queue.js';
+
+/** One-time prekeys kept uploaded. */
+export const PREKEY_TARGET = 100;
+/** Below this many at the relay, more are uploaded. */
+export const PREKEY_LOW = 20;
+/** How often the signed prekey is replaced. */
+export const SIGNED_PREKEY_ROTATION_MS = 7 * 24 * 3600 * 1000;
+/** How long replaced signed prekeys are kept, for messages still in flight. */
+export const SIGNED_PREKEY_RETENTION_MS = 30 * 24 * 3600 * 1000;
+
+/** Where the connection stands, for the banner. */
+export type ConnectionState =
+  | 'connecting' // opening the socket or logging in
+  | 'online' // logged in
+  | 'reconnecting' // dropped; socket.io-client retries with backoff
+  | 'offline' // the browser says it has no network
+  | 'rejected'; // the relay no longer accepts this identity: nothing to retry
+
+/** What the UI listens to. */
+export interface ClientListener {
+  /** Stored data changed: a conversation's messages or contact (`peer`), or the list (`null`). */
+  changed(peer: string | null): void;
+  connection(state: ConnectionState): void;
+  /** A passing problem to show (rate limited, a message that could not be sent…). */
+  problem(error: unknown, peer: string | null): void;
+}
+
+export interface ClientOptions {
+  /** The relay origin, e.g. `location.origin`. */
+  readonly url: string;
+  /** `host[:port]` the page was served from (`location.host`): login signatures bind it. */
+  readonly host: string;
+  /** Transports, in order of preference. */
+  readonly transports?: readonly ('websocket' | 'polling')[];
+}
+
+const nowMs = (): number => Date.now();
+
+/** A random client message id: 16 bytes, base64url (22 characters). */
+export function newClientId(): string {
+  return toBase64Url(globalThis.crypto.getRandomValues(new Uint8Array(16)));
+}
+
+/** UTF-8 length, which is what a record's limit counts. */
+function utf8Length(text: string): number {
+  return new TextEncoder().encode(text).length;
+}
+
+function newConversation(peer: string, now: number): Conversation {
+  return { peer, counters: emptyCounters(), unread: 0, updatedAt: now, preview: '' };
+}
+
+function textPreview(text: string): string {
+  const line = text.replace(/\s+/g, ' ').trim();
+  return line.length > 80 ? `${line.slice(0, 79)}…` : line;
+}
+
+/** What seeing an identity for a contact meant. */
+type Seen = 'new' | 'known' | 'changed';
+
+/** Records that `identity` was seen for `peer`: TOFU for a new contact, pending when it differs. */
+async function seeIdentity(tx: Tx, peer: string, identity: PublicIdentity, now: number): Promise<Seen> {
+  const contact = await tx.contact(peer);
+  if (contact === null) {
+    await tx.putContact({ peer, identity, verified: false, pending: null, addedAt: now, changedAt: null });
+    return 'new';
+  }
+  if (sameIdentityKeys(contact.identity, identity)) return 'known';
+  if (contact.pending === null || !sameIdentityKeys(contact.pending, identity)) {
+    await tx.putContact({ ...contact, pending: identity, changedAt: now });
+    await tx.addMessage(notice(peer, 'key_changed', null, now));
+  }
+  return 'changed';
+}
+
+function notice(peer: string, kind: 'missing' | 'key_changed', text: string | null, now: number): Message {
+  return {
+    peer,
+    direction: 'notice',
+    kind,
+    text,
+    counter: null,
+    sentAt: now,
+    receivedAt: now,
+    serverId: null,
+    clientId: null,
+    status: 'received',
+    error: null,
+    digest: null,
+  };
+}
+
+export class Client {
+  readonly userId: UserId;
+  readonly #store: Store;
+  readonly #relay: RelayConnection;
+  readonly #queue = new KeyedQueue();
+  #account: Account;
+  #listener: ClientListener | null = null;
+  #state: ConnectionState = 'connecting';
+  /** Peers whose identity was checked with the relay on this connection. */
+  readonly #checked = new Set<string>();
+  /** Contacts the relay says are online. */
+  readonly online = new Set<string>();
+  /** The conversation on screen: its messages do not count as unread. */
+  #active: string | null = null;
+  #loggedIn = false;
+  #flushing: Promise<void> | null = null;
+  #flushAgain = false;
+  #registration: { resolve: () => void; reject: (error: unknown) => void } | null = null;
+  #stopped = false;
+  /** Consecutive failed logins, for the retry backoff. */
+  #loginFailures = 0;
+
+  private constructor(store: Store, account: Account, options: ClientOptions) {
+    this.#store = store;
+    this.#account = account;
+    this.userId = account.userId;
+    this.#relay = new RelayConnection({
+      url: options.url,
+      host: options.host,
+      ...(options.transports === undefined ? {} : { transports: options.transports }),
+    });
+    this.#relay.onPushes({
+      messages: (messages) => void this.#receiveBatch(messages),
+      delivered: (receipts) => void this.#delivered(receipts),
+      presence: (user, isOnline) => {
+        if (isOnline) this.online.add(user);
+        else this.online.delete(user);
+        this.#emitChanged(user);
+        this.#emitChanged(null);
+      },
+      prekeysLow: (remaining) => void this.#maintainPrekeys(remaining).catch((e: unknown) => this.#problem(e, null)),
+    });
+    const socket = this.#relay.socket;
+    socket.on('connect', () => void this.#onConnect());
+    socket.on('disconnect', () => {
+      this.#loggedIn = false;
+      this.online.clear();
+      if (!this.#stopped && this.#state !== 'rejected') this.#setState(this.#offlineState());
+      this.#emitChanged(null);
+    });
+    socket.io.on('reconnect_attempt', () => {
+      if (this.#state !== 'rejected') this.#setState(this.#offlineState());
+    });
+  }
+
+  /** Opens the identity kept in this browser, or `null` when there is none. */
+  static async open(store: Store, options: ClientOptions): Promise<Client | null> {
+    const account = await store.read(['meta'], (tx) => tx.account());
+    return account === null ? null : new Client(store, account, options);
+  }
+
+  /**
+   * Makes a new identity for `input` and saves it (not yet registered: {@link start} registers
+   * it, and {@link registered} tells how that went).
+   */
+  static async create(store: Store, input: string, options: ClientOptions): Promise<Client> {
+    let userId: UserId;
+    try {
+      userId = parseUserId(input);
+    } catch {
+      throw new AppError('invalid_user_id');
+    }
+    const identity = await generateIdentity();
+    const createdAt = nowMs();
+    const signed = await generateSignedPrekey(identity, 1, Math.floor(createdAt / 1000));
+    const oneTime: OneTimePrekey[] = [];
+    for (let id = 2; id < 2 + PREKEY_TARGET; id++) oneTime.push(await generateOneTimePrekey(id));
+    const account: Account = {
+      userId,
+      identity,
+      createdAt,
+      registered: false,
+      nextPrekeyId: 2 + PREKEY_TARGET,
+      server: options.url,
+    };
+    // Saved before the relay hears of it: if the page closes once the relay accepted, the keys
+    // that the id now belongs to are still here, and the next start logs in with them.
+    await store.write(['meta', 'signedPrekeys', 'oneTimePrekeys'], async (tx) => {
+      await tx.putAccount(account);
+      await tx.putSignedPrekey({ id: signed.id, prekey: signed, retiredAt: null });
+      for (const prekey of oneTime) await tx.putOneTimePrekey(prekey);
+    });
+    return new Client(store, account, options);
+  }
+
+  get registered(): boolean {
+    return this.#account.registered;
+  }
+
+  get connectionState(): ConnectionState {
+    return this.#state;
+  }
+
+  get identity(): PublicIdentity {
+    return this.#account.identity.publicIdentity;
+  }
+
+  /** Connects (and keeps reconnecting). Resolves once registered, or rejects if the id is taken. */
+  start(listener: ClientListener): Promise<void> {
+    this.#listener = listener;
+    const ready = this.#account.registered
+      ? Promise.resolve()
+      : new Promise<void>((resolve, reject) => (this.#registration = { resolve, reject }));
+    this.#setState('connecting');
+    globalThis.addEventListener?.('offline', this.#onNetworkChange);
+    globalThis.addEventListener?.('online', this.#onNetworkChange);
+    this.#relay.open();
+    return ready;
+  }
+
+  /** Disconnects for good. */
+  stop(): void {
+    this.#stopped = true;
+    globalThis.removeEventListener?.('offline', this.#onNetworkChange);
+    globalThis.removeEventListener?.('online', this.#onNetworkChange);
+    this.#relay.close();
+  }
+
+  readonly #onNetworkChange = (): void => {
+    if (this.#loggedIn || this.#state === 'rejected') return;
+    this.#setState(this.#offlineState());
+    // Back online: try now rather than at the end of the current backoff.
+    if (globalThis.navigator?.onLine !== false && !this.#relay.connected && !this.#stopped) this.#relay.open();
+  };
+
+  #offlineState(): ConnectionState {
+    return globalThis.navigator?.onLine === false ? 'offline' : 'reconnecting';
+  }
+
+  #setState(state: ConnectionState): void {
+    if (this.#state === state) return;
+    this.#state = state;
+    this.#listener?.connection(state);
+  }
+
+  #emitChanged(peer: string | null): void {
+    this.#listener?.changed(peer);
+  }
+
+  #problem(error: unknown, peer: string | null): void {
+    this.#listener?.problem(error, peer);
+  }
+
+  get #local(): LocalParty {
+    return { userId: this.#account.userId, identity: this.#account.identity };
+  }
+
+  // ---- connection ---------------------------------------------------------------------------
+
+  async #onConnect(): Promise<void> {
+    this.#setState('connecting');
+    this.#checked.clear();
+    let oneTimePrekeys: number;
+    try {
+      oneTimePrekeys = this.#account.registered ? (await this.#relay.login(this.userId, this.#account.identity)).oneTimePrekeys : await this.#register();
+    } catch (error) {
+      if (isRelayError(error, 'authentication_failed') || isRelayError(error, 'user_taken')) {
+        this.#setState('rejected');
+        this.#relay.close();
+        const registration = this.#registration;
+        this.#registration = null;
+        if (registration !== null) registration.reject(error);
+        else this.#problem(error, null);
+        return;
+      }
+      // A timeout or a busy relay: drop the connection and try again later, with backoff and
+      // jitter (a client-side disconnect turns socket.io-client's own reconnection off).
+      this.#relay.close();
+      const delay = Math.min(30_000, 1000 * 2 ** this.#loginFailures++) * (0.5 + Math.random());
+      setTimeout(() => {
+        if (!this.#stopped) this.#relay.open();
+      }, delay);
+      return;
+    }
+    this.#loggedIn = true;
+    this.#loginFailures = 0;
+    this.#setState('online');
+    this.#emitChanged(null);
+    try {
+      await this.#maintainPrekeys(oneTimePrekeys);
+    } catch (error) {
+      this.#problem(error, null);
+    }
+    void this.flushOutbox();
+    void this.#refreshDelivery().catch(() => undefined);
+  }
+
+  /** Registers the saved identity; a lost answer is recovered by logging in with it. */
+  async #register(): Promise<number> {
+    const [signed, oneTime] = await this.#store.read(['signedPrekeys', 'oneTimePrekeys'], async (tx) => {
+      const all = await tx.signedPrekeys();
+      const keys: OneTimePrekeyJson[] = [];
+      for (let id = 2; id < 2 + PREKEY_TARGET; id++) {
+        const prekey = await tx.oneTimePrekey(id);
+        if (prekey !== null) keys.push({ id: prekey.id, key: toBase64Url(prekey.keyPair.publicKey) });
+      }
+      return [all.find((k) => k.retiredAt === null), keys] as const;
+    });
+    if (signed === undefined) throw new AppError('storage', 'no signed prekey saved');
+    let answer;
+    try {
+      answer = await this.#relay.register(this.userId, this.#account.identity, signedPrekeyJson(signed.prekey), oneTime);
+    } catch (error) {
+      if (!isRelayError(error, 'user_taken')) throw error;
+      // Perhaps ours: registered before, the answer lost. Only our key can log in.
+      try {
+        answer = await this.#relay.login(this.userId, this.#account.identity);
+      } catch {
+        throw error;
+      }
+    }
+    this.#account = { ...this.#account, registered: true };
+    const account = this.#account;
+    await this.#store.write(['meta'], (tx) => tx.putAccount(account));
+    const registration = this.#registration;
+    this.#registration = null;
+    registration?.resolve();
+    return answer.oneTimePrekeys;
+  }
+
+  /** Rotates the signed prekey weekly and tops one-time prekeys up to {@link PREKEY_TARGET}. */
+  #maintainPrekeys(uploaded: number): Promise<void> {
+    return this.#queue.run('\u0000prekeys', async () => {
+      const now = nowMs();
+      const signed = await this.#store.read(['signedPrekeys'], (tx) => tx.signedPrekeys());
+      const current = signed.find((k) => k.retiredAt === null);
+      let nextId = this.#account.nextPrekeyId;
+      let fresh: SignedPrekey | null = null;
+      if (current === undefined || now - current.prekey.createdAt * 1000 >= SIGNED_PREKEY_ROTATION_MS) {
+        fresh = await generateSignedPrekey(this.#account.identity, nextId++, Math.floor(now / 1000));
+      }
+      const oneTime: OneTimePrekey[] = [];
+      if (uploaded < PREKEY_LOW) {
+        for (let i = uploaded; i < PREKEY_TARGET; i++) oneTime.push(await generateOneTimePrekey(nextId++));
+      }
+      if (fresh === null && oneTime.length === 0) return;
+      const account: Account = { ...this.#account, nextPrekeyId: nextId };
+      // Saved before uploading: a key the relay hands out must exist here.
+      await this.#store.write(['meta', 'signedPrekeys', 'oneTimePrekeys'], async (tx) => {
+        await tx.putAccount(account);
+        if (fresh !== null) {
+          await tx.putSignedPrekey({ id: fresh.id, prekey: fresh, retiredAt: null });
+          for (const old of signed) {
+            if (old.retiredAt === null) await tx.putSignedPrekey({ ...old, retiredAt: now });
+            else if (now - old.retiredAt >= SIGNED_PREKEY_RETENTION_MS) await tx.deleteSignedPrekey(old.id);
+          }
+        }
+        for (const prekey of oneTime) await tx.putOneTimePrekey(prekey);
+      });
+      this.#account = account;
+      const keys = oneTime.map((k) => ({ id: k.id, key: toBase64Url(k.keyPair.publicKey) }));
+      await this.#relay.uploadPrekeys(fresh === null ? null : signedPrekeyJson(fresh), keys);
+    });
+  }
+
+  // ---- reading for the UI -------------------------------------------------------------------
+
+  /** Conversations, most recent first. */
+  async conversations(): Promise<{ conversation: Conversation; contact: Contact | null }[]> {
+    return this.#store.read(['conversations', 'contacts'], async (tx) => {
+      const list = await tx.conversations();
+      list.sort((a, b) => b.updatedAt - a.updatedAt);
+      const out = [];
+      for (const conversation of list) out.push({ conversation, contact: await tx.contact(conversation.peer) });
+      return out;
+    });
+  }
+
+  async conversation(peer: string): Promise<{ conversation: Conversation | null; contact: Contact | null; messages: Message[] }> {
+    return this.#store.read(['conversations', 'contacts', 'messages'], async (tx) => ({
+      conversation: await tx.conversation(peer),
+      contact: await tx.contact(peer),
+      messages: await tx.history(peer),
+    }));
+  }
+
+  // ---- actions ------------------------------------------------------------------------------
+
+  /**
+   * Starts (or reopens) a conversation with `input`. When online, the relay confirms the user
+   * exists and their identity is recorded (trusted on first use), so the safety number can be
+   * compared before the first message.
+   */
+  async startConversation(input: string): Promise<UserId> {
+    let peer: UserId;
+    try {
+      peer = parseUserId(input);
+    } catch {
+      throw new AppError('invalid_user_id');
+    }
+    if (peer === this.userId) throw new AppError('to_self');
+    if (this.#loggedIn) await this.#queue.run(peer, () => this.#checkIdentity(peer, true));
+    await this.#queue.run(peer, () =>
+      this.#store.write(['conversations'], async (tx) => {
+        if ((await tx.conversation(peer)) === null) await tx.putConversation(newConversation(peer, nowMs()));
+      }),
+    );
+    this.#emitChanged(null);
+    return peer;
+  }
+
+  /** The conversation on screen (`null`: none): clears its unread count. */
+  async setActive(peer: string | null): Promise<void> {
+    this.#active = peer;
+    if (peer === null) return;
+    const cleared = await this.#queue.run(peer, () =>
+      this.#store.write(['conversations'], async (tx) => {
+        const conversation = await tx.conversation(peer);
+        if (conversation === null || conversation.unread === 0) return false;
+        await tx.putConversation({ ...conversation, unread: 0 });
+        return true;
+      }),
+    );
+    if (cleared) this.#emitChanged(null);
+    if (this.#loggedIn && !this.#checked.has(peer)) {
+      // Notice a changed identity before the user types, not after.
+      void this.#queue.run(peer, () => this.#checkIdentity(peer, false)).catch(() => undefined);
+    }
+  }
+
+  /** Saves a message to `peer` with an outbox entry, then sends it. */
+  async send(peerInput: string, text: string): Promise<void> {
+    const peer = parseUserId(peerInput);
+    if (peer === this.userId) throw new AppError('to_self');
+    if (text.length === 0 || text.trim().length === 0) throw new AppError('empty');
+    if (utf8Length(text) > MAX_TEXT_LENGTH) throw new AppError('message_too_large');
+    await this.#queue.run(peer, () =>
+      this.#store.write(['contacts', 'conversations', 'messages', 'outbox'], async (tx) => {
+        const contact = await tx.contact(peer);
+        if (contact?.pending != null) throw new AppError('key_changed');
+        const now = nowMs();
+        const conversation = (await tx.conversation(peer)) ?? newConversation(peer, now);
+        const counters = nextSent(conversation.counters);
+        const clientId = newClientId();
+        const messageId = await tx.addMessage({
+          peer,
+          direction: 'out',
+          kind: 'text',
+          text,
+          counter: counters.sent,
+          sentAt: now,
+          receivedAt: null,
+          serverId: null,
+          clientId,
+          status: 'sending',
+          error: null,
+          digest: null,
+        });
+        await tx.putOutbox({ clientId, peer, messageId, envelope: null });
+        await tx.putConversation({ ...conversation, counters, updatedAt: now, preview: textPreview(text) });
+      }),
+    );
+    this.#emitChanged(peer);
+    this.#emitChanged(null);
+    void this.flushOutbox();
+  }
+
+  /** Accepts `peer`'s changed identity: it becomes the trusted one (not verified). */
+  async acceptKeyChange(peer: string): Promise<void> {
+    await this.#queue.run(peer, () =>
+      this.#store.write(['contacts', 'sessions', 'outbox'], async (tx) => {
+        const contact = await tx.contact(peer);
+        if (contact === null || contact.pending === null) return;
+        const accepted = contact.pending;
+        await tx.putContact({ ...contact, identity: accepted, pending: null, verified: false, changedAt: nowMs() });
+        // Sessions with the old identity are dropped, so the next message starts afresh.
+        const stored = await tx.session(peer);
+        if (stored !== null) {
+          const kept = stored.state.sessions.filter((s) => sameIdentityKeys(s.remoteIdentity, accepted));
+          await tx.putSession({ peer, state: { ...stored.state, sessions: kept } });
+        }
+        // Unsent envelopes were sealed for the old identity: seal them again.
+        for (const entry of await tx.outbox()) {
+          if (entry.peer === peer && entry.envelope !== null) await tx.putOutbox({ ...entry, envelope: null });
+        }
+      }),
+    );
+    this.#checked.delete(peer);
+    this.#emitChanged(peer);
+    this.#emitChanged(null);
+    void this.flushOutbox();
+  }
+
+  /** Marks `peer`'s current identity verified (after comparing safety numbers). */
+  async setVerified(peer: string, verified: boolean): Promise<void> {
+    await this.#store.write(['contacts'], async (tx) => {
+      const contact = await tx.contact(peer);
+      if (contact === null || contact.pending !== null) return;
+      await tx.putContact({ ...contact, verified });
+    });
+    this.#emitChanged(peer);
+    this.#emitChanged(null);
+  }
+
+  /** The safety number with `peer`, computed with their pending identity if it changed. */
+  async safetyNumber(peer: string): Promise<{ number: SafetyNumber; verified: boolean; changed: boolean } | null> {
+    const contact = await this.#store.read(['contacts'], (tx) => tx.contact(peer));
+    if (contact === null) return null;
+    const theirs = contact.pending ?? contact.identity;
+    const number = await safetyNumber(this.userId, this.#account.identity.publicIdentity, parseUserId(peer), theirs);
+    return { number, verified: contact.verified && contact.pending === null, changed: contact.pending !== null };
+  }
+
+  // ---- sending ------------------------------------------------------------------------------
+
+  /** Sends everything in the outbox, oldest first. One flush at a time; a request during one reruns it. */
+  flushOutbox(): Promise<void> {
+    if (this.#flushing !== null) {
+      this.#flushAgain = true;
+      return this.#flushing;
+    }
+    this.#flushing = (async () => {
+      do {
+        this.#flushAgain = false;
+        await this.#flushOnce();
+      } while (this.#flushAgain && this.#loggedIn);
+    })().finally(() => {
+      this.#flushing = null;
+    });
+    return this.#flushing;
+  }
+
+  async #flushOnce(): Promise<void> {
+    if (!this.#loggedIn) return;
+    const entries = await this.#store.read(['outbox'], (tx) => tx.outbox());
+    const blocked = new Set<string>();
+    for (const entry of entries) {
+      if (blocked.has(entry.peer)) continue;
+      for (let attempt = 0; ; attempt++) {
+        if (!this.#loggedIn) return;
+        try {
+          await this.#sendOne(entry);
+          break;
+        } catch (error) {
+          if (error instanceof AppError && error.code === 'key_changed') {
+            blocked.add(entry.peer);
+            this.#emitChanged(entry.peer);
+            break;
+          }
+          if (error instanceof RelayError) {
+            if (error.code === 'timeout' || error.code === 'disconnected') return; // after reconnect
+            if (error.retryable && attempt < 5) {
+              if (error.code === 'rate_limited') this.#problem(error, entry.peer);
+              await sleep(error.retryAfterMs ?? 1000 * 2 ** attempt);
+              continue;
+            }
+            if (error.retryable) return;
+          }
+          // Refused for good (unknown user, too large, a bundle that does not verify…).
+          await this.#markFailed(entry, errorCode(error));
+          this.#problem(error, entry.peer);
+          break;
+        }
+      }
+    }
+  }
+
+  async #sendOne(entry: OutboxEntry): Promise<void> {
+    const envelope = entry.envelope ?? (await this.#queue.run(entry.peer, () => this.#seal(entry)));
+    const answer = await this.#relay.send({ to: entry.peer, id: entry.clientId, envelope });
+    await this.#store.write(['messages', 'outbox'], async (tx) => {
+      const message = await tx.message(entry.messageId);
+      if (message !== null) {
+        const status = message.status === 'delivered' ? 'delivered' : 'stored';
+        await tx.putMessage({ ...message, status, serverId: answer.id });
+      }
+      await tx.deleteOutbox(entry.clientId);
+    });
+    this.#emitChanged(entry.peer);
+  }
+
+  async #markFailed(entry: OutboxEntry, code: string): Promise<void> {
+    await this.#store.write(['messages', 'outbox'], async (tx) => {
+      const message = await tx.message(entry.messageId);
+      if (message !== null) await tx.putMessage({ ...message, status: 'failed', error: code });
+      await tx.deleteOutbox(entry.clientId);
+    });
+    this.#emitChanged(entry.peer);
+  }
+
+  /**
+   * Checks `peer`'s identity with the relay (once per connection): a changed one becomes
+   * pending. Runs in the peer's queue. `strict`: unknown users are an error.
+   */
+  async #checkIdentity(peer: string, strict: boolean): Promise<void> {
+    if (this.#checked.has(peer)) return;
+    let json: unknown;
+    try {
+      json = await this.#relay.identity(peer);
+    } catch (error) {
+      if (strict || !isRelayError(error, 'unknown_user')) throw error;
+      return;
+    }
+    const identity = await decodePublicIdentityJson(json);
+    const seen = await this.#store.write(['contacts', 'messages'], (tx) => seeIdentity(tx, peer, identity, nowMs()));
+    this.#checked.add(peer);
+    if (seen === 'changed') this.#emitChanged(peer);
+  }
+
+  /** Encrypts an outbox entry (starting a session when needed); saves envelope and session together. */
+  async #seal(entry: OutboxEntry): Promise<EnvelopeJson> {
+    const peer = parseUserId(entry.peer);
+    const blockedNow = async (): Promise<void> => {
+      const contact = await this.#store.read(['contacts'], (tx) => tx.contact(peer));
+      if (contact?.pending != null) throw new AppError('key_changed');
+    };
+    await blockedNow();
+    await this.#checkIdentity(peer, true);
+    await blockedNow();
+    const loaded = await this.#store.read(['sessions', 'messages', 'conversations', 'outbox'], async (tx) => ({
+      session: await tx.session(peer),
+      message: await tx.message(entry.messageId),
+      conversation: await tx.conversation(peer),
+      current: await tx.outboxEntry(entry.clientId),
+    }));
+    // Sealed meanwhile (a flush raced a key acceptance): use what was saved.
+    if (loaded.current?.envelope != null) return loaded.current.envelope;
+    if (loaded.message === null || loaded.message.text === null || loaded.message.counter === null) {
+      throw new AppError('storage', 'outbox entry without its message');
+    }
+    let state: SessionRecordState = loaded.session?.state ?? emptySessionRecord();
+    if (!sessionRecordCanEncrypt(state)) {
+      const bundle = await decodeBundleJson(await this.#relay.requestBundle(peer));
+      if (bundle.userId !== peer) throw new ProtocolError('BundleUserMismatch', 'the relay sent another user’s bundle');
+      const seen = await this.#store.write(['contacts', 'messages'], (tx) => seeIdentity(tx, peer, bundle.identity, nowMs()));
+      if (seen === 'changed') {
+        this.#emitChanged(peer);
+        throw new AppError('key_changed');
+      }
+      state = promoteSession(state, await initiateSession(this.#local, peer, bundle));
+    }
+    const counters = loaded.conversation?.counters ?? emptyCounters();
+    const record = textRecord(loaded.message.text, {
+      sentAt: BigInt(loaded.message.sentAt),
+      counter: loaded.message.counter,
+      lastReceivedCounter: counters.lastCounter,
+      lastReceivedDigest: counters.lastDigest,
+    });
+    const sealed = await sessionRecordEncrypt(state, record);
+    const envelope = envelopeToJson(sealed.envelope);
+    const message = loaded.message;
+    await this.#store.write(['sessions', 'outbox', 'messages'], async (tx) => {
+      await tx.putSession({ peer, state: sealed.state });
+      await tx.putOutbox({ ...entry, envelope });
+      await tx.putMessage({ ...message, digest: sealed.digest });
+    });
+    return envelope;
+  }
+
+  // ---- receiving ----------------------------------------------------------------------------
+
+  async #receiveBatch(messages: ReceivedMessage[]): Promise<void> {
+    const saved = await Promise.all(
+      messages.map((message) =>
+        this.#queue.run(message.from, () => this.#receiveOne(message)).then(
+          () => message.id,
+          // Not saved (storage failed): not acknowledged, so the relay pushes it again.
+          (error: unknown) => {
+            this.#problem(error, message.from);
+            return null;
+          },
+        ),
+      ),
+    );
+    const ids = saved.filter((id): id is number => id !== null);
+    if (ids.length === 0) return;
+    try {
+      await this.#relay.ack(ids);
+    } catch {
+      // Pushed again after the next login; recognised by relay id and acknowledged then.
+    }
+  }
+
+  /** Decrypts and saves one message (never acknowledged before this resolves). */
+  async #receiveOne(message: ReceivedMessage): Promise<void> {
+    let peer: UserId;
+    try {
+      peer = parseUserId(message.from);
+    } catch {
+      return; // the relay names senders by valid ids; nothing to show or keep
+    }
+    const known = await this.#store.read(['messages'], (tx) => tx.messageByServerId(peer, message.id));
+    if (known !== null) return; // saved before; the acknowledgement was lost
+    let envelope;
+    try {
+      envelope = await decodeEnvelopeJson(message.envelope);
+    } catch {
+      return this.#saveUndecryptable(peer, message);
+    }
+    const state = (await this.#store.read(['sessions'], (tx) => tx.session(peer)))?.state ?? emptySessionRecord();
+    const lookup: PrekeyLookup = {
+      signedPrekey: async (id) =>
+        (await this.#store.read(['signedPrekeys'], async (tx) => (await tx.signedPrekeys()).find((k) => k.id === id)))
+          ?.prekey ?? null,
+      oneTimePrekey: (id) => this.#store.read(['oneTimePrekeys'], (tx) => tx.oneTimePrekey(id)),
+    };
+    let decrypted;
+    try {
+      decrypted = await sessionRecordDecrypt(state, this.#local, peer, envelope, lookup);
+    } catch (error) {
+      if (isProtocolError(error, 'DuplicateMessage')) return; // a replay or a resend: drop silently
+      if (isProtocolError(error)) return this.#saveUndecryptable(peer, message);
+      throw error;
+    }
+    const now = nowMs();
+    const record = decrypted.record;
+    const body = record.body;
+    const shown = body.kind !== 'receipt';
+    await this.#store.write(['sessions', 'contacts', 'conversations', 'messages', 'oneTimePrekeys'], async (tx) => {
+      await tx.putSession({ peer, state: decrypted.state });
+      if (decrypted.usedOneTimePrekey !== null) await tx.deleteOneTimePrekey(decrypted.usedOneTimePrekey);
+      const seen = await seeIdentity(tx, peer, decrypted.remoteIdentity, now);
+      const conversation = (await tx.conversation(peer)) ?? newConversation(peer, now);
+      // A new identity (a new device) starts its own count; the first record sets the start.
+      let counters = seen === 'changed' && decrypted.newSession ? resetReceived(conversation.counters) : conversation.counters;
+      const before = missing(counters);
+      counters = noteReceived(counters, record.counter, decrypted.digest, record.lastReceivedCounter);
+      const after = missing(counters);
+      if (after > before) await tx.addMessage(notice(peer, 'missing', String(after - before), now));
+      const text = body.kind === 'text' ? body.text : null;
+      await tx.addMessage({
+        peer,
+        direction: 'in',
+        kind: body.kind === 'text' ? 'text' : body.kind === 'unsupported' ? 'unsupported' : 'text',
+        text,
+        counter: record.counter,
+        sentAt: safeNumber(record.sentAt) ?? message.receivedAt,
+        receivedAt: now,
+        serverId: message.id,
+        clientId: null,
+        status: 'received',
+        error: null,
+        digest: null,
+      });
+      const unread = shown && !this.#isActive(peer) ? conversation.unread + 1 : conversation.unread;
+      await tx.putConversation({
+        ...conversation,
+        counters,
+        unread,
+        updatedAt: shown ? now : conversation.updatedAt,
+        preview: text !== null ? textPreview(text) : body.kind === 'unsupported' ? 'Unsupported message' : conversation.preview,
+      });
+    });
+    this.#emitChanged(peer);
+    this.#emitChanged(null);
+  }
+
+  #isActive(peer: string): boolean {
+    return this.#active === peer && globalThis.document?.visibilityState !== 'hidden';
+  }
+
+  /** Keeps a message that did not decrypt, shown as such here; never reported to anyone. */
+  async #saveUndecryptable(peer: string, message: ReceivedMessage): Promise<void> {
+    const now = nowMs();
+    await this.#store.write(['conversations', 'messages'], async (tx) => {
+      await tx.addMessage({
+        peer,
+        direction: 'in',
+        kind: 'undecryptable',
+        text: null,
+        counter: null,
+        sentAt: message.receivedAt,
+        receivedAt: now,
+        serverId: message.id,
+        clientId: null,
+        status: 'received',
+        error: null,
+        digest: null,
+      });
+      const conversation = (await tx.conversation(peer)) ?? newConversation(peer, now);
+      await tx.putConversation({
+        ...conversation,
+        unread: this.#isActive(peer) ? conversation.unread : conversation.unread + 1,
+        updatedAt: now,
+        preview: 'A message that could not be decrypted',
+      });
+    });
+    this.#emitChanged(peer);
+    this.#emitChanged(null);
+  }
+
+  async #delivered(receipts: DeliveryReceipt[]): Promise<void> {
+    const peers = await this.#store.write(['messages'], async (tx) => {
+      const touched = new Set<string>();
+      for (const receipt of receipts) {
+        const message = await tx.messageByClientId(receipt.clientId);
+        if (message === null || message.direction !== 'out' || message.status === 'delivered') continue;
+        await tx.putMessage({ ...message, status: 'delivered', serverId: receipt.id });
+        touched.add(message.peer);
+      }
+      return touched;
+    });
+    for (const peer of peers) this.#emitChanged(peer);
+  }
+
+  /** Asks the relay about stored messages not yet known delivered (receipts missed offline). */
+  async #refreshDelivery(): Promise<void> {
+    const pending = await this.#store.read(['messages'], (tx) => tx.undelivered());
+    for (let i = 0; i < pending.length; i += 1000) {
+      const chunk = pending.slice(i, i + 1000);
+      const statuses = await this.#relay.status(chunk.map((m) => m.serverId ?? 0));
+      const delivered = new Set(statuses.filter((s) => s.status === 'delivered').map((s) => s.id));
+      const receipts = chunk
+        .filter((m) => m.serverId !== null && delivered.has(m.serverId) && m.clientId !== null)
+        .map((m) => ({ id: m.serverId ?? 0, clientId: m.clientId ?? '', to: m.peer }));
+      if (receipts.length > 0) await this.#delivered(receipts);
+    }
+  }
+}
+
+function signedPrekeyJson(prekey: SignedPrekey): SignedPrekeyJson {
+  const pub = publicSignedPrekey(prekey);
+  return { id: pub.id, key: toBase64Url(pub.key), createdAt: pub.createdAt, signature: toBase64Url(pub.signature) };
+}
+
+function safeNumber(value: bigint): number | null {
+  return value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : null;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,294 @@
+/**
+ * Everything the browser client keeps, in one IndexedDB database: the identity, prekeys,
+ * sessions, contacts, conversations with their counters, the message history and the outbox.
+ *
+ * Private keys are non-extractable `CryptoKey`s, stored as they are (structured clone keeps
+ * them usable and never exposes their bytes). Values are plain objects and are never mutated
+ * after being read: writers build new ones.
+ *
+ * | store            | key                 | what                                                 |
+ * |------------------|---------------------|------------------------------------------------------|
+ * | `meta`           | `'account'`         | {@link Account}: user id, identity, id counter       |
+ * | `signedPrekeys`  | `id`                | {@link StoredSignedPrekey}: current and retired ones |
+ * | `oneTimePrekeys` | `id`                | `OneTimePrekey`, deleted once a message used it      |
+ * | `sessions`       | `peer`              | {@link StoredSession}: the peer's session record      |
+ * | `contacts`       | `peer`              | {@link Contact}: accepted identity, pending change    |
+ * | `conversations`  | `peer`              | {@link Conversation}: counters, unread, preview       |
+ * | `messages`       | `id` (auto)         | {@link Message}; indexes by peer, relay id, client id |
+ * | `outbox`         | `seq` (auto)        | {@link OutboxEntry}: to send, oldest first            |
+ */
+
+import type { Counters } from '../app/counters.js';
+import type { IdentityKeyPair, PublicIdentity } from '../protocol/identity.js';
+import type { OneTimePrekey, SignedPrekey } from '../protocol/prekeys.js';
+import type { MessageDigest } from '../protocol/record.js';
+import type { SessionRecordState } from '../protocol/session.js';
+import type { UserId } from '../protocol/userId.js';
+import type { EnvelopeJson } from '../protocol/wire.js';
+import { Db, type Migration, request } from './idb.js';
+
+/** The database's name. One identity per browser profile, like one per `--home` folder. */
+export const DB_NAME = 'sotto';
+
+export interface Account {
+  readonly userId: UserId;
+  readonly identity: IdentityKeyPair;
+  /** When this identity was made, Unix ms. */
+  readonly createdAt: number;
+  /** Whether the relay accepted the registration (false: retry it on the next start). */
+  readonly registered: boolean;
+  /** The next prekey id to hand out (signed and one-time prekeys share one space). */
+  readonly nextPrekeyId: number;
+  /** The relay origin this identity registered with. */
+  readonly server: string;
+}
+
+export interface StoredSignedPrekey {
+  readonly id: number;
+  readonly prekey: SignedPrekey;
+  /** When it stopped being the current one (Unix ms); deleted 30 days after. */
+  readonly retiredAt: number | null;
+}
+
+export interface StoredSession {
+  readonly peer: string;
+  readonly state: SessionRecordState;
+}
+
+export interface Contact {
+  readonly peer: string;
+  /** The identity accepted: first seen (TOFU), or trusted after a change. */
+  readonly identity: PublicIdentity;
+  /** Whether the user compared safety numbers and marked this identity verified. */
+  readonly verified: boolean;
+  /** A different identity seen since and not accepted yet: sending is blocked meanwhile. */
+  readonly pending: PublicIdentity | null;
+  readonly addedAt: number;
+  readonly changedAt: number | null;
+}
+
+export interface Conversation {
+  readonly peer: string;
+  readonly counters: Counters;
+  /** Messages received since the conversation was last open. */
+  readonly unread: number;
+  /** Last activity, Unix ms: orders the conversation list. */
+  readonly updatedAt: number;
+  /** A short preview of the last message ('' for none). */
+  readonly preview: string;
+}
+
+export type MessageStatus = 'sending' | 'stored' | 'delivered' | 'failed' | 'received';
+
+export type MessageKind =
+  | 'text' // a text record, ours or theirs
+  | 'undecryptable' // a message that did not decrypt: shown as such, never reported
+  | 'unsupported' // a record kind this version does not know
+  | 'missing' // notice: the peer's counter jumped
+  | 'key_changed'; // notice: the peer's identity changed
+
+export interface Message {
+  /** Local id, assigned on insert. */
+  readonly id?: number;
+  readonly peer: string;
+  /** Ours, theirs, or a notice this client wrote. */
+  readonly direction: 'out' | 'in' | 'notice';
+  readonly kind: MessageKind;
+  /** Text of a text message; for a `missing` notice, how many. */
+  readonly text: string | null;
+  /** The record counter (ours for 'out', theirs for 'in'). */
+  readonly counter: bigint | null;
+  /** The sender's clock (ours, or the record's `sent_at`), Unix ms. */
+  readonly sentAt: number;
+  /** When this client received it, Unix ms. */
+  readonly receivedAt: number | null;
+  /** The relay's id. */
+  readonly serverId: number | null;
+  /** Our own id for it (outgoing). */
+  readonly clientId: string | null;
+  readonly status: MessageStatus;
+  /** For `failed`: the stable error code. */
+  readonly error: string | null;
+  /** For outgoing: the digest of the record sent (§7.3). */
+  readonly digest: MessageDigest | null;
+}
+
+export interface OutboxEntry {
+  readonly seq?: number;
+  readonly clientId: string;
+  readonly peer: string;
+  readonly messageId: number;
+  /** The sealed envelope, once encrypted; resent unchanged until the relay answers. */
+  readonly envelope: EnvelopeJson | null;
+}
+
+const migrations: readonly Migration[] = [
+  (db) => {
+    db.createObjectStore('meta');
+    db.createObjectStore('signedPrekeys', { keyPath: 'id' });
+    db.createObjectStore('oneTimePrekeys', { keyPath: 'id' });
+    db.createObjectStore('sessions', { keyPath: 'peer' });
+    db.createObjectStore('contacts', { keyPath: 'peer' });
+    db.createObjectStore('conversations', { keyPath: 'peer' });
+    const messages = db.createObjectStore('messages', { keyPath: 'id', autoIncrement: true });
+    messages.createIndex('byPeer', ['peer', 'id']);
+    // Relay ids are per relay, unique per recipient: one row per (peer, relay id).
+    messages.createIndex('byServerId', ['peer', 'serverId'], { unique: true });
+    messages.createIndex('byClientId', 'clientId', { unique: true });
+    const outbox = db.createObjectStore('outbox', { keyPath: 'seq', autoIncrement: true });
+    outbox.createIndex('byClientId', 'clientId', { unique: true });
+  },
+];
+
+/** Typed access to the stores inside one transaction. */
+export class Tx {
+  constructor(readonly raw: IDBTransaction) {}
+
+  #store(name: string): IDBObjectStore {
+    return this.raw.objectStore(name);
+  }
+
+  async account(): Promise<Account | null> {
+    return ((await request(this.#store('meta').get('account'))) as Account | undefined) ?? null;
+  }
+  async putAccount(account: Account): Promise<void> {
+    await request(this.#store('meta').put(account, 'account'));
+  }
+
+  async signedPrekeys(): Promise<StoredSignedPrekey[]> {
+    return (await request(this.#store('signedPrekeys').getAll())) as StoredSignedPrekey[];
+  }
+  async putSignedPrekey(prekey: StoredSignedPrekey): Promise<void> {
+    await request(this.#store('signedPrekeys').put(prekey));
+  }
+  async deleteSignedPrekey(id: number): Promise<void> {
+    await request(this.#store('signedPrekeys').delete(id));
+  }
+
+  async oneTimePrekey(id: number): Promise<OneTimePrekey | null> {
+    return ((await request(this.#store('oneTimePrekeys').get(id))) as OneTimePrekey | undefined) ?? null;
+  }
+  async putOneTimePrekey(prekey: OneTimePrekey): Promise<void> {
+    await request(this.#store('oneTimePrekeys').put(prekey));
+  }
+  async deleteOneTimePrekey(id: number): Promise<void> {
+    await request(this.#store('oneTimePrekeys').delete(id));
+  }
+
+  async session(peer: string): Promise<StoredSession | null> {
+    return ((await request(this.#store('sessions').get(peer))) as StoredSession | undefined) ?? null;
+  }
+  async putSession(session: StoredSession): Promise<void> {
+    await request(this.#store('sessions').put(session));
+  }
+
+  async contact(peer: string): Promise<Contact | null> {
+    return ((await request(this.#store('contacts').get(peer))) as Contact | undefined) ?? null;
+  }
+  async putContact(contact: Contact): Promise<void> {
+    await request(this.#store('contacts').put(contact));
+  }
+
+  async conversation(peer: string): Promise<Conversation | null> {
+    return ((await request(this.#store('conversations').get(peer))) as Conversation | undefined) ?? null;
+  }
+  async conversations(): Promise<Conversation[]> {
+    return (await request(this.#store('conversations').getAll())) as Conversation[];
+  }
+  async putConversation(conversation: Conversation): Promise<void> {
+    await request(this.#store('conversations').put(conversation));
+  }
+
+  async message(id: number): Promise<Message | null> {
+    return ((await request(this.#store('messages').get(id))) as Message | undefined) ?? null;
+  }
+  /** Inserts a message; returns its local id. */
+  async addMessage(message: Message): Promise<number> {
+    return (await request(this.#store('messages').add(message))) as number;
+  }
+  async putMessage(message: Message): Promise<void> {
+    await request(this.#store('messages').put(message));
+  }
+  async messageByServerId(peer: string, serverId: number): Promise<Message | null> {
+    const index = this.#store('messages').index('byServerId');
+    return ((await request(index.get([peer, serverId]))) as Message | undefined) ?? null;
+  }
+  async messageByClientId(clientId: string): Promise<Message | null> {
+    const index = this.#store('messages').index('byClientId');
+    return ((await request(index.get(clientId))) as Message | undefined) ?? null;
+  }
+  /** A conversation's messages, oldest first. */
+  async history(peer: string): Promise<Message[]> {
+    const index = this.#store('messages').index('byPeer');
+    const range = IDBKeyRange.bound([peer, 0], [peer, Number.MAX_SAFE_INTEGER]);
+    return (await request(index.getAll(range))) as Message[];
+  }
+  /** Our messages the relay stored but has not reported delivered. */
+  async undelivered(): Promise<Message[]> {
+    const all = (await request(this.#store('messages').getAll())) as Message[];
+    return all.filter((m) => m.direction === 'out' && m.status === 'stored' && m.serverId !== null);
+  }
+
+  async outbox(): Promise<OutboxEntry[]> {
+    return (await request(this.#store('outbox').getAll())) as OutboxEntry[];
+  }
+  async outboxEntry(clientId: string): Promise<OutboxEntry | null> {
+    const index = this.#store('outbox').index('byClientId');
+    return ((await request(index.get(clientId))) as OutboxEntry | undefined) ?? null;
+  }
+  async putOutbox(entry: OutboxEntry): Promise<void> {
+    await request(this.#store('outbox').put(entry));
+  }
+  async deleteOutbox(clientId: string): Promise<void> {
+    const entry = await this.outboxEntry(clientId);
+    if (entry?.seq !== undefined) await request(this.#store('outbox').delete(entry.seq));
+  }
+}
+
+const ALL_STORES = [
+  'meta',
+  'signedPrekeys',
+  'oneTimePrekeys',
+  'sessions',
+  'contacts',
+  'conversations',
+  'messages',
+  'outbox',
+] as const;
+
+export type StoreName = (typeof ALL_STORES)[number];
+
+/** The client's database. */
+export class Store {
+  readonly #db: Db;
+
+  private constructor(db: Db) {
+    this.#db = db;
+  }
+
+  static async open(name: string = DB_NAME): Promise<Store> {
+    return new Store(await Db.open(name, migrations));
+  }
+
+  /** Deletes everything this browser keeps for Sotto. */
+  static async destroy(name: string = DB_NAME): Promise<void> {
+    await Db.delete(name);
+  }
+
+  close(): void {
+    this.#db.close();
+  }
+
+  /** Reads in one transaction. */
+  read<T>(stores: readonly StoreName[], work: (tx: Tx) => Promise<T>): Promise<T> {
+    return this.#db.tx(stores, 'readonly', (raw) => work(new Tx(raw)));
+  }
+
+  /** Writes in one transaction: all of it is kept, or none. */
+  write<T>(stores: readonly StoreName[], work: (tx: Tx) => Promise<T>): Promise<T> {
+    return this.#db.tx(stores, 'readwrite', (raw) => work(new Tx(raw)));
+  }
+
+  /** Every store, for operations that touch many. */
+  static readonly ALL: readonly StoreName[] = ALL_STORES;
+}

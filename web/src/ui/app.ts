@@ -1,0 +1,470 @@
+/**
+ * The browser client's screens: registration, the conversation list, a conversation with its
+ * key-change warning and composer, the safety-number dialog and the connection banner.
+ *
+ * Views are rebuilt from the store whenever the client says something changed (coalesced to
+ * one render per frame); the composer and the dialogs are long-lived elements, so typing and
+ * focus survive re-renders. Everything a person can act on is a real control with an
+ * accessible name.
+ */
+
+import { type Client, type ConnectionState } from '../app/client.js';
+import { errorCode, explain, explainCode } from '../app/errors.js';
+import type { Contact, Conversation, Message } from '../store/store.js';
+import { h, replace } from './dom.js';
+import { formatTime, plural, statusLabel } from './format.js';
+import { qrSvg, qrText } from './qr.js';
+
+/** What the shell needs from the page's bootstrap. */
+export interface Shell {
+  /** Creates and registers an identity; resolves with the started client. */
+  register(userId: string): Promise<Client>;
+  /** Deletes this browser's identity and starts over. */
+  forget(): Promise<void>;
+}
+
+const BANNER: Record<ConnectionState, string> = {
+  connecting: 'Connecting…',
+  online: 'Online',
+  reconnecting: 'Reconnecting… Messages you write are kept and sent when the relay is back.',
+  offline: 'Offline. Messages you write will be sent when you are back online.',
+  rejected: 'The relay no longer accepts the identity kept in this browser.',
+};
+
+/** The registration screen. */
+export function renderRegistration(root: HTMLElement, shell: Shell, onRegistered: (client: Client) => void): void {
+  const input = h('input', {
+    id: 'user-id',
+    name: 'user-id',
+    type: 'text',
+    autocomplete: 'username',
+    autocapitalize: 'none',
+    spellcheck: 'false',
+    required: true,
+    minlength: 2,
+    maxlength: 32,
+    'aria-describedby': 'user-id-hint',
+  });
+  const error = h('p', { class: 'error', role: 'alert', id: 'register-error' });
+  const button = h('button', { type: 'submit', class: 'primary' }, 'Create my identity');
+  const form = h(
+    'form',
+    { class: 'register-form', novalidate: true },
+    h('label', { for: 'user-id' }, 'User id'),
+    input,
+    h('p', { class: 'hint', id: 'user-id-hint' }, '2 to 32 characters: a–z, 0–9, “.”, “_” or “-”. Others find you by it.'),
+    button,
+    error,
+  );
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    error.textContent = '';
+    button.disabled = true;
+    input.disabled = true;
+    button.textContent = 'Creating keys and registering…';
+    shell.register(input.value).then(onRegistered, (failure: unknown) => {
+      error.textContent = explain(failure);
+      button.disabled = false;
+      input.disabled = false;
+      button.textContent = 'Create my identity';
+      input.focus();
+    });
+  });
+  replace(
+    root,
+    h(
+      'main',
+      { class: 'welcome' },
+      h('h1', {}, 'Sotto'),
+      h('p', { class: 'tagline' }, 'End-to-end encrypted chat. Your keys are made in this browser and never leave it; the relay only ever sees ciphertext.'),
+      form,
+    ),
+  );
+  input.focus();
+}
+
+/** The main screen: conversations and the open conversation. */
+export class ChatView {
+  readonly #client: Client;
+  readonly #shell: Shell;
+  readonly #root: HTMLElement;
+  #active: string | null = null;
+  #renderScheduled = false;
+  #dirty = new Set<string | null>();
+  #generation = 0;
+  #problemTimer: ReturnType<typeof setTimeout> | undefined;
+
+  // Long-lived elements.
+  readonly #banner = h('div', { class: 'banner', role: 'status', 'aria-live': 'polite' });
+  readonly #list = h('ul', { class: 'conv-list', 'aria-label': 'Conversations' });
+  readonly #startInput = h('input', {
+    id: 'start-peer',
+    type: 'text',
+    placeholder: 'their user id',
+    autocapitalize: 'none',
+    spellcheck: 'false',
+    autocomplete: 'off',
+  });
+  readonly #startError = h('p', { class: 'error', role: 'alert' });
+  readonly #pane = h('section', { class: 'pane', 'aria-label': 'Conversation' });
+  readonly #header = h('header', { class: 'conv-header' });
+  readonly #warning = h('div', { class: 'keychange', hidden: true });
+  readonly #log = h('ol', { class: 'messages', role: 'log', 'aria-label': 'Message history', 'aria-live': 'polite' });
+  readonly #message = h('textarea', { id: 'message', rows: 1, placeholder: 'Write a message', autocomplete: 'off' });
+  readonly #sendButton = h('button', { type: 'submit', class: 'primary send' }, 'Send');
+  readonly #composerNote = h('p', { class: 'composer-note', id: 'composer-note' });
+  readonly #composer = h(
+    'form',
+    { class: 'composer', 'aria-label': 'Write a message' },
+    h('label', { for: 'message', class: 'visually-hidden' }, 'Message'),
+    this.#message,
+    this.#sendButton,
+  );
+  readonly #empty = h(
+    'div',
+    { class: 'empty-pane' },
+    h('p', {}, 'Pick a conversation, or start one with someone’s user id.'),
+  );
+  readonly #problem = h('div', { class: 'toast', role: 'alert', hidden: true });
+  readonly #dialog = h('dialog', { class: 'safety', 'aria-labelledby': 'safety-title' });
+  readonly #layout = h('div', { class: 'layout', 'data-view': 'list' });
+
+  constructor(root: HTMLElement, client: Client, shell: Shell) {
+    this.#root = root;
+    this.#client = client;
+    this.#shell = shell;
+    const startForm = h(
+      'form',
+      { class: 'start-form' },
+      h('label', { for: 'start-peer' }, 'Start a conversation'),
+      h('div', { class: 'row' }, this.#startInput, h('button', { type: 'submit' }, 'Start')),
+      this.#startError,
+    );
+    startForm.addEventListener('submit', (event) => {
+      event.preventDefault();
+      void this.#start();
+    });
+    this.#composer.addEventListener('submit', (event) => {
+      event.preventDefault();
+      void this.#send();
+    });
+    this.#message.addEventListener('keydown', (event) => {
+      // Enter sends; Shift+Enter makes a new line; Enter while composing (IME) is the IME's.
+      if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        void this.#send();
+      }
+    });
+    this.#message.addEventListener('input', () => this.#autosize());
+    replace(
+      this.#root,
+      h(
+        'div',
+        { class: 'shell' },
+        h(
+          'header',
+          { class: 'topbar' },
+          h('span', { class: 'brand' }, 'Sotto'),
+          this.#banner,
+          h('span', { class: 'me' }, 'You are ', h('strong', {}, client.userId)),
+        ),
+        this.#layout,
+        this.#problem,
+        this.#dialog,
+      ),
+    );
+    replace(
+      this.#layout,
+      h('nav', { class: 'sidebar', 'aria-label': 'Conversations' }, startForm, this.#list),
+      this.#pane,
+    );
+    this.#showEmptyPane();
+    this.connection(client.connectionState);
+    this.changed(null);
+  }
+
+  // ---- client events ------------------------------------------------------------------------
+
+  changed(peer: string | null): void {
+    this.#dirty.add(peer);
+    if (this.#renderScheduled) return;
+    this.#renderScheduled = true;
+    // One render per frame, however many changes arrive (a backlog of 64 messages is one).
+    const run = (): void => {
+      this.#renderScheduled = false;
+      const dirty = this.#dirty;
+      this.#dirty = new Set();
+      void this.#render(dirty);
+    };
+    if (typeof requestAnimationFrame === 'function' && document.visibilityState === 'visible') requestAnimationFrame(run);
+    else setTimeout(run, 0);
+  }
+
+  connection(state: ConnectionState): void {
+    this.#banner.className = `banner banner-${state}`;
+    replace(this.#banner, h('span', { class: 'dot', 'aria-hidden': 'true' }), BANNER[state]);
+    if (state === 'rejected') {
+      const forget = h('button', { type: 'button', class: 'link' }, 'Forget this identity');
+      forget.addEventListener('click', () => void this.#shell.forget());
+      this.#banner.append(' ', forget);
+    }
+  }
+
+  problem(error: unknown, peer: string | null): void {
+    this.#problem.textContent = explain(error, peer ?? undefined);
+    this.#problem.dataset['code'] = errorCode(error);
+    this.#problem.hidden = false;
+    clearTimeout(this.#problemTimer);
+    this.#problemTimer = setTimeout(() => {
+      this.#problem.hidden = true;
+    }, 8000);
+  }
+
+  // ---- rendering ----------------------------------------------------------------------------
+
+  async #render(dirty: Set<string | null>): Promise<void> {
+    const generation = ++this.#generation;
+    const list = await this.#client.conversations();
+    if (generation !== this.#generation) return;
+    this.#renderList(list);
+    if (this.#active !== null && (dirty.has(this.#active) || dirty.has(null))) await this.#renderConversation(this.#active);
+  }
+
+  #renderList(list: { conversation: Conversation; contact: Contact | null }[]): void {
+    if (list.length === 0) {
+      replace(this.#list, h('li', { class: 'conv-empty' }, 'No conversations yet.'));
+      return;
+    }
+    replace(
+      this.#list,
+      ...list.map(({ conversation, contact }) => {
+        const peer = conversation.peer;
+        const unread = conversation.unread;
+        const online = this.#client.online.has(peer);
+        const label = [peer, online ? 'online' : null, unread > 0 ? `${plural(unread, 'unread message')}` : null, contact?.pending ? 'safety number changed' : null]
+          .filter((x) => x !== null)
+          .join(', ');
+        const button = h(
+          'button',
+          {
+            type: 'button',
+            class: 'conv',
+            'aria-label': label,
+            'aria-current': peer === this.#active ? 'true' : null,
+            'data-peer': peer,
+          },
+          h('span', { class: `avatar${online ? ' online' : ''}`, 'aria-hidden': 'true' }, peer.slice(0, 1).toUpperCase()),
+          h(
+            'span',
+            { class: 'conv-text' },
+            h('span', { class: 'conv-name' }, peer, contact?.verified && !contact.pending ? h('span', { class: 'tick', title: 'Verified' }, ' ✔') : null),
+            h('span', { class: 'conv-preview' }, contact?.pending ? '⚠ Safety number changed' : conversation.preview || 'No messages yet'),
+          ),
+          unread > 0 ? h('span', { class: 'badge', 'aria-hidden': 'true' }, String(unread)) : null,
+        );
+        button.addEventListener('click', () => void this.open(peer));
+        return h('li', {}, button);
+      }),
+    );
+  }
+
+  /** Opens `peer`'s conversation. */
+  async open(peer: string): Promise<void> {
+    const switching = this.#active !== peer;
+    this.#active = peer;
+    this.#layout.dataset['view'] = 'conversation';
+    if (switching) {
+      this.#message.value = '';
+      this.#autosize();
+      replace(this.#pane, this.#header, this.#warning, this.#log, this.#composerNote, this.#composer);
+      this.#pane.setAttribute('aria-label', `Conversation with ${peer}`);
+    }
+    await this.#client.setActive(peer);
+    await this.#renderConversation(peer);
+    this.changed(null);
+    if (switching) this.#message.focus();
+  }
+
+  #close(): void {
+    this.#active = null;
+    void this.#client.setActive(null);
+    this.#layout.dataset['view'] = 'list';
+    this.#showEmptyPane();
+    this.changed(null);
+  }
+
+  #showEmptyPane(): void {
+    this.#pane.setAttribute('aria-label', 'Conversation');
+    replace(this.#pane, this.#empty);
+  }
+
+  async #renderConversation(peer: string): Promise<void> {
+    const { contact, messages } = await this.#client.conversation(peer);
+    if (this.#active !== peer) return;
+    const online = this.#client.online.has(peer);
+    const back = h('button', { type: 'button', class: 'back', 'aria-label': 'Back to conversations' }, '‹');
+    back.addEventListener('click', () => this.#close());
+    const safety = h('button', { type: 'button', class: 'secondary' }, 'Safety number');
+    safety.addEventListener('click', () => void this.#showSafetyNumber(peer));
+    safety.disabled = contact === null;
+    replace(
+      this.#header,
+      back,
+      h(
+        'div',
+        { class: 'conv-title' },
+        h('h2', {}, peer),
+        h(
+          'span',
+          { class: 'conv-sub' },
+          online ? 'online' : 'offline',
+          contact?.verified && !contact.pending ? h('span', { class: 'verified' }, ' · ✔ Verified') : null,
+        ),
+      ),
+      safety,
+    );
+
+    const changed = contact?.pending != null;
+    this.#warning.hidden = !changed;
+    if (changed) {
+      const accept = h('button', { type: 'button', class: 'danger' }, 'Accept new key');
+      accept.addEventListener('click', () => void this.#client.acceptKeyChange(peer));
+      const compare = h('button', { type: 'button', class: 'secondary' }, 'Compare safety numbers');
+      compare.addEventListener('click', () => void this.#showSafetyNumber(peer));
+      this.#warning.setAttribute('role', 'alert');
+      replace(
+        this.#warning,
+        h('h3', {}, `${peer}’s safety number has changed`),
+        h(
+          'p',
+          {},
+          `This happens when ${peer} reinstalls Sotto or starts using a new browser. It can also mean someone is trying to listen in. `,
+          `Sending is paused until you accept the new key. If you can, compare the new safety number with ${peer} in person or on a call first.`,
+        ),
+        h('div', { class: 'actions' }, compare, accept),
+      );
+    } else {
+      this.#warning.removeAttribute('role');
+    }
+    this.#message.disabled = changed;
+    this.#sendButton.disabled = changed;
+    this.#composerNote.textContent = changed ? `Sending to ${peer} is blocked until you accept the new key.` : '';
+    this.#composerNote.hidden = !changed;
+
+    const atBottom = this.#log.scrollHeight - this.#log.scrollTop - this.#log.clientHeight < 40;
+    replace(this.#log, ...messages.map((m) => this.#messageItem(peer, m)));
+    if (messages.length === 0) this.#log.append(h('li', { class: 'notice' }, 'No messages yet. Say hello — only you and ' + peer + ' can read what you write.'));
+    if (atBottom || this.#log.dataset['peer'] !== peer) this.#log.scrollTop = this.#log.scrollHeight;
+    this.#log.dataset['peer'] = peer;
+  }
+
+  #messageItem(peer: string, message: Message): HTMLLIElement {
+    if (message.direction === 'notice') {
+      if (message.kind === 'missing') {
+        const count = Number(message.text ?? '1');
+        const text = `${plural(count, 'message')} from ${peer} ${count === 1 ? 'is' : 'are'} missing. The relay did not deliver ${count === 1 ? 'it' : 'them'}.`;
+        return h('li', { class: 'notice warn', 'data-kind': 'missing' }, text);
+      }
+      return h('li', { class: 'notice warn', 'data-kind': 'key_changed' }, `${peer}’s safety number changed.`);
+    }
+    const out = message.direction === 'out';
+    const time = h('time', { datetime: new Date(message.sentAt).toISOString() }, formatTime(message.sentAt));
+    let body: HTMLElement;
+    if (message.kind === 'undecryptable') body = h('p', { class: 'text muted' }, `A message from ${peer} could not be decrypted.`);
+    else if (message.kind === 'unsupported') body = h('p', { class: 'text muted' }, 'An unsupported kind of message (a newer Sotto may show it).');
+    else body = h('p', { class: 'text' }, message.text ?? '');
+    const status = out
+      ? h(
+          'span',
+          { class: `status status-${message.status}`, 'data-status': message.status },
+          statusIcon(message.status),
+          statusLabel(message),
+          message.status === 'failed' && message.error !== null ? `: ${explainCode(message.error, peer)}` : '',
+        )
+      : null;
+    return h(
+      'li',
+      { class: `msg ${out ? 'out' : 'in'}${message.kind === 'text' ? '' : ' special'}`, 'data-kind': message.kind },
+      body,
+      h('span', { class: 'meta' }, time, status),
+    );
+  }
+
+  #autosize(): void {
+    this.#message.rows = Math.min(6, Math.max(1, this.#message.value.split('\n').length));
+  }
+
+  // ---- actions ------------------------------------------------------------------------------
+
+  async #start(): Promise<void> {
+    this.#startError.textContent = '';
+    const input = this.#startInput.value;
+    try {
+      const peer = await this.#client.startConversation(input);
+      this.#startInput.value = '';
+      await this.open(peer);
+    } catch (error) {
+      this.#startError.textContent = explain(error, input.trim() === '' ? undefined : input);
+    }
+  }
+
+  async #send(): Promise<void> {
+    const peer = this.#active;
+    const text = this.#message.value;
+    if (peer === null || this.#message.disabled || text.trim() === '') return;
+    try {
+      await this.#client.send(peer, text);
+      this.#message.value = '';
+      this.#autosize();
+      this.#log.scrollTop = this.#log.scrollHeight;
+    } catch (error) {
+      this.problem(error, peer);
+    }
+  }
+
+  async #showSafetyNumber(peer: string): Promise<void> {
+    const result = await this.#client.safetyNumber(peer);
+    if (result === null) return;
+    const { number, verified, changed } = result;
+    const groups = number.grouped.split(' ');
+    const close = h('button', { type: 'button', class: 'secondary' }, 'Close');
+    close.addEventListener('click', () => this.#dialog.close());
+    const mark = h('button', { type: 'button', class: 'primary' }, verified ? 'Mark as not verified' : 'Mark as verified');
+    mark.disabled = changed;
+    mark.addEventListener('click', () => {
+      void this.#client.setVerified(peer, !verified).then(() => this.#showSafetyNumber(peer));
+    });
+    replace(
+      this.#dialog,
+      h('h2', { id: 'safety-title' }, `Safety number with ${peer}`),
+      h(
+        'p',
+        {},
+        `Compare these numbers with the ones ${peer} sees, in person or on a call. If they match, no one is between you.`,
+      ),
+      h(
+        'div',
+        { class: 'digits', role: 'group', 'aria-label': `Safety number: ${number.grouped}`, 'data-digits': number.grouped },
+        ...groups.map((g) => h('span', {}, g)),
+      ),
+      h('figure', { class: 'qr-box' }, qrSvg(qrText(number.qr), `QR code of the safety number with ${peer}`), h('figcaption', {}, `Or scan ${peer}’s code`)),
+      h(
+        'p',
+        { class: `verify-state${verified ? ' ok' : ''}` },
+        changed
+          ? `This is the number for ${peer}’s new key. Accept the new key to mark it verified.`
+          : verified
+            ? `✔ You marked ${peer} as verified.`
+            : `${peer} is not verified yet.`,
+      ),
+      h('div', { class: 'actions' }, close, mark),
+    );
+    if (!this.#dialog.open) this.#dialog.showModal();
+    mark.focus();
+  }
+}
+
+function statusIcon(status: Message['status']): HTMLElement {
+  const icon = { sending: '◷', stored: '✓', delivered: '✓✓', failed: '!', received: '' }[status];
+  return h('span', { class: 'status-icon', 'aria-hidden': 'true' }, icon, ' ');
+}

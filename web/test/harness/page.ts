@@ -1,0 +1,117 @@
+/**
+ * Where a browser test loads the web client from.
+ *
+ * The relay serves `web/dist` itself (crates/server/src/http.rs). A debug `sotto` compiled
+ * while `web/dist` did not exist serves only its "not built" page, whatever is built later
+ * (rust-embed then compares against an uncanonicalised folder path), so when the relay does
+ * not serve our build this starts a small same-origin stand-in: it serves `web/dist` with the
+ * relay's own security headers and passes `/socket.io/` (long-polling and WebSocket upgrades)
+ * through to the relay, keeping the `Host` header, so logins are signed for the host the page
+ * came from exactly as with the relay serving it.
+ */
+
+import { readFile } from 'node:fs/promises';
+import { createServer, request as httpRequest, type IncomingMessage, type Server } from 'node:http';
+import { connect } from 'node:net';
+import { extname, join, normalize } from 'node:path';
+
+import { REPO_ROOT, type Relay } from './relay.js';
+
+export const DIST = join(REPO_ROOT, 'web', 'dist');
+
+/** The relay's CSP (crates/server/src/http.rs), so the stand-in is as strict. */
+export const CSP =
+  "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+const TYPES: Record<string, string> = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.svg': 'image/svg+xml',
+  '.json': 'application/json',
+  '.map': 'application/json',
+  '.txt': 'text/plain; charset=utf-8',
+};
+
+export interface PageServer {
+  /** The origin to open (`http://127.0.0.1:PORT`). */
+  readonly origin: string;
+  /** Whether the relay serves the page itself (false: the stand-in does). */
+  readonly servedByRelay: boolean;
+  close(): Promise<void>;
+}
+
+/** Serves files from `root` with the relay's headers; `/socket.io/` goes to `relay` when given. */
+export async function staticServer(root: string, relay: Relay | null, extraFiles: Record<string, string> = {}): Promise<PageServer> {
+  const server: Server = createServer((req, res) => {
+    const path = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
+    if (relay !== null && path.startsWith('/socket.io/')) return forward(req, res, relay);
+    const extra = extraFiles[path];
+    const file = extra ?? join(root, normalize(path === '/' ? '/index.html' : path));
+    if (extra === undefined && !file.startsWith(root)) {
+      res.writeHead(403).end();
+      return;
+    }
+    readFile(file).then(
+      (body) => {
+        res.writeHead(200, {
+          'content-type': TYPES[extname(file)] ?? 'application/octet-stream',
+          'content-security-policy': CSP,
+          'x-content-type-options': 'nosniff',
+          'cache-control': 'no-cache',
+        });
+        res.end(body);
+      },
+      () => res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n'),
+    );
+  });
+  if (relay !== null) {
+    server.on('upgrade', (req: IncomingMessage, socket, head) => {
+      const upstream = connect(relay.port, '127.0.0.1', () => {
+        const lines = [`${req.method ?? 'GET'} ${req.url ?? '/'} HTTP/1.1`];
+        for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
+        upstream.write(`${lines.join('\r\n')}\r\n\r\n`);
+        if (head.length > 0) upstream.write(head);
+        upstream.pipe(socket);
+        socket.pipe(upstream);
+      });
+      upstream.on('error', () => socket.destroy());
+      socket.on('error', () => upstream.destroy());
+    });
+  }
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  if (typeof address !== 'object' || address === null) throw new Error('no address');
+  return {
+    origin: `http://127.0.0.1:${address.port}`,
+    servedByRelay: false,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+function forward(req: IncomingMessage, res: import('node:http').ServerResponse, relay: Relay): void {
+  const upstream = httpRequest(
+    { host: '127.0.0.1', port: relay.port, method: req.method, path: req.url, headers: req.headers },
+    (answer) => {
+      res.writeHead(answer.statusCode ?? 502, answer.headers);
+      answer.pipe(res);
+    },
+  );
+  upstream.on('error', () => {
+    if (!res.headersSent) res.writeHead(502);
+    res.end();
+  });
+  req.pipe(upstream);
+}
+
+/** The relay itself when it serves our build, else the stand-in in front of it. */
+export async function pageFor(relay: Relay): Promise<PageServer> {
+  const built = await readFile(join(DIST, 'index.html'), 'utf8');
+  const served = await fetch(`${relay.url}/`).then((r) => r.text(), () => '');
+  if (served === built) return { origin: relay.url, servedByRelay: true, close: async () => undefined };
+  return staticServer(DIST, relay);
+}
