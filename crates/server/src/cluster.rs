@@ -5,28 +5,60 @@
 //! database before anyone is told about it, a node pushes through the adapter only as a
 //! shortcut, and a recipient whose push was lost gets the message from the queue when it next
 //! catches up (on login, and whenever its socket is found too slow). When Redis is down, pushes
-//! fall back to this node's own sockets and the error is counted; fred reconnects on its own and
-//! re-subscribes its channels.
+//! fall back to this node's own sockets and the error is counted; fred reconnects on its own, and
+//! [`Connected::keep_subscribed`] re-subscribes the adapter's channels.
 
 use std::time::Duration;
 
+use fred::clients::SubscriberClient;
+use fred::interfaces::{EventInterface, PubsubInterface};
 use fred::prelude::{Builder, Config as RedisConfig, ReconnectPolicy};
 use fred::types::RespVersion;
 use socketioxide::adapter::Emitter;
 use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
 
 use crate::ServeError;
-use crate::metrics::Metrics;
 
 /// The adapter type of a clustered relay.
 pub(crate) type Adapter = FredAdapter<Emitter>;
 
-/// Connects to Redis and builds the adapter.
+/// The adapter's constructor and the Redis client behind it.
+pub(crate) struct Connected {
+    /// The subscriber client; [`Connected::keep_subscribed`] once the namespace is subscribed.
+    client: SubscriberClient,
+}
+
+impl Connected {
+    /// Re-subscribes the adapter's channels after every reconnect, from now on.
+    ///
+    /// fred's own `manage_subscriptions` cannot be used: its re-subscription first sends
+    /// `SUBSCRIBE` with the (empty) list of plain channels, which Redis refuses, and then stops
+    /// before re-subscribing the shard channels the adapter uses — so a node would silently
+    /// stop receiving pushes after Redis restarts. This does only the shard channels, one by one.
+    pub(crate) fn keep_subscribed(&self) {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let mut reconnects = client.reconnect_rx();
+            while reconnects.recv().await.is_ok() {
+                for channel in client.tracked_shard_channels() {
+                    if let Err(error) = client.ssubscribe(channel.to_string()).await {
+                        tracing::warn!(%error, "re-subscribing a Redis channel failed");
+                    }
+                }
+                tracing::info!("reconnected to Redis; channels re-subscribed");
+            }
+        });
+    }
+}
+
+/// The constructor socketioxide builds the adapter from.
+pub(crate) type Constructor = RedisAdapterCtr<socketioxide_redis::drivers::fred::FredDriver>;
+
+/// Connects to Redis and builds the adapter's constructor.
 pub(crate) async fn adapter(
     url: &str,
     prefix: &str,
-    _metrics: &Metrics,
-) -> Result<RedisAdapterCtr<socketioxide_redis::drivers::fred::FredDriver>, ServeError> {
+) -> Result<(Constructor, Connected), ServeError> {
     let mut config = RedisConfig::from_url(url).map_err(|e| ServeError::Redis(e.to_string()))?;
     config.version = RespVersion::RESP3;
     let client = Builder::from_config(config)
@@ -43,12 +75,11 @@ pub(crate) async fn adapter(
         })
         .build_subscriber_client()
         .map_err(|e| ServeError::Redis(e.to_string()))?;
-    // Re-subscribes every channel after a reconnect.
-    let _resubscriber = client.manage_subscriptions();
     let adapter_config = RedisAdapterConfig::new()
         .with_prefix(prefix.to_owned())
         .with_request_timeout(Duration::from_secs(1));
-    RedisAdapterCtr::new_with_fred_config(client, adapter_config)
+    let constructor = RedisAdapterCtr::new_with_fred_config(client.clone(), adapter_config)
         .await
-        .map_err(|e| ServeError::Redis(e.to_string()))
+        .map_err(|e| ServeError::Redis(e.to_string()))?;
+    Ok((constructor, Connected { client }))
 }

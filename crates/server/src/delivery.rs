@@ -378,13 +378,14 @@ pub(crate) async fn push_to_user<A: Adapter, T: serde::Serialize + ?Sized>(
     payload: &T,
 ) -> bool {
     let Some(io) = relay.io() else { return false };
-    if relay.clustered() {
+    if relay.clustered() && relay.adapter_usable() {
         match io.to(user_room(user)).emit(event, payload).await {
             Ok(()) => return true,
             // Some local socket was full; the heartbeat closes it, and it catches up.
             Err(socketioxide::BroadcastError::Socket(_)) => return true,
             Err(error) => {
                 relay.metrics.adapter_errors.inc();
+                relay.adapter_failed();
                 tracing::warn!(%error, event, "adapter push failed; pushing to local sockets only");
             }
         }

@@ -91,11 +91,12 @@ pub async fn serve(
             parts.run(layer, io, listener, shutdown).await
         }
         Some(url) => {
-            let adapter = cluster::adapter(&url, &config.redis_prefix, &metrics).await?;
-            let builder = SocketIo::builder().with_adapter::<cluster::Adapter>(adapter);
+            let (constructor, redis) = cluster::adapter(&url, &config.redis_prefix).await?;
+            let builder = SocketIo::builder().with_adapter::<cluster::Adapter>(constructor);
             let mut parts = Parts::new(config, storage, metrics, builder);
             let (layer, io) = parts.build();
             handlers::register_cluster_namespace(&io).await?;
+            redis.keep_subscribed();
             parts.run(layer, io, listener, shutdown).await
         }
     }

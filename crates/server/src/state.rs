@@ -106,6 +106,9 @@ pub struct Relay<A: Adapter> {
     pub(crate) recipients: RecipientCache,
     /// Keys the pair hashes; random per process.
     hasher: RandomState,
+    /// After an adapter failure, pushes skip the adapter until then (each failed publish costs
+    /// a timeout, which the queue writer must not pay for every message while Redis is away).
+    adapter_down_until: Mutex<Option<Instant>>,
 }
 
 impl<A: Adapter> std::fmt::Debug for Relay<A> {
@@ -139,6 +142,7 @@ impl<A: Adapter> Relay<A> {
             known_contacts: Mutex::new(HashSet::new()),
             recipients: RecipientCache::default(),
             hasher: RandomState::new(),
+            adapter_down_until: Mutex::new(None),
             config,
             storage,
             metrics,
@@ -173,6 +177,18 @@ impl<A: Adapter> Relay<A> {
     /// A hash naming an unordered pair of users.
     pub(crate) fn contact_key(&self, a: &str, b: &str) -> u64 {
         if a <= b { self.pair_key(a, b) } else { self.pair_key(b, a) }
+    }
+
+    /// Whether pushes should go through the adapter now (not within 2 s of a failure).
+    pub(crate) fn adapter_usable(&self) -> bool {
+        let down = self.adapter_down_until.lock().unwrap_or_else(|e| e.into_inner());
+        down.is_none_or(|until| Instant::now() >= until)
+    }
+
+    /// Records an adapter failure: local-only pushes for the next 2 s.
+    pub(crate) fn adapter_failed(&self) {
+        let mut down = self.adapter_down_until.lock().unwrap_or_else(|e| e.into_inner());
+        *down = Some(Instant::now() + Duration::from_secs(2));
     }
 
     /// Whether several nodes share the work through the Redis adapter.
