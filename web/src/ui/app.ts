@@ -447,7 +447,7 @@ export class ChatView {
         { class: 'digits', role: 'group', 'aria-label': `Safety number: ${number.grouped}`, 'data-digits': number.grouped },
         ...groups.map((g) => h('span', {}, g)),
       ),
-      h('figure', { class: 'qr-box' }, qrSvg(qrText(number.qr), `QR code of the safety number with ${peer}`), h('figcaption', {}, `Or scan ${peer}’s code`)),
+      h('figure', { class: 'qr-box' }, qrSvg(qrText(number.qr), `QR code of the safety number with ${peer}`), h('figcaption', {}, `${peer} sees this same code: scan it to compare`)),
       h(
         'p',
         { class: `verify-state${verified ? ' ok' : ''}` },

@@ -6,7 +6,7 @@ import type { Message } from '../store/store.js';
 export function formatTime(ms: number, now: number = Date.now()): string {
   const date = new Date(ms);
   const today = new Date(now).toDateString() === date.toDateString();
-  const time = date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  const time = date.toLocaleTimeString([], { hour: 'numeric', minute: '2-digit' });
   return today ? time : `${date.toLocaleDateString([], { day: 'numeric', month: 'short' })}, ${time}`;
 }
 

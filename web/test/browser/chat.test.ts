@@ -1,0 +1,256 @@
+/**
+ * End-to-end tests of the web client in headless Chromium against the real relay: two people
+ * chatting both ways, delivery marks, unread counts, safety numbers, a browser closed while
+ * messages arrive, a reload, a key change, a withheld message and the connection banner.
+ * Every page must finish without a console error. Screenshots of the main screens are saved
+ * on the way (test/harness/browser.ts says where).
+ *
+ * Needs `$SOTTO_BIN` and Chromium (`$CHROMIUM`, default /usr/bin/chromium).
+ */
+
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { afterEach, beforeEach, describe, test } from 'node:test';
+import { promisify } from 'node:util';
+
+import Database from 'better-sqlite3';
+import type { Page } from 'playwright-core';
+
+import { Profile, screenshot } from '../harness/browser.js';
+import { expect } from '../harness/expect.js';
+import { type PageServer, pageFor } from '../harness/page.js';
+import { type Relay, sottoBin, startRelay } from '../harness/relay.js';
+import { bubble, online, openConversation, register, send, startConversation } from '../harness/ui.js';
+
+const run = promisify(execFile);
+
+describe('web client in Chromium', () => {
+  let relay: Relay;
+  let page: PageServer;
+  let profiles: Profile[] = [];
+
+  const profile = async (): Promise<Profile> => {
+    const p = await Profile.create();
+    profiles.push(p);
+    return p;
+  };
+
+  beforeEach(async () => {
+    relay = await startRelay();
+    page = await pageFor(relay);
+    profiles = [];
+  });
+
+  afterEach(async () => {
+    const errors = profiles.flatMap((p) => p.errors);
+    for (const p of profiles) await p.dispose();
+    await page.close();
+    await relay.dispose();
+    assert.deepEqual(errors, [], 'no console errors on any page');
+  });
+
+  test('two people chat both ways, with delivery marks, unread counts and safety numbers', async () => {
+    const alice = await (await profile()).open();
+    await alice.goto(page.origin);
+    assert.equal(await alice.title(), 'Sotto');
+    await expect(alice.getByLabel('User id', { exact: true }), 'registration form').toBeVisible();
+    await screenshot(alice, '01-registration');
+
+    // Validation happens before any key is made.
+    await alice.getByLabel('User id', { exact: true }).fill('A');
+    await alice.getByRole('button', { name: 'Create my identity' }).click();
+    await expect(alice.getByRole('alert').filter({ hasText: '2 to 32 characters' }), 'invalid id error').toBeVisible();
+
+    await register(alice, page.origin, 'alice');
+    const bob = await (await profile()).open();
+    await register(bob, page.origin, 'bob');
+
+    // Unknown users are refused up front.
+    await alice.getByLabel('Start a conversation').fill('nobody');
+    await alice.getByRole('button', { name: 'Start', exact: true }).click();
+    await expect(alice.getByRole('alert').filter({ hasText: 'no user “nobody”' }), 'unknown user error').toBeVisible();
+
+    await startConversation(alice, 'bob');
+    await send(alice, 'Hi Bob! This is end-to-end encrypted.');
+    await expect(bubble(alice, 'Hi Bob!').locator('[data-status]'), 'stored or delivered').toBeVisible();
+
+    // Bob sees an unread conversation, opens it, replies.
+    const bobsEntry = bob.locator('button.conv[data-peer="alice"]');
+    await expect(bobsEntry.locator('.badge'), 'unread badge').toContainText('1');
+    await screenshot(bob, '02-conversation-list');
+    await openConversation(bob, 'alice');
+    await expect(bubble(bob, 'Hi Bob!'), 'message at bob').toBeVisible();
+    await expect(bobsEntry.locator('.badge'), 'unread badge cleared').toHaveCount(0);
+    await send(bob, 'Hello Alice — got it.');
+    await send(bob, 'Shall we compare safety numbers?');
+
+    await expect(bubble(alice, 'got it'), 'reply at alice').toBeVisible();
+    await expect(bubble(alice, 'compare safety numbers'), 'second reply at alice').toBeVisible();
+    // Alice's message was acknowledged by Bob's browser: delivered.
+    await expect(bubble(alice, 'Hi Bob!').locator('[data-status]'), 'delivered').toHaveAttribute('data-status', 'delivered');
+    await expect(bubble(bob, 'compare safety numbers').locator('[data-status]'), 'delivered at bob').toHaveAttribute('data-status', 'delivered');
+    await send(alice, 'Sure, opening the panel.');
+    await expect(bubble(bob, 'opening the panel'), 'third at bob').toBeVisible();
+    await screenshot(alice, '03-conversation');
+
+    // Both see the same safety number; marking verified shows in the header.
+    const digits = async (p: Page): Promise<string> => {
+      await p.getByRole('button', { name: 'Safety number' }).click();
+      const group = p.getByRole('dialog').locator('.digits');
+      await expect(group, 'safety number digits').toBeVisible();
+      return (await group.getAttribute('data-digits')) ?? '';
+    };
+    const aliceDigits = await digits(alice);
+    const bobDigits = await digits(bob);
+    assert.match(aliceDigits, /^(\d{5} ){11}\d{5}$/);
+    assert.equal(aliceDigits, bobDigits);
+    await expect(alice.getByRole('img', { name: /QR code of the safety number/ }), 'QR code').toBeVisible();
+    await screenshot(alice, '04-safety-number');
+    await alice.getByRole('button', { name: 'Mark as verified' }).click();
+    await expect(alice.getByRole('dialog').locator('.verify-state'), 'verified state').toContainText('verified');
+    await alice.getByRole('button', { name: 'Close' }).click();
+    await expect(alice.locator('.conv-header .verified'), 'verified mark').toBeVisible();
+
+    // Narrow screens show one pane at a time.
+    await alice.setViewportSize({ width: 390, height: 760 });
+    await expect(alice.getByRole('button', { name: 'Back to conversations' }), 'back button').toBeVisible();
+    await screenshot(alice, '05-conversation-narrow');
+    await alice.getByRole('button', { name: 'Back to conversations' }).click();
+    await expect(alice.getByLabel('Start a conversation'), 'list on narrow screens').toBeVisible();
+  });
+
+  test('messages sent while a browser is closed arrive when it reopens; a reload keeps identity and history', async () => {
+    const aliceProfile = await profile();
+    const bobProfile = await profile();
+    const alice = await aliceProfile.open();
+    await register(alice, page.origin, 'alice');
+    let bob = await bobProfile.open();
+    await register(bob, page.origin, 'bob');
+    await startConversation(alice, 'bob');
+    await send(alice, 'first, while you are here');
+    await openConversation(bob, 'alice');
+    await expect(bubble(bob, 'first, while you are here'), 'first message').toBeVisible();
+
+    await bobProfile.close();
+    await send(alice, 'second, while your browser is closed');
+    await send(alice, 'third, still closed');
+    await expect(bubble(alice, 'third, still closed').locator('[data-status]'), 'stored').toHaveAttribute('data-status', 'stored');
+
+    bob = await bobProfile.open();
+    await bob.goto(page.origin);
+    await online(bob);
+    await expect(bob.locator('.me'), 'same identity after reopening').toContainText('bob');
+    await expect(bob.locator('button.conv[data-peer="alice"] .badge'), 'two unread').toContainText('2');
+    await screenshot(bob, '02b-reopened-unread');
+    await openConversation(bob, 'alice');
+    for (const text of ['first, while you are here', 'second, while your browser is closed', 'third, still closed']) {
+      await expect(bubble(bob, text), text).toBeVisible();
+    }
+    await expect(bubble(alice, 'third, still closed').locator('[data-status]'), 'delivered once reopened').toHaveAttribute('data-status', 'delivered');
+
+    // A reload: same identity, same history, nothing shown twice.
+    await bob.reload();
+    await online(bob);
+    await openConversation(bob, 'alice');
+    await expect(bob.locator('.messages li.msg'), 'history after reload').toHaveCount(3);
+    await send(bob, 'back after a reload');
+    await expect(bubble(alice, 'back after a reload'), 'reply after reload').toBeVisible();
+    await expect(bob.locator('.messages li.msg'), 'nothing twice').toHaveCount(4);
+  });
+
+  test('a key change shows a warning and blocks sending until accepted', async () => {
+    const alice = await (await profile()).open();
+    await register(alice, page.origin, 'alice');
+    const oldBob = await profile();
+    let bob = await oldBob.open();
+    await register(bob, page.origin, 'bob');
+    await startConversation(alice, 'bob');
+    await send(alice, 'hello old bob');
+    await openConversation(bob, 'alice');
+    await expect(bubble(bob, 'hello old bob'), 'first at bob').toBeVisible();
+    await oldBob.dispose();
+
+    // Bob lost his browser: the operator frees his id and he registers again, new keys.
+    await run(sottoBin(), ['admin', 'release-user', '--database', `sqlite:${relay.dbPath}`, 'bob']);
+    bob = await (await profile()).open();
+    await register(bob, page.origin, 'bob');
+    await startConversation(bob, 'alice');
+    await send(bob, 'it is me, on a new laptop');
+
+    // Receiving from the new identity shows the warning; sending is blocked.
+    await openConversation(alice, 'bob');
+    await expect(alice.getByRole('alert').filter({ hasText: 'safety number has changed' }), 'key change warning').toBeVisible();
+    await expect(bubble(alice, 'new laptop'), 'message from the new identity').toBeVisible();
+    await expect(alice.getByLabel('Message', { exact: true }), 'composer blocked').toBeDisabled();
+    await expect(alice.getByRole('button', { name: 'Send' }), 'send blocked').toBeDisabled();
+    await screenshot(alice, '06-key-change-warning');
+
+    // The new safety number can be compared first; then accept.
+    await alice.getByRole('button', { name: 'Compare safety numbers' }).click();
+    await expect(alice.getByRole('dialog').locator('.verify-state'), 'new key note').toContainText('new key');
+    await alice.getByRole('button', { name: 'Close' }).click();
+    await alice.getByRole('button', { name: 'Accept new key' }).click();
+    await expect(alice.getByLabel('Message', { exact: true }), 'composer unblocked').toBeEnabled();
+    await send(alice, 'welcome back, new bob');
+    await expect(bubble(bob, 'welcome back, new bob'), 'reply reaches the new identity').toBeVisible();
+  });
+
+  test('a withheld message is reported as missing', async () => {
+    const alice = await (await profile()).open();
+    await register(alice, page.origin, 'alice');
+    const bobProfile = await profile();
+    let bob = await bobProfile.open();
+    await register(bob, page.origin, 'bob');
+    await bobProfile.close();
+
+    await startConversation(alice, 'bob');
+    for (const text of ['one', 'two', 'three']) await send(alice, `message ${text}`);
+    await expect(bubble(alice, 'message three').locator('[data-status]'), 'stored').toHaveAttribute('data-status', 'stored');
+
+    // The relay "loses" the middle one.
+    const db = new Database(relay.dbPath);
+    const rows = db.prepare('SELECT id FROM messages WHERE recipient = ? AND acked_at IS NULL ORDER BY id').all('bob') as { id: number }[];
+    assert.equal(rows.length, 3);
+    db.prepare('DELETE FROM messages WHERE id = ?').run(rows[1]?.id);
+    db.close();
+
+    bob = await bobProfile.open();
+    await bob.goto(page.origin);
+    await online(bob);
+    await openConversation(bob, 'alice');
+    await expect(bubble(bob, 'message three'), 'third arrives').toBeVisible();
+    await expect(bob.locator('.messages li.notice[data-kind="missing"]'), 'missing notice').toContainText('1 message from alice is missing');
+    await expect(bob.locator('.messages li.msg'), 'only two arrived').toHaveCount(2);
+    await screenshot(bob, '07-missing-message');
+  });
+
+  test('the banner shows reconnecting and offline; what was written meanwhile is sent after', async () => {
+    const aliceProfile = await profile();
+    const alice = await aliceProfile.open();
+    await register(alice, page.origin, 'alice');
+    const bob = await (await profile()).open();
+    await register(bob, page.origin, 'bob');
+    await startConversation(alice, 'bob');
+    await send(alice, 'before the outage');
+    await openConversation(bob, 'alice');
+    await expect(bubble(bob, 'before the outage'), 'delivered before').toBeVisible();
+
+    for (const p of profiles) p.allowNetworkErrors = true;
+    await relay.stop();
+    await expect(alice.getByRole('status').filter({ hasText: 'Reconnecting' }), 'reconnecting banner').toBeVisible();
+    await aliceProfile.context?.setOffline(true);
+    await alice.evaluate(() => window.dispatchEvent(new Event('offline')));
+    await expect(alice.getByRole('status').filter({ hasText: 'Offline' }), 'offline banner').toBeVisible();
+    await send(alice, 'written while offline');
+    await expect(bubble(alice, 'written while offline').locator('[data-status]'), 'sending').toHaveAttribute('data-status', 'sending');
+    await screenshot(alice, '08-offline-banner');
+
+    await relay.restart();
+    await aliceProfile.context?.setOffline(false);
+    await alice.evaluate(() => window.dispatchEvent(new Event('online')));
+    await online(alice);
+    await expect(bubble(bob, 'written while offline'), 'sent after reconnecting').toBeVisible();
+    await expect(bob.locator('.messages li.msg'), 'nothing twice').toHaveCount(2);
+    for (const p of profiles) p.allowNetworkErrors = false;
+  });
+});
