@@ -5,7 +5,7 @@
 //   node scripts/build-tests.mjs node      unit tests and vectors (no relay, no browser)
 //   node scripts/build-tests.mjs relay     wire tests against a real relay ($SOTTO_BIN)
 //   node scripts/build-tests.mjs browser   Playwright end-to-end tests, in-page harness, bench
-import { readdir, rm } from 'node:fs/promises';
+import { copyFile, readdir, rm } from 'node:fs/promises';
 import { build } from 'esbuild';
 
 const kind = process.argv[2] ?? 'node';
@@ -44,4 +44,7 @@ if (kind === 'browser') {
     sourcemap: 'inline',
     logLevel: 'warning',
   });
+  for (const page of ['index.html', 'bench.html']) {
+    await copyFile(new URL(`../test/page/${page}`, import.meta.url), new URL(`../${outdir}/page/${page}`, import.meta.url));
+  }
 }

@@ -41,14 +41,24 @@ export interface PageServer {
   close(): Promise<void>;
 }
 
-/** Serves files from `root` with the relay's headers; `/socket.io/` goes to `relay` when given. */
-export async function staticServer(root: string, relay: Relay | null, extraFiles: Record<string, string> = {}): Promise<PageServer> {
+/**
+ * Serves files with the relay's headers: `mounts` maps URL prefixes (ending in `/`) to folders,
+ * longest prefix first; `/socket.io/` goes to `relay` when given.
+ */
+export async function staticServer(mounts: Record<string, string>, relay: Relay | null): Promise<PageServer> {
+  const prefixes = Object.keys(mounts).sort((a, b) => b.length - a.length);
   const server: Server = createServer((req, res) => {
     const path = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
     if (relay !== null && path.startsWith('/socket.io/')) return forward(req, res, relay);
-    const extra = extraFiles[path];
-    const file = extra ?? join(root, normalize(path === '/' ? '/index.html' : path));
-    if (extra === undefined && !file.startsWith(root)) {
+    const prefix = prefixes.find((p) => path.startsWith(p));
+    const root = prefix === undefined ? undefined : mounts[prefix];
+    if (prefix === undefined || root === undefined) {
+      res.writeHead(404).end();
+      return;
+    }
+    const rest = path.slice(prefix.length);
+    const file = join(root, normalize(`/${rest === '' ? 'index.html' : rest}`));
+    if (!file.startsWith(root)) {
       res.writeHead(403).end();
       return;
     }
@@ -113,5 +123,5 @@ export async function pageFor(relay: Relay): Promise<PageServer> {
   const built = await readFile(join(DIST, 'index.html'), 'utf8');
   const served = await fetch(`${relay.url}/`).then((r) => r.text(), () => '');
   if (served === built) return { origin: relay.url, servedByRelay: true, close: async () => undefined };
-  return staticServer(DIST, relay);
+  return staticServer({ '/': DIST }, relay);
 }
