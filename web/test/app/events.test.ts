@@ -1,0 +1,49 @@
+/** Checks on what the relay sends (src/transport/events.ts) and error explanations (src/app/errors.ts). */
+
+import { AppError, errorCode, explain, explainCode } from '../../src/app/errors.js';
+import { newClientId } from '../../src/app/client.js';
+import { asLogin, asReceipts, asReceivedMessages, asSend, asStatuses } from '../../src/transport/events.js';
+import { RelayError } from '../../src/transport/relay.js';
+import { suite } from '../support/cases.js';
+import { assert, assertEqual } from '../support/assert.js';
+
+export const tests = suite('app/events', {
+  'well-formed answers are read': async () => {
+    assertEqual(asLogin({ ok: true, userId: 'bob', queued: 2, oneTimePrekeys: 100 })?.queued, 2, 'queued');
+    assertEqual(asSend({ ok: true, id: 7, duplicate: false })?.id, 7, 'send id');
+    assertEqual(asStatuses({ statuses: [{ id: 1, status: 'delivered' }] })?.[0]?.status, 'delivered', 'status');
+  },
+  'malformed answers are refused, not half-read': async () => {
+    assertEqual(asLogin({ ok: true, userId: 'bob', queued: '2', oneTimePrekeys: 1 }), null, 'string count');
+    assertEqual(asSend({ ok: true, id: 1.5, duplicate: false }), null, 'fractional id');
+    assertEqual(asStatuses({ statuses: [{ id: 1, status: 'lost' }] }), null, 'unknown status');
+  },
+  'pushes keep only well-formed entries': async () => {
+    const messages = asReceivedMessages({
+      messages: [
+        { id: 1, from: 'alice', receivedAt: 5, envelope: {} },
+        { id: '2', from: 'alice', receivedAt: 5, envelope: {} },
+        { id: 3, from: 'alice', receivedAt: 5 },
+        null,
+      ],
+    });
+    assertEqual(messages.length, 1, 'one valid message');
+    assertEqual(asReceivedMessages([1, 2]).length, 0, 'an array is not a push');
+    assertEqual(asReceipts({ receipts: [{ id: 1, clientId: 'x', to: 'bob' }, { id: 2 }] }).length, 1, 'one valid receipt');
+  },
+  'client ids are 22 characters of base64url, all different': async () => {
+    const ids = new Set(Array.from({ length: 50 }, () => newClientId()));
+    assertEqual(ids.size, 50, 'unique');
+    for (const id of ids) assert(/^[A-Za-z0-9_-]{22}$/.test(id), `valid id ${id}`);
+  },
+  'errors keep stable codes and plain explanations': async () => {
+    const limited = new RelayError('rate_limited', 'slow down', true, 2500);
+    assertEqual(errorCode(limited), 'rate_limited', 'relay code');
+    assert(explain(limited).includes('3 s'), 'retry time in words');
+    assert(explain(new RelayError('unknown_user', 'x', false), 'bob').includes('no user “bob”'), 'unknown user');
+    assertEqual(errorCode(new AppError('key_changed')), 'key_changed', 'app code');
+    assert(explainCode('too_large').includes('too large'), 'stored code explained');
+    assert(explainCode('message_too_large').includes('too large'), 'stored app code explained');
+    assertEqual(errorCode(new Error('x')), 'internal', 'unknown errors');
+  },
+});
