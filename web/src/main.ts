@@ -30,8 +30,37 @@ function fatal(error: unknown): void {
   replace(appRoot, h('main', { class: 'welcome' }, h('h1', {}, 'Sotto'), h('p', { class: 'error', role: 'alert' }, explain(error))));
 }
 
+/**
+ * Holds this origin's Sotto lock for the page's lifetime. Two tabs on one identity would each
+ * run ratchet steps on the same stored sessions (per-peer queues are per page), which could
+ * reuse a message key; so only one tab runs the client, and another says so.
+ */
+function holdTabLock(): Promise<boolean> {
+  const locks = globalThis.navigator?.locks;
+  if (locks === undefined) return Promise.resolve(true);
+  return new Promise<boolean>((resolve) => {
+    void locks.request('sotto-client', { ifAvailable: true }, (lock) => {
+      resolve(lock !== null);
+      // Never resolves while the page lives: the lock is released when the tab closes.
+      return lock === null ? undefined : new Promise<never>(() => undefined);
+    });
+  });
+}
+
 async function boot(): Promise<void> {
   if (globalThis.crypto?.subtle === undefined || typeof indexedDB === 'undefined') throw new AppError('unsupported_browser');
+  if (!(await holdTabLock())) {
+    replace(
+      appRoot,
+      h(
+        'main',
+        { class: 'welcome' },
+        h('h1', {}, 'Sotto'),
+        h('p', { role: 'alert' }, 'Sotto is already open in another tab of this browser. Use that tab, or close it and reload this one.'),
+      ),
+    );
+    return;
+  }
   let store: Store;
   try {
     store = await Store.open();

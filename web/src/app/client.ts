@@ -22,6 +22,7 @@
 import { toBase64Url } from '../protocol/bytes.js';
 import { isProtocolError, ProtocolError } from '../protocol/errors.js';
 import { generateIdentity, type PublicIdentity, sameIdentityKeys } from '../protocol/identity.js';
+import { samePublicKey } from '../protocol/keys.js';
 import {
   generateOneTimePrekey,
   generateSignedPrekey,
@@ -133,7 +134,7 @@ async function seeIdentity(tx: Tx, peer: string, identity: PublicIdentity, now: 
   return 'changed';
 }
 
-function notice(peer: string, kind: 'missing' | 'key_changed', text: string | null, now: number): Message {
+function notice(peer: string, kind: 'missing' | 'key_changed' | 'digest_mismatch', text: string | null, now: number): Message {
   return {
     peer,
     direction: 'notice',
@@ -779,6 +780,9 @@ export class Client {
       counters = noteReceived(counters, record.counter, decrypted.digest, record.lastReceivedCounter);
       const after = missing(counters);
       if (after > before) await tx.addMessage(notice(peer, 'missing', String(after - before), now));
+      if (record.lastReceivedCounter > conversation.counters.peerReceived) {
+        await this.#confirmOurs(tx, peer, record.lastReceivedCounter, record.lastReceivedDigest, now);
+      }
       const text = body.kind === 'text' ? body.text : null;
       await tx.addMessage({
         peer,
@@ -805,6 +809,21 @@ export class Client {
     });
     this.#emitChanged(peer);
     this.#emitChanged(null);
+  }
+
+  /**
+   * The peer's record says (inside the encryption) which of our records it received last:
+   * everything up to it arrived, whatever the relay reported, and that record's digest must
+   * be the one we sent (§7.3), or the hash chain is broken.
+   */
+  async #confirmOurs(tx: Tx, peer: string, upTo: bigint, digest: Uint8Array, now: number): Promise<void> {
+    for (const message of await tx.history(peer)) {
+      if (message.direction !== 'out' || message.counter === null || message.counter > upTo) continue;
+      if (message.status === 'stored' || message.status === 'sending') await tx.putMessage({ ...message, status: 'delivered' });
+      if (message.counter === upTo && message.digest !== null && !samePublicKey(message.digest, digest)) {
+        await tx.addMessage(notice(peer, 'digest_mismatch', null, now));
+      }
+    }
   }
 
   #isActive(peer: string): boolean {

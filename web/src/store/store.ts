@@ -85,7 +85,8 @@ export type MessageKind =
   | 'undecryptable' // a message that did not decrypt: shown as such, never reported
   | 'unsupported' // a record kind this version does not know
   | 'missing' // notice: the peer's counter jumped
-  | 'key_changed'; // notice: the peer's identity changed
+  | 'key_changed' // notice: the peer's identity changed
+  | 'digest_mismatch'; // notice: the peer names a record of ours by a digest we did not send
 
 export interface Message {
   /** Local id, assigned on insert. */

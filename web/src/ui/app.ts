@@ -365,6 +365,9 @@ export class ChatView {
         const text = `${plural(count, 'message')} from ${peer} ${count === 1 ? 'is' : 'are'} missing. The relay did not deliver ${count === 1 ? 'it' : 'them'}.`;
         return h('li', { class: 'notice warn', 'data-kind': 'missing' }, text);
       }
+      if (message.kind === 'digest_mismatch') {
+        return h('li', { class: 'notice warn', 'data-kind': 'digest_mismatch' }, `${peer} received a different copy of one of your messages than the one you sent.`);
+      }
       return h('li', { class: 'notice warn', 'data-kind': 'key_changed' }, `${peer}’s safety number changed.`);
     }
     const out = message.direction === 'out';

@@ -89,6 +89,12 @@ describe('web client in Chromium', () => {
     // Alice's message was acknowledged by Bob's browser: delivered.
     await expect(bubble(alice, 'Hi Bob!').locator('[data-status]'), 'delivered').toHaveAttribute('data-status', 'delivered');
     await expect(bubble(bob, 'compare safety numbers').locator('[data-status]'), 'delivered at bob').toHaveAttribute('data-status', 'delivered');
+    // A message too large for one record is refused with a clear error, and kept in the field.
+    const field = alice.getByLabel('Message', { exact: true });
+    await field.fill('x'.repeat(40_000));
+    await field.press('Enter');
+    await expect(alice.getByRole('alert').filter({ hasText: 'too large' }), 'too large error').toBeVisible();
+    await field.fill('');
     await send(alice, 'Sure, opening the panel.');
     await expect(bubble(bob, 'opening the panel'), 'third at bob').toBeVisible();
     await screenshot(alice, '03-conversation');
@@ -156,6 +162,13 @@ describe('web client in Chromium', () => {
     await send(bob, 'back after a reload');
     await expect(bubble(alice, 'back after a reload'), 'reply after reload').toBeVisible();
     await expect(bob.locator('.messages li.msg'), 'nothing twice').toHaveCount(4);
+
+    // A second tab on the same identity stays out of the way (it would share the sessions).
+    const second = await bobProfile.context?.newPage();
+    assert.ok(second !== undefined);
+    await second.goto(page.origin);
+    await expect(second.getByRole('alert').filter({ hasText: 'already open in another tab' }), 'second tab refused').toBeVisible();
+    await second.close();
   });
 
   test('a key change shows a warning and blocks sending until accepted', async () => {
