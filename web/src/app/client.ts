@@ -69,6 +69,9 @@ export const SIGNED_PREKEY_ROTATION_MS = 7 * 24 * 3600 * 1000;
 /** How long replaced signed prekeys are kept, for messages still in flight. */
 export const SIGNED_PREKEY_RETENTION_MS = 30 * 24 * 3600 * 1000;
 
+/** How often an open page checks whether its signed prekey is due for rotation. */
+const ROTATION_CHECK_MS = 6 * 3600 * 1000;
+
 /** Where the connection stands, for the banner. */
 export type ConnectionState =
   | 'connecting' // opening the socket or logging in
@@ -172,6 +175,8 @@ export class Client {
   #stopped = false;
   /** Consecutive failed logins, for the retry backoff. */
   #loginFailures = 0;
+  /** Checks the signed prekey's age while the page stays open. */
+  #rotationTimer: ReturnType<typeof setInterval> | undefined;
 
   private constructor(store: Store, account: Account, options: ClientOptions) {
     this.#store = store;
@@ -274,6 +279,7 @@ export class Client {
   /** Disconnects for good. */
   stop(): void {
     this.#stopped = true;
+    clearInterval(this.#rotationTimer);
     globalThis.removeEventListener?.('offline', this.#onNetworkChange);
     globalThis.removeEventListener?.('online', this.#onNetworkChange);
     this.#relay.close();
@@ -338,6 +344,12 @@ export class Client {
     this.#loggedIn = true;
     this.#loginFailures = 0;
     this.#setState('online');
+    // A page left open for days still rotates its signed prekey (uploaded count unknown here:
+    // only the rotation is checked; top-ups follow the relay's prekeys:low).
+    clearInterval(this.#rotationTimer);
+    this.#rotationTimer = setInterval(() => {
+      if (this.#loggedIn) void this.#maintainPrekeys(Number.MAX_SAFE_INTEGER).catch(() => undefined);
+    }, ROTATION_CHECK_MS);
     this.#emitChanged(null);
     try {
       await this.#maintainPrekeys(oneTimePrekeys);

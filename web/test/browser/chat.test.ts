@@ -63,6 +63,11 @@ describe('web client in Chromium', () => {
 
     await register(alice, page.origin, 'alice');
     const bob = await (await profile()).open();
+    // A taken id is refused; the keys made for it are forgotten and another id can be chosen.
+    await bob.goto(page.origin);
+    await bob.getByLabel('User id', { exact: true }).fill('alice');
+    await bob.getByRole('button', { name: 'Create my identity' }).click();
+    await expect(bob.getByRole('alert').filter({ hasText: 'taken' }), 'user id taken').toBeVisible();
     await register(bob, page.origin, 'bob');
 
     // Unknown users are refused up front.
