@@ -16,6 +16,11 @@ import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
 import type { Page } from 'playwright-core';
 
+import { toBase64Url } from '../../src/protocol/bytes.js';
+import { generateIdentity } from '../../src/protocol/identity.js';
+import { generateSignedPrekey } from '../../src/protocol/prekeys.js';
+import { parseUserId } from '../../src/protocol/userId.js';
+import { RelayConnection } from '../../src/transport/relay.js';
 import { Profile, screenshot } from '../harness/browser.js';
 import { expect } from '../harness/expect.js';
 import { type PageServer, pageFor } from '../harness/page.js';
@@ -240,6 +245,35 @@ describe('web client in Chromium', () => {
     await expect(bob.locator('.messages li.notice[data-kind="missing"]'), 'missing notice').toContainText('1 message from alice is missing');
     await expect(bob.locator('.messages li.msg'), 'only two arrived').toHaveCount(2);
     await screenshot(bob, '07-missing-message');
+  });
+
+  test('a message that cannot be decrypted is shown as such, acknowledged and not shown again', async () => {
+    const alice = await (await profile()).open();
+    await register(alice, page.origin, 'alice');
+
+    // Mallory is a registered user whose client sends a well-shaped envelope of garbage.
+    const identity = await generateIdentity();
+    const signed = await generateSignedPrekey(identity, 1, Math.floor(Date.now() / 1000));
+    const mallory = new RelayConnection({ url: relay.url, host: relay.host, transports: ['websocket'], reconnect: false });
+    const connected = new Promise<void>((resolve) => mallory.socket.once('connect', () => resolve()));
+    mallory.open();
+    await connected;
+    await mallory.register(parseUserId('mallory'), identity, { id: 1, key: toBase64Url(signed.keyPair.publicKey), createdAt: signed.createdAt, signature: toBase64Url(signed.signature) }, []);
+    const garbage = { version: 1, suite: 1, header: { dh: toBase64Url(signed.keyPair.publicKey), pn: 0, n: 0 }, ciphertext: 'A'.repeat(107) };
+    const sent = await mallory.send({ to: 'alice', id: 'garbage-1', envelope: garbage });
+    const acked = new Promise<void>((resolve) => mallory.socket.once('message:delivered', () => resolve()));
+
+    await openConversation(alice, 'mallory');
+    await expect(alice.locator('.messages li[data-kind="undecryptable"]'), 'undecryptable shown').toContainText('could not be decrypted');
+    await acked; // acknowledged like any message: the sender learns nothing about why
+    const statuses = await mallory.status([sent.id]);
+    assert.deepEqual(statuses, [{ id: sent.id, status: 'delivered' }]);
+    mallory.close();
+
+    await alice.reload();
+    await online(alice);
+    await openConversation(alice, 'mallory');
+    await expect(alice.locator('.messages li[data-kind="undecryptable"]'), 'shown once').toHaveCount(1);
   });
 
   test('the banner shows reconnecting and offline; what was written meanwhile is sent after', async () => {
