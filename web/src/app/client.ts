@@ -188,8 +188,8 @@ export class Client {
       ...(options.transports === undefined ? {} : { transports: options.transports }),
     });
     this.#relay.onPushes({
-      messages: (messages) => void this.#receiveBatch(messages),
-      delivered: (receipts) => void this.#delivered(receipts),
+      messages: (messages) => void this.#receiveBatch(messages).catch((e: unknown) => this.#problem(e, null)),
+      delivered: (receipts) => void this.#delivered(receipts).catch((e: unknown) => this.#problem(e, null)),
       presence: (user, isOnline) => {
         if (isOnline) this.online.add(user);
         else this.online.delete(user);
@@ -199,7 +199,7 @@ export class Client {
       prekeysLow: (remaining) => void this.#maintainPrekeys(remaining).catch((e: unknown) => this.#problem(e, null)),
     });
     const socket = this.#relay.socket;
-    socket.on('connect', () => void this.#onConnect());
+    socket.on('connect', () => void this.#onConnect().catch((e: unknown) => this.#problem(e, null)));
     socket.on('disconnect', () => {
       this.#loggedIn = false;
       this.online.clear();
@@ -589,9 +589,12 @@ export class Client {
         this.#flushAgain = false;
         await this.#flushOnce();
       } while (this.#flushAgain && this.#loggedIn);
-    })().finally(() => {
-      this.#flushing = null;
-    });
+    })()
+      // Never rejects (callers fire and forget): report, and the next connection retries.
+      .catch((error: unknown) => this.#problem(error, null))
+      .finally(() => {
+        this.#flushing = null;
+      });
     return this.#flushing;
   }
 

@@ -142,17 +142,17 @@ export class ChatView {
     );
     startForm.addEventListener('submit', (event) => {
       event.preventDefault();
-      void this.#start();
+      this.#act(() => this.#start());
     });
     this.#composer.addEventListener('submit', (event) => {
       event.preventDefault();
-      void this.#send();
+      this.#act(() => this.#send());
     });
     this.#message.addEventListener('keydown', (event) => {
       // Enter sends; Shift+Enter makes a new line; Enter while composing (IME) is the IME's.
       if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
-        void this.#send();
+        this.#act(() => this.#send());
       }
     });
     this.#message.addEventListener('input', () => this.#autosize());
@@ -183,6 +183,11 @@ export class ChatView {
     this.changed(null);
   }
 
+  /** Runs a UI action; a failure is shown, never left as an unhandled rejection. */
+  #act(action: () => Promise<unknown>, peer: string | null = null): void {
+    action().catch((error: unknown) => this.problem(error, peer));
+  }
+
   // ---- client events ------------------------------------------------------------------------
 
   changed(peer: string | null): void {
@@ -194,7 +199,7 @@ export class ChatView {
       this.#renderScheduled = false;
       const dirty = this.#dirty;
       this.#dirty = new Set();
-      void this.#render(dirty);
+      this.#act(() => this.#render(dirty));
     };
     if (typeof requestAnimationFrame === 'function' && document.visibilityState === 'visible') requestAnimationFrame(run);
     else setTimeout(run, 0);
@@ -205,7 +210,7 @@ export class ChatView {
     replace(this.#banner, h('span', { class: 'dot', 'aria-hidden': 'true' }), BANNER[state]);
     if (state === 'rejected') {
       const forget = h('button', { type: 'button', class: 'link' }, 'Forget this identity');
-      forget.addEventListener('click', () => void this.#shell.forget());
+      forget.addEventListener('click', () => this.#act(() => this.#shell.forget()));
       this.#banner.append(' ', forget);
     }
   }
@@ -262,7 +267,7 @@ export class ChatView {
           ),
           unread > 0 ? h('span', { class: 'badge', 'aria-hidden': 'true' }, String(unread)) : null,
         );
-        button.addEventListener('click', () => void this.open(peer));
+        button.addEventListener('click', () => this.#act(() => this.open(peer), peer));
         return h('li', {}, button);
       }),
     );
@@ -287,7 +292,7 @@ export class ChatView {
 
   #close(): void {
     this.#active = null;
-    void this.#client.setActive(null);
+    this.#act(() => this.#client.setActive(null));
     this.#layout.dataset['view'] = 'list';
     this.#showEmptyPane();
     this.changed(null);
@@ -305,7 +310,7 @@ export class ChatView {
     const back = h('button', { type: 'button', class: 'back', 'aria-label': 'Back to conversations' }, '‹');
     back.addEventListener('click', () => this.#close());
     const safety = h('button', { type: 'button', class: 'secondary' }, 'Safety number');
-    safety.addEventListener('click', () => void this.#showSafetyNumber(peer));
+    safety.addEventListener('click', () => this.#act(() => this.#showSafetyNumber(peer), peer));
     safety.disabled = contact === null;
     replace(
       this.#header,
@@ -328,9 +333,9 @@ export class ChatView {
     this.#warning.hidden = !changed;
     if (changed) {
       const accept = h('button', { type: 'button', class: 'danger' }, 'Accept new key');
-      accept.addEventListener('click', () => void this.#client.acceptKeyChange(peer));
+      accept.addEventListener('click', () => this.#act(() => this.#client.acceptKeyChange(peer), peer));
       const compare = h('button', { type: 'button', class: 'secondary' }, 'Compare safety numbers');
-      compare.addEventListener('click', () => void this.#showSafetyNumber(peer));
+      compare.addEventListener('click', () => this.#act(() => this.#showSafetyNumber(peer), peer));
       this.#warning.setAttribute('role', 'alert');
       replace(
         this.#warning,
@@ -435,7 +440,7 @@ export class ChatView {
     const mark = h('button', { type: 'button', class: 'primary' }, verified ? 'Mark as not verified' : 'Mark as verified');
     mark.disabled = changed;
     mark.addEventListener('click', () => {
-      void this.#client.setVerified(peer, !verified).then(() => this.#showSafetyNumber(peer));
+      this.#act(() => this.#client.setVerified(peer, !verified).then(() => this.#showSafetyNumber(peer)), peer);
     });
     replace(
       this.#dialog,
