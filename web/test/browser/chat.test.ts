@@ -181,6 +181,45 @@ describe('web client in Chromium', () => {
     await second.close();
   });
 
+  test('a message saved but not acknowledged (ack lost) is pushed again and not shown twice', async () => {
+    const alice = await (await profile()).open();
+    await register(alice, page.origin, 'alice');
+    const bobProfile = await profile();
+    let bob = await bobProfile.open();
+    await register(bob, page.origin, 'bob');
+    await bobProfile.close();
+
+    // Bob's browser reopens with every `message:ack` it sends dropped on the wire: the relay
+    // keeps the messages queued, as if the browser had closed between saving and acknowledging.
+    bob = await bobProfile.open();
+    let dropped = 0;
+    await bobProfile.context?.routeWebSocket(/\/socket\.io\//, (ws) => {
+      const server = ws.connectToServer();
+      ws.onMessage((message) => {
+        if (typeof message === 'string' && /^42\d*\["message:ack"/.test(message)) dropped++;
+        else server.send(message);
+      });
+    });
+    await startConversation(alice, 'bob');
+    await send(alice, 'saved, but the ack is lost');
+    await bob.goto(page.origin);
+    await online(bob);
+    await openConversation(bob, 'alice');
+    await expect(bubble(bob, 'the ack is lost'), 'received').toBeVisible();
+    assert.ok(dropped > 0, 'an acknowledgement was sent (and dropped)');
+    await expect(bubble(alice, 'the ack is lost').locator('[data-status]'), 'not delivered').toHaveAttribute('data-status', 'stored');
+
+    // A fresh start without the interference: the relay pushes the message again; Bob's
+    // browser recognises it, shows it once, and acknowledges it this time.
+    await bobProfile.close();
+    bob = await bobProfile.open();
+    await bob.goto(page.origin);
+    await online(bob);
+    await openConversation(bob, 'alice');
+    await expect(bubble(alice, 'the ack is lost').locator('[data-status]'), 'delivered now').toHaveAttribute('data-status', 'delivered');
+    await expect(bob.locator('.messages li.msg'), 'shown once').toHaveCount(1);
+  });
+
   test('a key change shows a warning and blocks sending until accepted', async () => {
     const alice = await (await profile()).open();
     await register(alice, page.origin, 'alice');
