@@ -56,7 +56,7 @@ import {
 import type { DeliveryReceipt, ReceivedMessage } from '../transport/events.js';
 import { isRelayError, RelayConnection, RelayError } from '../transport/relay.js';
 import type { Account, Contact, Conversation, Message, OutboxEntry, Store, Tx } from '../store/store.js';
-import { emptyCounters, missing, nextSent, noteReceived, resetReceived } from './counters.js';
+import { emptyCounters, missing, nextSent, noteReceived, resetReceived, unconfirmedByPeer } from './counters.js';
 import { AppError, errorCode } from './errors.js';
 import { KeyedQueue } from './queue.js';
 
@@ -137,7 +137,12 @@ async function seeIdentity(tx: Tx, peer: string, identity: PublicIdentity, now: 
   return 'changed';
 }
 
-function notice(peer: string, kind: 'missing' | 'key_changed' | 'digest_mismatch', text: string | null, now: number): Message {
+function notice(
+  peer: string,
+  kind: 'missing' | 'key_changed' | 'digest_mismatch' | 'unconfirmed',
+  text: string | null,
+  now: number,
+): Message {
   return {
     peer,
     direction: 'notice',
@@ -795,9 +800,7 @@ export class Client {
       counters = noteReceived(counters, record.counter, decrypted.digest, record.lastReceivedCounter);
       const after = missing(counters);
       if (after > before) await tx.addMessage(notice(peer, 'missing', String(after - before), now));
-      if (record.lastReceivedCounter > conversation.counters.peerReceived) {
-        await this.#confirmOurs(tx, peer, record.lastReceivedCounter, record.lastReceivedDigest, now);
-      }
+      await this.#checkOurs(tx, peer, record.lastReceivedCounter, record.lastReceivedDigest, conversation.counters.peerReceived, safeNumber(record.sentAt) ?? 0, now);
       const text = body.kind === 'text' ? body.text : null;
       await tx.addMessage({
         peer,
@@ -828,17 +831,32 @@ export class Client {
 
   /**
    * The peer's record says (inside the encryption) which of our records it received last:
-   * everything up to it arrived, whatever the relay reported, and that record's digest must
-   * be the one we sent (§7.3), or the hash chain is broken.
+   * everything up to it arrived, whatever the relay reported, and that record's digest must be
+   * the one we sent (§7.3), or the hash chain is broken. Records after it that the relay
+   * reported delivered long before the peer wrote this one never reached the peer's device.
    */
-  async #confirmOurs(tx: Tx, peer: string, upTo: bigint, digest: Uint8Array, now: number): Promise<void> {
-    for (const message of await tx.history(peer)) {
-      if (message.direction !== 'out' || message.counter === null || message.counter > upTo) continue;
-      if (message.status === 'stored' || message.status === 'sending') await tx.putMessage({ ...message, status: 'delivered' });
-      if (message.counter === upTo && message.digest !== null && !samePublicKey(message.digest, digest)) {
+  async #checkOurs(tx: Tx, peer: string, upTo: bigint, digest: Uint8Array, confirmedBefore: bigint, theirSentAt: number, now: number): Promise<void> {
+    const ours = (await tx.history(peer)).filter(
+      (m): m is Message & { counter: bigint } => m.direction === 'out' && m.counter !== null,
+    );
+    for (const message of ours) {
+      if (message.counter > upTo) continue;
+      if (message.status === 'stored' || message.status === 'sending') {
+        await tx.putMessage({ ...message, status: 'delivered', deliveredAt: message.deliveredAt ?? now });
+      }
+      if (upTo > confirmedBefore && message.counter === upTo && message.digest !== null && !samePublicKey(message.digest, digest)) {
         await tx.addMessage(notice(peer, 'digest_mismatch', null, now));
       }
     }
+    const candidates = ours.filter((m) => m.unconfirmed !== true);
+    const flagged = unconfirmedByPeer(
+      candidates.map((m, index) => ({ counter: m.counter, deliveredAt: m.deliveredAt ?? null, index })),
+      upTo,
+      theirSentAt,
+    );
+    const withheld = flagged.map((f) => candidates[f.index]).filter((m): m is (typeof candidates)[number] => m !== undefined);
+    for (const message of withheld) await tx.putMessage({ ...message, unconfirmed: true });
+    if (withheld.length > 0) await tx.addMessage(notice(peer, 'unconfirmed', String(withheld.length), now));
   }
 
   #isActive(peer: string): boolean {
@@ -881,7 +899,7 @@ export class Client {
       for (const receipt of receipts) {
         const message = await tx.messageByClientId(receipt.clientId);
         if (message === null || message.direction !== 'out' || message.status === 'delivered') continue;
-        await tx.putMessage({ ...message, status: 'delivered', serverId: receipt.id });
+        await tx.putMessage({ ...message, status: 'delivered', serverId: receipt.id, deliveredAt: nowMs() });
         touched.add(message.peer);
       }
       return touched;

@@ -87,3 +87,26 @@ export function missing(counters: Counters): bigint {
 export function unconfirmed(counters: Counters): bigint {
   return counters.sent > counters.peerReceived ? counters.sent - counters.peerReceived : 0n;
 }
+
+/** Clock difference tolerated between two devices when comparing their times. */
+export const CLOCK_SKEW_MS = 5 * 60 * 1000;
+
+/** What {@link unconfirmedByPeer} needs to know of one of our messages. */
+export interface SentRecord {
+  readonly counter: bigint;
+  /** When the relay reported it delivered (our clock), if it did. */
+  readonly deliveredAt: number | null;
+}
+
+/**
+ * Our records the relay reported delivered that the peer's newer record says never arrived:
+ * the peer's record was written (its `sentAt`, the peer's clock) well after the relay said
+ * the peer's device had saved ours, yet names an earlier counter as the last one received.
+ * An honest relay never produces this; a relay that acknowledges on the peer's behalf and
+ * withholds the message does.
+ */
+export function unconfirmedByPeer<T extends SentRecord>(ours: readonly T[], theirLastReceived: bigint, theirSentAt: number): T[] {
+  return ours.filter(
+    (m) => m.counter > theirLastReceived && m.deliveredAt !== null && theirSentAt > m.deliveredAt + CLOCK_SKEW_MS,
+  );
+}

@@ -86,7 +86,8 @@ export type MessageKind =
   | 'unsupported' // a record kind this version does not know
   | 'missing' // notice: the peer's counter jumped
   | 'key_changed' // notice: the peer's identity changed
-  | 'digest_mismatch'; // notice: the peer names a record of ours by a digest we did not send
+  | 'digest_mismatch' // notice: the peer names a record of ours by a digest we did not send
+  | 'unconfirmed'; // notice: the relay said delivered, the peer's records say not received
 
 export interface Message {
   /** Local id, assigned on insert. */
@@ -112,6 +113,10 @@ export interface Message {
   readonly error: string | null;
   /** For outgoing: the digest of the record sent (§7.3). */
   readonly digest: MessageDigest | null;
+  /** For outgoing: when the relay reported it delivered (our clock). */
+  readonly deliveredAt?: number;
+  /** For outgoing: a newer record of the peer's says it never arrived (shown once). */
+  readonly unconfirmed?: true;
 }
 
 export interface OutboxEntry {

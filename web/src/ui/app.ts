@@ -370,6 +370,11 @@ export class ChatView {
         const text = `${plural(count, 'message')} from ${peer} ${count === 1 ? 'is' : 'are'} missing. The relay did not deliver ${count === 1 ? 'it' : 'them'}.`;
         return h('li', { class: 'notice warn', 'data-kind': 'missing' }, text);
       }
+      if (message.kind === 'unconfirmed') {
+        const count = Number(message.text ?? '1');
+        const text = `The relay reported ${plural(count, 'message')} of yours delivered, but ${peer}’s newer messages say ${count === 1 ? 'it never' : 'they never'} arrived.`;
+        return h('li', { class: 'notice warn', 'data-kind': 'unconfirmed' }, text);
+      }
       if (message.kind === 'digest_mismatch') {
         return h('li', { class: 'notice warn', 'data-kind': 'digest_mismatch' }, `${peer} received a different copy of one of your messages than the one you sent.`);
       }

@@ -1,6 +1,6 @@
 /** Record counters (src/app/counters.ts): gaps, late arrivals, repeats, new identities. */
 
-import { emptyCounters, missing, nextSent, noteReceived, resetReceived, unconfirmed } from '../../src/app/counters.js';
+import { CLOCK_SKEW_MS, emptyCounters, missing, nextSent, noteReceived, resetReceived, unconfirmed, unconfirmedByPeer } from '../../src/app/counters.js';
 import { noDigest } from '../../src/protocol/record.js';
 import { suite } from '../support/cases.js';
 import { assert, assertEqual } from '../support/assert.js';
@@ -55,5 +55,17 @@ export const tests = suite('app/counters', {
     c = noteReceived(c, 2n, d, 2n);
     assertEqual(c.peerReceived, 3n, 'confirmation never goes back');
     assert(Object.isFrozen(c) === false, 'plain objects');
+  },
+  'records the relay called delivered but the peer never received': async () => {
+    const delivered = 1_000_000;
+    const ours = [
+      { counter: 1n, deliveredAt: delivered },
+      { counter: 2n, deliveredAt: delivered },
+      { counter: 3n, deliveredAt: null },
+    ];
+    const late = delivered + CLOCK_SKEW_MS + 1;
+    assertEqual(unconfirmedByPeer(ours, 1n, late).map((m) => m.counter).join(), '2', 'record 2 withheld');
+    assertEqual(unconfirmedByPeer(ours, 2n, late).length, 0, 'all delivered ones confirmed');
+    assertEqual(unconfirmedByPeer(ours, 0n, delivered + 1000).length, 0, 'written before the delivery: no claim');
   },
 });

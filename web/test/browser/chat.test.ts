@@ -286,6 +286,38 @@ describe('web client in Chromium', () => {
     await screenshot(bob, '07-missing-message');
   });
 
+  test('a message the relay calls delivered but the peer never got is pointed out', async () => {
+    const alice = await (await profile()).open();
+    await register(alice, page.origin, 'alice');
+    const bobProfile = await profile();
+    let bob = await bobProfile.open();
+    await register(bob, page.origin, 'bob');
+    await bobProfile.close();
+    await startConversation(alice, 'bob');
+    await send(alice, 'this one will be swallowed');
+    await expect(bubble(alice, 'swallowed').locator('[data-status]'), 'stored').toHaveAttribute('data-status', 'stored');
+
+    // The relay drops it and claims it was acknowledged.
+    const db = new Database(relay.dbPath);
+    db.prepare("UPDATE messages SET envelope = NULL, acked_at = ? WHERE recipient = 'bob'").run(Date.now());
+    db.close();
+    await alice.reload();
+    await online(alice);
+    await openConversation(alice, 'bob');
+    await expect(bubble(alice, 'swallowed').locator('[data-status]'), 'relay says delivered').toHaveAttribute('data-status', 'delivered');
+
+    // Bob writes later (his clock ten minutes on): his record says he received nothing of Alice's.
+    bob = await bobProfile.open();
+    await bob.clock.setFixedTime(Date.now() + 10 * 60 * 1000);
+    await bob.goto(page.origin);
+    await online(bob);
+    await startConversation(bob, 'alice');
+    await send(bob, 'did you write to me?');
+    await expect(bubble(alice, 'did you write to me?'), 'bob’s message').toBeVisible();
+    await expect(alice.locator('.messages li.notice[data-kind="unconfirmed"]'), 'unconfirmed notice').toContainText('never arrived');
+    await screenshot(alice, '09-unconfirmed-notice');
+  });
+
   test('a message that cannot be decrypted is shown as such, acknowledged and not shown again', async () => {
     const alice = await (await profile()).open();
     await register(alice, page.origin, 'alice');
