@@ -393,6 +393,7 @@ export class ChatView {
           statusIcon(message.status),
           statusLabel(message),
           message.status === 'failed' && message.error !== null ? `: ${explainCode(message.error, peer)}` : '',
+          message.unconfirmed === true ? h('strong', { class: 'not-received' }, ` · ⚠ ${peer} did not get it`) : null,
         )
       : null;
     return h(
