@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use sotto_server::{Config, storage};
 use tracing_subscriber::EnvFilter;
 
+mod bench;
 mod commands;
 mod tui;
 
@@ -76,6 +77,8 @@ enum Command {
     },
     /// The terminal chat: conversations, safety numbers, key-change warnings. `?` for help.
     Chat,
+    /// Measure a running relay: throughput, fixed-rate latency, or memory per idle connection.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -206,9 +209,30 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Bench(args) = cli.command {
+        // The bench runs its own single-threaded runtime.
+        let server = cli.server.unwrap_or_else(|| commands::DEFAULT_SERVER.to_owned());
+        return match bench::run(&server, args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("sotto bench: {error:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sotto: cannot start: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> std::process::ExitCode {
     let place = commands::Place {
         server: cli.server.clone(),
         home: cli.home.clone().unwrap_or_else(commands::default_home),
@@ -223,6 +247,7 @@ async fn main() -> std::process::ExitCode {
         Command::Verify { user, yes } => commands::verify(&place, &user, yes).await,
         Command::Trust { user } => commands::trust(&place, &user).await,
         Command::Chat => tui::run(&place).await,
+        Command::Bench(_) => Ok(()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

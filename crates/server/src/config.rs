@@ -61,8 +61,6 @@ pub struct Limits {
     pub max_queue_per_recipient: usize,
     /// How long an undelivered message is kept.
     pub message_ttl: Duration,
-    /// How long a delivered message's tombstone (id and status, no content) is kept.
-    pub tombstone_ttl: Duration,
     /// One-time prekeys per upload.
     pub max_prekeys_per_upload: usize,
     /// One-time prekeys kept per user.
@@ -91,7 +89,6 @@ impl Default for Limits {
             prekey_fetches_per_minute: 10,
             max_queue_per_recipient: 10_000,
             message_ttl: Duration::from_secs(30 * 24 * 3600),
-            tombstone_ttl: Duration::from_secs(7 * 24 * 3600),
             max_prekeys_per_upload: 100,
             max_prekeys_stored: 500,
             prekey_low_watermark: 20,

@@ -455,18 +455,16 @@ pub(crate) async fn run_redelivery<A: Adapter>(relay: Arc<Relay<A>>) {
     }
 }
 
-/// Periodic housekeeping: expiring undelivered messages, purging old tombstones, refreshing the
+/// Periodic housekeeping: expiring undelivered messages, refreshing the
 /// queue-depth gauge and forgetting idle rate-limit buckets.
 pub(crate) async fn run_housekeeping<A: Adapter>(relay: Arc<Relay<A>>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now_wall = now_ms();
-        let tombstones_before =
-            now_wall - i64::try_from(relay.limits().tombstone_ttl.as_millis()).unwrap_or(i64::MAX);
-        match relay.storage.purge(now_wall, tombstones_before).await {
-            Ok((expired, _purged)) => {
+        let ttl = i64::try_from(relay.limits().message_ttl.as_millis()).unwrap_or(i64::MAX);
+        match relay.storage.purge(now_ms().saturating_sub(ttl)).await {
+            Ok(expired) => {
                 relay.metrics.messages_expired.inc_by(expired);
             }
             Err(error) => {

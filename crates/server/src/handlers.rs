@@ -655,15 +655,12 @@ fn enqueue_send<A: Adapter>(
             .pair_limiter
             .check(&relay.pair_key(&sender, recipient.as_str()), Instant::now())
             .map_err(|w| Failure::rate_limited(w.as_millis().try_into().unwrap_or(u64::MAX)))?;
-        let created_at = now_ms();
-        let ttl = i64::try_from(relay.limits().message_ttl.as_millis()).unwrap_or(i64::MAX);
         Ok(NewMessage {
             recipient: recipient.to_string(),
             sender: sender.to_string(),
             client_id: request.id,
             envelope: request.envelope,
-            created_at,
-            expires_at: created_at.saturating_add(ttl),
+            created_at: now_ms(),
         })
     };
     let message = match check() {
@@ -738,7 +735,6 @@ async fn on_status<A: Adapter>(
                     status: match status {
                         MessageStatus::Pending => "pending",
                         MessageStatus::Delivered => "delivered",
-                        MessageStatus::Unknown => "unknown",
                     },
                 })
                 .collect(),

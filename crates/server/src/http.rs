@@ -15,7 +15,6 @@ use crate::storage::Storage;
 /// builds.
 #[derive(rust_embed::Embed)]
 #[folder = "../../web/dist"]
-#[allow_missing = true]
 struct WebClient;
 
 /// What the HTTP routes need.

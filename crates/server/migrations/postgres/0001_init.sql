@@ -24,23 +24,18 @@ CREATE TABLE one_time_prekeys (
     PRIMARY KEY (user_id, key_id)
 );
 
--- The queue: pending until acknowledged, then a content-free tombstone until purged.
+-- The queue: a row per message not yet acknowledged; the acknowledgement deletes it.
 CREATE TABLE messages (
     id          BIGSERIAL PRIMARY KEY,
     recipient   TEXT   NOT NULL,
     sender      TEXT   NOT NULL,
     client_id   TEXT   NOT NULL,
-    envelope    TEXT,
+    envelope    TEXT   NOT NULL,
     created_at  BIGINT NOT NULL,
-    expires_at  BIGINT NOT NULL,
-    acked_at    BIGINT,
     UNIQUE (sender, client_id)
 );
-CREATE INDEX messages_pending ON messages (recipient, id) WHERE acked_at IS NULL;
-CREATE INDEX messages_expiry ON messages (expires_at) WHERE acked_at IS NULL;
--- Recent undelivered messages, re-pushed by clustered nodes in case a push was lost.
-CREATE INDEX messages_recent ON messages (created_at) WHERE acked_at IS NULL;
-CREATE INDEX messages_tombstones ON messages (acked_at) WHERE acked_at IS NOT NULL;
+CREATE INDEX messages_by_recipient ON messages (recipient, id);
+CREATE INDEX messages_by_age ON messages (created_at);
 
 CREATE TABLE contacts (
     user_a TEXT NOT NULL,

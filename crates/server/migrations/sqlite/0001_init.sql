@@ -24,24 +24,19 @@ CREATE TABLE one_time_prekeys (
     PRIMARY KEY (user_id, key_id)
 ) WITHOUT ROWID;
 
--- The queue. A row is pending until the recipient acknowledges it; then its envelope is dropped
--- and the row stays as a tombstone (for delivery status and resend de-duplication) until purged.
+-- The queue. A row is a message its recipient has not acknowledged yet; the acknowledgement
+-- deletes it. Nothing else is kept: no content and no trace once delivered.
 CREATE TABLE messages (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     recipient   TEXT    NOT NULL,
     sender      TEXT    NOT NULL,
     client_id   TEXT    NOT NULL,
-    envelope    TEXT,
+    envelope    TEXT    NOT NULL,
     created_at  INTEGER NOT NULL,
-    expires_at  INTEGER NOT NULL,
-    acked_at    INTEGER,
     UNIQUE (sender, client_id)
 );
-CREATE INDEX messages_pending ON messages (recipient, id) WHERE acked_at IS NULL;
-CREATE INDEX messages_expiry ON messages (expires_at) WHERE acked_at IS NULL;
--- Recent undelivered messages, re-pushed by clustered nodes in case a push was lost.
-CREATE INDEX messages_recent ON messages (created_at) WHERE acked_at IS NULL;
-CREATE INDEX messages_tombstones ON messages (acked_at) WHERE acked_at IS NOT NULL;
+CREATE INDEX messages_by_recipient ON messages (recipient, id);
+CREATE INDEX messages_by_age ON messages (created_at);
 
 -- Pairs of users who have exchanged messages (user_a < user_b): presence goes only to them.
 CREATE TABLE contacts (

@@ -115,8 +115,6 @@ pub struct NewMessage {
     pub envelope: Box<serde_json::value::RawValue>,
     /// When the relay received it.
     pub created_at: i64,
-    /// When it is dropped if still undelivered.
-    pub expires_at: i64,
 }
 
 /// What storing one message did.
@@ -168,10 +166,9 @@ pub struct Acknowledged {
 pub enum MessageStatus {
     /// Still queued.
     Pending,
-    /// The recipient acknowledged it.
+    /// No longer queued: its recipient acknowledged it (or, after the time to live, it expired
+    /// undelivered). The relay keeps nothing of delivered messages to tell the two apart.
     Delivered,
-    /// Not known: expired undelivered, purged long after delivery, or never the caller's.
-    Unknown,
 }
 
 /// The relay's durable state.
@@ -233,8 +230,8 @@ pub trait Storage: Send + Sync + 'static {
     /// How many messages are pending for a recipient.
     async fn pending_count(&self, recipient: &str) -> Result<usize, StorageError>;
 
-    /// Acknowledges messages: each `(recipient, id)` pair counts only if the message is that
-    /// recipient's and still pending. Returns those that were.
+    /// Acknowledges messages, deleting them: each `(recipient, id)` pair counts only if the
+    /// message is that recipient's and still queued. Returns those that were.
     async fn acknowledge(
         &self,
         acks: &[(String, i64)],
@@ -254,9 +251,8 @@ pub trait Storage: Send + Sync + 'static {
     /// The users a user has exchanged messages with.
     async fn contacts(&self, user_id: &str) -> Result<Vec<String>, StorageError>;
 
-    /// Drops expired undelivered messages and tombstones older than `tombstones_before`.
-    /// Returns (expired, purged).
-    async fn purge(&self, now: i64, tombstones_before: i64) -> Result<(u64, u64), StorageError>;
+    /// Drops undelivered messages received before `created_before`. Returns how many.
+    async fn purge(&self, created_before: i64) -> Result<u64, StorageError>;
 
     /// Frees a user id: its keys and its undelivered messages go. Returns whether it existed.
     async fn release_user(&self, user_id: &str) -> Result<bool, StorageError>;

@@ -83,7 +83,7 @@ macro_rules! impl_storage {
                 .map_err(StorageError::from)?;
                 Self::insert_one_time_prekeys(&mut tx, &user.user_id, &user.one_time_prekeys).await?;
                 // Anything still queued for this id was addressed to an earlier holder's keys.
-                sqlx::query("DELETE FROM messages WHERE recipient = $1 AND acked_at IS NULL")
+                sqlx::query("DELETE FROM messages WHERE recipient = $1")
                     .bind(&user.user_id)
                     .execute(&mut *tx)
                     .await
@@ -210,16 +210,14 @@ macro_rules! impl_storage {
                 let mut stored: HashMap<(&str, &str), i64> = HashMap::with_capacity(batch.len());
                 for chunk in fixed_chunks(batch) {
                     let mut insert = QueryBuilder::<$db>::new(
-                        "INSERT INTO messages (recipient, sender, client_id, envelope, created_at, \
-                         expires_at) ",
+                        "INSERT INTO messages (recipient, sender, client_id, envelope, created_at) ",
                     );
                     insert.push_values(chunk, |mut row, message| {
                         row.push_bind(&message.recipient)
                             .push_bind(&message.sender)
                             .push_bind(&message.client_id)
                             .push_bind(message.envelope.get())
-                            .push_bind(message.created_at)
-                            .push_bind(message.expires_at);
+                            .push_bind(message.created_at);
                     });
                     insert.push(
                         " ON CONFLICT (sender, client_id) DO NOTHING RETURNING id, sender, client_id",
@@ -271,7 +269,7 @@ macro_rules! impl_storage {
             ) -> Result<Vec<QueuedMessage>, StorageError> {
                 let rows = sqlx::query(
                     "SELECT id, sender, envelope, created_at FROM messages \
-                     WHERE recipient = $1 AND acked_at IS NULL AND id > $2 ORDER BY id LIMIT $3",
+                     WHERE recipient = $1 AND id > $2 ORDER BY id LIMIT $3",
                 )
                 .bind(recipient)
                 .bind(after_id)
@@ -297,7 +295,7 @@ macro_rules! impl_storage {
             ) -> Result<Vec<(String, QueuedMessage)>, StorageError> {
                 let rows = sqlx::query(
                     "SELECT recipient, id, sender, envelope, created_at FROM messages \
-                     WHERE acked_at IS NULL AND created_at >= $1 AND created_at < $2 \
+                     WHERE created_at >= $1 AND created_at < $2 \
                      ORDER BY id LIMIT $3",
                 )
                 .bind(from)
@@ -321,7 +319,7 @@ macro_rules! impl_storage {
 
             async fn pending_count(&self, recipient: &str) -> Result<usize, StorageError> {
                 let count: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM messages WHERE recipient = $1 AND acked_at IS NULL",
+                    "SELECT COUNT(*) FROM messages WHERE recipient = $1",
                 )
                 .bind(recipient)
                 .fetch_one(&self.pool)
@@ -332,31 +330,45 @@ macro_rules! impl_storage {
             async fn acknowledge(
                 &self,
                 acks: &[(String, i64)],
-                now: i64,
+                _now: i64,
             ) -> Result<Vec<Acknowledged>, StorageError> {
                 let mut tx = self.pool.begin_with($begin).await?;
                 let mut acknowledged = Vec::with_capacity(acks.len());
                 for chunk in fixed_chunks(acks) {
-                    let mut update =
-                        QueryBuilder::<$db>::new("UPDATE messages SET envelope = NULL, acked_at = ");
-                    update.push_bind(now);
-                    update.push(" FROM (");
-                    update.push_values(chunk, |mut row, (recipient, id)| {
-                        row.push_bind(*id).push_bind(recipient);
-                    });
-                    update.push(
-                        ") AS v WHERE messages.id = v.column1 AND messages.recipient = v.column2 \
-                         AND messages.acked_at IS NULL \
-                         RETURNING messages.id, messages.sender, messages.client_id, messages.recipient",
+                    // Look the rows up by id (the primary key), keep only those of the
+                    // recipient that acknowledges, and delete those.
+                    let mut select = QueryBuilder::<$db>::new(
+                        "SELECT id, sender, client_id, recipient FROM messages WHERE id IN (",
                     );
-                    for row in update.build().fetch_all(&mut *tx).await? {
-                        acknowledged.push(Acknowledged {
-                            id: row.get(0),
-                            sender: row.get(1),
-                            client_id: row.get(2),
-                            recipient: row.get(3),
-                        });
+                    let mut list = select.separated(", ");
+                    for (_, id) in chunk {
+                        list.push_bind(*id);
                     }
+                    select.push(")");
+                    let mut mine = Vec::new();
+                    for row in select.build().fetch_all(&mut *tx).await? {
+                        let id: i64 = row.get(0);
+                        let recipient: String = row.get(3);
+                        if chunk.iter().any(|(r, i)| *i == id && *r == recipient) {
+                            mine.push(Acknowledged {
+                                id,
+                                sender: row.get(1),
+                                client_id: row.get(2),
+                                recipient,
+                            });
+                        }
+                    }
+                    if mine.is_empty() {
+                        continue;
+                    }
+                    let mut delete = QueryBuilder::<$db>::new("DELETE FROM messages WHERE id IN (");
+                    let mut list = delete.separated(", ");
+                    for done in &mine {
+                        list.push_bind(done.id);
+                    }
+                    delete.push(")");
+                    delete.build().execute(&mut *tx).await?;
+                    acknowledged.extend(mine);
                 }
                 tx.commit().await?;
                 Ok(acknowledged)
@@ -370,7 +382,7 @@ macro_rules! impl_storage {
                 let mut found: HashMap<i64, MessageStatus> = HashMap::new();
                 for chunk in fixed_chunks(ids) {
                     let mut select =
-                        QueryBuilder::<$db>::new("SELECT id, acked_at FROM messages WHERE sender = ");
+                        QueryBuilder::<$db>::new("SELECT id FROM messages WHERE sender = ");
                     select.push_bind(sender);
                     select.push(" AND id IN (");
                     let mut list = select.separated(", ");
@@ -379,13 +391,7 @@ macro_rules! impl_storage {
                     }
                     select.push(")");
                     for row in select.build().fetch_all(&self.pool).await? {
-                        let acked: Option<i64> = row.get(1);
-                        let status = if acked.is_some() {
-                            MessageStatus::Delivered
-                        } else {
-                            MessageStatus::Pending
-                        };
-                        found.insert(row.get(0), status);
+                        found.insert(row.get(0), MessageStatus::Pending);
                     }
                 }
                 Ok(ids
@@ -393,7 +399,7 @@ macro_rules! impl_storage {
                     .map(|id| {
                         (
                             *id,
-                            found.get(id).copied().unwrap_or(MessageStatus::Unknown),
+                            found.get(id).copied().unwrap_or(MessageStatus::Delivered),
                         )
                     })
                     .collect())
@@ -428,27 +434,18 @@ macro_rules! impl_storage {
                 Ok(rows)
             }
 
-            async fn purge(&self, now: i64, tombstones_before: i64) -> Result<(u64, u64), StorageError> {
-                let mut tx = self.pool.begin_with($begin).await?;
-                let expired =
-                    sqlx::query("DELETE FROM messages WHERE acked_at IS NULL AND expires_at <= $1")
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                let purged =
-                    sqlx::query("DELETE FROM messages WHERE acked_at IS NOT NULL AND acked_at < $1")
-                        .bind(tombstones_before)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                tx.commit().await?;
-                Ok((expired, purged))
+            async fn purge(&self, created_before: i64) -> Result<u64, StorageError> {
+                let expired = sqlx::query("DELETE FROM messages WHERE created_at < $1")
+                    .bind(created_before)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                Ok(expired)
             }
 
             async fn release_user(&self, user_id: &str) -> Result<bool, StorageError> {
                 let mut tx = self.pool.begin_with($begin).await?;
-                sqlx::query("DELETE FROM messages WHERE recipient = $1 AND acked_at IS NULL")
+                sqlx::query("DELETE FROM messages WHERE recipient = $1")
                     .bind(user_id)
                     .execute(&mut *tx)
                     .await?;
@@ -466,7 +463,7 @@ macro_rules! impl_storage {
             }
 
             async fn total_pending(&self) -> Result<u64, StorageError> {
-                let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE acked_at IS NULL")
+                let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages")
                     .fetch_one(&self.pool)
                     .await?;
                 Ok(to_u64(count))

@@ -1,0 +1,691 @@
+//! `sotto bench`: drives a running relay over real sockets, as its operators would measure it.
+//!
+//! Every bench client registers with its own identity key and logs in with a signed
+//! challenge, and every message goes the relay's whole way: checked, stored durably, its sender
+//! answered, pushed, acknowledged by its recipient and deleted. Envelopes carry random
+//! ciphertext of the documented shape (the relay never decrypts, so the cost is the same).
+//!
+//! Modes: throughput (`--pairs N --window W`), fixed rate (`--rate R`), idle connections
+//! (`--idle C`). With `--server-pid` the bench reads the relay's CPU time and memory from
+//! `/proc` and reports CPU microseconds per delivered message and memory per connection.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use hdrhistogram::Histogram;
+use rand::Rng;
+use serde_json::{Value, json};
+use sotto_client::relay::{Incoming, RelayClient};
+use sotto_client::socketio::Push;
+use sotto_protocol::prekeys::SignedPrekey;
+use sotto_protocol::wire::b64;
+use sotto_protocol::{IdentityKeyPair, UserId};
+use tokio::sync::{Semaphore, mpsc};
+
+/// `sotto bench` options.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Sender → receiver pairs (2 × N clients).
+    #[arg(long, default_value_t = 50)]
+    pairs: usize,
+    /// Padded plaintext size in bytes: a power of two from 64 to 32768 (the ciphertext is 16
+    /// bytes more).
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Messages in flight (sent, not yet received) per pair, in throughput mode.
+    #[arg(long, default_value_t = 32)]
+    window: usize,
+    /// Fixed total send rate (messages per second, open loop) instead of maximum throughput.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Warm-up seconds (sent and received, not measured).
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seconds to wait for messages still in flight after sending stops.
+    #[arg(long, default_value_t = 10.0)]
+    drain: f64,
+    /// Instead: open C idle, authenticated connections and report memory per connection.
+    #[arg(long, value_name = "C")]
+    idle: Option<usize>,
+    /// Idle mode: connect without registering or logging in (a bare Socket.IO connection).
+    #[arg(long)]
+    anonymous: bool,
+    /// The relay's process id, to read its CPU time and memory from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Connections opened at once during set-up.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// One JSON object on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// A label copied into the output.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+fn now_us(start: Instant) -> u64 {
+    start.elapsed().as_micros() as u64
+}
+
+/// CPU seconds (user + system) of a process.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    Some((user + system) / 100.0)
+}
+
+/// A memory figure (kB) of a process, e.g. `VmRSS`.
+fn status_kib(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|line| line.starts_with(field) && line[field.len()..].starts_with(':'))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn histogram_json(histogram: &Histogram<u64>) -> Value {
+    if histogram.is_empty() {
+        return json!({ "count": 0 });
+    }
+    json!({
+        "count": histogram.len(),
+        "p50": histogram.value_at_quantile(0.50),
+        "p90": histogram.value_at_quantile(0.90),
+        "p99": histogram.value_at_quantile(0.99),
+        "p999": histogram.value_at_quantile(0.999),
+        "max": histogram.max(),
+        "mean": (histogram.mean() * 10.0).round() / 10.0,
+    })
+}
+
+/// Errors by kind.
+#[derive(Default)]
+struct Errors(Mutex<HashMap<String, u64>>);
+
+impl Errors {
+    fn record(&self, what: impl Into<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(what.into()).or_default() += 1;
+    }
+
+    fn json(&self) -> (u64, Value) {
+        let errors = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        (errors.values().sum(), json!(*errors))
+    }
+}
+
+/// A bench user: keys made before timing starts (they are the client's cost, not the relay's).
+struct Identity {
+    user: UserId,
+    keys: IdentityKeyPair,
+    signed_prekey: SignedPrekey,
+}
+
+fn identities(prefix: &str, count: usize) -> Vec<Identity> {
+    let mut rng = rand::rng();
+    (0..count)
+        .map(|i| {
+            let keys = IdentityKeyPair::generate(&mut rng);
+            let signed_prekey = SignedPrekey::generate(&keys, 1, 1_767_225_600, &mut rng);
+            let user = UserId::parse(&format!("{prefix}{i}")).unwrap_or_else(|_| unreachable_id());
+            Identity { user, keys, signed_prekey }
+        })
+        .collect()
+}
+
+#[allow(clippy::panic)]
+fn unreachable_id() -> UserId {
+    panic!("bench user ids are valid")
+}
+
+type Connection = (RelayClient, mpsc::UnboundedReceiver<Push>);
+
+/// Registers every identity (connect + challenge + register), `concurrency` at a time.
+/// Returns connections in order and the per-registration durations (µs).
+async fn register_all(
+    server: &str,
+    ids: &[Identity],
+    concurrency: usize,
+    errors: &Errors,
+    login: bool,
+) -> anyhow::Result<(Vec<Connection>, Histogram<u64>)> {
+    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(ids.len());
+    for id in ids {
+        let gate = gate.clone();
+        let server = server.to_owned();
+        let user = id.user.clone();
+        let keys = id.keys.clone();
+        let spk = *id.signed_prekey.public();
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            let started = Instant::now();
+            let (client, pushes) = RelayClient::connect(&server, Duration::from_secs(30)).await?;
+            if login {
+                client.login(&user, &keys).await?;
+            } else {
+                client.register(&user, &keys, &spk, &[]).await?;
+            }
+            anyhow::Ok(((client, pushes), started.elapsed()))
+        }));
+    }
+    let mut connections = Vec::with_capacity(ids.len());
+    let mut took = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    for task in tasks {
+        match task.await? {
+            Ok((connection, elapsed)) => {
+                took.saturating_record(elapsed.as_micros() as u64);
+                connections.push(connection);
+            }
+            Err(error) => {
+                errors.record(format!("set-up: {error}"));
+                bail!("set-up failed: {error}");
+            }
+        }
+    }
+    Ok((connections, took))
+}
+
+/// What a pair's receiver shares with its sender.
+struct PairState {
+    /// Send time (µs since start) by sequence number, in a ring.
+    sent_at: Vec<AtomicU64>,
+    /// Which sequence numbers arrived (a ring of flags).
+    received: Vec<AtomicBool>,
+    /// In-flight permits (throughput mode).
+    window: Semaphore,
+}
+
+const RING: usize = 1 << 16;
+
+struct Totals {
+    sent: AtomicU64,
+    sent_in_window: AtomicU64,
+    stored: AtomicU64,
+    received: AtomicU64,
+    received_in_window: AtomicU64,
+    duplicates: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
+    store_latency: Mutex<Histogram<u64>>,
+}
+
+/// Reads the `n` of an envelope's header: the bench puts the sequence number there.
+fn sequence_of(envelope: &str) -> Option<u32> {
+    let at = envelope.find("\"n\":")? + 4;
+    let digits: String = envelope[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+fn envelope(size: usize, sequence: u32, ciphertext: &str, dh: &str) -> String {
+    debug_assert!(size.is_power_of_two());
+    format!(
+        r#"{{"version":1,"suite":1,"header":{{"dh":"{dh}","pn":0,"n":{sequence}}},"ciphertext":"{ciphertext}"}}"#
+    )
+}
+
+fn progress(enabled: bool, text: &str) {
+    if enabled {
+        let mut err = std::io::stderr();
+        let _ = write!(err, "\r\x1b[2K{text}");
+        let _ = err.flush();
+    }
+}
+
+async fn receiver(
+    client: RelayClient,
+    mut pushes: mpsc::UnboundedReceiver<Push>,
+    pair: Arc<PairState>,
+    totals: Arc<Totals>,
+    start: Instant,
+    window: (u64, u64),
+    throughput: bool,
+) {
+    while let Some(push) = pushes.recv().await {
+        let Incoming::Messages(messages) = Incoming::from_push(push) else { continue };
+        let now = now_us(start);
+        let mut ids = Vec::with_capacity(messages.len());
+        for message in &messages {
+            ids.push(message.id);
+            let Some(sequence) = sequence_of(message.envelope.get()) else { continue };
+            let slot = sequence as usize % RING;
+            if pair.received[slot].swap(true, Relaxed) {
+                totals.duplicates.fetch_add(1, Relaxed);
+                continue;
+            }
+            totals.received.fetch_add(1, Relaxed);
+            let sent = pair.sent_at[slot].load(Relaxed);
+            if sent >= window.0 && sent < window.1 {
+                totals.received_in_window.fetch_add(1, Relaxed);
+                if let Ok(mut histogram) = totals.latency.lock() {
+                    histogram.saturating_record(now.saturating_sub(sent).max(1));
+                }
+            }
+            if throughput {
+                pair.window.add_permits(1);
+            }
+        }
+        // Acknowledge like a real client (after "saving"); the answer is not awaited.
+        let _ = client.socket().emit("message:ack", &json!({ "ids": ids }));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn sender(
+    client: RelayClient,
+    to: String,
+    k: usize,
+    pairs: usize,
+    pair: Arc<PairState>,
+    totals: Arc<Totals>,
+    errors: Arc<Errors>,
+    args: BenchArgs,
+    start: Instant,
+    window: (u64, u64),
+) {
+    let ciphertext = {
+        let mut bytes = vec![0u8; args.size + 16];
+        rand::rng().fill_bytes(&mut bytes);
+        b64(&bytes)
+    };
+    let dh = {
+        let mut bytes = [4u8; 65];
+        rand::rng().fill_bytes(&mut bytes[1..]);
+        b64(&bytes)
+    };
+    let period = args.rate.map(|rate| pairs as f64 * 1e6 / rate);
+    let mut next =
+        period.map(|p| window.0 as f64 - args.warmup * 1e6 + p * (k as f64 / pairs as f64));
+    let mut sequence: u32 = 0;
+    let mut in_flight = tokio::task::JoinSet::new();
+    loop {
+        if let (Some(period), Some(due)) = (period, next.as_mut()) {
+            let at = *due as u64;
+            if at >= window.1 {
+                break;
+            }
+            tokio::time::sleep_until((start + Duration::from_micros(at)).into()).await;
+            *due += period;
+        } else {
+            match pair.window.acquire().await {
+                Ok(permit) => permit.forget(),
+                Err(_) => break,
+            }
+        }
+        let now = now_us(start);
+        if now >= window.1 {
+            break;
+        }
+        sequence = sequence.wrapping_add(1);
+        pair.sent_at[sequence as usize % RING].store(now, Relaxed);
+        pair.received[sequence as usize % RING].store(false, Relaxed);
+        let body = envelope(args.size, sequence, &ciphertext, &dh);
+        let Ok(raw) = serde_json::value::RawValue::from_string(body) else { continue };
+        totals.sent.fetch_add(1, Relaxed);
+        if now >= window.0 {
+            totals.sent_in_window.fetch_add(1, Relaxed);
+        }
+        let client = client.clone();
+        let to = to.clone();
+        let totals = totals.clone();
+        let errors = errors.clone();
+        let id = format!("{k}-{sequence}");
+        in_flight.spawn(async move {
+            let started = Instant::now();
+            match client.send_raw(&to, &id, &raw).await {
+                Ok(_) => {
+                    totals.stored.fetch_add(1, Relaxed);
+                    if let Ok(mut histogram) = totals.store_latency.lock() {
+                        histogram.saturating_record(started.elapsed().as_micros() as u64);
+                    }
+                }
+                Err(error) => {
+                    errors.record(format!("send: {}", error.code().unwrap_or("transport")))
+                }
+            }
+        });
+        while in_flight.try_join_next().is_some() {}
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+async fn run_pairs(server: &str, args: BenchArgs) -> anyhow::Result<Value> {
+    let errors = Arc::new(Errors::default());
+    let show = !args.json && std::io::stderr().is_terminal();
+    let pid = args.server_pid.map(|p| p.to_string());
+    let tag: u32 = rand::random();
+    progress(show, "making keys…");
+    let ids = identities(&format!("b{tag:08x}u"), args.pairs * 2);
+
+    progress(show, "registering…");
+    let setup_started = Instant::now();
+    let (registered, register_took) =
+        register_all(server, &ids, args.connect_concurrency, &errors, false).await?;
+    let setup_s = setup_started.elapsed().as_secs_f64();
+    for (client, _) in &registered {
+        client.close();
+    }
+    progress(show, "logging in…");
+    let login_started = Instant::now();
+    let (connections, login_took) =
+        register_all(server, &ids, args.connect_concurrency, &errors, true).await?;
+    let login_s = login_started.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let warmup_until = now_us(start) + (args.warmup * 1e6) as u64 + 200_000;
+    let window = (warmup_until, warmup_until + (args.duration * 1e6) as u64);
+    let totals = Arc::new(Totals {
+        sent: AtomicU64::new(0),
+        sent_in_window: AtomicU64::new(0),
+        stored: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        received_in_window: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
+        store_latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
+    });
+    let throughput = args.rate.is_none();
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    let mut connections = connections.into_iter();
+    for k in 0..args.pairs {
+        let (Some((send_client, _)), Some((receive_client, pushes))) =
+            (connections.next(), connections.next())
+        else {
+            break;
+        };
+        let pair = Arc::new(PairState {
+            sent_at: (0..RING).map(|_| AtomicU64::new(0)).collect(),
+            received: (0..RING).map(|_| AtomicBool::new(false)).collect(),
+            window: Semaphore::new(if throughput { args.window } else { 0 }),
+        });
+        receivers.push(tokio::spawn(receiver(
+            receive_client.clone(),
+            pushes,
+            pair.clone(),
+            totals.clone(),
+            start,
+            window,
+            throughput,
+        )));
+        senders.push(tokio::spawn(sender(
+            send_client,
+            ids[2 * k + 1].user.to_string(),
+            k,
+            args.pairs,
+            pair,
+            totals.clone(),
+            errors.clone(),
+            args.clone(),
+            start,
+            window,
+        )));
+    }
+
+    // Measure the window.
+    let bench_pid = std::process::id().to_string();
+    tokio::time::sleep_until((start + Duration::from_micros(window.0)).into()).await;
+    let server_cpu_before = pid.as_deref().and_then(cpu_seconds);
+    let bench_cpu_before = cpu_seconds(&bench_pid);
+    let received_before = totals.received.load(Relaxed);
+    let measure_started = Instant::now();
+    while measure_started.elapsed().as_secs_f64() < args.duration {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let elapsed = measure_started.elapsed().as_secs_f64().max(0.001);
+        let delivered = totals.received.load(Relaxed) - received_before;
+        progress(
+            show,
+            &format!(
+                "measuring {:>4.1}/{:.0} s   {:>9.0} delivered/s   sent {}",
+                elapsed,
+                args.duration,
+                delivered as f64 / elapsed,
+                totals.sent.load(Relaxed)
+            ),
+        );
+    }
+    let measured = measure_started.elapsed().as_secs_f64();
+    let delivered_in_window = totals.received.load(Relaxed) - received_before;
+    let server_cpu =
+        pid.as_deref().and_then(cpu_seconds).zip(server_cpu_before).map(|(b, a)| b - a);
+    let bench_cpu = cpu_seconds(&bench_pid).zip(bench_cpu_before).map(|(b, a)| b - a);
+
+    // Stop sending; let what is in flight arrive.
+    for task in senders {
+        let _ = task.await;
+    }
+    progress(show, "draining…");
+    let drain_started = Instant::now();
+    while totals.received.load(Relaxed) < totals.sent.load(Relaxed)
+        && drain_started.elapsed().as_secs_f64() < args.drain
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for task in receivers {
+        task.abort();
+    }
+    progress(show, "");
+
+    let rss = pid.as_deref().and_then(|p| status_kib(p, "VmRSS"));
+    let sent = totals.sent.load(Relaxed);
+    let received = totals.received.load(Relaxed);
+    let (error_count, error_kinds) = errors.json();
+    let per_second = delivered_in_window as f64 / measured;
+    let cpu_us_per_message = server_cpu.map(|cpu| cpu * 1e6 / delivered_in_window.max(1) as f64);
+    let bench_cpu_share = bench_cpu.map(|cpu| cpu / measured);
+    let latency = totals.latency.lock().map(|h| histogram_json(&h)).unwrap_or(Value::Null);
+    let store = totals.store_latency.lock().map(|h| histogram_json(&h)).unwrap_or(Value::Null);
+    Ok(json!({
+        "label": args.label,
+        "mode": if throughput { "throughput" } else { "rate" },
+        "pairs": args.pairs,
+        "size": args.size,
+        "window": if throughput { json!(args.window) } else { Value::Null },
+        "rate": args.rate,
+        "duration_s": measured,
+        "delivered_msgs_per_s": per_second.round(),
+        "total_sent": sent,
+        "total_received": received,
+        "sent_in_window": totals.sent_in_window.load(Relaxed),
+        "stored_acks": totals.stored.load(Relaxed),
+        "lost": sent.saturating_sub(received),
+        "duplicates": totals.duplicates.load(Relaxed),
+        "latency_us": latency,
+        "store_ack_latency_us": store,
+        "setup_s": setup_s,
+        "registration_us": histogram_json(&register_took),
+        "authentication_s": login_s,
+        "authentication_us": histogram_json(&login_took),
+        "errors": error_count,
+        "error_kinds": error_kinds,
+        "server_cpu_s": server_cpu,
+        "server_cpu_us_per_msg": cpu_us_per_message.map(|v| (v * 100.0).round() / 100.0),
+        "server_rss_kb": rss,
+        "bench_cpu_s": bench_cpu,
+        "bench_cpu_share": bench_cpu_share.map(|v| (v * 1000.0).round() / 1000.0),
+        "bench_limited": bench_cpu_share.is_some_and(|share| share > 0.9),
+    }))
+}
+
+async fn run_idle(server: &str, args: BenchArgs, count: usize) -> anyhow::Result<Value> {
+    let errors = Errors::default();
+    let show = !args.json && std::io::stderr().is_terminal();
+    let pid = args.server_pid.map(|p| p.to_string());
+    let before = pid.as_deref().and_then(|p| status_kib(p, "VmRSS"));
+    let started = Instant::now();
+    let mut held: Vec<Box<dyn std::any::Any + Send>> = Vec::with_capacity(count);
+    let mut register_took = None;
+    let mut login_took = None;
+    let setup_s;
+    let mut login_s = 0.0;
+    if args.anonymous {
+        let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+        let mut tasks = Vec::with_capacity(count);
+        for _ in 0..count {
+            let gate = gate.clone();
+            let server = server.to_owned();
+            tasks.push(tokio::spawn(async move {
+                let _permit = gate.acquire_owned().await;
+                sotto_client::socketio::SocketIoClient::connect(&server, Duration::from_secs(30))
+                    .await
+            }));
+        }
+        for (i, task) in tasks.into_iter().enumerate() {
+            match task.await? {
+                Ok(connection) => held.push(Box::new(connection)),
+                Err(error) => errors.record(format!("connect: {error}")),
+            }
+            if i % 500 == 0 {
+                progress(show, &format!("connected {i}/{count}"));
+            }
+        }
+        setup_s = started.elapsed().as_secs_f64();
+    } else {
+        progress(show, "making keys…");
+        let tag: u32 = rand::random();
+        let ids = identities(&format!("i{tag:08x}u"), count);
+        progress(show, &format!("registering {count}…"));
+        let registering = Instant::now();
+        let (registered, took) =
+            register_all(server, &ids, args.connect_concurrency, &errors, false).await?;
+        setup_s = registering.elapsed().as_secs_f64();
+        register_took = Some(took);
+        for (client, _) in &registered {
+            client.close();
+        }
+        drop(registered);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        progress(show, &format!("logging {count} in…"));
+        let logging_in = Instant::now();
+        let (connections, took) =
+            register_all(server, &ids, args.connect_concurrency, &errors, true).await?;
+        login_s = logging_in.elapsed().as_secs_f64();
+        login_took = Some(took);
+        for connection in connections {
+            held.push(Box::new(connection));
+        }
+    }
+    progress(show, "settling…");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = pid.as_deref().and_then(|p| status_kib(p, "VmRSS"));
+    progress(show, "");
+    let per_connection = before
+        .zip(after)
+        .map(|(b, a)| (a.saturating_sub(b) as f64 * 1024.0 / held.len().max(1) as f64).round());
+    let (error_count, error_kinds) = errors.json();
+    Ok(json!({
+        "label": args.label,
+        "mode": if args.anonymous { "idle-anonymous" } else { "idle-authenticated" },
+        "connections": held.len(),
+        "server_rss_kb_before": before,
+        "server_rss_kb_after": after,
+        "bytes_per_connection": per_connection,
+        "setup_s": setup_s,
+        "authentication_s": login_s,
+        "registration_us": register_took.as_ref().map(histogram_json),
+        "authentication_us": login_took.as_ref().map(histogram_json),
+        "errors": error_count,
+        "error_kinds": error_kinds,
+    }))
+}
+
+fn table(result: &Value) -> String {
+    let mut out = String::new();
+    let mut row = |name: &str, value: String| {
+        out.push_str(&format!("  {name:<34} {value}\n"));
+    };
+    let get = |key: &str| result.get(key).cloned().unwrap_or(Value::Null);
+    let show = |value: Value| match value {
+        Value::Null => "—".to_owned(),
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    row("mode", show(get("mode")));
+    for (key, name) in [
+        ("pairs", "pairs"),
+        ("connections", "connections"),
+        ("size", "plaintext bucket (bytes)"),
+        ("window", "window per pair"),
+        ("rate", "fixed rate (msgs/s)"),
+        ("delivered_msgs_per_s", "delivered msgs/s"),
+        ("total_sent", "sent"),
+        ("total_received", "received"),
+        ("lost", "lost"),
+        ("duplicates", "duplicates"),
+        ("errors", "errors"),
+        ("server_cpu_us_per_msg", "server CPU µs per message"),
+        ("server_rss_kb", "server RSS (kB)"),
+        ("bytes_per_connection", "server bytes per connection"),
+        ("setup_s", "set-up (s)"),
+        ("authentication_s", "log-in of all clients (s)"),
+        ("bench_cpu_share", "bench CPU share (1 = one core)"),
+        ("bench_limited", "bench is the limit"),
+    ] {
+        if result.get(key).is_some_and(|v| !v.is_null()) {
+            row(name, show(get(key)));
+        }
+    }
+    if let Some(latency) = result.get("latency_us").filter(|l| l.get("p50").is_some()) {
+        row(
+            "latency µs p50 / p90 / p99 / max",
+            format!(
+                "{} / {} / {} / {}",
+                show(latency["p50"].clone()),
+                show(latency["p90"].clone()),
+                show(latency["p99"].clone()),
+                show(latency["max"].clone())
+            ),
+        );
+    }
+    out
+}
+
+/// Runs the bench against `server`.
+pub fn run(server: &str, args: BenchArgs) -> anyhow::Result<()> {
+    if !args.size.is_power_of_two() || !(64..=32 * 1024).contains(&args.size) {
+        bail!("--size must be a power of two from 64 to 32768 (a plaintext bucket)");
+    }
+    // One thread: pinned to its own core (taskset), the bench then costs the least per
+    // message and measures the relay, not the bench's scheduling.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the bench runtime")?;
+    let json = args.json;
+    let result = runtime.block_on(async {
+        match args.idle {
+            Some(count) => run_idle(server, args, count).await,
+            None => run_pairs(server, args).await,
+        }
+    })?;
+    if json {
+        println!("{result}");
+    } else {
+        print!("{}", table(&result));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sequence_number_is_read_back_from_the_header() {
+        let text = envelope(256, 4242, "AAAA", "BBBB");
+        assert_eq!(sequence_of(&text), Some(4242));
+        assert_eq!(sequence_of("{}"), None);
+    }
+}
