@@ -27,7 +27,7 @@ use crate::events::{
     SendAnswer,
 };
 use crate::state::{RecipientInfo, Relay, user_room};
-use crate::storage::{NewMessage, QueuedMessage, StoreOutcome};
+use crate::storage::{Acknowledged, NewMessage, QueuedMessage, StoreOutcome};
 
 /// Most jobs the writer takes into one batch.
 pub const MAX_BATCH: usize = 512;
@@ -49,6 +49,8 @@ pub(crate) enum Job<A: Adapter> {
     Ack {
         /// `(recipient, message id)` pairs.
         acks: Vec<(String, i64)>,
+        /// Answered once the acknowledgements are committed.
+        answer: AckSender<A>,
     },
     /// Answer once every job before this one is done (graceful shutdown).
     Flush(tokio::sync::oneshot::Sender<()>),
@@ -88,21 +90,48 @@ pub(crate) async fn run_writer<A: Adapter>(
 async fn process<A: Adapter>(relay: &Arc<Relay<A>>, jobs: Vec<Job<A>>) {
     let mut stores = Vec::new();
     let mut acks = Vec::new();
+    let mut ack_answers = Vec::new();
     let mut attaches = Vec::new();
     let mut flushes = Vec::new();
     for job in jobs {
         match job {
             Job::Flush(done) => flushes.push(done),
             Job::Store { message, ack, received } => stores.push((message, ack, received)),
-            Job::Ack { acks: more } => acks.extend(more),
+            Job::Ack { acks: more, answer } => {
+                acks.extend(more);
+                ack_answers.push(answer);
+            }
             Job::Attach { socket, user, after } => attaches.push((socket, user, after)),
         }
     }
-    if !stores.is_empty() {
-        store(relay, stores).await;
-    }
-    if !acks.is_empty() {
-        acknowledge(relay, acks).await;
+    let (messages, tickets) = admit(relay, stores).await;
+    if !messages.is_empty() || !acks.is_empty() {
+        // One transaction for the whole batch: the group commit.
+        match relay.storage.commit_batch(&messages, &acks).await {
+            Ok((outcomes, acknowledged)) => {
+                for answer in ack_answers {
+                    let _ = answer.send(&crate::events::Done::OK);
+                }
+                stored(relay, &messages, tickets, &outcomes).await;
+                delivered(relay, &acknowledged).await;
+            }
+            Err(error) => {
+                relay.metrics.storage_errors.inc();
+                tracing::warn!(%error, messages = messages.len(), acks = acks.len(), "committing a batch failed");
+                let failure = Failure::new(
+                    ErrorCode::StorageUnavailable,
+                    "storage unavailable; nothing stored; retry",
+                );
+                for (ack, _) in tickets {
+                    refuse(relay, ack, &failure);
+                }
+                // Unrecorded acknowledgements leave their messages queued: they are pushed
+                // again and the client recognises them.
+                for answer in ack_answers {
+                    refuse(relay, answer, &failure);
+                }
+            }
+        }
     }
     for (socket, user, after) in attaches {
         attach(relay, socket, &user, after).await;
@@ -137,7 +166,17 @@ async fn refresh_recipients<A: Adapter>(
     Ok(())
 }
 
-async fn store<A: Adapter>(relay: &Arc<Relay<A>>, jobs: Vec<(NewMessage, AckSender<A>, Instant)>) {
+/// A stored message's sender, waiting for the answer, and when the relay received it.
+type Ticket<A> = (AckSender<A>, Instant);
+
+/// Admits what fits: known recipients with room in their queue. The others are refused now.
+async fn admit<A: Adapter>(
+    relay: &Arc<Relay<A>>,
+    jobs: Vec<(NewMessage, AckSender<A>, Instant)>,
+) -> (Vec<NewMessage>, Vec<Ticket<A>>) {
+    if jobs.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
     let now = Instant::now();
     let limits = relay.limits();
     let mut recipients: Vec<&str> = jobs.iter().map(|(m, ..)| m.recipient.as_str()).collect();
@@ -150,13 +189,12 @@ async fn store<A: Adapter>(relay: &Arc<Relay<A>>, jobs: Vec<(NewMessage, AckSend
         for (_, ack, _) in jobs {
             refuse(relay, ack, &failure);
         }
-        return;
+        return (Vec::new(), Vec::new());
     }
 
     // Admit what fits: known recipients with room in their queue.
     let mut admitted = Vec::with_capacity(jobs.len());
-    let mut acks = Vec::with_capacity(jobs.len());
-    let mut received = Vec::with_capacity(jobs.len());
+    let mut tickets = Vec::with_capacity(jobs.len());
     let mut extra: HashMap<&str, usize> = HashMap::new();
     let recipient_names: Vec<String> = jobs.iter().map(|(m, ..)| m.recipient.clone()).collect();
     for ((message, ack, at), recipient) in jobs.into_iter().zip(&recipient_names) {
@@ -174,36 +212,26 @@ async fn store<A: Adapter>(relay: &Arc<Relay<A>>, jobs: Vec<(NewMessage, AckSend
                 }
                 *extra.entry(recipient.as_str()).or_default() += 1;
                 admitted.push(message);
-                acks.push(ack);
-                received.push(at);
+                tickets.push((ack, at));
             }
             _ => refuse(relay, ack, &Failure::new(ErrorCode::UnknownUser, "no such user")),
         }
     }
-    if admitted.is_empty() {
-        return;
-    }
+    (admitted, tickets)
+}
 
-    let outcomes = match relay.storage.store_messages(&admitted).await {
-        Ok(outcomes) => outcomes,
-        Err(error) => {
-            relay.metrics.storage_errors.inc();
-            tracing::warn!(%error, messages = admitted.len(), "storing messages failed");
-            let failure = Failure::new(
-                ErrorCode::StorageUnavailable,
-                "storage unavailable; nothing stored; retry",
-            );
-            for ack in acks {
-                refuse(relay, ack, &failure);
-            }
-            return;
-        }
-    };
-
-    // Stored: tell the senders, then the recipients, grouped per recipient in order.
+/// After the commit: answer the senders, then push to the recipients, grouped per recipient
+/// and in order.
+async fn stored<A: Adapter>(
+    relay: &Arc<Relay<A>>,
+    messages: &[NewMessage],
+    tickets: Vec<Ticket<A>>,
+    outcomes: &[StoreOutcome],
+) {
     let mut per_recipient: Vec<(&str, Vec<(i64, &NewMessage)>)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
     let mut new_contacts: Vec<(String, String)> = Vec::new();
-    for (((message, outcome), ack), at) in admitted.iter().zip(&outcomes).zip(acks).zip(received) {
+    for ((message, outcome), (ack, at)) in messages.iter().zip(outcomes).zip(tickets) {
         let duplicate = matches!(outcome, StoreOutcome::Duplicate(_));
         let _ = ack.send(&SendAnswer { ok: true, id: outcome.id(), duplicate });
         relay.metrics.store_seconds.observe(at.elapsed().as_secs_f64());
@@ -213,9 +241,12 @@ async fn store<A: Adapter>(relay: &Arc<Relay<A>>, jobs: Vec<(NewMessage, AckSend
         relay.metrics.messages_stored.inc();
         relay.metrics.queue_depth.inc();
         relay.recipients.add_pending(&message.recipient, 1);
-        match per_recipient.iter_mut().find(|(r, _)| *r == message.recipient) {
-            Some((_, list)) => list.push((outcome.id(), message)),
-            None => per_recipient.push((&message.recipient, vec![(outcome.id(), message)])),
+        match index.get(message.recipient.as_str()) {
+            Some(&at) => per_recipient[at].1.push((outcome.id(), message)),
+            None => {
+                index.insert(&message.recipient, per_recipient.len());
+                per_recipient.push((&message.recipient, vec![(outcome.id(), message)]));
+            }
         }
         let key = relay.contact_key(&message.sender, &message.recipient);
         let fresh = relay.known_contacts.lock().map(|mut known| known.insert(key)).unwrap_or(false);
@@ -279,20 +310,15 @@ async fn record_contacts<A: Adapter>(relay: &Relay<A>, pairs: Vec<(String, Strin
     }
 }
 
-async fn acknowledge<A: Adapter>(relay: &Relay<A>, acks: Vec<(String, i64)>) {
-    let acknowledged = match relay.storage.acknowledge(&acks, now_ms()).await {
-        Ok(acknowledged) => acknowledged,
-        Err(error) => {
-            // The messages stay queued and are delivered again; the client de-duplicates.
-            relay.metrics.storage_errors.inc();
-            tracing::warn!(%error, acks = acks.len(), "recording acknowledgements failed");
-            return;
-        }
-    };
+/// After the commit: count the acknowledgements and tell the senders.
+async fn delivered<A: Adapter>(relay: &Relay<A>, acknowledged: &[Acknowledged]) {
+    if acknowledged.is_empty() {
+        return;
+    }
     relay.metrics.messages_acknowledged.inc_by(acknowledged.len() as u64);
     relay.metrics.queue_depth.dec_by(acknowledged.len() as i64);
     let mut per_sender: Vec<(&str, Vec<Receipt<'_>>)> = Vec::new();
-    for done in &acknowledged {
+    for done in acknowledged {
         relay.recipients.add_pending(&done.recipient, -1);
         let receipt = Receipt { id: done.id, client_id: &done.client_id, to: &done.recipient };
         match per_sender.iter_mut().find(|(s, _)| *s == done.sender) {
@@ -417,12 +443,23 @@ const REDELIVERY_WINDOW: Duration = Duration::from_secs(15 * 60);
 pub(crate) async fn run_redelivery<A: Adapter>(relay: Arc<Relay<A>>) {
     let mut tick = tokio::time::interval(REDELIVERY_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // (when, highest id then): the window starts at the highest id seen WINDOW ago.
+    let mut marks: std::collections::VecDeque<(Instant, i64)> = std::collections::VecDeque::new();
     loop {
         tick.tick().await;
-        let now = now_ms();
+        let now = Instant::now();
+        if let Ok(last) = relay.storage.last_message_id().await {
+            marks.push_back((now, last));
+        }
+        while marks.len() > 1 && marks[1].0 + REDELIVERY_WINDOW <= now {
+            marks.pop_front();
+        }
+        let after_id = match marks.front() {
+            Some((when, id)) if *when + REDELIVERY_WINDOW <= now => *id,
+            _ => 0,
+        };
         let grace = i64::try_from(REDELIVERY_GRACE.as_millis()).unwrap_or(0);
-        let window = i64::try_from(REDELIVERY_WINDOW.as_millis()).unwrap_or(0);
-        let pending = match relay.storage.pending_between(now - window, now - grace, 10_000).await {
+        let pending = match relay.storage.pending_since(after_id, now_ms() - grace, 10_000).await {
             Ok(pending) => pending,
             Err(error) => {
                 relay.metrics.storage_errors.inc();

@@ -689,7 +689,7 @@ async fn on_ack<A: Adapter>(
     ack: AckSender<A>,
     State(relay): State<Arc<Relay<A>>>,
 ) {
-    let result = (|| {
+    let check = || {
         let connection = connection(&socket)?;
         allow_event(&relay, &connection)?;
         let user = logged_in(&connection)?;
@@ -697,14 +697,23 @@ async fn on_ack<A: Adapter>(
         if request.ids.len() > relay.limits().max_ids_per_request {
             return Err(Failure::new(ErrorCode::TooLarge, "too many ids in one request"));
         }
-        let acks = request.ids.into_iter().map(|id| (user.to_string(), id)).collect();
-        relay
-            .writer
-            .try_send(Job::Ack { acks })
-            .map_err(|_| Failure::new(ErrorCode::Busy, "the relay is busy; retry shortly"))?;
-        Ok(Done::OK)
-    })();
-    answer(&relay, ack, result);
+        Ok(request.ids.into_iter().map(|id| (user.to_string(), id)).collect::<Vec<_>>())
+    };
+    let acks = match check() {
+        Ok(acks) => acks,
+        Err(failure) => return answer(&relay, ack, Err::<Done, _>(failure)),
+    };
+    // Answered by the writer once the acknowledgements are committed.
+    if let Err(error) = relay.writer.try_send(Job::Ack { acks, answer: ack }) {
+        let job = match error {
+            tokio::sync::mpsc::error::TrySendError::Full(job)
+            | tokio::sync::mpsc::error::TrySendError::Closed(job) => job,
+        };
+        if let Job::Ack { answer: ack, .. } = job {
+            let busy = Failure::new(ErrorCode::Busy, "the relay is busy; retry shortly");
+            answer(&relay, ack, Err::<Done, _>(busy));
+        }
+    }
 }
 
 async fn on_status<A: Adapter>(

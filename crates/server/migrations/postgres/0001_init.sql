@@ -35,7 +35,6 @@ CREATE TABLE messages (
     UNIQUE (sender, client_id)
 );
 CREATE INDEX messages_by_recipient ON messages (recipient, id);
-CREATE INDEX messages_by_age ON messages (created_at);
 
 CREATE TABLE contacts (
     user_a TEXT NOT NULL,

@@ -36,7 +36,6 @@ CREATE TABLE messages (
     UNIQUE (sender, client_id)
 );
 CREATE INDEX messages_by_recipient ON messages (recipient, id);
-CREATE INDEX messages_by_age ON messages (created_at);
 
 -- Pairs of users who have exchanged messages (user_a < user_b): presence goes only to them.
 CREATE TABLE contacts (

@@ -210,6 +210,14 @@ pub trait Storage: Send + Sync + 'static {
     async fn store_messages(&self, batch: &[NewMessage])
     -> Result<Vec<StoreOutcome>, StorageError>;
 
+    /// Stores messages and records acknowledgements in one transaction (the queue writer's
+    /// group commit): one round of locking and one disk flush for a whole batch.
+    async fn commit_batch(
+        &self,
+        stores: &[NewMessage],
+        acks: &[(String, i64)],
+    ) -> Result<(Vec<StoreOutcome>, Vec<Acknowledged>), StorageError>;
+
     /// A recipient's pending messages with ids above `after_id`, oldest first.
     async fn pending_messages(
         &self,
@@ -218,14 +226,18 @@ pub trait Storage: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<QueuedMessage>, StorageError>;
 
-    /// Pending messages received between `from` and `to` (Unix ms), oldest first, with their
-    /// recipients.
-    async fn pending_between(
+    /// Pending messages with ids above `after_id` received before `created_before` (Unix ms),
+    /// oldest first, with their recipients. (Ids grow with time, so this is a range of the
+    /// primary key.)
+    async fn pending_since(
         &self,
-        from: i64,
-        to: i64,
+        after_id: i64,
+        created_before: i64,
         limit: usize,
     ) -> Result<Vec<(String, QueuedMessage)>, StorageError>;
+
+    /// The highest message id so far (0 when the queue is empty).
+    async fn last_message_id(&self) -> Result<i64, StorageError>;
 
     /// How many messages are pending for a recipient.
     async fn pending_count(&self, recipient: &str) -> Result<usize, StorageError>;
@@ -278,7 +290,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Storage>, StorageError> {
 /// Splits a batch into chunks of a few fixed sizes, so multi-row statements come in a handful
 /// of shapes that stay in the prepared-statement cache.
 pub(crate) fn fixed_chunks<T>(items: &[T]) -> Vec<&[T]> {
-    const SIZES: [usize; 4] = [64, 16, 4, 1];
+    const SIZES: [usize; 5] = [256, 64, 16, 4, 1];
     let mut chunks = Vec::new();
     let mut rest = items;
     for size in SIZES {
@@ -301,6 +313,9 @@ mod tests {
         let chunks = fixed_chunks(&items);
         let sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
         assert_eq!(sizes, [64, 64, 16, 4, 1, 1]);
+        let many: Vec<u32> = (0..300).collect();
+        let sizes: Vec<usize> = fixed_chunks(&many).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [256, 16, 16, 4, 4, 4]);
         let flat: Vec<u32> = chunks.concat();
         assert_eq!(flat, items);
         assert!(fixed_chunks::<u32>(&[]).is_empty());

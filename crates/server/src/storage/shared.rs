@@ -19,6 +19,109 @@ pub(crate) fn to_i64(value: u64) -> i64 {
 macro_rules! impl_storage {
     ($storage:ty, $db:ty, begin = $begin:expr, claim_one_time_prekey = $claim_one_time_prekey:expr $(,)?) => {
         impl $storage {
+            /// Stores a batch inside a transaction, de-duplicating on (sender, client id).
+            async fn store_in(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                batch: &[NewMessage],
+            ) -> Result<Vec<StoreOutcome>, StorageError> {
+                let mut stored: HashMap<(&str, &str), i64> = HashMap::with_capacity(batch.len());
+                for chunk in fixed_chunks(batch) {
+                    let mut insert = QueryBuilder::<$db>::new(
+                        "INSERT INTO messages (recipient, sender, client_id, envelope, created_at) ",
+                    );
+                    insert.push_values(chunk, |mut row, message| {
+                        row.push_bind(&message.recipient)
+                            .push_bind(&message.sender)
+                            .push_bind(&message.client_id)
+                            .push_bind(message.envelope.get())
+                            .push_bind(message.created_at);
+                    });
+                    insert.push(
+                        " ON CONFLICT (sender, client_id) DO NOTHING RETURNING id, sender, client_id",
+                    );
+                    let rows = insert.build().fetch_all(&mut **tx).await?;
+                    for row in rows {
+                        let id: i64 = row.get(0);
+                        let sender: String = row.get(1);
+                        let client_id: String = row.get(2);
+                        // RETURNING order is unspecified: match rows to the batch by their key.
+                        if let Some(message) = chunk
+                            .iter()
+                            .find(|m| m.client_id == client_id && m.sender == sender)
+                        {
+                            stored.insert((message.sender.as_str(), message.client_id.as_str()), id);
+                        }
+                    }
+                }
+                let mut outcomes = Vec::with_capacity(batch.len());
+                let mut seen: HashMap<(&str, &str), i64> = HashMap::new();
+                for message in batch {
+                    let key = (message.sender.as_str(), message.client_id.as_str());
+                    if let Some(&id) = seen.get(&key) {
+                        outcomes.push(StoreOutcome::Duplicate(id));
+                    } else if let Some(&id) = stored.get(&key) {
+                        seen.insert(key, id);
+                        outcomes.push(StoreOutcome::Stored(id));
+                    } else {
+                        let id: i64 = sqlx::query_scalar(
+                            "SELECT id FROM messages WHERE sender = $1 AND client_id = $2",
+                        )
+                        .bind(&message.sender)
+                        .bind(&message.client_id)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                        seen.insert(key, id);
+                        outcomes.push(StoreOutcome::Duplicate(id));
+                    }
+                }
+                Ok(outcomes)
+            }
+
+            /// Deletes acknowledged messages inside a transaction: only each recipient's own.
+            async fn acknowledge_in(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                acks: &[(String, i64)],
+            ) -> Result<Vec<Acknowledged>, StorageError> {
+                let mut acknowledged = Vec::with_capacity(acks.len());
+                for chunk in fixed_chunks(acks) {
+                    // Look the rows up by id (the primary key), keep only those of the
+                    // recipient that acknowledges, and delete those.
+                    let mut select = QueryBuilder::<$db>::new(
+                        "SELECT id, sender, client_id, recipient FROM messages WHERE id IN (",
+                    );
+                    let mut list = select.separated(", ");
+                    for (_, id) in chunk {
+                        list.push_bind(*id);
+                    }
+                    select.push(")");
+                    let mut mine = Vec::new();
+                    for row in select.build().fetch_all(&mut **tx).await? {
+                        let id: i64 = row.get(0);
+                        let recipient: String = row.get(3);
+                        if chunk.iter().any(|(r, i)| *i == id && *r == recipient) {
+                            mine.push(Acknowledged {
+                                id,
+                                sender: row.get(1),
+                                client_id: row.get(2),
+                                recipient,
+                            });
+                        }
+                    }
+                    if mine.is_empty() {
+                        continue;
+                    }
+                    let mut delete = QueryBuilder::<$db>::new("DELETE FROM messages WHERE id IN (");
+                    let mut list = delete.separated(", ");
+                    for done in &mine {
+                        list.push_bind(done.id);
+                    }
+                    delete.push(")");
+                    delete.build().execute(&mut **tx).await?;
+                    acknowledged.extend(mine);
+                }
+                Ok(acknowledged)
+            }
+
         async fn insert_one_time_prekeys(
             tx: &mut sqlx::Transaction<'_, $db>,
             user_id: &str,
@@ -206,59 +309,7 @@ macro_rules! impl_storage {
                 &self,
                 batch: &[NewMessage],
             ) -> Result<Vec<StoreOutcome>, StorageError> {
-                let mut tx = self.pool.begin_with($begin).await?;
-                let mut stored: HashMap<(&str, &str), i64> = HashMap::with_capacity(batch.len());
-                for chunk in fixed_chunks(batch) {
-                    let mut insert = QueryBuilder::<$db>::new(
-                        "INSERT INTO messages (recipient, sender, client_id, envelope, created_at) ",
-                    );
-                    insert.push_values(chunk, |mut row, message| {
-                        row.push_bind(&message.recipient)
-                            .push_bind(&message.sender)
-                            .push_bind(&message.client_id)
-                            .push_bind(message.envelope.get())
-                            .push_bind(message.created_at);
-                    });
-                    insert.push(
-                        " ON CONFLICT (sender, client_id) DO NOTHING RETURNING id, sender, client_id",
-                    );
-                    let rows = insert.build().fetch_all(&mut *tx).await?;
-                    for row in rows {
-                        let id: i64 = row.get(0);
-                        let sender: String = row.get(1);
-                        let client_id: String = row.get(2);
-                        // RETURNING order is unspecified: match rows to the batch by their key.
-                        if let Some(message) = chunk
-                            .iter()
-                            .find(|m| m.client_id == client_id && m.sender == sender)
-                        {
-                            stored.insert((message.sender.as_str(), message.client_id.as_str()), id);
-                        }
-                    }
-                }
-                let mut outcomes = Vec::with_capacity(batch.len());
-                let mut seen: HashMap<(&str, &str), i64> = HashMap::new();
-                for message in batch {
-                    let key = (message.sender.as_str(), message.client_id.as_str());
-                    if let Some(&id) = seen.get(&key) {
-                        outcomes.push(StoreOutcome::Duplicate(id));
-                    } else if let Some(&id) = stored.get(&key) {
-                        seen.insert(key, id);
-                        outcomes.push(StoreOutcome::Stored(id));
-                    } else {
-                        let id: i64 = sqlx::query_scalar(
-                            "SELECT id FROM messages WHERE sender = $1 AND client_id = $2",
-                        )
-                        .bind(&message.sender)
-                        .bind(&message.client_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        seen.insert(key, id);
-                        outcomes.push(StoreOutcome::Duplicate(id));
-                    }
-                }
-                tx.commit().await?;
-                Ok(outcomes)
+                Ok(self.commit_batch(batch, &[]).await?.0)
             }
 
             async fn pending_messages(
@@ -287,19 +338,18 @@ macro_rules! impl_storage {
                     .collect())
             }
 
-            async fn pending_between(
+            async fn pending_since(
                 &self,
-                from: i64,
-                to: i64,
+                after_id: i64,
+                created_before: i64,
                 limit: usize,
             ) -> Result<Vec<(String, QueuedMessage)>, StorageError> {
                 let rows = sqlx::query(
                     "SELECT recipient, id, sender, envelope, created_at FROM messages \
-                     WHERE created_at >= $1 AND created_at < $2 \
-                     ORDER BY id LIMIT $3",
+                     WHERE id > $1 AND created_at < $2 ORDER BY id LIMIT $3",
                 )
-                .bind(from)
-                .bind(to)
+                .bind(after_id)
+                .bind(created_before)
                 .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                 .fetch_all(&self.pool)
                 .await?;
@@ -317,6 +367,13 @@ macro_rules! impl_storage {
                     .collect())
             }
 
+            async fn last_message_id(&self) -> Result<i64, StorageError> {
+                let id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM messages")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(id.unwrap_or(0))
+            }
+
             async fn pending_count(&self, recipient: &str) -> Result<usize, StorageError> {
                 let count: i64 = sqlx::query_scalar(
                     "SELECT COUNT(*) FROM messages WHERE recipient = $1",
@@ -332,46 +389,22 @@ macro_rules! impl_storage {
                 acks: &[(String, i64)],
                 _now: i64,
             ) -> Result<Vec<Acknowledged>, StorageError> {
-                let mut tx = self.pool.begin_with($begin).await?;
-                let mut acknowledged = Vec::with_capacity(acks.len());
-                for chunk in fixed_chunks(acks) {
-                    // Look the rows up by id (the primary key), keep only those of the
-                    // recipient that acknowledges, and delete those.
-                    let mut select = QueryBuilder::<$db>::new(
-                        "SELECT id, sender, client_id, recipient FROM messages WHERE id IN (",
-                    );
-                    let mut list = select.separated(", ");
-                    for (_, id) in chunk {
-                        list.push_bind(*id);
-                    }
-                    select.push(")");
-                    let mut mine = Vec::new();
-                    for row in select.build().fetch_all(&mut *tx).await? {
-                        let id: i64 = row.get(0);
-                        let recipient: String = row.get(3);
-                        if chunk.iter().any(|(r, i)| *i == id && *r == recipient) {
-                            mine.push(Acknowledged {
-                                id,
-                                sender: row.get(1),
-                                client_id: row.get(2),
-                                recipient,
-                            });
-                        }
-                    }
-                    if mine.is_empty() {
-                        continue;
-                    }
-                    let mut delete = QueryBuilder::<$db>::new("DELETE FROM messages WHERE id IN (");
-                    let mut list = delete.separated(", ");
-                    for done in &mine {
-                        list.push_bind(done.id);
-                    }
-                    delete.push(")");
-                    delete.build().execute(&mut *tx).await?;
-                    acknowledged.extend(mine);
+                Ok(self.commit_batch(&[], acks).await?.1)
+            }
+
+            async fn commit_batch(
+                &self,
+                stores: &[NewMessage],
+                acks: &[(String, i64)],
+            ) -> Result<(Vec<StoreOutcome>, Vec<Acknowledged>), StorageError> {
+                if stores.is_empty() && acks.is_empty() {
+                    return Ok((Vec::new(), Vec::new()));
                 }
+                let mut tx = self.pool.begin_with($begin).await?;
+                let outcomes = Self::store_in(&mut tx, stores).await?;
+                let acknowledged = Self::acknowledge_in(&mut tx, acks).await?;
                 tx.commit().await?;
-                Ok(acknowledged)
+                Ok((outcomes, acknowledged))
             }
 
             async fn message_status(
@@ -435,12 +468,23 @@ macro_rules! impl_storage {
             }
 
             async fn purge(&self, created_before: i64) -> Result<u64, StorageError> {
-                let expired = sqlx::query("DELETE FROM messages WHERE created_at < $1")
+                // Ids grow with time, so expired messages are the oldest ids: delete from the
+                // front of the primary key until a message is young enough (no index on age).
+                let mut expired = 0;
+                loop {
+                    let deleted = sqlx::query(
+                        "DELETE FROM messages WHERE id IN \
+                         (SELECT id FROM messages ORDER BY id LIMIT 1000) AND created_at < $1",
+                    )
                     .bind(created_before)
                     .execute(&self.pool)
                     .await?
                     .rows_affected();
-                Ok(expired)
+                    expired += deleted;
+                    if deleted < 1000 {
+                        return Ok(expired);
+                    }
+                }
             }
 
             async fn release_user(&self, user_id: &str) -> Result<bool, StorageError> {
