@@ -26,7 +26,7 @@ use crate::events::{
     self, DeliveredPush, ErrorCode, Failure, PresencePush, Receipt, ReceivePush, ReceivedMessage,
     SendAnswer,
 };
-use crate::state::{RecipientInfo, Relay, user_room};
+use crate::state::{RECENT_LIMIT, RecentMessage, RecipientInfo, Relay, user_room};
 use crate::storage::{Acknowledged, NewMessage, QueuedMessage, StoreOutcome};
 
 /// Most jobs the writer takes into one batch.
@@ -89,7 +89,7 @@ pub(crate) async fn run_writer<A: Adapter>(
 
 async fn process<A: Adapter>(relay: &Arc<Relay<A>>, jobs: Vec<Job<A>>) {
     let mut stores = Vec::new();
-    let mut acks = Vec::new();
+    let mut acks: Vec<(String, i64)> = Vec::new();
     let mut ack_answers = Vec::new();
     let mut attaches = Vec::new();
     let mut flushes = Vec::new();
@@ -105,19 +105,44 @@ async fn process<A: Adapter>(relay: &Arc<Relay<A>>, jobs: Vec<Job<A>>) {
         }
     }
     let (messages, tickets) = admit(relay, stores).await;
-    if !messages.is_empty() || !acks.is_empty() {
+    // Acknowledgements of messages this node stored recently are matched here; the rest are
+    // matched by the database.
+    let mut known = Vec::new();
+    let mut unknown = Vec::new();
+    {
+        let mut recent = relay.recent.lock().unwrap_or_else(|e| e.into_inner());
+        for (recipient, id) in acks {
+            match recent.get(&id) {
+                Some(entry) if entry.recipient == recipient => {
+                    if let Some(entry) = recent.remove(&id) {
+                        known.push(Acknowledged {
+                            id,
+                            sender: entry.sender,
+                            client_id: entry.client_id,
+                            recipient: entry.recipient,
+                        });
+                    }
+                }
+                Some(_) => {}
+                None => unknown.push((recipient, id)),
+            }
+        }
+    }
+    let deletes: Vec<i64> = known.iter().map(|a| a.id).collect();
+    if !messages.is_empty() || !deletes.is_empty() || !unknown.is_empty() {
         // One transaction for the whole batch: the group commit.
-        match relay.storage.commit_batch(&messages, &acks).await {
+        match relay.storage.commit_batch(&messages, &deletes, &unknown).await {
             Ok((outcomes, acknowledged)) => {
                 for answer in ack_answers {
                     let _ = answer.send(&crate::events::Done::OK);
                 }
-                stored(relay, &messages, tickets, &outcomes).await;
-                delivered(relay, &acknowledged).await;
+                stored(relay, messages, tickets, &outcomes).await;
+                known.extend(acknowledged);
+                delivered(relay, &known).await;
             }
             Err(error) => {
                 relay.metrics.storage_errors.inc();
-                tracing::warn!(%error, messages = messages.len(), acks = acks.len(), "committing a batch failed");
+                tracing::warn!(%error, messages = messages.len(), acks = deletes.len() + unknown.len(), "committing a batch failed");
                 let failure = Failure::new(
                     ErrorCode::StorageUnavailable,
                     "storage unavailable; nothing stored; retry",
@@ -224,7 +249,7 @@ async fn admit<A: Adapter>(
 /// and in order.
 async fn stored<A: Adapter>(
     relay: &Arc<Relay<A>>,
-    messages: &[NewMessage],
+    messages: Vec<NewMessage>,
     tickets: Vec<Ticket<A>>,
     outcomes: &[StoreOutcome],
 ) {
@@ -273,6 +298,18 @@ async fn stored<A: Adapter>(
     }
     if !new_contacts.is_empty() {
         record_contacts(relay, new_contacts).await;
+    }
+    drop(per_recipient);
+    drop(index);
+    let mut recent = relay.recent.lock().unwrap_or_else(|e| e.into_inner());
+    for (message, outcome) in messages.into_iter().zip(outcomes) {
+        if let StoreOutcome::Stored(id) = outcome {
+            let NewMessage { recipient, sender, client_id, .. } = message;
+            recent.insert(*id, RecentMessage { recipient, sender, client_id });
+        }
+    }
+    while recent.len() > RECENT_LIMIT {
+        recent.pop_first();
     }
 }
 

@@ -79,6 +79,20 @@ impl RecipientCache {
     }
 }
 
+/// Who a recently stored message is for and from.
+#[derive(Debug, Clone)]
+pub(crate) struct RecentMessage {
+    /// Only this user's acknowledgement deletes it.
+    pub recipient: String,
+    /// Told when it is delivered.
+    pub sender: String,
+    /// The sender's own id for it.
+    pub client_id: String,
+}
+
+/// Most recently stored messages remembered; older ones are looked up when acknowledged.
+pub(crate) const RECENT_LIMIT: usize = 100_000;
+
 /// The relay: configuration, storage, metrics, limits and the queue writer's inbox. One per
 /// process, shared by every connection (as Socket.IO state).
 pub struct Relay<A: Adapter> {
@@ -104,6 +118,9 @@ pub struct Relay<A: Adapter> {
     pub(crate) known_contacts: Mutex<HashSet<u64>>,
     /// Recipients the writer has looked up.
     pub(crate) recipients: RecipientCache,
+    /// Messages this node stored recently, by id, so their acknowledgements are matched and
+    /// answered without reading them back.
+    pub(crate) recent: Mutex<std::collections::BTreeMap<i64, RecentMessage>>,
     /// Keys the pair hashes; random per process.
     hasher: RandomState,
     /// After an adapter failure, pushes skip the adapter until then (each failed publish costs
@@ -141,6 +158,7 @@ impl<A: Adapter> Relay<A> {
             online: Mutex::new(HashMap::new()),
             known_contacts: Mutex::new(HashSet::new()),
             recipients: RecipientCache::default(),
+            recent: Mutex::new(std::collections::BTreeMap::new()),
             hasher: RandomState::new(),
             adapter_down_until: Mutex::new(None),
             config,

@@ -210,11 +210,14 @@ pub trait Storage: Send + Sync + 'static {
     async fn store_messages(&self, batch: &[NewMessage])
     -> Result<Vec<StoreOutcome>, StorageError>;
 
-    /// Stores messages and records acknowledgements in one transaction (the queue writer's
-    /// group commit): one round of locking and one disk flush for a whole batch.
+    /// The queue writer's group commit, in one transaction (one round of locking and one disk
+    /// flush for a whole batch): stores `stores`, deletes `deletes` (acknowledged messages the
+    /// writer has already matched to their recipients), and applies `acks` as
+    /// [`Storage::acknowledge`] does, returning those.
     async fn commit_batch(
         &self,
         stores: &[NewMessage],
+        deletes: &[i64],
         acks: &[(String, i64)],
     ) -> Result<(Vec<StoreOutcome>, Vec<Acknowledged>), StorageError>;
 

@@ -58,6 +58,38 @@ impl PostgresStorage {
     }
 }
 
+impl PostgresStorage {
+    /// Inserts fresh messages and returns their ids in the chunk's order (rows come back over
+    /// the connection, which costs little here).
+    async fn insert_chunk(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        chunk: &[&NewMessage],
+    ) -> Result<Vec<i64>, StorageError> {
+        let mut insert = QueryBuilder::<Postgres>::new(
+            "INSERT INTO messages (recipient, sender, client_id, envelope, created_at) ",
+        );
+        insert.push_values(chunk, |mut row, message| {
+            row.push_bind(&message.recipient)
+                .push_bind(&message.sender)
+                .push_bind(&message.client_id)
+                .push_bind(message.envelope.get())
+                .push_bind(message.created_at);
+        });
+        insert.push(" RETURNING id, sender, client_id");
+        let rows = insert.build().fetch_all(&mut **tx).await?;
+        let mut ids = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let (id, sender, client_id): (i64, String, String) =
+                (row.get(0), row.get(1), row.get(2));
+            ids.insert((sender, client_id), id);
+        }
+        Ok(chunk
+            .iter()
+            .map(|m| ids.get(&(m.sender.clone(), m.client_id.clone())).copied().unwrap_or_default())
+            .collect())
+    }
+}
+
 super::shared::impl_storage!(
     PostgresStorage,
     Postgres,

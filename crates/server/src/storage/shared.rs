@@ -19,62 +19,79 @@ pub(crate) fn to_i64(value: u64) -> i64 {
 macro_rules! impl_storage {
     ($storage:ty, $db:ty, begin = $begin:expr, claim_one_time_prekey = $claim_one_time_prekey:expr $(,)?) => {
         impl $storage {
-            /// Stores a batch inside a transaction, de-duplicating on (sender, client id).
+            /// Stores a batch inside a transaction, de-duplicating on (sender, client id): copies
+            /// already queued are found first (by the unique index, returning rows only for
+            /// them, which are rare), then the rest is inserted without asking for rows back.
             async fn store_in(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 batch: &[NewMessage],
             ) -> Result<Vec<StoreOutcome>, StorageError> {
-                let mut stored: HashMap<(&str, &str), i64> = HashMap::with_capacity(batch.len());
+                let mut queued: HashMap<(&str, &str), i64> = HashMap::new();
                 for chunk in fixed_chunks(batch) {
-                    let mut insert = QueryBuilder::<$db>::new(
-                        "INSERT INTO messages (recipient, sender, client_id, envelope, created_at) ",
-                    );
-                    insert.push_values(chunk, |mut row, message| {
-                        row.push_bind(&message.recipient)
-                            .push_bind(&message.sender)
-                            .push_bind(&message.client_id)
-                            .push_bind(message.envelope.get())
-                            .push_bind(message.created_at);
+                    let mut select =
+                        QueryBuilder::<$db>::new("SELECT m.id, m.sender, m.client_id FROM (");
+                    select.push_values(chunk, |mut row, message| {
+                        row.push_bind(&message.sender).push_bind(&message.client_id);
                     });
-                    insert.push(
-                        " ON CONFLICT (sender, client_id) DO NOTHING RETURNING id, sender, client_id",
+                    select.push(
+                        ") AS v JOIN messages m ON m.sender = v.column1 AND m.client_id = v.column2",
                     );
-                    let rows = insert.build().fetch_all(&mut **tx).await?;
-                    for row in rows {
-                        let id: i64 = row.get(0);
-                        let sender: String = row.get(1);
-                        let client_id: String = row.get(2);
-                        // RETURNING order is unspecified: match rows to the batch by their key.
-                        if let Some(message) = chunk
-                            .iter()
-                            .find(|m| m.client_id == client_id && m.sender == sender)
+                    for row in select.build().fetch_all(&mut **tx).await? {
+                        let (id, sender, client_id): (i64, String, String) =
+                            (row.get(0), row.get(1), row.get(2));
+                        if let Some(message) =
+                            chunk.iter().find(|m| m.sender == sender && m.client_id == client_id)
                         {
-                            stored.insert((message.sender.as_str(), message.client_id.as_str()), id);
+                            queued.insert((&message.sender, &message.client_id), id);
                         }
                     }
                 }
-                let mut outcomes = Vec::with_capacity(batch.len());
-                let mut seen: HashMap<(&str, &str), i64> = HashMap::new();
+                let mut fresh: Vec<&NewMessage> = Vec::with_capacity(batch.len());
+                let mut firsts: HashMap<(&str, &str), usize> = HashMap::with_capacity(batch.len());
                 for message in batch {
                     let key = (message.sender.as_str(), message.client_id.as_str());
-                    if let Some(&id) = seen.get(&key) {
+                    if !queued.contains_key(&key) && !firsts.contains_key(&key) {
+                        firsts.insert(key, fresh.len());
+                        fresh.push(message);
+                    }
+                }
+                let mut ids = Vec::with_capacity(fresh.len());
+                for chunk in fixed_chunks(&fresh) {
+                    ids.extend(Self::insert_chunk(tx, chunk).await?);
+                }
+                let mut outcomes = Vec::with_capacity(batch.len());
+                let mut first_seen = vec![false; fresh.len()];
+                for message in batch {
+                    let key = (message.sender.as_str(), message.client_id.as_str());
+                    if let Some(&id) = queued.get(&key) {
                         outcomes.push(StoreOutcome::Duplicate(id));
-                    } else if let Some(&id) = stored.get(&key) {
-                        seen.insert(key, id);
-                        outcomes.push(StoreOutcome::Stored(id));
-                    } else {
-                        let id: i64 = sqlx::query_scalar(
-                            "SELECT id FROM messages WHERE sender = $1 AND client_id = $2",
-                        )
-                        .bind(&message.sender)
-                        .bind(&message.client_id)
-                        .fetch_one(&mut **tx)
-                        .await?;
-                        seen.insert(key, id);
-                        outcomes.push(StoreOutcome::Duplicate(id));
+                    } else if let Some(&at) = firsts.get(&key) {
+                        let id = ids.get(at).copied().unwrap_or_default();
+                        if std::mem::replace(&mut first_seen[at], true) {
+                            outcomes.push(StoreOutcome::Duplicate(id));
+                        } else {
+                            outcomes.push(StoreOutcome::Stored(id));
+                        }
                     }
                 }
                 Ok(outcomes)
+            }
+
+            /// Deletes acknowledged messages the writer already matched to their recipients.
+            async fn delete_in(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                ids: &[i64],
+            ) -> Result<(), StorageError> {
+                for chunk in fixed_chunks(ids) {
+                    let mut delete = QueryBuilder::<$db>::new("DELETE FROM messages WHERE id IN (");
+                    let mut list = delete.separated(", ");
+                    for id in chunk {
+                        list.push_bind(*id);
+                    }
+                    delete.push(")");
+                    delete.build().execute(&mut **tx).await?;
+                }
+                Ok(())
             }
 
             /// Deletes acknowledged messages inside a transaction: only each recipient's own.
@@ -309,7 +326,7 @@ macro_rules! impl_storage {
                 &self,
                 batch: &[NewMessage],
             ) -> Result<Vec<StoreOutcome>, StorageError> {
-                Ok(self.commit_batch(batch, &[]).await?.0)
+                Ok(self.commit_batch(batch, &[], &[]).await?.0)
             }
 
             async fn pending_messages(
@@ -389,19 +406,21 @@ macro_rules! impl_storage {
                 acks: &[(String, i64)],
                 _now: i64,
             ) -> Result<Vec<Acknowledged>, StorageError> {
-                Ok(self.commit_batch(&[], acks).await?.1)
+                Ok(self.commit_batch(&[], &[], acks).await?.1)
             }
 
             async fn commit_batch(
                 &self,
                 stores: &[NewMessage],
+                deletes: &[i64],
                 acks: &[(String, i64)],
             ) -> Result<(Vec<StoreOutcome>, Vec<Acknowledged>), StorageError> {
-                if stores.is_empty() && acks.is_empty() {
+                if stores.is_empty() && deletes.is_empty() && acks.is_empty() {
                     return Ok((Vec::new(), Vec::new()));
                 }
                 let mut tx = self.pool.begin_with($begin).await?;
                 let outcomes = Self::store_in(&mut tx, stores).await?;
+                Self::delete_in(&mut tx, deletes).await?;
                 let acknowledged = Self::acknowledge_in(&mut tx, acks).await?;
                 tx.commit().await?;
                 Ok((outcomes, acknowledged))

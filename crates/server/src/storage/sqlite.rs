@@ -63,6 +63,31 @@ impl SqliteStorage {
     }
 }
 
+impl SqliteStorage {
+    /// Inserts fresh messages and returns their ids. SQLite hands out AUTOINCREMENT ids one
+    /// after another within a statement, and the write lock is held, so the ids are the last
+    /// one and those before it: no rows need to come back from the worker thread.
+    async fn insert_chunk(
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        chunk: &[&NewMessage],
+    ) -> Result<Vec<i64>, StorageError> {
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO messages (recipient, sender, client_id, envelope, created_at) ",
+        );
+        insert.push_values(chunk, |mut row, message| {
+            row.push_bind(&message.recipient)
+                .push_bind(&message.sender)
+                .push_bind(&message.client_id)
+                .push_bind(message.envelope.get())
+                .push_bind(message.created_at);
+        });
+        let done = insert.build().execute(&mut **tx).await?;
+        let last = done.last_insert_rowid();
+        let count = i64::try_from(chunk.len()).unwrap_or(i64::MAX);
+        Ok((last - count + 1..=last).collect())
+    }
+}
+
 super::shared::impl_storage!(
     SqliteStorage,
     Sqlite,
