@@ -379,7 +379,7 @@ async fn clients_on_three_nodes_chat_live() {
     let started = Instant::now();
     for (i, peer) in peers.iter().enumerate() {
         let to = names[(i + 1) % names.len()];
-        for marker in markers(&peer.id.to_string(), 20) {
+        for marker in markers(peer.id.as_ref(), 20) {
             peer.client.send_raw(to, &marker, &envelope(&marker)).await.unwrap();
         }
     }

@@ -85,16 +85,14 @@ pub async fn serve(
     }
     match config.redis_url.clone() {
         None => {
-            let mut parts = Parts::new(config, storage, metrics, SocketIo::builder());
-            let (layer, io) = parts.build();
+            let (parts, layer, io) = Parts::new(config, storage, metrics, SocketIo::builder());
             handlers::register_local_namespace(&io);
             parts.run(layer, io, listener, shutdown).await
         }
         Some(url) => {
             let (constructor, redis) = cluster::adapter(&url, &config.redis_prefix).await?;
             let builder = SocketIo::builder().with_adapter::<cluster::Adapter>(constructor);
-            let mut parts = Parts::new(config, storage, metrics, builder);
-            let (layer, io) = parts.build();
+            let (parts, layer, io) = Parts::new(config, storage, metrics, builder);
             handlers::register_cluster_namespace(&io).await?;
             redis.keep_subscribed();
             parts.run(layer, io, listener, shutdown).await
@@ -108,39 +106,34 @@ struct Parts<A: Adapter> {
     storage: Arc<dyn storage::Storage>,
     metrics: Arc<Metrics>,
     inbox: mpsc::Receiver<delivery::Job<A>>,
-    builder: Option<socketioxide::SocketIoBuilder<A>>,
 }
 
 impl<A: Adapter> Parts<A> {
+    /// Assembles the relay and its Socket.IO layer with the relay's limits applied.
     fn new(
         config: Config,
         storage: Arc<dyn storage::Storage>,
         metrics: Arc<Metrics>,
         builder: socketioxide::SocketIoBuilder<A>,
-    ) -> Self {
+    ) -> (Self, socketioxide::layer::SocketIoLayer<A>, SocketIo<A>) {
         let (writer, inbox) = mpsc::channel(WRITER_INBOX);
         let relay = Arc::new(Relay::new(config, storage.clone(), metrics.clone(), writer));
-        Self { relay, storage, metrics, inbox, builder: Some(builder) }
-    }
-
-    fn build(&mut self) -> (socketioxide::layer::SocketIoLayer<A>, SocketIo<A>) {
-        let limits = self.relay.limits().clone();
-        let builder = self.builder.take().unwrap_or_else(|| unreachable_build());
+        let limits = relay.limits().clone();
         let builder = builder
             .max_payload(limits.max_frame_bytes as u64)
             .ws_max_message_size(limits.max_frame_bytes)
             .ws_max_frame_size(limits.max_frame_bytes)
             .max_buffer_size(SOCKET_BUFFER)
             .connect_timeout(Duration::from_secs(10))
-            .with_state(self.relay.clone());
-        let builder = if self.relay.config.allow_polling {
+            .with_state(relay.clone());
+        let builder = if relay.config.allow_polling {
             builder.transports([TransportType::Polling, TransportType::Websocket])
         } else {
             builder.transports([TransportType::Websocket])
         };
         let (layer, io) = builder.build_layer();
-        self.relay.attach_io(io.clone());
-        (layer, io)
+        relay.attach_io(io.clone());
+        (Self { relay, storage, metrics, inbox }, layer, io)
     }
 
     async fn run(
@@ -184,9 +177,4 @@ impl<A: Adapter> Parts<A> {
         tracing::info!("relay stopped");
         Ok(())
     }
-}
-
-#[allow(clippy::panic)]
-fn unreachable_build<T>() -> T {
-    panic!("the Socket.IO layer is built once")
 }

@@ -46,6 +46,10 @@ impl SqliteStorage {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
+            // The queue churns: a larger page cache (64 MiB) and memory-mapped reads spare the
+            // read system calls on the hot pages.
+            .pragma("cache_size", "-65536")
+            .pragma("mmap_size", "268435456")
             .foreign_keys(true);
         let mut pool_options = SqlitePoolOptions::new().max_connections(4);
         if in_memory {
