@@ -75,8 +75,13 @@ export async function staticServer(mounts: Record<string, string>, relay: Relay 
       () => res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n'),
     );
   });
+  // Upgraded connections are no longer the HTTP server's: `closeAllConnections` leaves them
+  // open and `close` would wait for them forever, so they are tracked and destroyed here.
+  const tunnels = new Set<{ destroy(): void }>();
   if (relay !== null) {
     server.on('upgrade', (req: IncomingMessage, socket, head) => {
+      tunnels.add(socket);
+      socket.on('close', () => tunnels.delete(socket));
       const upstream = connect(relay.port, '127.0.0.1', () => {
         const lines = [`${req.method ?? 'GET'} ${req.url ?? '/'} HTTP/1.1`];
         for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
@@ -85,6 +90,8 @@ export async function staticServer(mounts: Record<string, string>, relay: Relay 
         upstream.pipe(socket);
         socket.pipe(upstream);
       });
+      tunnels.add(upstream);
+      upstream.on('close', () => tunnels.delete(upstream));
       upstream.on('error', () => socket.destroy());
       socket.on('error', () => upstream.destroy());
     });
@@ -98,6 +105,7 @@ export async function staticServer(mounts: Record<string, string>, relay: Relay 
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();
+        for (const tunnel of tunnels) tunnel.destroy();
         server.close(() => resolve());
       }),
   };
@@ -118,10 +126,18 @@ function forward(req: IncomingMessage, res: import('node:http').ServerResponse, 
   req.pipe(upstream);
 }
 
-/** The relay itself when it serves our build, else the stand-in in front of it. */
+/**
+ * The relay itself when it serves our build, else the stand-in in front of it. The page and
+ * its script are both compared: a debug relay reads the `web/dist` of the checkout it was
+ * compiled in, whose `index.html` can match ours while its `app.js` is another build.
+ */
 export async function pageFor(relay: Relay): Promise<PageServer> {
-  const built = await readFile(join(DIST, 'index.html'), 'utf8');
-  const served = await fetch(`${relay.url}/`).then((r) => r.text(), () => '');
-  if (served === built) return { origin: relay.url, servedByRelay: true, close: async () => undefined };
+  let same = true;
+  for (const file of ['index.html', 'app.js', 'app.css']) {
+    const built = await readFile(join(DIST, file), 'utf8');
+    const served = await fetch(`${relay.url}/${file}`).then((r) => (r.ok ? r.text() : ''), () => '');
+    same &&= served === built;
+  }
+  if (same) return { origin: relay.url, servedByRelay: true, close: async () => undefined };
   return staticServer({ '/': DIST }, relay);
 }
