@@ -137,6 +137,25 @@ async function seeIdentity(tx: Tx, peer: string, identity: PublicIdentity, now: 
   return 'changed';
 }
 
+/**
+ * A record reported missing arrived after all (late, or out of order): the notice that counted
+ * it counts one fewer, and goes once none of its records is missing any more, so the history
+ * never says the relay withheld a message that is right there. Within one identity the gaps
+ * of notices do not overlap; the newest notice covering `counter` is the current identity's.
+ */
+async function resolveMissing(tx: Tx, peer: string, counter: bigint): Promise<void> {
+  const history = await tx.history(peer);
+  for (let i = history.length - 1; i >= 0; i--) {
+    const m = history[i];
+    if (m === undefined || m.id === undefined || m.direction !== 'notice' || m.kind !== 'missing') continue;
+    if (m.missingFrom === undefined || m.counter === null || counter < m.missingFrom || counter >= m.counter) continue;
+    const left = Number(m.text ?? '1') - 1;
+    if (left > 0) await tx.putMessage({ ...m, text: String(left) });
+    else await tx.deleteMessage(m.id);
+    return;
+  }
+}
+
 function notice(
   peer: string,
   kind: 'missing' | 'key_changed' | 'digest_mismatch' | 'unconfirmed',
@@ -799,7 +818,13 @@ export class Client {
       const before = missing(counters);
       counters = noteReceived(counters, record.counter, decrypted.digest, record.lastReceivedCounter);
       const after = missing(counters);
-      if (after > before) await tx.addMessage(notice(peer, 'missing', String(after - before), now));
+      if (after > before) {
+        // The records from `missingFrom` up to just below this one never came (so far).
+        const gap = after - before;
+        await tx.addMessage({ ...notice(peer, 'missing', String(gap), now), counter: record.counter, missingFrom: record.counter - gap });
+      } else if (after < before) {
+        await resolveMissing(tx, peer, record.counter);
+      }
       await this.#checkOurs(tx, peer, record.lastReceivedCounter, record.lastReceivedDigest, conversation.counters.peerReceived, safeNumber(record.sentAt) ?? 0, now);
       const text = body.kind === 'text' ? body.text : null;
       await tx.addMessage({

@@ -98,7 +98,10 @@ export interface Message {
   readonly kind: MessageKind;
   /** Text of a text message; for a `missing` notice, how many. */
   readonly text: string | null;
-  /** The record counter (ours for 'out', theirs for 'in'). */
+  /**
+   * The record counter (ours for 'out', theirs for 'in'); for a `missing` notice, the counter of
+   * the record that revealed the gap (the missing ones are `missingFrom` up to just below it).
+   */
   readonly counter: bigint | null;
   /** The sender's clock (ours, or the record's `sent_at`), Unix ms. */
   readonly sentAt: number;
@@ -117,6 +120,8 @@ export interface Message {
   readonly deliveredAt?: number;
   /** For outgoing: a newer record of the peer's says it never arrived (shown once). */
   readonly unconfirmed?: true;
+  /** For a `missing` notice: the first counter of the gap (absent on notices saved before). */
+  readonly missingFrom?: bigint;
 }
 
 export interface OutboxEntry {
@@ -214,6 +219,9 @@ export class Tx {
   }
   async putMessage(message: Message): Promise<void> {
     await request(this.#store('messages').put(message));
+  }
+  async deleteMessage(id: number): Promise<void> {
+    await request(this.#store('messages').delete(id));
   }
   async messageByServerId(peer: string, serverId: number): Promise<Message | null> {
     const index = this.#store('messages').index('byServerId');
