@@ -1,0 +1,511 @@
+/**
+ * The web client in Chromium against a lying relay: a man in the middle (test/harness/mitm.ts)
+ * between the browsers and a real `sotto serve` substitutes identity keys and bundles, replays
+ * an old bundle, flips bits in ciphertext and headers, replays, withholds, reorders and delays
+ * messages. Each test asserts what the person sees and what the browser keeps in IndexedDB:
+ * a lie is shown as a warning or an undecryptable message, or is dropped, and never changes the
+ * sessions, counters or keys behind it.
+ *
+ * Needs `$SOTTO_BIN` and Chromium (`$CHROMIUM`, default /usr/bin/chromium).
+ */
+
+import assert from 'node:assert/strict';
+import { afterEach, beforeEach, describe, test } from 'node:test';
+
+import type { Page } from 'playwright-core';
+
+import { generateIdentity } from '../../src/protocol/identity.js';
+import { generateOneTimePrekey, generateSignedPrekey, publicOneTimePrekey, publicSignedPrekey } from '../../src/protocol/prekeys.js';
+import { safetyNumber } from '../../src/protocol/safetyNumber.js';
+import { parseUserId } from '../../src/protocol/userId.js';
+import { bundleToJson, decodePublicIdentityJson, publicIdentityToJson } from '../../src/protocol/wire.js';
+import { Profile } from '../harness/browser.js';
+import { expect } from '../harness/expect.js';
+import { flipCiphertextBit, Mitm, type PushedMessage, withHeader } from '../harness/mitm.js';
+import { type PageServer, pageFor } from '../harness/page.js';
+import { type Relay, startRelay } from '../harness/relay.js';
+import { bubble, online, openConversation, register, send, startConversation } from '../harness/ui.js';
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/**
+ * What the browser keeps about one peer, read straight from its IndexedDB: the session record
+ * (ratchet counters, skipped keys, remote keys; CryptoKeys only by type), the contact, the
+ * conversation's counters and the number of one-time prekeys left. JSON, so two snapshots
+ * compare as strings.
+ */
+interface Snapshot {
+  readonly session: string;
+  readonly contact: string;
+  readonly counters: string;
+  readonly oneTimePrekeys: number;
+  readonly oneTimePrekeyIds: readonly number[];
+}
+
+async function snapshot(page: Page, peer: string): Promise<Snapshot> {
+  return page.evaluate(async (peer: string) => {
+    const db = await new Promise<IDBDatabase>((resolve, reject) => {
+      const req = indexedDB.open('sotto');
+      req.onsuccess = () => resolve(req.result);
+      req.onerror = () => reject(req.error ?? new Error('cannot open the store'));
+    });
+    const ask = <T>(store: string, work: (s: IDBObjectStore) => IDBRequest<T>): Promise<T> =>
+      new Promise<T>((resolve, reject) => {
+        const req = work(db.transaction(store, 'readonly').objectStore(store));
+        req.onsuccess = () => resolve(req.result);
+        req.onerror = () => reject(req.error ?? new Error(`cannot read ${store}`));
+      });
+    const plain = (value: unknown): unknown => {
+      if (value instanceof Uint8Array) return Array.from(value, (b) => b.toString(16).padStart(2, '0')).join('');
+      if (typeof value === 'bigint') return `${value}n`;
+      if (value instanceof CryptoKey) return `CryptoKey(${value.type})`;
+      if (Array.isArray(value)) return value.map(plain);
+      if (typeof value === 'object' && value !== null) {
+        return Object.fromEntries(Object.entries(value).sort(([a], [b]) => (a < b ? -1 : 1)).map(([k, v]) => [k, plain(v)]));
+      }
+      return value;
+    };
+    const session = await ask('sessions', (s) => s.get(peer));
+    const contact = await ask('contacts', (s) => s.get(peer));
+    const conversation = (await ask('conversations', (s) => s.get(peer))) as { counters?: unknown } | undefined;
+    const ids = (await ask('oneTimePrekeys', (s) => s.getAllKeys())) as number[];
+    db.close();
+    return {
+      session: JSON.stringify(plain(session ?? null)),
+      contact: JSON.stringify(plain(contact ?? null)),
+      counters: JSON.stringify(plain(conversation?.counters ?? null)),
+      oneTimePrekeys: ids.length,
+      oneTimePrekeyIds: ids,
+    };
+  }, peer);
+}
+
+/** The 60 digits the open conversation's safety-number dialog shows. */
+async function shownSafetyNumber(page: Page, button: 'Safety number' | 'Compare safety numbers'): Promise<string> {
+  await page.getByRole('button', { name: button }).click();
+  const dialog = page.getByRole('dialog');
+  await expect(dialog.locator('.digits'), 'safety number digits').toBeVisible();
+  const digits = (await dialog.locator('.digits').getAttribute('data-digits')) ?? '';
+  const state = (await dialog.locator('.verify-state').textContent()) ?? '';
+  await dialog.getByRole('button', { name: 'Close' }).click();
+  assert.match(digits, /^(\d{5} ){11}\d{5}$/);
+  return `${digits}|${state}`;
+}
+
+const digitsOf = (shown: string): string => shown.split('|')[0] ?? '';
+
+/** A complete, correctly signed bundle for `userId` under a fresh identity: the attacker's. */
+async function attackerBundle(userId: string): Promise<{ bundle: ReturnType<typeof bundleToJson>; identity: Awaited<ReturnType<typeof generateIdentity>> }> {
+  const identity = await generateIdentity();
+  const signed = await generateSignedPrekey(identity, 1, Math.floor(Date.now() / 1000));
+  const oneTime = await generateOneTimePrekey(2);
+  const bundle = bundleToJson({
+    userId: parseUserId(userId),
+    identity: identity.publicIdentity,
+    signedPrekey: publicSignedPrekey(signed),
+    oneTimePrekey: publicOneTimePrekey(oneTime),
+  });
+  return { bundle, identity };
+}
+
+const undecryptable = (page: Page) => page.locator('.messages li.msg[data-kind="undecryptable"]');
+const missingNotices = (page: Page) => page.locator('.messages li.notice[data-kind="missing"]');
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe('web client against a lying relay', () => {
+  let relay: Relay;
+  let page: PageServer;
+  let mitm: Mitm;
+  let profiles: Profile[] = [];
+
+  const browser = async (): Promise<Page> => {
+    const p = await Profile.create();
+    profiles.push(p);
+    return p.open();
+  };
+
+  /** A registered browser user, connected through the proxy. */
+  const user = async (name: string): Promise<Page> => {
+    const p = await browser();
+    await register(p, mitm.origin, name);
+    return p;
+  };
+
+  /**
+   * Holds back every message the relay pushes to `to` from `from`: the test hands them over
+   * itself (or not), changed or not, in any order, with {@link Link.push}.
+   */
+  const holdMessages = (to: string, from: string): { held: PushedMessage[]; next: (count: number) => Promise<PushedMessage[]> } => {
+    const held: PushedMessage[] = [];
+    let taken = 0;
+    const previous = mitm.deliver;
+    mitm.deliver = (link, message) => {
+      if (link.user === to && message.from === from) {
+        if (!held.some((m) => m.id === message.id)) held.push(message);
+        return [];
+      }
+      return previous(link, message);
+    };
+    return {
+      held,
+      next: async (count) => {
+        await mitm.waitFor(`${count} more held message(s) from ${from} to ${to}`, () => held.length >= taken + count);
+        const out = held.slice(taken, taken + count);
+        taken += count;
+        return out;
+      },
+    };
+  };
+
+  beforeEach(async () => {
+    relay = await startRelay();
+    page = await pageFor(relay);
+    mitm = await Mitm.start(relay, page.origin);
+    profiles = [];
+  });
+
+  afterEach(async () => {
+    const errors = profiles.flatMap((p) => p.errors);
+    for (const p of profiles) await p.dispose();
+    await mitm.close();
+    await page.close();
+    await relay.dispose();
+    assert.deepEqual(errors, [], 'no console errors on any page');
+    assert.deepEqual(mitm.errors, [], 'no errors in the proxy');
+  });
+
+  test('a substituted identity for a known contact is a key change: warning, new safety number, sending blocked', async () => {
+    const alice = await user('alice');
+    const bob = await user('bob');
+    await startConversation(alice, 'bob');
+    await send(alice, 'hello bob');
+    await openConversation(bob, 'alice');
+    await expect(bubble(bob, 'hello bob'), 'first message at bob').toBeVisible();
+    await send(bob, 'hello alice');
+    await expect(bubble(alice, 'hello alice'), 'reply at alice').toBeVisible();
+
+    // Honest so far: both see the same number.
+    const honest = await shownSafetyNumber(alice, 'Safety number');
+    assert.equal(digitsOf(honest), digitsOf(await shownSafetyNumber(bob, 'Safety number')));
+    const trusted = await snapshot(alice, 'bob');
+
+    // From now on the relay answers for bob with Mallory's identity (correctly self-signed).
+    const mallory = await generateIdentity();
+    const malloryJson = publicIdentityToJson(mallory.publicIdentity);
+    let lies = 0;
+    mitm.answer = (link, name, request, answer) => {
+      if (link.user !== 'alice' || name !== 'user:identity' || !isRecord(request) || request['userId'] !== 'bob' || !isRecord(answer)) return answer;
+      lies++;
+      return { ...answer, identity: malloryJson };
+    };
+    const sendsBefore = mitm.sentBy('alice', 'message:send').length;
+
+    // A new connection: the client asks for bob's identity again when his conversation opens.
+    await alice.reload();
+    await online(alice);
+    await openConversation(alice, 'bob');
+    await expect(alice.getByRole('alert').filter({ hasText: 'bob’s safety number has changed' }), 'key change warning').toBeVisible();
+    assert.ok(lies >= 1, 'the proxy answered with the substituted identity');
+    await expect(alice.locator('.messages li.notice[data-kind="key_changed"]'), 'key change notice in the history').toHaveCount(1);
+    await expect(alice.getByLabel('Message', { exact: true }), 'composer blocked').toBeDisabled();
+    await expect(alice.getByRole('button', { name: 'Send' }), 'send blocked').toBeDisabled();
+    await expect(alice.locator('#composer-note'), 'why it is blocked').toContainText('blocked until you accept the new key');
+    await expect(alice.locator('button.conv[data-peer="bob"] .conv-preview'), 'list marks the change').toContainText('Safety number changed');
+
+    // The number shown is now the one with Mallory's key: different, and exactly what a
+    // comparison with the real bob would expose.
+    const [aliceRegistration] = mitm.sentBy('alice', 'user:register-key');
+    assert.ok(isRecord(aliceRegistration));
+    const aliceIdentity = await decodePublicIdentityJson(aliceRegistration['identity']);
+    const withMallory = await safetyNumber(parseUserId('alice'), aliceIdentity, parseUserId('bob'), mallory.publicIdentity);
+    const shown = await shownSafetyNumber(alice, 'Compare safety numbers');
+    assert.notEqual(digitsOf(shown), digitsOf(honest));
+    assert.equal(digitsOf(shown), withMallory.grouped);
+    assert.match(shown, /new key/);
+
+    // Nothing was encrypted for anyone meanwhile, and the trusted identity and session are as
+    // they were: Mallory's key is only pending.
+    assert.equal(mitm.sentBy('alice', 'message:send').length, sendsBefore);
+    const after = await snapshot(alice, 'bob');
+    assert.equal(after.session, trusted.session);
+    assert.equal(after.counters, trusted.counters);
+    const contact = JSON.parse(after.contact) as { identity: unknown; pending: unknown };
+    const before = JSON.parse(trusted.contact) as { identity: unknown; pending: unknown };
+    assert.deepEqual(contact.identity, before.identity, 'the trusted identity is unchanged');
+    assert.equal(before.pending, null);
+    assert.notEqual(contact.pending, null, 'the substituted identity is only pending');
+
+    // Bob's real messages still arrive on the honest session.
+    await send(bob, 'are you there?');
+    await expect(bubble(alice, 'are you there?'), 'honest message during the warning').toBeVisible();
+    await expect(alice.getByRole('button', { name: 'Send' }), 'still blocked').toBeDisabled();
+  });
+
+  test('a substituted bundle on a new conversation is refused before anything is encrypted to it', async () => {
+    const alice = await user('alice');
+    await user('bob');
+    const attacker = await attackerBundle('bob');
+    let lies = 0;
+    mitm.answer = (link, name, request, answer) => {
+      if (link.user !== 'alice' || name !== 'user:request-key' || !isRecord(request) || request['userId'] !== 'bob' || !isRecord(answer)) return answer;
+      lies++;
+      return { ...answer, bundle: attacker.bundle };
+    };
+
+    // Bob's identity comes honestly with the conversation (user:identity); the bundle, fetched
+    // for the first message, carries Mallory's keys.
+    await startConversation(alice, 'bob');
+    const trusted = await snapshot(alice, 'bob');
+    assert.notEqual(trusted.contact, 'null', 'bob known from his identity');
+    await send(alice, 'for bob only');
+    await expect(alice.getByRole('alert').filter({ hasText: 'bob’s safety number has changed' }), 'key change warning').toBeVisible();
+    assert.ok(lies >= 1, 'the substituted bundle was served');
+    await expect(bubble(alice, 'for bob only').locator('[data-status]'), 'held back, not sent').toHaveAttribute('data-status', 'sending');
+    await expect(alice.getByLabel('Message', { exact: true }), 'composer blocked').toBeDisabled();
+    const shown = await shownSafetyNumber(alice, 'Compare safety numbers');
+    const [aliceRegistration] = mitm.sentBy('alice', 'user:register-key');
+    assert.ok(isRecord(aliceRegistration));
+    const aliceIdentity = await decodePublicIdentityJson(aliceRegistration['identity']);
+    assert.equal(digitsOf(shown), (await safetyNumber(parseUserId('alice'), aliceIdentity, parseUserId('bob'), attacker.identity.publicIdentity)).grouped);
+
+    // Nothing left the browser for bob, no session was made with Mallory's keys.
+    await sleep(500);
+    assert.deepEqual(mitm.sentBy('alice', 'message:send'), []);
+    const after = await snapshot(alice, 'bob');
+    assert.equal(after.session, 'null', 'no session with the substituted bundle');
+    assert.deepEqual((JSON.parse(after.contact) as { identity: unknown }).identity, (JSON.parse(trusted.contact) as { identity: unknown }).identity);
+    assert.deepEqual(mitm.pushedTo('bob'), [], 'bob received nothing');
+  });
+
+  test('a replayed bundle reuses a spent one-time prekey: the receiver refuses the message, keeps its state', async () => {
+    const alice = await user('alice');
+    const bob = await user('bob');
+    const carol = await user('carol');
+
+    // Alice's honest bundle of bob is recorded...
+    let recorded: Record<string, unknown> | null = null;
+    mitm.answer = (link, name, _request, answer) => {
+      if (name !== 'user:request-key' || !isRecord(answer) || !isRecord(answer['bundle'])) return answer;
+      if (link.user === 'alice' && recorded === null) recorded = answer['bundle'];
+      // ...and replayed to carol.
+      if (link.user === 'carol' && recorded !== null) return { ...answer, bundle: recorded };
+      return answer;
+    };
+    await startConversation(alice, 'bob');
+    await send(alice, 'hi bob');
+    await openConversation(bob, 'alice');
+    await expect(bubble(bob, 'hi bob'), 'alice’s message').toBeVisible();
+    const spent = (recorded as Record<string, unknown> | null)?.['oneTimePrekey'];
+    assert.ok(isRecord(spent) && typeof spent['id'] === 'number', 'the recorded bundle had a one-time prekey');
+    const spentId = spent['id'];
+    const beforeCarol = await snapshot(bob, 'carol');
+    const withAlice = await snapshot(bob, 'alice');
+    assert.ok(!beforeCarol.oneTimePrekeyIds.includes(spentId), 'bob deleted the one-time prekey alice used');
+
+    await startConversation(carol, 'bob');
+    await send(carol, 'hi bob, carol here');
+    await mitm.waitFor('carol’s message to reach bob', () => mitm.pushedTo('bob', 'carol').length === 1);
+    await mitm.waitFor('bob to acknowledge it', () => (mitm.acked.get('bob') ?? []).includes(mitm.pushedTo('bob', 'carol')[0]?.id ?? -1));
+    await openConversation(bob, 'carol');
+    await expect(undecryptable(bob), 'refused at bob').toHaveCount(1);
+    await expect(bubble(bob, 'carol here'), 'never shown').toHaveCount(0);
+    const afterCarol = await snapshot(bob, 'carol');
+    assert.equal(afterCarol.session, 'null', 'no session on the spent prekey');
+    assert.equal(afterCarol.oneTimePrekeys, beforeCarol.oneTimePrekeys, 'no one-time prekey consumed');
+    const withAliceAfter = await snapshot(bob, 'alice');
+    assert.equal(withAliceAfter.session, withAlice.session, 'alice’s session untouched');
+
+    await send(alice, 'still there?');
+    await openConversation(bob, 'alice');
+    await expect(bubble(bob, 'still there?'), 'alice’s session still works').toBeVisible();
+  });
+
+  test('flipped bits are shown as undecryptable, change nothing, and the honest copies still decrypt', async () => {
+    const alice = await user('alice');
+    const bob = await user('bob');
+    const initial = await snapshot(alice, 'bob');
+    const hold = holdMessages('alice', 'bob');
+    const link = () => mitm.link('alice');
+
+    await startConversation(bob, 'alice');
+    await send(bob, 'first');
+    const [first] = (await hold.next(1)) as [PushedMessage];
+    assert.ok(first.envelope.prekey !== undefined, 'the first message is a prekey message');
+
+    // A tampered prekey message: refused, and it consumes nothing (no session, no prekey).
+    link().push([{ ...first, envelope: flipCiphertextBit(first.envelope, 77) }]);
+    await expect(alice.locator('button.conv[data-peer="bob"]'), 'conversation listed').toBeVisible();
+    await openConversation(alice, 'bob');
+    await expect(undecryptable(alice), 'tampered prekey message').toHaveCount(1);
+    await expect(undecryptable(alice), 'shown as such').toContainText('could not be decrypted');
+    const afterTamperedPrekey = await snapshot(alice, 'bob');
+    assert.equal(afterTamperedPrekey.session, initial.session, 'no session from a tampered prekey message');
+    assert.equal(afterTamperedPrekey.oneTimePrekeys, initial.oneTimePrekeys, 'no one-time prekey consumed');
+    assert.equal(afterTamperedPrekey.counters, JSON.stringify({ lastCounter: '0n', lastDigest: '0'.repeat(64), peerReceived: '0n', receivedAbove: [], receivedContiguous: '0n', sent: '0n' }));
+
+    // The honest copy (filed anew by the relay) still decrypts.
+    link().push([{ ...first, id: mitm.fakeId() }]);
+    await expect(bubble(alice, 'first'), 'honest prekey message').toBeVisible();
+    const established = await snapshot(alice, 'bob');
+    assert.notEqual(established.session, 'null');
+    assert.equal(established.oneTimePrekeys, initial.oneTimePrekeys - 1);
+
+    // A bit flipped in an ordinary message, then a header pushed 500 keys ahead: both refused,
+    // neither moves the ratchet, adds skipped keys or counts.
+    await send(bob, 'second');
+    await send(bob, 'third');
+    const [second, third] = (await hold.next(2)) as [PushedMessage, PushedMessage];
+    link().push([{ ...second, envelope: flipCiphertextBit(second.envelope, 8 * 64 + 3) }]);
+    await expect(undecryptable(alice), 'tampered ciphertext').toHaveCount(2);
+    assert.deepEqual(await snapshot(alice, 'bob'), established);
+    link().push([{ ...third, envelope: withHeader(third.envelope, { n: third.envelope.header.n + 500 }) }]);
+    await expect(undecryptable(alice), 'tampered header').toHaveCount(3);
+    assert.deepEqual(await snapshot(alice, 'bob'), established);
+    await expect(missingNotices(alice), 'no gap yet').toHaveCount(0);
+
+    // The next honest message decrypts; the one whose content never came is reported missing.
+    await send(bob, 'fourth');
+    const [fourth] = (await hold.next(1)) as [PushedMessage];
+    link().push([fourth]);
+    await expect(bubble(alice, 'fourth'), 'honest message after tampering').toBeVisible();
+    await expect(missingNotices(alice), 'the tampered ones are missing').toHaveCount(1);
+    await expect(missingNotices(alice), 'how many').toContainText('2 messages from bob are missing');
+
+    // And the honest copies of the tampered ones, filed anew, still decrypt (their keys were kept).
+    link().push([{ ...second, id: mitm.fakeId() }, { ...third, id: mitm.fakeId() }]);
+    await expect(bubble(alice, 'second'), 'honest second').toBeVisible();
+    await expect(bubble(alice, 'third'), 'honest third').toBeVisible();
+    await expect(alice.locator('.messages li.msg.in[data-kind="text"]'), 'each text once').toHaveCount(4);
+    await expect(undecryptable(alice), 'still three refused').toHaveCount(3);
+    await expect(missingNotices(alice), 'nothing missing any more').toHaveCount(0);
+    const counters = JSON.parse((await snapshot(alice, 'bob')).counters) as { receivedContiguous: string; receivedAbove: unknown[] };
+    assert.equal(counters.receivedContiguous, '4n');
+    assert.deepEqual(counters.receivedAbove, []);
+  });
+
+  test('replayed messages are not shown twice, whether refiled with a new id or pushed again', async () => {
+    const alice = await user('alice');
+    const bob = await user('bob');
+    await startConversation(bob, 'alice');
+    await send(bob, 'one');
+    await send(bob, 'two');
+    await expect(alice.locator('button.conv[data-peer="bob"]'), 'conversation listed').toBeVisible();
+    await openConversation(alice, 'bob');
+    await expect(bubble(alice, 'two'), 'both arrived').toBeVisible();
+    await mitm.waitFor('both acknowledged', () => (mitm.acked.get('alice') ?? []).length >= 2);
+    const [one, two] = mitm.pushedTo('alice', 'bob') as [PushedMessage, PushedMessage];
+    const settled = await snapshot(alice, 'bob');
+
+    // The prekey message and the ordinary one again: under new ids, under the same id, and
+    // twice in one push.
+    const replays = [
+      { ...one, id: mitm.fakeId() },
+      { ...two, id: mitm.fakeId() },
+      two,
+      { ...one, id: mitm.fakeId() },
+    ];
+    mitm.link('alice').push(replays);
+    mitm.link('alice').push([{ ...two, id: mitm.fakeId() }, two]);
+    const replayIds = replays.map((m) => m.id).filter((id) => id !== two.id);
+    await mitm.waitFor('the replays to be dealt with and acknowledged', () => replayIds.every((id) => (mitm.acked.get('alice') ?? []).includes(id)));
+    await sleep(300);
+    await expect(bubble(alice, 'one'), 'one, once').toHaveCount(1);
+    await expect(bubble(alice, 'two'), 'two, once').toHaveCount(1);
+    await expect(undecryptable(alice), 'replays are dropped silently').toHaveCount(0);
+    await expect(missingNotices(alice), 'no notices').toHaveCount(0);
+    assert.deepEqual(await snapshot(alice, 'bob'), settled, 'replays change nothing');
+
+    // After a reply bob ratchets to a new chain; a replay from the old chain is still dropped.
+    await send(alice, 'got them');
+    await expect(bubble(bob, 'got them'), 'reply').toBeVisible();
+    await send(bob, 'three');
+    await expect(bubble(alice, 'three'), 'new chain').toBeVisible();
+    const now = await snapshot(alice, 'bob');
+    const late = { ...two, id: mitm.fakeId() };
+    mitm.link('alice').push([late]);
+    await mitm.waitFor('the late replay to be acknowledged', () => (mitm.acked.get('alice') ?? []).includes(late.id));
+    await sleep(300);
+    await expect(alice.locator('.messages li.msg.in'), 'three messages, each once').toHaveCount(3);
+    await expect(bubble(alice, 'two'), 'two still once').toHaveCount(1);
+    assert.deepEqual(await snapshot(alice, 'bob'), now, 'the old-chain replay changes nothing');
+  });
+
+  test('two withheld messages out of five are reported missing when a later one arrives', async () => {
+    const alice = await user('alice');
+    const bob = await user('bob');
+    // The relay swallows bob's 3rd and 4th message to alice and acknowledges them itself.
+    let count = 0;
+    const withheld: number[] = [];
+    mitm.deliver = (link, message) => {
+      if (link.user !== 'alice' || message.from !== 'bob') return [message];
+      count++;
+      if (count !== 3 && count !== 4) return [message];
+      withheld.push(message.id);
+      void link.ackOnBehalf([message.id]).catch((error: unknown) => mitm.fail(error));
+      return [];
+    };
+    await startConversation(bob, 'alice');
+    for (const n of [1, 2, 3, 4]) await send(bob, `message ${n}`);
+    await expect(alice.locator('button.conv[data-peer="bob"]'), 'conversation listed').toBeVisible();
+    await openConversation(alice, 'bob');
+    await expect(bubble(alice, 'message 2'), 'second arrives').toBeVisible();
+    await mitm.waitFor('two withheld', () => withheld.length === 2);
+    await expect(missingNotices(alice), 'nothing noticed before a later message').toHaveCount(0);
+
+    await send(bob, 'message 5');
+    await expect(bubble(alice, 'message 5'), 'fifth arrives').toBeVisible();
+    await expect(missingNotices(alice), 'missing notice').toHaveCount(1);
+    await expect(missingNotices(alice), 'missing notice text').toContainText('2 messages from bob are missing');
+    await expect(alice.locator('.messages li.msg.in'), 'three shown').toHaveCount(3);
+    await expect(bubble(alice, 'message 3'), 'third never shown').toHaveCount(0);
+    // The relay told bob they were delivered: the lie is only visible from alice's side.
+    await expect(bubble(bob, 'message 3').locator('[data-status]'), 'relay claims delivered').toHaveAttribute('data-status', 'delivered');
+  });
+
+  test('messages reordered and delayed all decrypt and are shown once', async () => {
+    const alice = await user('alice');
+    const bob = await user('bob');
+    const hold = holdMessages('alice', 'bob');
+    const link = () => mitm.link('alice');
+
+    await startConversation(bob, 'alice');
+    for (const n of [1, 2, 3, 4, 5]) await send(bob, `r${n}`);
+    const first = await hold.next(5);
+    const at = (n: number): PushedMessage => {
+      const m = first[n - 1];
+      if (m === undefined) throw new Error(`no message ${n}`);
+      return m;
+    };
+    // The third (a prekey message, like all before a reply) starts the session; the others
+    // come from skipped keys, out of order, one at a time.
+    for (const n of [3, 1, 5, 2, 4]) {
+      link().push([at(n)]);
+      await sleep(250);
+    }
+    await expect(alice.locator('button.conv[data-peer="bob"]'), 'conversation listed').toBeVisible();
+    await openConversation(alice, 'bob');
+    for (const n of [1, 2, 3, 4, 5]) await expect(bubble(alice, `r${n}`), `r${n} once`).toHaveCount(1);
+
+    // After a reply, a new chain: the last first, then two delayed in one push.
+    await send(alice, 'reply');
+    await expect(bubble(bob, 'reply'), 'reply at bob').toBeVisible();
+    for (const n of [6, 7, 8]) await send(bob, `r${n}`);
+    const [r6, r7, r8] = (await hold.next(3)) as [PushedMessage, PushedMessage, PushedMessage];
+    link().push([r8]);
+    await expect(bubble(alice, 'r8'), 'r8 first').toBeVisible();
+    await expect(missingNotices(alice), 'a gap while two are late').toContainText('2 messages from bob are missing');
+    await sleep(1500);
+    link().push([r7, r6]);
+    for (const n of [6, 7, 8]) await expect(bubble(alice, `r${n}`), `r${n} once`).toHaveCount(1);
+    await expect(alice.locator('.messages li.msg.in'), 'eight messages, each once').toHaveCount(8);
+    await expect(undecryptable(alice), 'nothing refused').toHaveCount(0);
+    // The notice that counted the late ones goes once they are there.
+    await expect(missingNotices(alice), 'nothing reported missing once all arrived').toHaveCount(0);
+    const state = await snapshot(alice, 'bob');
+    const counters = JSON.parse(state.counters) as { receivedContiguous: string; receivedAbove: unknown[] };
+    assert.equal(counters.receivedContiguous, '8n');
+    assert.deepEqual(counters.receivedAbove, []);
+  });
+});
