@@ -89,8 +89,9 @@ struct ServeArgs {
     /// Database: `sqlite:PATH` (created when missing), `sqlite::memory:`, or `postgres://…`.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite:sotto.db")]
     database: String,
-    /// Host names (host[:port]) clients may reach this relay by when a proxy rewrites the Host
-    /// header; login signatures are bound to the host. Repeat for several.
+    /// Public names (`host` or `host:port`) clients reach this relay by; login signatures are
+    /// bound to the name a client connected to. Repeat for several. The listening address is
+    /// always accepted; on a wildcard address without any, the Host header clients send is.
     #[arg(long = "public-host", env = "SOTTO_PUBLIC_HOSTS", value_delimiter = ',')]
     public_hosts: Vec<String>,
     /// Redis (`redis://host:port`) to run several nodes against one PostgreSQL: the Socket.IO

@@ -10,8 +10,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `sqlite:PATH`, `sqlite::memory:` or `postgres://…`.
     pub database_url: String,
-    /// Host names clients may bind their login signatures to besides the `Host` header they
-    /// sent (set when a proxy rewrites `Host`).
+    /// Names (`host[:port]`) clients reach this relay by; login signatures must be bound to
+    /// one of them. The relay adds its own listening address (and `localhost:PORT` on
+    /// loopback). With none configured on a wildcard address, the `Host` header each client
+    /// sent is accepted instead, which binds nothing a man in the middle cannot forge.
     pub public_hosts: Vec<String>,
     /// Whether HTTP long-polling is offered besides WebSocket.
     pub allow_polling: bool,
@@ -21,6 +23,9 @@ pub struct Config {
     pub redis_prefix: String,
     /// Limits.
     pub limits: Limits,
+    /// Set by [`Config::bind_login_hosts`]: accept the `Host` header a client sent as the name
+    /// its login is bound to (no public name was configured for a wildcard address).
+    pub(crate) trust_host_header: bool,
 }
 
 impl Config {
@@ -34,6 +39,27 @@ impl Config {
             redis_url: None,
             redis_prefix: "sotto".to_owned(),
             limits: Limits::default(),
+            trust_host_header: false,
+        }
+    }
+
+    /// Completes the names logins may be bound to, once the listening address is known.
+    pub(crate) fn bind_login_hosts(&mut self, local: SocketAddr) {
+        let port = local.port();
+        if local.ip().is_unspecified() {
+            if self.public_hosts.is_empty() {
+                self.trust_host_header = true;
+                tracing::warn!(
+                    "listening on {local} without --public-host: logins are bound to whatever Host \
+                     header a client sends; set --public-host to the name clients use"
+                );
+            }
+            self.public_hosts.extend([format!("127.0.0.1:{port}"), format!("localhost:{port}")]);
+        } else {
+            self.public_hosts.push(local.to_string());
+            if local.ip().is_loopback() {
+                self.public_hosts.push(format!("localhost:{port}"));
+            }
         }
     }
 }

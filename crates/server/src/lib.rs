@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod events;
+pub mod fuzzing;
 pub mod metrics;
 pub mod storage;
 
@@ -78,6 +79,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let mut config = config;
+    config.bind_login_hosts(listener.local_addr()?);
     let storage = storage::open(&config.database_url).await?;
     let metrics = Arc::new(Metrics::new());
     if let Ok(pending) = storage.total_pending().await {

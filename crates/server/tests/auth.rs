@@ -302,3 +302,44 @@ async fn a_sender_field_cannot_be_smuggled_in() {
     mallory.client.send_raw("bob", &client_id(), &envelope(2)).await.unwrap();
     assert_eq!(bob.messages(1).await[0].from, "mallory");
 }
+
+/// A relay in the middle passes on the real relay's challenge with its own name in `Host`: the
+/// login is bound to the name the victim connected to, which the real relay does not answer to.
+#[tokio::test]
+async fn a_login_relayed_under_a_forged_host_header_is_refused() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let server = TestServer::start().await;
+    let alice = TestUser::register(&server, "alice").await;
+    let forged = "evil.example:3000";
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert("host", forged.parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    // The next packet starting with `prefix`, skipping heartbeats.
+    macro_rules! expect {
+        ($prefix:expr) => {
+            loop {
+                if let Some(Ok(Message::Text(text))) = socket.next().await
+                    && let Some(rest) = text.as_str().strip_prefix($prefix)
+                {
+                    break rest.to_owned();
+                }
+            }
+        };
+    }
+    expect!("0");
+    socket.send(Message::text("40")).await.unwrap();
+    expect!("40");
+    socket.send(Message::text(r#"420["auth:challenge"]"#)).await.unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&expect!("430")).unwrap();
+    let nonce = answer[0]["nonce"].as_str().unwrap().to_owned();
+    let signature = sign(&alice.identity, forged, "alice", &nonce);
+    let login = json!(["auth:login", { "userId": "alice", "signature": signature }]);
+    socket.send(Message::text(format!("421{login}"))).await.unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&expect!("431")).unwrap();
+    assert_eq!(answer[0]["ok"], false, "{answer}");
+    assert_eq!(answer[0]["error"], "authentication_failed", "{answer}");
+}
