@@ -22,6 +22,7 @@ use sotto_protocol::wire::{
 };
 
 use crate::auth::{self, AuthFailure};
+use crate::config::Limits;
 use crate::delivery::{self, Job, PAGE, now_ms, push_to_user};
 use crate::events::{
     self, BundleAnswer, ChallengeAnswer, Done, ErrorCode, Failure, IdentityAnswer, IdsRequest,
@@ -86,7 +87,7 @@ fn logged_in(connection: &Connection) -> Reply<Arc<str>> {
         .ok_or_else(|| Failure::new(ErrorCode::Unauthenticated, "log in or register first"))
 }
 
-fn parse_user_id(text: &str) -> Reply<UserId> {
+pub(crate) fn parse_user_id(text: &str) -> Reply<UserId> {
     UserId::parse(text).map_err(|e| Failure::new(ErrorCode::InvalidUserId, e.to_string()))
 }
 
@@ -96,12 +97,8 @@ fn storage_failure<A: Adapter>(relay: &Relay<A>, error: impl std::fmt::Display) 
     Failure::new(ErrorCode::StorageUnavailable, "storage unavailable; retry")
 }
 
-/// Runs before the client learns it is connected: per-connection state, every handler, the
-/// login deadline.
-async fn set_up_connection<A: Adapter>(
-    socket: SocketRef<A>,
-    State(relay): State<Arc<Relay<A>>>,
-) -> Result<(), Infallible> {
+/// Runs before the client learns it is connected: per-connection state and every handler.
+async fn set_up_connection<A: Adapter>(socket: SocketRef<A>) -> Result<(), Infallible> {
     let host = socket
         .req_parts()
         .headers
@@ -119,34 +116,52 @@ async fn set_up_connection<A: Adapter>(
     socket.on(events::MESSAGE_ACK, on_ack::<A>);
     socket.on(events::MESSAGE_STATUS, on_status::<A>);
     socket.on_disconnect(on_disconnect::<A>);
-    relay.metrics.connections.inc();
-    relay.metrics.connections_total.inc();
-
-    let deadline = relay.limits().auth_timeout;
-    let weak = Arc::downgrade(&relay);
-    let pending = socket.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(deadline).await;
-        let anonymous = connection(&pending).map(|c| c.user().is_none()).unwrap_or(false);
-        if anonymous && pending.connected() {
-            if let Some(relay) = weak.upgrade() {
-                relay.metrics.auth_failure("timeout");
-            }
-            let _ = pending.disconnect();
-        }
-    });
     Ok(())
 }
 
-async fn on_connect<A: Adapter>(socket: SocketRef<A>) {
+/// Runs once the socket is connected (a socket can still fail between the middleware and this
+/// point, and only connected sockets get their disconnect handler called, so the gauge counts
+/// from here).
+async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(relay): State<Arc<Relay<A>>>) {
     tracing::trace!(sid = %socket.id, "connected");
+    relay.metrics.connections_total.inc();
+    if let Ok(connection) = connection(&socket) {
+        relay.metrics.connections.inc();
+        connection.counted.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Closed before this ran: the disconnect handler may have found nothing counted yet.
+        if !socket.connected()
+            && connection.counted.swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            relay.metrics.connections.dec();
+        }
+    }
+
+    // The login deadline holds only the socket's id: a closed socket must not stay in memory
+    // until its deadline.
+    let deadline = relay.limits().auth_timeout;
+    let weak = Arc::downgrade(&relay);
+    let sid = socket.id;
+    tokio::spawn(async move {
+        tokio::time::sleep(deadline).await;
+        let Some(relay) = weak.upgrade() else { return };
+        let Some(pending) = relay.io().and_then(|io| io.get_socket(sid)) else { return };
+        let anonymous = connection(&pending).map(|c| c.user().is_none()).unwrap_or(false);
+        if anonymous {
+            relay.metrics.auth_failure("timeout");
+            // Also ends a socket whose transport closed while it was being connected: the
+            // namespace may still list it (a race in socketioxide), and this removes it.
+            let _ = pending.disconnect();
+        }
+    });
 }
 
 async fn on_disconnect<A: Adapter>(socket: SocketRef<A>, State(relay): State<Arc<Relay<A>>>) {
-    relay.metrics.connections.dec();
     let Ok(connection) = connection(&socket) else {
         return;
     };
+    if connection.counted.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        relay.metrics.connections.dec();
+    }
     let Some(user) = connection.user() else {
         return;
     };
@@ -210,7 +225,9 @@ async fn on_challenge<A: Adapter>(
     answer(&relay, ack, result);
 }
 
-/// Checks a challenge signature against the hosts this relay answers to.
+/// Checks a challenge signature against the names this relay answers to. The `Host` header
+/// counts only when no name was configured (see [`crate::Config::public_hosts`]): a relay in
+/// the middle could otherwise pass on our challenge with its own name in `Host`.
 fn verify_login<A: Adapter>(
     relay: &Relay<A>,
     connection: &Connection,
@@ -220,13 +237,13 @@ fn verify_login<A: Adapter>(
 ) -> Result<(), AuthFailure> {
     let challenge = connection.lock().challenge.take();
     let now = Instant::now();
-    let mut result =
-        auth::verify_challenge(challenge.clone(), &connection.host, user, key, signature, now);
-    for host in &relay.config.public_hosts {
+    let header = relay.config.trust_host_header.then_some(&connection.host);
+    let mut result = Err(AuthFailure::BadSignature);
+    for host in header.into_iter().chain(&relay.config.public_hosts) {
+        result = auth::verify_challenge(challenge.clone(), host, user, key, signature, now);
         if result != Err(AuthFailure::BadSignature) {
             break;
         }
-        result = auth::verify_challenge(challenge.clone(), host, user, key, signature, now);
     }
     result
 }
@@ -621,6 +638,23 @@ impl<A: Adapter> FromMessageParts<A> for QueuedSend {
     }
 }
 
+/// Checks a `message:send` payload (size, recipient, client id, envelope shape) and returns the
+/// recipient.
+pub(crate) fn check_send(request: &SendRequest, limits: &Limits) -> Reply<UserId> {
+    if request.envelope.get().len() > limits.max_envelope_bytes {
+        return Err(Failure::new(
+            ErrorCode::TooLarge,
+            format!("envelopes are limited to {} bytes", limits.max_envelope_bytes),
+        ));
+    }
+    let recipient = parse_user_id(&request.to)?;
+    if !valid_client_id(&request.id) {
+        return Err(bad_request("`id` must be 1 to 64 characters of base64url"));
+    }
+    events::check_envelope(&request.envelope).map_err(bad_request)?;
+    Ok(recipient)
+}
+
 fn valid_client_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -637,20 +671,10 @@ fn enqueue_send<A: Adapter>(
         allow_event(relay, &connection)?;
         let sender = logged_in(&connection)?;
         let request = request.map_err(bad_request)?;
-        if request.envelope.get().len() > relay.limits().max_envelope_bytes {
-            return Err(Failure::new(
-                ErrorCode::TooLarge,
-                format!("envelopes are limited to {} bytes", relay.limits().max_envelope_bytes),
-            ));
-        }
-        let recipient = parse_user_id(&request.to)?;
+        let recipient = check_send(&request, relay.limits())?;
         if recipient.as_str() == &*sender {
             return Err(bad_request("a message needs another recipient"));
         }
-        if !valid_client_id(&request.id) {
-            return Err(bad_request("`id` must be 1 to 64 characters of base64url"));
-        }
-        events::check_envelope(&request.envelope).map_err(bad_request)?;
         relay
             .pair_limiter
             .check(&relay.pair_key(&sender, recipient.as_str()), Instant::now())
@@ -667,20 +691,14 @@ fn enqueue_send<A: Adapter>(
         Ok(message) => message,
         Err(failure) => return Err((ack, failure)),
     };
-    let job = Job::Store { message, ack, received: Instant::now() };
-    relay.writer.try_send(job).map_err(|error| {
-        let job = match error {
-            tokio::sync::mpsc::error::TrySendError::Full(job)
-            | tokio::sync::mpsc::error::TrySendError::Closed(job) => job,
-        };
-        let Job::Store { ack, .. } = job else { unreachable_job() };
-        (ack, Failure::new(ErrorCode::Busy, "the relay is busy; retry shortly"))
-    })
-}
-
-#[allow(clippy::panic)]
-fn unreachable_job() -> ! {
-    panic!("a Store job was sent, a Store job comes back")
+    // Reserve the writer's slot first, so a full inbox leaves the acknowledgement with us.
+    match relay.writer.try_reserve() {
+        Ok(permit) => {
+            permit.send(Job::Store { message, ack, received: Instant::now() });
+            Ok(())
+        }
+        Err(_) => Err((ack, Failure::new(ErrorCode::Busy, "the relay is busy; retry shortly"))),
+    }
 }
 
 async fn on_ack<A: Adapter>(

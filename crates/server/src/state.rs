@@ -266,11 +266,18 @@ pub struct Connection {
     pub host: String,
     /// Mutable state.
     pub(crate) state: Mutex<ConnectionState>,
+    /// Whether the connection gauge counted this socket (its connect handler ran), so that
+    /// only counted sockets are subtracted when they go.
+    pub(crate) counted: std::sync::atomic::AtomicBool,
 }
 
 impl Connection {
     pub(crate) fn new(host: String) -> Self {
-        Self { host, state: Mutex::new(ConnectionState::default()) }
+        Self {
+            host,
+            state: Mutex::new(ConnectionState::default()),
+            counted: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ConnectionState> {
