@@ -319,9 +319,12 @@ async fn sender(
             tokio::time::sleep_until((start + Duration::from_micros(at)).into()).await;
             *due += period;
         } else {
-            match pair.window.acquire().await {
-                Ok(permit) => permit.forget(),
-                Err(_) => break,
+            // Bounded by the end of the run: refused sends return their slot, but a relay that
+            // stops answering must not hang the bench.
+            let end = (start + Duration::from_micros(window.1)).into();
+            match tokio::time::timeout_at(end, pair.window.acquire()).await {
+                Ok(Ok(permit)) => permit.forget(),
+                _ => break,
             }
         }
         let now = now_us(start);
@@ -342,7 +345,11 @@ async fn sender(
         let totals = totals.clone();
         let errors = errors.clone();
         let id = format!("{k}-{sequence}");
+        let counted_in_window = now >= window.0;
+        let throughput = period.is_none();
+        let window_slots = pair.clone();
         in_flight.spawn(async move {
+            let window_slots = &window_slots.window;
             let started = Instant::now();
             match client.send_raw(&to, &id, &raw).await {
                 Ok(_) => {
@@ -352,6 +359,15 @@ async fn sender(
                     }
                 }
                 Err(error) => {
+                    // Refused: it will never arrive, so it is not counted as sent (nor lost),
+                    // and its slot in the window is free again.
+                    totals.sent.fetch_sub(1, Relaxed);
+                    if counted_in_window {
+                        totals.sent_in_window.fetch_sub(1, Relaxed);
+                    }
+                    if throughput {
+                        window_slots.add_permits(1);
+                    }
                     errors.record(format!("send: {}", error.code().unwrap_or("transport")))
                 }
             }
