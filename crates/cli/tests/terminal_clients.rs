@@ -211,6 +211,45 @@ fn a_receiver_killed_mid_backlog_loses_nothing_and_shows_nothing_twice() {
 }
 
 #[test]
+fn two_processes_on_one_store_show_each_message_once() {
+    let relay = Relay::start();
+    relay.ok("a", &["register", "alice"]);
+    relay.ok("b", &["register", "bob"]);
+    let sent: Vec<String> = (1..=30).map(|n| format!("message {n}")).collect();
+    for text in &sent {
+        relay.ok("a", &["send", "bob", text]);
+    }
+    // Two receivers on Bob's one store at once (a cron job beside an open chat): both get the
+    // backlog pushed; every message must be decrypted and shown once between them.
+    let spawn = || {
+        Command::new(SOTTO)
+            .args(["--server", &relay.url, "--home"])
+            .arg(relay.home("b"))
+            .args(["recv", "--wait", "2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (spawn(), spawn());
+    let mut shown: Vec<String> = Vec::new();
+    for child in [first, second] {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("could not be decrypted"), "{stderr}");
+        shown.extend(
+            lines(&String::from_utf8(output.stdout).unwrap()).iter().map(|l| l.to_string()),
+        );
+    }
+    shown.sort();
+    let mut expected: Vec<String> = sent.iter().map(|t| format!("alice\t{t}")).collect();
+    expected.sort();
+    assert_eq!(shown, expected);
+    assert_eq!(relay.ok("b", &["recv"]), "");
+}
+
+#[test]
 fn a_key_change_after_release_and_re_registration_blocks_sending_until_trusted() {
     let relay = Relay::start();
     relay.ok("a", &["register", "alice"]);

@@ -430,8 +430,11 @@ impl Client {
             .message(outgoing.message_id)
             .await?
             .ok_or_else(|| ClientError::Protocol("outbox entry without a message".into()))?;
-        let mut record = self.store.session(peer.as_str()).await?;
-        if !record.can_encrypt() {
+        // The bundle is fetched before the write transaction (no network inside it) and used
+        // only if the session still cannot encrypt once the transaction holds the store.
+        let bundle = if self.store.session(peer.as_str()).await?.can_encrypt() {
+            None
+        } else {
             let bundle = relay.request_bundle(&peer).await?;
             let mut tx = self.store.begin().await?;
             let seen =
@@ -440,11 +443,24 @@ impl Client {
             if seen == Seen::Changed {
                 return Err(ClientError::KeyChanged(peer.to_string()));
             }
+            Some(bundle)
+        };
+        // Read, encrypt and save in one write transaction: another process on this store
+        // (a `sotto recv` beside `sotto chat`) can neither seal this entry twice nor advance the
+        // session in between.
+        let mut tx = self.store.begin().await?;
+        if let Some(envelope) = store::sealed_envelope(&mut tx, &outgoing.client_id).await? {
+            return Ok(envelope);
+        }
+        let mut record = store::session(&mut tx, peer.as_str()).await?;
+        if !record.can_encrypt() {
+            let bundle = bundle.ok_or_else(|| {
+                ClientError::Protocol("the session was dropped while sealing; retry".into())
+            })?;
             let session = Session::initiate(self.local_party(), &peer, &bundle, &mut rand::rng())
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;
             record.promote(session);
         }
-        let mut tx = self.store.begin().await?;
         let counters = store::counters(&mut tx, peer.as_str()).await?;
         let plaintext = Record::text(
             message.body.as_deref().unwrap_or_default(),
@@ -533,18 +549,26 @@ impl Client {
                 prekeys.one_time = self.store.one_time_prekey(id).await?;
             }
         }
-        let mut record = self.store.session(sender.as_str()).await?;
+        // Checked again, read, decrypted and saved in one write transaction, so another process
+        // on this store cannot decrypt the same message from the same state in between.
+        let mut tx = self.store.begin().await?;
+        if store::has_incoming(&mut tx, sender.as_str(), message.id).await? {
+            return Ok(Vec::new());
+        }
+        let mut record = store::session(&mut tx, sender.as_str()).await?;
         // Bound first, so the thread-local generator is not held across an await.
         let result =
             record.decrypt(self.local_party(), &sender, &envelope, &prekeys, &mut rand::rng());
         let decrypted = match result {
             Ok(decrypted) => decrypted,
             Err(DecryptError::DuplicateMessage) => return Ok(Vec::new()),
-            Err(_) => return self.save_undecryptable(&sender, message, now).await,
+            Err(_) => {
+                drop(tx);
+                return self.save_undecryptable(&sender, message, now).await;
+            }
         };
 
         let mut events = Vec::new();
-        let mut tx = self.store.begin().await?;
         store::save_session(&mut tx, sender.as_str(), &record).await?;
         let seen =
             store::see_identity(&mut tx, sender.as_str(), &decrypted.remote_identity, now).await?;

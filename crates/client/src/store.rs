@@ -391,15 +391,8 @@ impl Store {
 
     /// A peer's session record.
     pub async fn session(&self, peer: &str) -> Result<SessionRecord, StoreError> {
-        let record: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT record FROM sessions WHERE peer = $1")
-                .bind(peer)
-                .fetch_optional(&self.pool)
-                .await?;
-        match record {
-            Some(bytes) => SessionRecord::from_bytes(&bytes).map_err(corrupt),
-            None => Ok(SessionRecord::new()),
-        }
+        let mut connection = self.pool.acquire().await?;
+        session(&mut connection, peer).await
     }
 
     /// A contact.
@@ -576,14 +569,8 @@ impl Store {
 
     /// Whether an incoming message with this relay id was already saved.
     pub async fn has_incoming(&self, peer: &str, server_id: i64) -> Result<bool, StoreError> {
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM messages WHERE peer = $1 AND outgoing = 0 AND server_id = $2",
-        )
-        .bind(peer)
-        .bind(server_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(found.is_some())
+        let mut connection = self.pool.acquire().await?;
+        has_incoming(&mut connection, peer, server_id).await
     }
 
     /// Sets the status of outgoing messages by relay id (delivery receipts).
@@ -955,6 +942,48 @@ pub async fn queue_outgoing(
     .execute(tx)
     .await?;
     Ok(())
+}
+
+/// A peer's session record, read inside a transaction that will save it again, so that two
+/// processes on one store never both advance the same ratchet state.
+pub async fn session(tx: &mut SqliteConnection, peer: &str) -> Result<SessionRecord, StoreError> {
+    let record: Option<Vec<u8>> = sqlx::query_scalar("SELECT record FROM sessions WHERE peer = $1")
+        .bind(peer)
+        .fetch_optional(tx)
+        .await?;
+    match record {
+        Some(bytes) => SessionRecord::from_bytes(&bytes).map_err(corrupt),
+        None => Ok(SessionRecord::new()),
+    }
+}
+
+/// Whether an incoming message with this relay id was already saved.
+pub async fn has_incoming(
+    tx: &mut SqliteConnection,
+    peer: &str,
+    server_id: i64,
+) -> Result<bool, StoreError> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM messages WHERE peer = $1 AND outgoing = 0 AND server_id = $2",
+    )
+    .bind(peer)
+    .bind(server_id)
+    .fetch_optional(tx)
+    .await?;
+    Ok(found.is_some())
+}
+
+/// The envelope an outbox entry was sealed with, if it was (and is still queued).
+pub async fn sealed_envelope(
+    tx: &mut SqliteConnection,
+    client_id: &str,
+) -> Result<Option<String>, StoreError> {
+    let envelope: Option<Option<String>> =
+        sqlx::query_scalar("SELECT envelope FROM outbox WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_optional(tx)
+            .await?;
+    Ok(envelope.flatten())
 }
 
 /// Records an outgoing message's envelope.
