@@ -89,6 +89,17 @@ pub struct SocketIoClient {
     shared: Arc<Shared>,
 }
 
+/// Chooses ring as rustls's cryptography, once per process, before the first `wss://`
+/// connection (rustls needs a provider and this build carries only ring). Certificates are
+/// checked against the system's trust store (`SSL_CERT_FILE` / `SSL_CERT_DIR` override it).
+fn install_tls_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        // Fails only when a provider is already installed, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Turns `http://host:port` (or `ws://…`) into the Engine.IO WebSocket URL.
 pub fn websocket_url(server: &str) -> Result<String, TransportError> {
     let url = url::Url::parse(server).map_err(|_| TransportError::InvalidUrl(server.to_owned()))?;
@@ -131,6 +142,7 @@ impl SocketIoClient {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_INCOMING_FRAME))
             .max_frame_size(Some(MAX_INCOMING_FRAME));
+        install_tls_provider();
         let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
             .await
             .map_err(|e| TransportError::Connect(e.to_string()))?;
