@@ -159,17 +159,20 @@ for (const transport of ['websocket', 'polling'] as const) {
       assert.equal(opened.usedOneTimePrekey, 2);
       assert.equal(opened.newSession, true);
 
+      // A resend with the same client id, while the message is queued, is stored once.
+      const again = await a.send({ to: bob.user, id: clientId, envelope: envelopeToJson(sealed.envelope) });
+      assert.deepEqual(again, { id: sent.id, duplicate: true });
+      assert.deepEqual(await a.status([sent.id]), [{ id: sent.id, status: 'pending' }]);
+
       await b.ack([message.id]);
       const [receipt] = await delivered;
       assert.deepEqual(receipt, { id: sent.id, clientId, to: bob.user });
+      // Acknowledged messages are deleted: anything the relay no longer holds for this sender
+      // reads "delivered" (PROTOCOL.md §15), an id it never held included.
       assert.deepEqual(await a.status([sent.id, 999_999]), [
         { id: sent.id, status: 'delivered' },
-        { id: 999_999, status: 'unknown' },
+        { id: 999_999, status: 'delivered' },
       ]);
-
-      // A resend with the same client id is stored once.
-      const again = await a.send({ to: bob.user, id: clientId, envelope: envelopeToJson(sealed.envelope) });
-      assert.deepEqual(again, { id: sent.id, duplicate: true });
     });
 
     test('queued messages are pushed after login, oldest first', async () => {
