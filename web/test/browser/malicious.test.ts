@@ -23,7 +23,7 @@ import { Profile } from '../harness/browser.js';
 import { expect } from '../harness/expect.js';
 import { flipCiphertextBit, Mitm, type PushedMessage, withHeader } from '../harness/mitm.js';
 import { type PageServer, pageFor } from '../harness/page.js';
-import { type Relay, startRelay } from '../harness/relay.js';
+import { freePort, type Relay, startRelay } from '../harness/relay.js';
 import { bubble, online, openConversation, register, send, startConversation } from '../harness/ui.js';
 
 function isRecord(value: unknown): value is Record<string, unknown> {
@@ -160,9 +160,11 @@ describe('web client against a lying relay', () => {
   };
 
   beforeEach(async () => {
-    relay = await startRelay();
+    // Browsers sign logins for the proxy's address: the relay must answer to that name.
+    const port = await freePort();
+    relay = await startRelay(['--public-host', `127.0.0.1:${port}`]);
     page = await pageFor(relay);
-    mitm = await Mitm.start(relay, page.origin);
+    mitm = await Mitm.start(relay, page.origin, port);
     profiles = [];
   });
 

@@ -4,9 +4,10 @@
  * The browser loads the page from this proxy, so its origin (and the host it signs logins for)
  * is the proxy's; plain HTTP is passed through to whatever serves the page (the relay, or the
  * stand-in of `page.ts`), and each Engine.IO v4 WebSocket (`/socket.io/?EIO=4&transport=
- * websocket`) is accepted here and paired with the proxy's own WebSocket to the real relay,
- * with the `Host` header kept so the relay checks login signatures against the host the page
- * came from. Long-polling is refused, so nothing can slip past the hooks.
+ * websocket`) is accepted here and paired with the proxy's own WebSocket to the real relay.
+ * The relay accepts logins bound only to its own names, so tests start it with the proxy's
+ * address as a `--public-host` (the relay ignores the forwarded `Host` header for that).
+ * Long-polling is refused, so nothing can slip past the hooks.
  *
  * Frames are passed on unchanged unless a hook says otherwise. The proxy understands the
  * Socket.IO packets that matter (`42[…]` events, `42N[…]` requests, `43N[…]` answers) and lets
@@ -284,7 +285,8 @@ export class Mitm {
    * Starts a proxy in front of `relay`; pages and assets come from `pageOrigin` (the relay
    * itself, or the stand-in that serves web/dist).
    */
-  static async start(relay: Relay, pageOrigin: string): Promise<Mitm> {
+  /** `port` 0 picks a free one; the relay must list `127.0.0.1:PORT` as a public host. */
+  static async start(relay: Relay, pageOrigin: string, port = 0): Promise<Mitm> {
     const page = new URL(pageOrigin);
     const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
     let mitm: Mitm | null = null;
@@ -312,7 +314,7 @@ export class Mitm {
         self.links.push(new Link(self, client, upstream));
       });
     });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
     const address = server.address();
     if (typeof address !== 'object' || address === null) throw new Error('no address');
     mitm = new Mitm(server, wss, address.port);
