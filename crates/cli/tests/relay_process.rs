@@ -8,7 +8,6 @@
 
 use std::collections::HashSet;
 use std::io::Read;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -21,10 +20,6 @@ use sotto_protocol::wire::b64;
 use sotto_protocol::{IdentityKeyPair, SignedPrekey, UserId};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 struct Relay {
     child: Child,
@@ -43,12 +38,21 @@ fn start(database: &str, port: u16, stderr_path: &std::path::Path) -> Relay {
         .stderr(stderr)
         .spawn()
         .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    for _ in 0..300 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+    // Wait for this process's own "listening" line: a port merely answering could be another
+    // test's relay (port 0 lets the relay pick a free one and say which).
+    let mut child = child;
+    for _ in 0..500 {
+        let log = std::fs::read_to_string(stderr_path).unwrap_or_default();
+        if let Some(line) = log.lines().find(|line| line.contains("relay listening")) {
+            let address = line.rsplit("address=").next().unwrap().trim();
+            let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+            let url = format!("http://127.0.0.1:{port}");
             return Relay { child, url, port, stderr_path: stderr_path.to_owned() };
         }
-        std::thread::sleep(Duration::from_millis(20));
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("sotto serve exited with {status}: {log}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
     panic!("sotto serve did not start");
 }
@@ -145,8 +149,8 @@ async fn collect(
 async fn sigkill_mid_stream_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite:{}", dir.path().join("relay.db").display());
-    let port = free_port();
-    let mut relay = start(&database, port, &dir.path().join("1.log"));
+    let mut relay = start(&database, 0, &dir.path().join("1.log"));
+    let port = relay.port;
     let (_alice, alice_client, _) = register(&relay.url, "alice").await;
     let (bob, bob_client, _) = register(&relay.url, "bob").await;
     bob_client.close();
@@ -202,8 +206,8 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message() {
 async fn sigterm_finishes_in_flight_work_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite:{}", dir.path().join("relay.db").display());
-    let port = free_port();
-    let mut relay = start(&database, port, &dir.path().join("1.log"));
+    let mut relay = start(&database, 0, &dir.path().join("1.log"));
+    let port = relay.port;
     let (_alice, alice_client, _) = register(&relay.url, "alice").await;
     let (bob, bob_client, _) = register(&relay.url, "bob").await;
     bob_client.close();
@@ -236,7 +240,7 @@ async fn sigterm_finishes_in_flight_work_and_exits_cleanly() {
 async fn release_user_frees_the_id_for_new_keys() {
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite:{}", dir.path().join("relay.db").display());
-    let relay = start(&database, free_port(), &dir.path().join("1.log"));
+    let relay = start(&database, 0, &dir.path().join("1.log"));
     let (alice, alice_client, _) = register(&relay.url, "alice").await;
     let (_, bob_client, _) = register(&relay.url, "bob").await;
     alice_client.close();
@@ -267,7 +271,7 @@ async fn release_user_frees_the_id_for_new_keys() {
 async fn logs_carry_no_keys_ciphertext_or_envelopes() {
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite:{}", dir.path().join("relay.db").display());
-    let relay = start(&database, free_port(), &dir.path().join("1.log"));
+    let relay = start(&database, 0, &dir.path().join("1.log"));
     let (_, alice_client, _) = register(&relay.url, "alice").await;
     let (_, bob_client, mut bob_pushes) = register(&relay.url, "bob").await;
     let marked = envelope(b"SECRET-MARKER-1234567");
@@ -296,7 +300,7 @@ async fn logs_carry_no_keys_ciphertext_or_envelopes() {
 async fn huge_frames_leave_memory_flat() {
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite:{}", dir.path().join("relay.db").display());
-    let relay = start(&database, free_port(), &dir.path().join("1.log"));
+    let relay = start(&database, 0, &dir.path().join("1.log"));
     // Warm up, then measure around 40 connections each sending a 32 MiB frame.
     let (_, _client, _) = register(&relay.url, "warm").await;
     let before = relay.rss_kb();

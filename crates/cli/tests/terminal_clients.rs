@@ -6,7 +6,6 @@
 // Relay processes are killed and reaped in `Drop`.
 #![allow(clippy::zombie_processes)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -23,21 +22,28 @@ struct Relay {
 impl Relay {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let database = format!("sqlite:{}", dir.path().join("relay.db").display());
-        let child = Command::new(SOTTO)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database", &database])
+        let log_path = dir.path().join("relay.log");
+        // Port 0: the relay picks a free port and logs it, so tests running side by side never
+        // race for one.
+        let mut child = Command::new(SOTTO)
+            .args(["serve", "--listen", "127.0.0.1:0", "--database", &database])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
             .spawn()
             .unwrap();
-        for _ in 0..300 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
+        for _ in 0..500 {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(line) = log.lines().find(|line| line.contains("relay listening")) {
+                let address = line.rsplit("address=").next().unwrap().trim().to_owned();
+                return Self { child, url: format!("http://{address}"), database, dir };
             }
-            std::thread::sleep(Duration::from_millis(20));
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("sotto serve exited with {status}: {log}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        Self { child, url: format!("http://127.0.0.1:{port}"), database, dir }
+        panic!("sotto serve did not start");
     }
 
     fn home(&self, name: &str) -> PathBuf {
