@@ -169,16 +169,77 @@ fn print_message(
     Ok(())
 }
 
+/// A request to stop from the user or a supervisor (Ctrl-C, `timeout`, systemd, a closed
+/// terminal): SIGINT, SIGTERM or SIGHUP. Installing the handlers replaces those signals' default
+/// action, which would end the process between printing a message and recording it as shown.
+struct StopRequest {
+    signals: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+    asked: bool,
+}
+
+impl StopRequest {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        let signals = Box::pin(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+                _ = hangup.recv() => {}
+            }
+        });
+        Ok(Self { signals, asked: false })
+    }
+
+    /// Whether a stop has been asked for by now (does not wait).
+    fn asked(&mut self) -> bool {
+        if !self.asked {
+            self.asked = futures_util::FutureExt::now_or_never(self.signals.as_mut()).is_some();
+        }
+        self.asked
+    }
+
+    /// Resolves once a stop is asked for.
+    async fn wait(&mut self) {
+        if !self.asked {
+            self.signals.as_mut().await;
+            self.asked = true;
+        }
+    }
+}
+
 /// `sotto recv`: prints received messages, each saved and acknowledged.
+///
+/// Every message is saved (with the session state that decrypted it) before the relay is told it
+/// arrived, then printed, then recorded as shown; messages saved but not yet shown are printed by
+/// the next run. A stop request (SIGINT, SIGTERM, SIGHUP) is honoured between two messages, so
+/// each message is printed exactly once. Only a SIGKILL landing between a print and its record
+/// can print that one message again on the next run (`--json` carries the relay's id to tell).
 pub async fn recv(place: &Place, wait: Option<u64>, json: bool) -> anyhow::Result<()> {
-    let (client, server) = open(place).await?;
-    let (relay, mut pushes, queued) = connect(&client, &server).await?;
+    let mut stop = StopRequest::install()?;
+    let (client, server) = tokio::select! {
+        opened = open(place) => opened?,
+        () = stop.wait() => return Ok(()),
+    };
+    let connected = tokio::select! {
+        connected = connect(&client, &server) => Some(connected?),
+        () = stop.wait() => None,
+    };
+    let Some((relay, mut pushes, queued)) = connected else {
+        client.close().await;
+        return Ok(());
+    };
     for event in client.flush_outbox(&relay).await? {
         warn(&event);
     }
     let mut out = std::io::stdout().lock();
     // Saved by an earlier run that stopped before printing them.
     for message in client.store().unseen().await? {
+        if stop.asked() {
+            break;
+        }
         match (&message.body, message.status.as_str()) {
             (_, "undecryptable") => warn(&Event::Undecryptable { peer: message.peer.clone() }),
             (Some(_), _) => print_message(&mut out, &message, json)?,
@@ -190,13 +251,18 @@ pub async fn recv(place: &Place, wait: Option<u64>, json: bool) -> anyhow::Resul
     // Without --wait: return once the backlog announced at login is handled (and nothing more
     // arrives for a moment). With it: return after SECONDS with nothing new.
     let quiet = wait.map_or(Duration::from_millis(500), Duration::from_secs);
-    loop {
+    while !stop.asked() {
         let timeout =
             if wait.is_none() && handled < queued { Duration::from_secs(10) } else { quiet };
-        let Ok(Some(push)) = tokio::time::timeout(timeout, pushes.recv()).await else {
+        let push = tokio::select! {
+            received = tokio::time::timeout(timeout, pushes.recv()) => received,
+            () = stop.wait() => break,
+        };
+        let Ok(Some(push)) = push else {
             break;
         };
         let is_messages = push.event == "message:receive";
+        // A push taken is handled whole: its messages are saved and acknowledged.
         let events = client
             .handle(&relay, push)
             .await
@@ -206,6 +272,8 @@ pub async fn recv(place: &Place, wait: Option<u64>, json: bool) -> anyhow::Resul
         }
         for event in events {
             match &event {
+                // Once a stop is asked for, the rest stay saved and unshown for the next run.
+                Event::Received(_) if stop.asked() => {}
                 Event::Received(message) => {
                     print_message(&mut out, message, json)?;
                     client.store().mark_seen(&[message.id]).await?;
