@@ -250,6 +250,23 @@ impl Attack for ReplayFirstBundle {
     }
 }
 
+/// Stores what the client sends but tells it the relay is busy, so the client keeps the
+/// message queued (sealed) to send again.
+struct BusyOnSend;
+
+impl Attack for BusyOnSend {
+    fn answer(&mut self, event: &str, answer: &mut Value) {
+        if event == "message:send" {
+            *answer = json!({
+                "ok": false,
+                "error": "busy",
+                "message": "the relay is busy; try again shortly",
+                "retryable": true,
+            });
+        }
+    }
+}
+
 /// Does `action` to the messages numbered (from 1) in `which`.
 struct PerMessage<F: FnMut(usize, Value) -> Vec<Value> + Send> {
     count: usize,
@@ -419,6 +436,51 @@ async fn a_substituted_identity_blocks_sending_and_changes_the_safety_number() {
     let events = bob.receive_until(|_| true).await;
     assert_eq!(received(&events), 0, "{events:?}");
     assert_eq!(bob.received_texts("alice").await, ["first"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sealed_before_a_key_change_waits_for_trust_and_is_sealed_afresh() {
+    let relay = LyingRelay::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bob = Person::register(&dir.path().join("bob"), &relay.direct, "bob").await;
+    let mut alice = Person::register(&dir.path().join("alice"), &relay.proxied, "alice").await;
+    let bob_id = UserId::parse("bob").unwrap();
+    alice.send("bob", "first").await;
+    bob.receive_until(|e| received(e) == 1).await;
+
+    // "second" is sealed for Bob's real identity, but the relay claims to be busy: it stays
+    // queued with its envelope.
+    relay.attack(BusyOnSend);
+    alice.client.compose(&bob_id, "second").await.unwrap();
+    assert!(alice.client.flush_outbox(&alice.relay).await.is_err(), "busy is retried later");
+    let queued = alice.client.store().outbox().await.unwrap();
+    assert_eq!(queued.len(), 1);
+    let sealed = queued[0].envelope.clone().expect("sealed before the refusal");
+
+    // Then Bob's identity changes under Alice's feet. The sealed entry must not go out on its
+    // own: the change is shown and the entry held, untouched.
+    let (identity, bundle) = attacker_bundle("bob");
+    relay.attack(SubstituteIdentity { victim: "bob".into(), identity, bundle: Some(bundle) });
+    alice.reconnect().await;
+    let events = alice.client.flush_outbox(&alice.relay).await.unwrap();
+    assert!(
+        has(&events, |e| matches!(e, Event::KeyChanged { peer } if peer == "bob")),
+        "{events:?}"
+    );
+    assert!(!has(&events, |e| matches!(e, Event::Stored { .. })), "{events:?}");
+    let held = alice.client.store().outbox().await.unwrap();
+    assert_eq!(held.len(), 1, "held, not sent");
+    assert_eq!(held[0].envelope.as_deref(), Some(sealed.as_str()));
+
+    // Once the user accepts the new identity, the entry is sealed again, for that identity,
+    // and sent.
+    assert!(alice.client.trust(&bob_id).await.unwrap());
+    assert_eq!(alice.client.store().outbox().await.unwrap()[0].envelope, None);
+    let events = alice.client.flush_outbox(&alice.relay).await.unwrap();
+    assert!(has(&events, |e| matches!(e, Event::Stored { .. })), "{events:?}");
+    assert!(alice.client.store().outbox().await.unwrap().is_empty());
+    let (_, changed) = alice.client.safety_number(&bob_id).await.unwrap();
+    assert!(!changed, "the accepted identity is the current one");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -346,6 +346,18 @@ impl Client {
         Ok(id)
     }
 
+    /// Refuses to send to `peer` while a changed identity awaits the user's acceptance, and
+    /// checks the identity with the relay once per connection. Sealed or not, nothing leaves
+    /// the outbox without this.
+    async fn confirm_identity(&self, relay: &RelayClient, peer: &str) -> Result<(), ClientError> {
+        if let Some(contact) = self.store.contact(peer).await?
+            && contact.pending.is_some()
+        {
+            return Err(ClientError::KeyChanged(peer.to_owned()));
+        }
+        self.check_identity(relay, peer).await
+    }
+
     /// Checks a peer's identity with the relay once per connection, so a changed identity
     /// (the peer re-registered) is noticed before anything is sent to the old one.
     async fn check_identity(&self, relay: &RelayClient, peer: &str) -> Result<(), ClientError> {
@@ -397,6 +409,9 @@ impl Client {
         relay: &RelayClient,
         outgoing: &store::Outgoing,
     ) -> Result<Event, ClientError> {
+        // An entry sealed before the peer's identity changed (the relay was busy, the
+        // connection dropped) must not go out on its own: the change is shown first.
+        self.confirm_identity(relay, &outgoing.peer).await?;
         let envelope = match &outgoing.envelope {
             Some(envelope) => envelope.clone(),
             None => self.seal(relay, outgoing).await?,
@@ -419,12 +434,6 @@ impl Client {
             UserId::parse(&outgoing.peer).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let lock = self.lock_for(peer.as_str());
         let _guard = lock.lock().await;
-        if let Some(contact) = self.store.contact(peer.as_str()).await?
-            && contact.pending.is_some()
-        {
-            return Err(ClientError::KeyChanged(peer.to_string()));
-        }
-        self.check_identity(relay, peer.as_str()).await?;
         let message = self
             .store
             .message(outgoing.message_id)

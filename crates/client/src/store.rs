@@ -397,14 +397,8 @@ impl Store {
 
     /// A contact.
     pub async fn contact(&self, peer: &str) -> Result<Option<Contact>, StoreError> {
-        let row = sqlx::query(
-            "SELECT signing, dh, signature, verified, pending_signing, pending_dh, \
-             pending_signature FROM contacts WHERE peer = $1",
-        )
-        .bind(peer)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| contact_from_row(peer, &row)).transpose()
+        let mut connection = self.pool.acquire().await?;
+        contact(&mut connection, peer).await
     }
 
     /// Every contact.
@@ -443,13 +437,13 @@ impl Store {
     /// Accepts a contact's changed identity: it becomes the accepted one (unverified), and
     /// sessions with the old identity are dropped so the next message starts afresh.
     pub async fn accept_pending(&self, peer: &str) -> Result<bool, StoreError> {
-        let Some(contact) = self.contact(peer).await? else {
-            return Ok(false);
-        };
-        let Some(pending) = contact.pending else {
-            return Ok(false);
-        };
+        // One write transaction from the read on: a receive in another process cannot slip a
+        // session or a pending identity in between.
         let mut tx = self.begin().await?;
+        let Some(pending) = contact(&mut tx, peer).await?.and_then(|contact| contact.pending)
+        else {
+            return Ok(false);
+        };
         let json = identity_text(&pending);
         sqlx::query(
             "UPDATE contacts SET signing = $2, dh = $3, signature = $4, verified = 0, \
@@ -461,7 +455,7 @@ impl Store {
         .bind(&json.signature)
         .execute(&mut *tx)
         .await?;
-        let mut record = self.session(peer).await?;
+        let mut record = session(&mut tx, peer).await?;
         let kept: Vec<_> = record
             .sessions()
             .iter()
@@ -473,6 +467,12 @@ impl Store {
             record.promote(session);
         }
         save_session(&mut tx, peer, &record).await?;
+        // Entries sealed for the old identity but never stored by the relay are sealed again,
+        // for the identity just accepted, when they are next sent.
+        sqlx::query("UPDATE outbox SET envelope = NULL WHERE peer = $1")
+            .bind(peer)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -782,6 +782,21 @@ pub enum Seen {
     Known,
     /// Not the accepted identity: now pending until the user accepts it.
     Changed,
+}
+
+/// A contact, read on `connection` (a transaction's, to read what it will change).
+pub async fn contact(
+    connection: &mut SqliteConnection,
+    peer: &str,
+) -> Result<Option<Contact>, StoreError> {
+    let row = sqlx::query(
+        "SELECT signing, dh, signature, verified, pending_signing, pending_dh, \
+         pending_signature FROM contacts WHERE peer = $1",
+    )
+    .bind(peer)
+    .fetch_optional(&mut *connection)
+    .await?;
+    row.map(|row| contact_from_row(peer, &row)).transpose()
 }
 
 /// Records that `identity` was seen for `peer`.

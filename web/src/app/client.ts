@@ -658,6 +658,9 @@ export class Client {
   }
 
   async #sendOne(entry: OutboxEntry): Promise<void> {
+    // Sealed or not, nothing leaves the outbox while the peer's identity has changed unaccepted:
+    // an entry sealed before the change (the relay was busy, the connection dropped) waits too.
+    await this.#queue.run(entry.peer, () => this.#confirmIdentity(entry.peer));
     const envelope = entry.envelope ?? (await this.#queue.run(entry.peer, () => this.#seal(entry)));
     const answer = await this.#relay.send({ to: entry.peer, id: entry.clientId, envelope });
     await this.#store.write(['messages', 'outbox'], async (tx) => {
@@ -699,9 +702,8 @@ export class Client {
     if (seen === 'changed') this.#emitChanged(peer);
   }
 
-  /** Encrypts an outbox entry (starting a session when needed); saves envelope and session together. */
-  async #seal(entry: OutboxEntry): Promise<EnvelopeJson> {
-    const peer = parseUserId(entry.peer);
+  /** Refuses while a changed identity awaits acceptance; checks the identity with the relay once per connection. */
+  async #confirmIdentity(peer: string): Promise<void> {
     const blockedNow = async (): Promise<void> => {
       const contact = await this.#store.read(['contacts'], (tx) => tx.contact(peer));
       if (contact?.pending != null) throw new AppError('key_changed');
@@ -709,6 +711,11 @@ export class Client {
     await blockedNow();
     await this.#checkIdentity(peer, true);
     await blockedNow();
+  }
+
+  /** Encrypts an outbox entry (starting a session when needed); saves envelope and session together. */
+  async #seal(entry: OutboxEntry): Promise<EnvelopeJson> {
+    const peer = parseUserId(entry.peer);
     const loaded = await this.#store.read(['sessions', 'messages', 'conversations', 'outbox'], async (tx) => ({
       session: await tx.session(peer),
       message: await tx.message(entry.messageId),

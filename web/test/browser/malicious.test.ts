@@ -245,6 +245,56 @@ describe('web client against a lying relay', () => {
     await expect(alice.getByRole('button', { name: 'Send' }), 'still blocked').toBeDisabled();
   });
 
+  test('a message sealed before a key change is held until the new key is accepted, then sealed for it', async () => {
+    const alice = await user('alice');
+    const bob = await user('bob');
+    await startConversation(alice, 'bob');
+    await send(alice, 'hello bob');
+    await openConversation(bob, 'alice');
+    await expect(bubble(bob, 'hello bob'), 'first message at bob').toBeVisible();
+
+    // The relay answers alice's sends with "busy": her browser gives up retrying for now and
+    // keeps the message queued, already sealed for bob's real identity.
+    mitm.answer = (link, name, _request, answer) =>
+      link.user === 'alice' && name === 'message:send' ? { ok: false, error: 'busy', message: 'the relay is busy', retryable: true, retryAfterMs: 10 } : answer;
+    const sendsBefore = mitm.sentBy('alice', 'message:send').length;
+    await send(alice, 'sealed before the change');
+    await mitm.waitFor('alice to stop retrying', () => mitm.sentBy('alice', 'message:send').length >= sendsBefore + 6);
+    await sleep(200);
+    const attempts = mitm.sentBy('alice', 'message:send');
+    assert.equal(attempts.length, sendsBefore + 6, 'five retries, then the message waits');
+    const sealed = attempts.at(-1);
+    assert.ok(isRecord(sealed));
+
+    // Now the relay claims bob has another identity (Mallory's, with her own bundle). On the
+    // next connection the queued envelope must not go out on its own.
+    const { bundle, identity: mallory } = await attackerBundle('bob');
+    const malloryJson = publicIdentityToJson(mallory.publicIdentity);
+    mitm.answer = (link, name, request, answer) => {
+      if (link.user !== 'alice' || !isRecord(request) || request['userId'] !== 'bob' || !isRecord(answer)) return answer;
+      if (name === 'user:identity') return { ...answer, identity: malloryJson };
+      if (name === 'user:request-key') return { ...answer, bundle };
+      return answer;
+    };
+    await alice.reload();
+    await online(alice);
+    await openConversation(alice, 'bob');
+    await expect(alice.getByRole('alert').filter({ hasText: 'bob’s safety number has changed' }), 'key change warning').toBeVisible();
+    await sleep(300);
+    assert.equal(mitm.sentBy('alice', 'message:send').length, attempts.length, 'the sealed message is held');
+
+    // Accepting the new key (the person compared numbers, or chose to) seals it again, for
+    // the accepted identity, and sends it.
+    await alice.getByRole('button', { name: 'Accept new key' }).click();
+    await mitm.waitFor('the held message to be sent', () => mitm.sentBy('alice', 'message:send').length > attempts.length);
+    const resent = mitm.sentBy('alice', 'message:send').at(-1);
+    assert.ok(isRecord(resent));
+    assert.equal(resent['id'], sealed['id'], 'the same message');
+    assert.notDeepEqual(resent['envelope'], sealed['envelope'], 'sealed afresh');
+    const status = bubble(alice, 'sealed before the change').locator('[data-status="stored"], [data-status="delivered"]');
+    await expect(status, 'stored by the relay').toHaveCount(1);
+  });
+
   test('a substituted bundle on a new conversation is refused before anything is encrypted to it', async () => {
     const alice = await user('alice');
     await user('bob');
