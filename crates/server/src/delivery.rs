@@ -273,7 +273,7 @@ async fn stored<A: Adapter>(
                 per_recipient.push((&message.recipient, vec![(outcome.id(), message)]));
             }
         }
-        let key = relay.contact_key(&message.sender, &message.recipient);
+        let key = relay.pair_key(&message.sender, &message.recipient);
         let fresh = relay.known_contacts.lock().map(|mut known| known.insert(key)).unwrap_or(false);
         if fresh {
             new_contacts.push((message.sender.clone(), message.recipient.clone()));
@@ -313,36 +313,24 @@ async fn stored<A: Adapter>(
     }
 }
 
-/// Saves new contact pairs and tells each side the other is online.
+/// Saves new (sender, recipient) pairs and tells each recipient that the sender, who has just
+/// written to them and so shares their presence from now on, is online. The sender learns
+/// nothing about the recipient: that is the recipient's to share, by writing back.
 async fn record_contacts<A: Adapter>(relay: &Relay<A>, pairs: Vec<(String, String)>) {
     if let Err(error) = relay.storage.add_contacts(&pairs).await {
         relay.metrics.storage_errors.inc();
         tracing::warn!(%error, "recording contacts failed");
         let mut known = relay.known_contacts.lock().unwrap_or_else(|e| e.into_inner());
-        for (a, b) in &pairs {
-            known.remove(&relay.contact_key(a, b));
+        for (sender, recipient) in &pairs {
+            known.remove(&relay.pair_key(sender, recipient));
         }
         return;
     }
     for (sender, recipient) in &pairs {
         // Clustered, the recipient may be online on another node: the room push finds out.
         if relay.clustered() || relay.is_online(recipient) {
-            let delivered = push_to_user(
-                relay,
-                recipient,
-                events::USER_JOINED,
-                &PresencePush { user_id: sender },
-            )
-            .await;
-            if delivered {
-                push_to_user(
-                    relay,
-                    sender,
-                    events::USER_JOINED,
-                    &PresencePush { user_id: recipient },
-                )
+            push_to_user(relay, recipient, events::USER_JOINED, &PresencePush { user_id: sender })
                 .await;
-            }
         }
     }
 }

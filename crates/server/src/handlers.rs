@@ -184,9 +184,9 @@ async fn on_disconnect<A: Adapter>(socket: SocketRef<A>, State(relay): State<Arc
     }
 }
 
-/// Tells a user's online contacts that the user joined or left.
+/// Tells the online users `user` has written to that `user` joined or left.
 async fn announce<A: Adapter>(relay: &Relay<A>, user: &str, event: &'static str) {
-    let contacts = match relay.storage.contacts(user).await {
+    let contacts = match relay.storage.written_to(user).await {
         Ok(contacts) => contacts,
         Err(error) => {
             relay.metrics.storage_errors.inc();
@@ -340,7 +340,8 @@ async fn after_login<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, use
     if first {
         announce(&relay, &user, events::USER_JOINED).await;
     }
-    if let Ok(contacts) = relay.storage.contacts(&user).await {
+    // Whoever has written to this user shares their presence with them.
+    if let Ok(contacts) = relay.storage.written_by(&user).await {
         for contact in &contacts {
             if relay.online_anywhere(contact).await {
                 let _ = socket.emit(events::USER_JOINED, &PresencePush { user_id: contact });
@@ -461,7 +462,7 @@ async fn register<A: Adapter>(
         one_time_prekeys,
         now: now_ms(),
     };
-    match relay.storage.register_user(&new_user).await {
+    match relay.registrar.register(new_user).await {
         Ok(()) => {}
         Err(RegisterError::Taken) => {
             return Err(Failure::new(ErrorCode::UserTaken, format!("{user} is taken")));
@@ -469,6 +470,10 @@ async fn register<A: Adapter>(
         Err(RegisterError::Storage(error)) => return Err(storage_failure(relay, error)),
     }
     relay.recipients.forget(user.as_str());
+    // The id may have been released (its contacts deleted) and taken again: forget which pairs
+    // are known to be recorded, so the next message of any pair records it again. Cheap: a
+    // known pair costs one `INSERT … ON CONFLICT DO NOTHING` to learn again.
+    relay.known_contacts.lock().unwrap_or_else(|e| e.into_inner()).clear();
     tracing::info!(user = %user, "registered");
     bind_user(relay, connection, &user);
     login_answer(relay, &user).await

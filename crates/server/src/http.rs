@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, Uri, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -24,6 +24,29 @@ pub(crate) struct HttpState {
     pub storage: Arc<dyn Storage>,
     /// The metrics, for `/metrics`.
     pub metrics: Arc<Metrics>,
+}
+
+/// Copies a request's URI and headers out of the connection's read buffer.
+///
+/// hyper hands out header values (and the URI) as slices of the buffer it read the request
+/// into. Socket.IO keeps each connection's request head for the connection's whole life, and
+/// with it that whole buffer: several KiB per idle connection, most of it empty. Copied, the
+/// head holds only its own few hundred bytes. Runs outside the Socket.IO layer.
+pub(crate) async fn detach_from_read_buffer(request: Request) -> Request {
+    let (mut parts, body) = request.into_parts();
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        // `from_bytes` copies; the value was valid, so it stays valid.
+        if let Ok(mut copied) = HeaderValue::from_bytes(value.as_bytes()) {
+            copied.set_sensitive(value.is_sensitive());
+            headers.append(name.clone(), copied);
+        }
+    }
+    parts.headers = headers;
+    if let Ok(uri) = Uri::try_from(parts.uri.to_string()) {
+        parts.uri = uri;
+    }
+    Request::from_parts(parts, body)
 }
 
 /// `/healthz`, `/metrics` and the web client.
@@ -94,5 +117,36 @@ async fn web_client(uri: Uri) -> Response {
                 .into_response()
         }
         None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::{Body, Bytes};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_detached_request_head_holds_nothing_of_the_read_buffer() {
+        // What hyper does: values and the URI are slices of one shared read buffer.
+        let buffer = Bytes::from(
+            b"/socket.io/?EIO=4&transport=websocket tok-value 127.0.0.1:3000".repeat(64),
+        );
+        let mut request = Request::new(Body::empty());
+        *request.uri_mut() = Uri::from_maybe_shared(buffer.slice(0..37)).unwrap();
+        let value = HeaderValue::from_maybe_shared(buffer.slice(38..47)).unwrap();
+        request.headers_mut().insert("x-token", value);
+        request.headers_mut().append(header::HOST, HeaderValue::from_static("127.0.0.1:3000"));
+
+        let detached = detach_from_read_buffer(request).await;
+        let range = buffer.as_ptr_range();
+        let inside = |bytes: &[u8]| range.contains(&bytes.as_ptr());
+        let token = detached.headers().get("x-token").unwrap();
+        assert_eq!(token, "tok-value");
+        assert!(!inside(token.as_bytes()), "the header value still points into the buffer");
+        assert_eq!(detached.uri(), "/socket.io/?EIO=4&transport=websocket");
+        let query = detached.uri().query().unwrap();
+        assert!(!inside(query.as_bytes()), "the URI still points into the buffer");
+        assert_eq!(detached.headers()[header::HOST], "127.0.0.1:3000");
     }
 }

@@ -32,6 +32,7 @@ mod delivery;
 mod handlers;
 mod http;
 mod limits;
+mod registrar;
 mod state;
 
 use std::future::Future;
@@ -152,7 +153,9 @@ impl<A: Adapter> Parts<A> {
             tokio::spawn(delivery::run_housekeeping(relay.clone(), HOUSEKEEPING_EVERY));
         let redelivery =
             relay.clustered().then(|| tokio::spawn(delivery::run_redelivery(relay.clone())));
-        let app = http::routes(http::HttpState { storage: storage.clone(), metrics }).layer(layer);
+        let app = http::routes(http::HttpState { storage: storage.clone(), metrics })
+            .layer(layer)
+            .layer(axum::middleware::map_request(http::detach_from_read_buffer));
         tracing::info!(address = %listener.local_addr()?, "relay listening");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {

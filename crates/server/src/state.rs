@@ -107,14 +107,16 @@ pub struct Relay<A: Adapter> {
     io: OnceLock<SocketIo<A>>,
     /// The queue writer's inbox.
     pub(crate) writer: mpsc::Sender<Job<A>>,
+    /// Registrations, committed in groups.
+    pub(crate) registrar: crate::registrar::Registrar,
     /// Per (sender, recipient) message limits.
     pub(crate) pair_limiter: KeyedLimiter<u64>,
     /// Per (requester, target) bundle-fetch limits.
     pub(crate) fetch_limiter: KeyedLimiter<u64>,
     /// Authenticated sockets per user on this node, for presence.
     pub(crate) online: Mutex<HashMap<String, usize>>,
-    /// Pairs of users known to be contacts (hashed), so storing a message does not write the
-    /// pair every time.
+    /// (sender, recipient) pairs known to be recorded as contacts (hashed), so storing a
+    /// message does not write the pair every time.
     pub(crate) known_contacts: Mutex<HashSet<u64>>,
     /// Recipients the writer has looked up.
     pub(crate) recipients: RecipientCache,
@@ -161,6 +163,7 @@ impl<A: Adapter> Relay<A> {
             recent: Mutex::new(std::collections::BTreeMap::new()),
             hasher: RandomState::new(),
             adapter_down_until: Mutex::new(None),
+            registrar: crate::registrar::Registrar::start(storage.clone()),
             config,
             storage,
             metrics,
@@ -190,11 +193,6 @@ impl<A: Adapter> Relay<A> {
         first.hash(&mut hasher);
         second.hash(&mut hasher);
         std::hash::Hasher::finish(&hasher)
-    }
-
-    /// A hash naming an unordered pair of users.
-    pub(crate) fn contact_key(&self, a: &str, b: &str) -> u64 {
-        if a <= b { self.pair_key(a, b) } else { self.pair_key(b, a) }
     }
 
     /// Whether pushes should go through the adapter now (not within 2 s of a failure).

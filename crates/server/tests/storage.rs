@@ -201,18 +201,23 @@ async fn run_suite(store: Arc<dyn Storage>) {
         "only a sender learns that its message is still queued"
     );
 
-    // Contacts, either direction, recorded once.
+    // Contacts are directed (sender, recipient), each recorded once.
     store
         .add_contacts(&[
             ("alice".into(), "bob".into()),
             ("bob".into(), "alice".into()),
             ("carol".into(), "alice".into()),
+            ("alice".into(), "bob".into()),
         ])
         .await
         .unwrap();
-    let mut contacts = store.contacts("alice").await.unwrap();
-    contacts.sort();
-    assert_eq!(contacts, ["bob", "carol"]);
+    store.add_contacts(&[("carol".into(), "alice".into())]).await.unwrap();
+    assert_eq!(store.written_to("alice").await.unwrap(), ["bob"]);
+    let mut writers = store.written_by("alice").await.unwrap();
+    writers.sort();
+    assert_eq!(writers, ["bob", "carol"]);
+    assert_eq!(store.written_to("carol").await.unwrap(), ["alice"]);
+    assert!(store.written_by("carol").await.unwrap().is_empty());
 
     // Expiry.
     assert_eq!(store.purge(1_000).await.unwrap(), 0, "nothing older than the cut-off");
@@ -225,7 +230,46 @@ async fn run_suite(store: Arc<dyn Storage>) {
     assert!(!store.release_user("alice").await.unwrap());
     assert!(store.identity("alice").await.unwrap().is_none());
     assert_eq!(store.pending_count("alice").await.unwrap(), 0);
+    assert!(store.written_to("alice").await.unwrap().is_empty(), "released with its contacts");
+    assert!(store.written_by("alice").await.unwrap().is_empty());
+    assert!(!store.written_to("bob").await.unwrap().contains(&"alice".to_owned()));
     store.register_user(&user("alice")).await.unwrap();
+    store.close().await;
+}
+
+/// A database made before contacts had a direction (migration 1 only, pairs stored once with
+/// the lower id first) keeps every pair, both ways, after migrating.
+#[tokio::test]
+async fn an_old_sqlite_database_keeps_its_contacts_both_ways() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}?mode=rwc", dir.path().join("old.db").display());
+    {
+        let mut old = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let init = include_str!("../migrations/sqlite/0001_init.sql");
+        let migrator =
+            sqlx::migrate::Migrator::with_migrations(vec![sqlx::migrate::Migration::new(
+                1,
+                "init".into(),
+                sqlx::migrate::MigrationType::Simple,
+                sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(init)),
+                false,
+            )]);
+        migrator.run(&mut old).await.unwrap();
+        sqlx::query(
+            "INSERT INTO contacts (user_a, user_b) VALUES ('alice', 'bob'), ('bob', 'carol')",
+        )
+        .execute(&mut old)
+        .await
+        .unwrap();
+        old.close().await.unwrap();
+    }
+    let store = storage::open(&url).await.unwrap();
+    assert_eq!(store.written_to("bob").await.unwrap().len(), 2);
+    let mut writers = store.written_by("bob").await.unwrap();
+    writers.sort();
+    assert_eq!(writers, ["alice", "carol"]);
+    assert_eq!(store.written_to("alice").await.unwrap(), ["bob"]);
     store.close().await;
 }
 

@@ -177,8 +177,18 @@ pub trait Storage: Send + Sync + 'static {
     /// Whether the database answers.
     async fn health(&self) -> Result<(), StorageError>;
 
-    /// Claims a user id. Of two concurrent claims exactly one succeeds.
-    async fn register_user(&self, user: &NewUser) -> Result<(), RegisterError>;
+    /// Claims user ids in one transaction (one commit for the lot). `true` for each claim that
+    /// succeeded; `false` for an id already held, or claimed earlier in the same batch. Of two
+    /// concurrent claims of one id exactly one succeeds.
+    async fn register_users(&self, users: &[NewUser]) -> Result<Vec<bool>, StorageError>;
+
+    /// Claims one user id.
+    async fn register_user(&self, user: &NewUser) -> Result<(), RegisterError> {
+        match self.register_users(std::slice::from_ref(user)).await?.as_slice() {
+            [true] => Ok(()),
+            _ => Err(RegisterError::Taken),
+        }
+    }
 
     /// A user's identity, if registered.
     async fn identity(&self, user_id: &str) -> Result<Option<StoredIdentity>, StorageError>;
@@ -260,16 +270,20 @@ pub trait Storage: Send + Sync + 'static {
         ids: &[i64],
     ) -> Result<Vec<(i64, MessageStatus)>, StorageError>;
 
-    /// Records that these pairs of users exchanged messages.
+    /// Records that each (sender, recipient) pair has exchanged at least one message, that way.
     async fn add_contacts(&self, pairs: &[(String, String)]) -> Result<(), StorageError>;
 
-    /// The users a user has exchanged messages with.
-    async fn contacts(&self, user_id: &str) -> Result<Vec<String>, StorageError>;
+    /// The users `user_id` has written to: they are told when `user_id` comes and goes.
+    async fn written_to(&self, user_id: &str) -> Result<Vec<String>, StorageError>;
+
+    /// The users who have written to `user_id`: their presence is shown to `user_id`.
+    async fn written_by(&self, user_id: &str) -> Result<Vec<String>, StorageError>;
 
     /// Drops undelivered messages received before `created_before`. Returns how many.
     async fn purge(&self, created_before: i64) -> Result<u64, StorageError>;
 
-    /// Frees a user id: its keys and its undelivered messages go. Returns whether it existed.
+    /// Frees a user id: its keys, its undelivered messages and its contacts go (whoever
+    /// registers the id next starts with no one's presence). Returns whether it existed.
     async fn release_user(&self, user_id: &str) -> Result<bool, StorageError>;
 
     /// Messages pending in total (for metrics).

@@ -8,14 +8,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, PgPool, Postgres, QueryBuilder, Row, SqlSafeStr};
+use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
-use super::shared::{to_i64, to_u32, to_u64};
+use super::shared::{self, to_i64, to_u32, to_u64};
 use super::{
-    Acknowledged, ClaimedBundle, MessageStatus, NewMessage, NewUser, QueuedMessage, RegisterError,
-    Storage, StorageError, StoreOutcome, StoredIdentity, StoredOneTimePrekey, StoredSignedPrekey,
+    Acknowledged, ClaimedBundle, MessageStatus, NewMessage, NewUser, QueuedMessage, Storage,
+    StorageError, StoreOutcome, StoredIdentity, StoredOneTimePrekey, StoredSignedPrekey,
     fixed_chunks,
 };
 
@@ -27,13 +27,14 @@ pub struct PostgresStorage {
 }
 
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        AssertSqlSafe(include_str!("../../migrations/postgres/0001_init.sql")).into_sql_str(),
-        false,
-    )])
+    shared::migrator(&[
+        (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+        (
+            2,
+            "directed contacts",
+            include_str!("../../migrations/postgres/0002_directed_contacts.sql"),
+        ),
+    ])
 }
 
 impl PostgresStorage {

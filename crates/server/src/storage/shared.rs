@@ -3,6 +3,29 @@
 //! transaction starts and how a one-time prekey is claimed differ, and each backend passes
 //! those in.
 
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AssertSqlSafe, SqlSafeStr};
+
+/// A migrator for `migrations` (version, name, SQL), in order. Each backend keeps its own SQL
+/// files; sqlx records what ran (with checksums) in `_sqlx_migrations`, so a file that already
+/// ran must never change: changes are new files.
+pub(crate) fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        migrations
+            .iter()
+            .map(|&(version, name, sql)| {
+                Migration::new(
+                    version,
+                    name.into(),
+                    MigrationType::Simple,
+                    AssertSqlSafe(sql).into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
 pub(crate) fn to_u32(value: i64) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
 }
@@ -139,6 +162,46 @@ macro_rules! impl_storage {
                 Ok(acknowledged)
             }
 
+            /// Claims one user id inside `tx`: false if it is taken.
+            async fn register_in(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                user: &NewUser,
+            ) -> Result<bool, StorageError> {
+                let inserted = sqlx::query(
+                    "INSERT INTO users (user_id, identity_signing, identity_dh, identity_signature, \
+                     registered_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO NOTHING",
+                )
+                .bind(&user.user_id)
+                .bind(&user.identity.signing)
+                .bind(&user.identity.dh)
+                .bind(&user.identity.signature)
+                .bind(user.now)
+                .execute(&mut **tx)
+                .await?;
+                if inserted.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                let spk = &user.signed_prekey;
+                sqlx::query(
+                    "INSERT INTO signed_prekeys (user_id, key_id, public_key, created_at, signature) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&user.user_id)
+                .bind(i64::from(spk.id))
+                .bind(&spk.key)
+                .bind(to_i64(spk.created_at))
+                .bind(&spk.signature)
+                .execute(&mut **tx)
+                .await?;
+                Self::insert_one_time_prekeys(tx, &user.user_id, &user.one_time_prekeys).await?;
+                // Anything still queued for this id was addressed to an earlier holder's keys.
+                sqlx::query("DELETE FROM messages WHERE recipient = $1")
+                    .bind(&user.user_id)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(true)
+            }
+
         async fn insert_one_time_prekeys(
             tx: &mut sqlx::Transaction<'_, $db>,
             user_id: &str,
@@ -167,49 +230,14 @@ macro_rules! impl_storage {
                 Ok(())
             }
 
-            async fn register_user(&self, user: &NewUser) -> Result<(), RegisterError> {
-                let mut tx = self
-                    .pool
-                    .begin_with($begin)
-                    .await
-                    .map_err(StorageError::from)?;
-                let inserted = sqlx::query(
-                    "INSERT INTO users (user_id, identity_signing, identity_dh, identity_signature, \
-                     registered_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO NOTHING",
-                )
-                .bind(&user.user_id)
-                .bind(&user.identity.signing)
-                .bind(&user.identity.dh)
-                .bind(&user.identity.signature)
-                .bind(user.now)
-                .execute(&mut *tx)
-                .await
-                .map_err(StorageError::from)?;
-                if inserted.rows_affected() == 0 {
-                    return Err(RegisterError::Taken);
+            async fn register_users(&self, users: &[NewUser]) -> Result<Vec<bool>, StorageError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let mut claimed = Vec::with_capacity(users.len());
+                for user in users {
+                    claimed.push(Self::register_in(&mut tx, user).await?);
                 }
-                let spk = &user.signed_prekey;
-                sqlx::query(
-                    "INSERT INTO signed_prekeys (user_id, key_id, public_key, created_at, signature) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&user.user_id)
-                .bind(i64::from(spk.id))
-                .bind(&spk.key)
-                .bind(to_i64(spk.created_at))
-                .bind(&spk.signature)
-                .execute(&mut *tx)
-                .await
-                .map_err(StorageError::from)?;
-                Self::insert_one_time_prekeys(&mut tx, &user.user_id, &user.one_time_prekeys).await?;
-                // Anything still queued for this id was addressed to an earlier holder's keys.
-                sqlx::query("DELETE FROM messages WHERE recipient = $1")
-                    .bind(&user.user_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StorageError::from)?;
-                tx.commit().await.map_err(StorageError::from)?;
-                Ok(())
+                tx.commit().await?;
+                Ok(claimed)
             }
 
             async fn identity(&self, user_id: &str) -> Result<Option<StoredIdentity>, StorageError> {
@@ -463,10 +491,10 @@ macro_rules! impl_storage {
                 }
                 let mut tx = self.pool.begin_with($begin).await?;
                 for chunk in fixed_chunks(pairs) {
-                    let mut insert = QueryBuilder::<$db>::new("INSERT INTO contacts (user_a, user_b) ");
-                    insert.push_values(chunk, |mut row, (a, b)| {
-                        let (low, high) = if a <= b { (a, b) } else { (b, a) };
-                        row.push_bind(low).push_bind(high);
+                    let mut insert =
+                        QueryBuilder::<$db>::new("INSERT INTO contacts (sender, recipient) ");
+                    insert.push_values(chunk, |mut row, (sender, recipient)| {
+                        row.push_bind(sender).push_bind(recipient);
                     });
                     insert.push(" ON CONFLICT DO NOTHING");
                     insert.build().execute(&mut *tx).await?;
@@ -475,14 +503,19 @@ macro_rules! impl_storage {
                 Ok(())
             }
 
-            async fn contacts(&self, user_id: &str) -> Result<Vec<String>, StorageError> {
-                let rows = sqlx::query_scalar(
-                    "SELECT user_b FROM contacts WHERE user_a = $1 \
-                     UNION SELECT user_a FROM contacts WHERE user_b = $1",
-                )
-                .bind(user_id)
-                .fetch_all(&self.pool)
-                .await?;
+            async fn written_to(&self, user_id: &str) -> Result<Vec<String>, StorageError> {
+                let rows = sqlx::query_scalar("SELECT recipient FROM contacts WHERE sender = $1")
+                    .bind(user_id)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows)
+            }
+
+            async fn written_by(&self, user_id: &str) -> Result<Vec<String>, StorageError> {
+                let rows = sqlx::query_scalar("SELECT sender FROM contacts WHERE recipient = $1")
+                    .bind(user_id)
+                    .fetch_all(&self.pool)
+                    .await?;
                 Ok(rows)
             }
 
@@ -509,6 +542,10 @@ macro_rules! impl_storage {
             async fn release_user(&self, user_id: &str) -> Result<bool, StorageError> {
                 let mut tx = self.pool.begin_with($begin).await?;
                 sqlx::query("DELETE FROM messages WHERE recipient = $1")
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM contacts WHERE sender = $1 OR recipient = $1")
                     .bind(user_id)
                     .execute(&mut *tx)
                     .await?;

@@ -7,14 +7,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, QueryBuilder, Row, SqlSafeStr, Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-use super::shared::{to_i64, to_u32, to_u64};
+use super::shared::{self, to_i64, to_u32, to_u64};
 use super::{
-    Acknowledged, ClaimedBundle, MessageStatus, NewMessage, NewUser, QueuedMessage, RegisterError,
-    Storage, StorageError, StoreOutcome, StoredIdentity, StoredOneTimePrekey, StoredSignedPrekey,
+    Acknowledged, ClaimedBundle, MessageStatus, NewMessage, NewUser, QueuedMessage, Storage,
+    StorageError, StoreOutcome, StoredIdentity, StoredOneTimePrekey, StoredSignedPrekey,
     fixed_chunks,
 };
 
@@ -26,14 +26,14 @@ pub struct SqliteStorage {
 }
 
 fn migrator() -> Migrator {
-    let migrations = vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        AssertSqlSafe(include_str!("../../migrations/sqlite/0001_init.sql")).into_sql_str(),
-        false,
-    )];
-    Migrator::with_migrations(migrations)
+    shared::migrator(&[
+        (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+        (
+            2,
+            "directed contacts",
+            include_str!("../../migrations/sqlite/0002_directed_contacts.sql"),
+        ),
+    ])
 }
 
 impl SqliteStorage {
