@@ -331,8 +331,9 @@ describe('web client in Chromium', () => {
     await connected;
     await mallory.register(parseUserId('mallory'), identity, { id: 1, key: toBase64Url(signed.keyPair.publicKey), createdAt: signed.createdAt, signature: toBase64Url(signed.signature) }, []);
     const garbage = { version: 1, suite: 1, header: { dh: toBase64Url(signed.keyPair.publicKey), pn: 0, n: 0 }, ciphertext: 'A'.repeat(107) };
-    const sent = await mallory.send({ to: 'alice', id: 'garbage-1', envelope: garbage });
+    // Listening before sending: the receipt can arrive in the same read as the send's answer.
     const acked = new Promise<void>((resolve) => mallory.socket.once('message:delivered', () => resolve()));
+    const sent = await mallory.send({ to: 'alice', id: 'garbage-1', envelope: garbage });
 
     await openConversation(alice, 'mallory');
     await expect(alice.locator('.messages li[data-kind="undecryptable"]'), 'undecryptable shown').toContainText('could not be decrypted');
