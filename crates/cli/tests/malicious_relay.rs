@@ -393,19 +393,25 @@ async fn alice_to_proxied_bob(relay: &LyingRelay, dir: &Path) -> (Person, Person
     (alice, bob)
 }
 
+/// Alice (behind the proxy) and Bob (direct), after one honest message from Alice to Bob: Alice
+/// has learned Bob's real identity.
+async fn proxied_alice_to_bob(relay: &LyingRelay, dir: &Path) -> (Person, Person) {
+    let mut bob = Person::register(&dir.join("bob"), &relay.direct, "bob").await;
+    let alice = Person::register(&dir.join("alice"), &relay.proxied, "alice").await;
+    alice.send("bob", "first").await;
+    let events = bob.receive_until(|e| received(e) == 1).await;
+    assert_eq!(received(&events), 1, "{events:?}");
+    (alice, bob)
+}
+
 // ---- key substitution ------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_substituted_identity_blocks_sending_and_changes_the_safety_number() {
     let relay = LyingRelay::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut bob = Person::register(&dir.path().join("bob"), &relay.direct, "bob").await;
-    let mut alice = Person::register(&dir.path().join("alice"), &relay.proxied, "alice").await;
+    let (mut alice, mut bob) = proxied_alice_to_bob(&relay, dir.path()).await;
     let bob_id = UserId::parse("bob").unwrap();
-
-    // An honest first exchange: Alice learns Bob's real identity.
-    alice.send("bob", "first").await;
-    bob.receive_until(|e| received(e) == 1).await;
     let (honest_number, changed) = alice.client.safety_number(&bob_id).await.unwrap();
     assert!(!changed);
     let alice_id = UserId::parse("alice").unwrap();
@@ -442,11 +448,8 @@ async fn a_substituted_identity_blocks_sending_and_changes_the_safety_number() {
 async fn a_message_sealed_before_a_key_change_waits_for_trust_and_is_sealed_afresh() {
     let relay = LyingRelay::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut bob = Person::register(&dir.path().join("bob"), &relay.direct, "bob").await;
-    let mut alice = Person::register(&dir.path().join("alice"), &relay.proxied, "alice").await;
+    let (mut alice, _bob) = proxied_alice_to_bob(&relay, dir.path()).await;
     let bob_id = UserId::parse("bob").unwrap();
-    alice.send("bob", "first").await;
-    bob.receive_until(|e| received(e) == 1).await;
 
     // "second" is sealed for Bob's real identity, but the relay claims to be busy: it stays
     // queued with its envelope.

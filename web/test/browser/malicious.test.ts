@@ -159,6 +159,17 @@ describe('web client against a lying relay', () => {
     };
   };
 
+  /** Alice and bob, registered through the proxy, after one honest message from alice to bob. */
+  const aliceWroteToBob = async (): Promise<{ alice: Page; bob: Page }> => {
+    const alice = await user('alice');
+    const bob = await user('bob');
+    await startConversation(alice, 'bob');
+    await send(alice, 'hello bob');
+    await openConversation(bob, 'alice');
+    await expect(bubble(bob, 'hello bob'), 'first message at bob').toBeVisible();
+    return { alice, bob };
+  };
+
   beforeEach(async () => {
     // Browsers sign logins for the proxy's address: the relay must answer to that name.
     const port = await freePort();
@@ -179,12 +190,7 @@ describe('web client against a lying relay', () => {
   });
 
   test('a substituted identity for a known contact is a key change: warning, new safety number, sending blocked', async () => {
-    const alice = await user('alice');
-    const bob = await user('bob');
-    await startConversation(alice, 'bob');
-    await send(alice, 'hello bob');
-    await openConversation(bob, 'alice');
-    await expect(bubble(bob, 'hello bob'), 'first message at bob').toBeVisible();
+    const { alice, bob } = await aliceWroteToBob();
     await send(bob, 'hello alice');
     await expect(bubble(alice, 'hello alice'), 'reply at alice').toBeVisible();
 
@@ -246,12 +252,7 @@ describe('web client against a lying relay', () => {
   });
 
   test('a message sealed before a key change is held until the new key is accepted, then sealed for it', async () => {
-    const alice = await user('alice');
-    const bob = await user('bob');
-    await startConversation(alice, 'bob');
-    await send(alice, 'hello bob');
-    await openConversation(bob, 'alice');
-    await expect(bubble(bob, 'hello bob'), 'first message at bob').toBeVisible();
+    const { alice } = await aliceWroteToBob();
 
     // The relay answers alice's sends with "busy": her browser gives up retrying for now and
     // keeps the message queued, already sealed for bob's real identity.
