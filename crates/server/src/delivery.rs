@@ -27,7 +27,9 @@ use crate::events::{
     SendAnswer,
 };
 use crate::state::{RECENT_LIMIT, RecentMessage, RecipientInfo, Relay, user_room};
-use crate::storage::{Acknowledged, NewMessage, QueuedMessage, StoreOutcome};
+use crate::storage::{
+    Acknowledged, Committed, NewMessage, QueueBatch, QueuedMessage, StoreOutcome,
+};
 
 /// Most jobs the writer takes into one batch.
 pub const MAX_BATCH: usize = 512;
@@ -129,20 +131,22 @@ async fn process<A: Adapter>(relay: &Arc<Relay<A>>, jobs: Vec<Job<A>>) {
         }
     }
     let deletes: Vec<i64> = known.iter().map(|a| a.id).collect();
-    if !messages.is_empty() || !deletes.is_empty() || !unknown.is_empty() {
+    let batch = QueueBatch { stores: messages, deletes, acks: unknown };
+    if !batch.is_empty() {
+        let (messages, acks) = (batch.stores.len(), batch.deletes.len() + batch.acks.len());
         // One transaction for the whole batch: the group commit.
-        match relay.storage.commit_batch(&messages, &deletes, &unknown).await {
-            Ok((outcomes, acknowledged)) => {
+        match relay.storage.commit_batch(batch).await {
+            Ok(Committed { stores, outcomes, acknowledged }) => {
                 for answer in ack_answers {
                     let _ = answer.send(&crate::events::Done::OK);
                 }
-                stored(relay, messages, tickets, &outcomes).await;
+                stored(relay, stores, tickets, &outcomes).await;
                 known.extend(acknowledged);
                 delivered(relay, &known).await;
             }
             Err(error) => {
                 relay.metrics.storage_errors.inc();
-                tracing::warn!(%error, messages = messages.len(), acks = deletes.len() + unknown.len(), "committing a batch failed");
+                tracing::warn!(%error, messages, acks, "committing a batch failed");
                 let failure = Failure::new(
                     ErrorCode::StorageUnavailable,
                     "storage unavailable; nothing stored; retry",

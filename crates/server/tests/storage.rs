@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use sotto_server::storage::{
-    self, MessageStatus, NewMessage, NewUser, RegisterError, Storage, StoreOutcome, StoredIdentity,
-    StoredOneTimePrekey, StoredSignedPrekey,
+    self, MessageStatus, NewMessage, NewUser, QueueBatch, RegisterError, Storage, StoreOutcome,
+    StoredIdentity, StoredOneTimePrekey, StoredSignedPrekey,
 };
 
 fn admin_url() -> String {
@@ -278,6 +278,63 @@ async fn sqlite_backend() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("suite.db").display());
     run_suite(storage::open(&url).await.unwrap()).await;
+}
+
+/// The queue's group commit, on the SQLite queue thread: stores, matched deletes and acks in
+/// one transaction, while the pool writes to the same file; after `close`, a clear error.
+#[tokio::test]
+async fn sqlite_queue_thread_commits_with_the_pool_and_refuses_after_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("queue.db").display());
+    let store = storage::open(&url).await.unwrap();
+    for name in ["alice", "bob"] {
+        store.register_user(&user(name)).await.unwrap();
+    }
+    let first = store
+        .commit_batch(QueueBatch {
+            stores: vec![message("alice", "bob", "a"), message("alice", "bob", "b")],
+            ..QueueBatch::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.stores.len(), 2, "the messages come back for the push");
+    let [StoreOutcome::Stored(a), StoreOutcome::Stored(b)] = first.outcomes[..] else {
+        panic!("both stored: {:?}", first.outcomes);
+    };
+    // Registrations go through the pool while the queue thread writes: they take turns.
+    let registering = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for n in 0..20 {
+                store.register_user(&user(&format!("user{n}"))).await.unwrap();
+            }
+        })
+    };
+    let second = store
+        .commit_batch(QueueBatch {
+            stores: vec![message("alice", "bob", "a"), message("bob", "alice", "c")],
+            deletes: vec![a],
+            acks: vec![("alice".into(), b), ("bob".into(), b)],
+        })
+        .await
+        .unwrap();
+    registering.await.unwrap();
+    assert_eq!(second.outcomes[0], StoreOutcome::Duplicate(a), "a resend is stored once");
+    assert!(matches!(second.outcomes[1], StoreOutcome::Stored(c) if c > b));
+    assert_eq!(second.acknowledged.len(), 1, "only the recipient's own acknowledgement counts");
+    assert_eq!((second.acknowledged[0].id, second.acknowledged[0].recipient.as_str()), (b, "bob"));
+    assert!(store.pending_messages("bob", 0, 10).await.unwrap().is_empty());
+    assert_eq!(store.pending_count("alice").await.unwrap(), 1);
+    assert!(store.identity("user19").await.unwrap().is_some());
+
+    store.close().await;
+    let closed = store
+        .commit_batch(QueueBatch {
+            stores: vec![message("alice", "bob", "late")],
+            ..QueueBatch::default()
+        })
+        .await;
+    assert!(closed.is_err(), "a closed store refuses the batch");
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 mod postgres;
 mod shared;
 mod sqlite;
+mod sqlite_queue;
 
 use std::sync::Arc;
 
@@ -22,9 +23,18 @@ pub enum StorageError {
     /// The database failed or could not be reached. Retrying later may work.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The SQLite queue writer's connection failed.
+    #[error("database error: {0}")]
+    Queue(#[from] rusqlite::Error),
     /// Migrations failed.
     #[error("migration error: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// The SQLite queue thread could not be started.
+    #[error("starting the queue thread: {0}")]
+    Thread(std::io::Error),
+    /// The storage was closed (the relay is shutting down).
+    #[error("storage closed")]
+    Closed,
     /// The database URL is not one this relay understands.
     #[error("unsupported database URL {0:?} (use sqlite:PATH, sqlite::memory: or postgres://…)")]
     UnsupportedUrl(String),
@@ -135,6 +145,36 @@ impl StoreOutcome {
     }
 }
 
+/// One group commit of the queue writer: messages to store, acknowledged messages to delete.
+#[derive(Debug, Default)]
+pub struct QueueBatch {
+    /// Messages to store, de-duplicated on (sender, client id).
+    pub stores: Vec<NewMessage>,
+    /// Acknowledged messages the writer has already matched to their recipients.
+    pub deletes: Vec<i64>,
+    /// `(recipient, id)` acknowledgements still to match, as [`Storage::acknowledge`] does.
+    pub acks: Vec<(String, i64)>,
+}
+
+impl QueueBatch {
+    /// Whether there is nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.stores.is_empty() && self.deletes.is_empty() && self.acks.is_empty()
+    }
+}
+
+/// What a committed [`QueueBatch`] did. The messages come back so the writer can push them
+/// without having copied them.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// The batch's messages, in order.
+    pub stores: Vec<NewMessage>,
+    /// What storing each did, in the same order.
+    pub outcomes: Vec<StoreOutcome>,
+    /// The acknowledgements of `acks` that matched a queued message of their recipient.
+    pub acknowledged: Vec<Acknowledged>,
+}
+
 /// A queued message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedMessage {
@@ -221,15 +261,8 @@ pub trait Storage: Send + Sync + 'static {
     -> Result<Vec<StoreOutcome>, StorageError>;
 
     /// The queue writer's group commit, in one transaction (one round of locking and one disk
-    /// flush for a whole batch): stores `stores`, deletes `deletes` (acknowledged messages the
-    /// writer has already matched to their recipients), and applies `acks` as
-    /// [`Storage::acknowledge`] does, returning those.
-    async fn commit_batch(
-        &self,
-        stores: &[NewMessage],
-        deletes: &[i64],
-        acks: &[(String, i64)],
-    ) -> Result<(Vec<StoreOutcome>, Vec<Acknowledged>), StorageError>;
+    /// flush for a whole batch). On error nothing of the batch is applied.
+    async fn commit_batch(&self, batch: QueueBatch) -> Result<Committed, StorageError>;
 
     /// A recipient's pending messages with ids above `after_id`, oldest first.
     async fn pending_messages(

@@ -14,9 +14,9 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 use super::shared::{self, to_i64, to_u32, to_u64};
 use super::{
-    Acknowledged, ClaimedBundle, MessageStatus, NewMessage, NewUser, QueuedMessage, Storage,
-    StorageError, StoreOutcome, StoredIdentity, StoredOneTimePrekey, StoredSignedPrekey,
-    fixed_chunks,
+    Acknowledged, ClaimedBundle, Committed, MessageStatus, NewMessage, NewUser, QueueBatch,
+    QueuedMessage, Storage, StorageError, StoreOutcome, StoredIdentity, StoredOneTimePrekey,
+    StoredSignedPrekey, fixed_chunks,
 };
 
 /// The PostgreSQL backend.
@@ -60,6 +60,14 @@ impl PostgresStorage {
 }
 
 impl PostgresStorage {
+    /// The queue writer's group commit: through the pool (every node writes to one database).
+    async fn commit_queue(&self, batch: QueueBatch) -> Result<Committed, StorageError> {
+        self.commit_with_pool(batch).await
+    }
+
+    /// Nothing to stop: the queue goes through the pool.
+    async fn close_queue(&self) {}
+
     /// Inserts fresh messages and returns their ids in the chunk's order (rows come back over
     /// the connection, which costs little here).
     async fn insert_chunk(

@@ -162,6 +162,16 @@ macro_rules! impl_storage {
                 Ok(acknowledged)
             }
 
+            /// The group commit through the pool, in one transaction.
+            async fn commit_with_pool(&self, batch: QueueBatch) -> Result<Committed, StorageError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let outcomes = Self::store_in(&mut tx, &batch.stores).await?;
+                Self::delete_in(&mut tx, &batch.deletes).await?;
+                let acknowledged = Self::acknowledge_in(&mut tx, &batch.acks).await?;
+                tx.commit().await?;
+                Ok(Committed { stores: batch.stores, outcomes, acknowledged })
+            }
+
             /// Claims one user id inside `tx`: false if it is taken.
             async fn register_in(
                 tx: &mut sqlx::Transaction<'_, $db>,
@@ -354,7 +364,8 @@ macro_rules! impl_storage {
                 &self,
                 batch: &[NewMessage],
             ) -> Result<Vec<StoreOutcome>, StorageError> {
-                Ok(self.commit_batch(batch, &[], &[]).await?.0)
+                let batch = QueueBatch { stores: batch.to_vec(), ..QueueBatch::default() };
+                Ok(self.commit_batch(batch).await?.outcomes)
             }
 
             async fn pending_messages(
@@ -434,24 +445,15 @@ macro_rules! impl_storage {
                 acks: &[(String, i64)],
                 _now: i64,
             ) -> Result<Vec<Acknowledged>, StorageError> {
-                Ok(self.commit_batch(&[], &[], acks).await?.1)
+                let batch = QueueBatch { acks: acks.to_vec(), ..QueueBatch::default() };
+                Ok(self.commit_batch(batch).await?.acknowledged)
             }
 
-            async fn commit_batch(
-                &self,
-                stores: &[NewMessage],
-                deletes: &[i64],
-                acks: &[(String, i64)],
-            ) -> Result<(Vec<StoreOutcome>, Vec<Acknowledged>), StorageError> {
-                if stores.is_empty() && deletes.is_empty() && acks.is_empty() {
-                    return Ok((Vec::new(), Vec::new()));
+            async fn commit_batch(&self, batch: QueueBatch) -> Result<Committed, StorageError> {
+                if batch.is_empty() {
+                    return Ok(Committed { stores: batch.stores, ..Committed::default() });
                 }
-                let mut tx = self.pool.begin_with($begin).await?;
-                let outcomes = Self::store_in(&mut tx, stores).await?;
-                Self::delete_in(&mut tx, deletes).await?;
-                let acknowledged = Self::acknowledge_in(&mut tx, acks).await?;
-                tx.commit().await?;
-                Ok((outcomes, acknowledged))
+                self.commit_queue(batch).await
             }
 
             async fn message_status(
@@ -559,6 +561,7 @@ macro_rules! impl_storage {
             }
 
             async fn close(&self) {
+                self.close_queue().await;
                 self.pool.close().await;
             }
 

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,10 +13,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::shared::{self, to_i64, to_u32, to_u64};
+use super::sqlite_queue::QueueThread;
 use super::{
-    Acknowledged, ClaimedBundle, MessageStatus, NewMessage, NewUser, QueuedMessage, Storage,
-    StorageError, StoreOutcome, StoredIdentity, StoredOneTimePrekey, StoredSignedPrekey,
-    fixed_chunks,
+    Acknowledged, ClaimedBundle, Committed, MessageStatus, NewMessage, NewUser, QueueBatch,
+    QueuedMessage, Storage, StorageError, StoreOutcome, StoredIdentity, StoredOneTimePrekey,
+    StoredSignedPrekey, fixed_chunks,
 };
 
 /// The SQLite backend.
@@ -23,6 +25,9 @@ use super::{
 pub struct SqliteStorage {
     /// Connections; writes serialise on SQLite's single writer lock.
     pool: SqlitePool,
+    /// The queue writer's own connection on its own thread (file databases; an in-memory
+    /// database is private to the pool's connection, so its queue goes through the pool).
+    queue: Option<Arc<QueueThread>>,
 }
 
 fn migrator() -> Migrator {
@@ -56,9 +61,26 @@ impl SqliteStorage {
             // An in-memory database lives only while a connection holds it.
             pool_options = pool_options.min_connections(1).idle_timeout(None).max_lifetime(None);
         }
+        let path = options.get_filename().to_owned();
         let pool = pool_options.connect_with(options).await?;
         migrator().run(&pool).await?;
-        Ok(Self { pool })
+        let queue = if in_memory { None } else { Some(Arc::new(QueueThread::open(&path)?)) };
+        Ok(Self { pool, queue })
+    }
+
+    /// The queue writer's group commit: on the queue thread's connection when there is one.
+    async fn commit_queue(&self, batch: QueueBatch) -> Result<Committed, StorageError> {
+        match &self.queue {
+            Some(queue) => queue.commit(batch).await,
+            None => self.commit_with_pool(batch).await,
+        }
+    }
+
+    /// Lets the queue thread finish what it was given, then stops it.
+    async fn close_queue(&self) {
+        if let Some(queue) = &self.queue {
+            queue.close().await;
+        }
     }
 
     /// The pool, for tests that inspect the database.
