@@ -68,6 +68,11 @@ pub enum ServeError {
 const WRITER_INBOX: usize = 65_536;
 /// Packets a socket's outgoing buffer holds before it counts as too slow.
 const SOCKET_BUFFER: usize = 1_024;
+/// Each WebSocket's read buffer, held for the connection's life. engineioxide's 4 KiB default
+/// was a sixth of an idle connection's memory; 1 KiB holds a typical `message:send` frame, a
+/// larger frame grows the buffer as it arrives, and throughput did not change measurably
+/// (docs/PERFORMANCE.md).
+const WS_READ_BUFFER: usize = 1_024;
 /// How often the queue is purged and the gauges refreshed.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
@@ -128,6 +133,7 @@ impl<A: Adapter> Parts<A> {
             .ws_max_message_size(limits.max_frame_bytes)
             .ws_max_frame_size(limits.max_frame_bytes)
             .max_buffer_size(SOCKET_BUFFER)
+            .ws_read_buffer_size(WS_READ_BUFFER)
             .connect_timeout(Duration::from_secs(10))
             .with_state(relay.clone());
         let builder = if relay.config.allow_polling {
