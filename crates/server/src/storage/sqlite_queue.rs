@@ -2,7 +2,7 @@
 //!
 //! Through sqlx, every statement is a round trip between the async runtime and sqlx's worker
 //! thread, so a group commit (begin, look up, insert, delete, commit) cost several thread
-//! wake-ups, and at low rates those wake-ups were most of a message's cost. Here the queue
+//! wake-ups, which at low rates, with few messages per batch, each message paid for. Here the queue
 //! writer hands the whole batch over once and gets the result back once; the thread runs the
 //! transaction with cached prepared statements, row by row, which SQLite does in microseconds.
 //!
@@ -79,8 +79,10 @@ impl QueueThread {
 
 /// The thread: one batch at a time, until every sender is gone.
 fn serve(mut connection: Connection, inbox: &mpsc::Receiver<Request>) {
+    // What the connection's `synchronous` is set to (FULL when opened).
+    let mut flushing = true;
     while let Ok(Request { batch, reply }) = inbox.recv() {
-        let result = commit(&mut connection, &batch)
+        let result = commit(&mut connection, &mut flushing, &batch)
             .map(|(outcomes, acknowledged)| Committed {
                 stores: batch.stores,
                 outcomes,
@@ -99,20 +101,19 @@ fn serve(mut connection: Connection, inbox: &mpsc::Receiver<Request>) {
 /// power cut or a kernel crash can; the bytes are in the operating system once the commit
 /// returns) brings acknowledged messages back, and clients drop a message id they already have.
 /// The next batch that stores something flushes it with its own commit. At low rates this
-/// halves the flushes, which are most of a message's latency.
+/// saves a flush for many batches, and the flush is most of a message's latency. The mode is
+/// set before the transaction, so a batch that stores is never committed without its flush.
 fn commit(
     connection: &mut Connection,
+    flushing: &mut bool,
     batch: &QueueBatch,
 ) -> rusqlite::Result<(Vec<StoreOutcome>, Vec<Acknowledged>)> {
     let flush = !batch.stores.is_empty();
-    if !flush {
-        connection.pragma_update(None, "synchronous", "NORMAL")?;
+    if flush != *flushing {
+        connection.pragma_update(None, "synchronous", if flush { "FULL" } else { "NORMAL" })?;
+        *flushing = flush;
     }
-    let result = commit_in_transaction(connection, batch);
-    if !flush {
-        connection.pragma_update(None, "synchronous", "FULL")?;
-    }
-    result
+    commit_in_transaction(connection, batch)
 }
 
 fn commit_in_transaction(
@@ -172,4 +173,59 @@ fn commit_in_transaction(
     }
     tx.commit()?;
     Ok((outcomes, acknowledged))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::NewMessage;
+
+    fn migrated_connection(dir: &tempfile::TempDir) -> Connection {
+        let connection = Connection::open(dir.path().join("queue.db")).unwrap();
+        connection.pragma_update(None, "journal_mode", "WAL").unwrap();
+        connection.execute_batch(include_str!("../../migrations/sqlite/0001_init.sql")).unwrap();
+        connection
+            .execute_batch(include_str!("../../migrations/sqlite/0002_directed_contacts.sql"))
+            .unwrap();
+        connection
+    }
+
+    fn synchronous(connection: &Connection) -> i64 {
+        connection.pragma_query_value(None, "synchronous", |row| row.get(0)).unwrap()
+    }
+
+    fn message(client_id: &str) -> NewMessage {
+        NewMessage {
+            recipient: "bob".into(),
+            sender: "alice".into(),
+            client_id: client_id.into(),
+            envelope: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            created_at: 1,
+        }
+    }
+
+    /// A batch that stores is committed with the flush (FULL = 2), whatever came before; only
+    /// a batch that merely deletes goes without (NORMAL = 1).
+    #[test]
+    fn only_batches_that_store_nothing_skip_the_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut connection = migrated_connection(&dir);
+        connection.pragma_update(None, "synchronous", "FULL").unwrap();
+        let mut flushing = true;
+
+        let stores = QueueBatch { stores: vec![message("a")], ..QueueBatch::default() };
+        let (outcomes, _) = commit(&mut connection, &mut flushing, &stores).unwrap();
+        assert_eq!(synchronous(&connection), 2);
+        let StoreOutcome::Stored(id) = outcomes[0] else { panic!("stored: {outcomes:?}") };
+
+        let acks = QueueBatch { acks: vec![("bob".into(), id)], ..QueueBatch::default() };
+        let (_, acknowledged) = commit(&mut connection, &mut flushing, &acks).unwrap();
+        assert_eq!(acknowledged.len(), 1);
+        assert_eq!(synchronous(&connection), 1);
+
+        let mixed =
+            QueueBatch { stores: vec![message("b")], deletes: vec![id], ..QueueBatch::default() };
+        commit(&mut connection, &mut flushing, &mixed).unwrap();
+        assert_eq!(synchronous(&connection), 2);
+    }
 }
