@@ -26,7 +26,7 @@ use crate::events::{
     self, DeliveredPush, ErrorCode, Failure, PresencePush, Receipt, ReceivePush, ReceivedMessage,
     SendAnswer,
 };
-use crate::state::{RECENT_LIMIT, RecentMessage, RecipientInfo, Relay, user_room};
+use crate::state::{RECENT_LIMIT, RecentMessage, RecipientInfo, Relay, notice_room, user_room};
 use crate::storage::{
     Acknowledged, Committed, NewMessage, QueueBatch, QueuedMessage, StoreOutcome,
 };
@@ -419,7 +419,8 @@ pub(crate) fn send_page<A: Adapter>(
     Ok(())
 }
 
-/// Pushes an event to every socket of `user`.
+/// Pushes an event to every socket of `user`: messages to the sockets that have caught up
+/// (the message room), receipts and presence to every logged-in one (the notice room).
 ///
 /// Single node: straight to this node's sockets; a socket that cannot take it (its buffer is
 /// full) is disconnected, so it catches up from the queue when it reconnects and delivery stays
@@ -433,8 +434,9 @@ pub(crate) async fn push_to_user<A: Adapter, T: serde::Serialize + ?Sized>(
     payload: &T,
 ) -> bool {
     let Some(io) = relay.io() else { return false };
+    let room = if event == events::MESSAGE_RECEIVE { user_room(user) } else { notice_room(user) };
     if relay.clustered() && relay.adapter_usable() {
-        match io.to(user_room(user)).emit(event, payload).await {
+        match io.to(room.clone()).emit(event, payload).await {
             Ok(()) => return true,
             // Some local socket was full; the heartbeat closes it, and it catches up.
             Err(socketioxide::BroadcastError::Socket(_)) => return true,
@@ -446,7 +448,7 @@ pub(crate) async fn push_to_user<A: Adapter, T: serde::Serialize + ?Sized>(
         }
     }
     let mut delivered = false;
-    for socket in io.to(user_room(user)).sockets() {
+    for socket in io.to(room).sockets() {
         match socket.emit(event, payload) {
             Ok(()) => delivered = true,
             Err(error) => {

@@ -29,7 +29,7 @@ use crate::events::{
     LoginAnswer, LoginRequest, PrekeysLowPush, PresencePush, RegisterRequest, RequestKeyRequest,
     SendRequest, StatusAnswer, StatusEntry, UploadAnswer,
 };
-use crate::state::{Connection, Relay};
+use crate::state::{Connection, Relay, notice_room};
 use crate::storage::{MessageStatus, NewMessage, NewUser, RegisterError};
 
 /// Registers the relay's namespace on a single-node (local adapter) server. (socketioxide
@@ -331,6 +331,10 @@ async fn login_answer<A: Adapter>(relay: &Relay<A>, user: &UserId) -> Reply<Logi
 
 /// After the login answer went out: presence, then the backlog, then live delivery.
 async fn after_login<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, user: Arc<str>) {
+    // Receipts and presence reach the socket from now on (nothing that could cause one can
+    // have happened since the answer went out: this runs before the task first yields);
+    // messages only once it has caught up (the writer joins it to the message room then).
+    socket.join(notice_room(&user));
     let first = {
         let mut online = relay.online.lock().unwrap_or_else(|e| e.into_inner());
         let count = online.entry(user.to_string()).or_default();

@@ -20,6 +20,13 @@ pub fn user_room(user: &str) -> String {
     format!("u:{user}")
 }
 
+/// The room of a user's logged-in sockets, for receipts and presence. A socket joins it at
+/// login, before catching up: unlike messages, these have no order to keep with the backlog,
+/// and one pushed while the socket caught up would otherwise be lost.
+pub fn notice_room(user: &str) -> String {
+    format!("n:{user}")
+}
+
 /// How long what the relay knows about a recipient (that it exists, how much is queued) is
 /// trusted before it is read again.
 const RECIPIENT_CACHE_TTL: Duration = Duration::from_secs(60);
