@@ -228,7 +228,7 @@ impl<A: Adapter> Relay<A> {
         let (true, Some(io)) = (self.clustered(), self.io()) else {
             return false;
         };
-        let remote = io.to(user_room(user)).fetch_sockets();
+        let remote = io.to(notice_room(user)).fetch_sockets();
         matches!(
             tokio::time::timeout(Duration::from_secs(1), remote).await,
             Ok(Ok(sockets)) if !sockets.is_empty()
