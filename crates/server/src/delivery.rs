@@ -5,8 +5,12 @@
 //! (socketioxide runs each event's handler as its own task, so handlers can finish out of
 //! order; the `message:send` extractor therefore enqueues here synchronously, in wire order),
 //! and it turns many small writes into few transactions: the writer takes every job waiting,
-//! commits them together (group commit), and only then acknowledges the senders and pushes to
-//! the recipients. A sender's ack therefore always means "on disk".
+//! commits them together (group commit), then pushes to the recipients at once and answers
+//! the senders once the batch is on disk. A sender's ack therefore always means "on disk";
+//! a recipient may have the message a little before that (with SQLite the disk flush runs
+//! beside the next commits; see `storage::sqlite_queue`). If the relay's copy is then lost
+//! in a power cut, the sender, never told "stored", sends it again and the recipient's
+//! client drops the copy as a duplicate (its ratchet key is spent).
 //!
 //! A socket that logs in first reads its backlog outside the writer, then sends an `Attach`
 //! job: the writer joins it to its user's room and pushes whatever was stored in between.
@@ -28,7 +32,7 @@ use crate::events::{
 };
 use crate::state::{RECENT_LIMIT, RecentMessage, RecipientInfo, Relay, notice_room, user_room};
 use crate::storage::{
-    Acknowledged, Committed, NewMessage, QueueBatch, QueuedMessage, StoreOutcome,
+    Acknowledged, Committed, Durable, NewMessage, QueueBatch, QueuedMessage, StoreOutcome,
 };
 
 /// Most jobs the writer takes into one batch.
@@ -75,21 +79,84 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Runs the writer until every sender of its inbox is gone, then returns (graceful shutdown
-/// drains the inbox this way).
+/// What waits for a committed batch to be on disk. These are answered strictly in commit
+/// order, so a sender hears "stored" for a message before "delivered", and a shutdown flush
+/// is answered only once everything before it is on disk.
+struct AfterFlush<A: Adapter> {
+    /// When the batch is on disk.
+    durable: Durable,
+    /// The senders of the batch's messages: their answers, and when each message came in.
+    answers: Vec<(AckSender<A>, Instant, SendAnswer)>,
+    /// Acknowledgements committed with the batch, to report to their senders.
+    receipts: Vec<Acknowledged>,
+    /// Shutdown flushes waiting for everything before them.
+    flushes: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl<A: Adapter> AfterFlush<A> {
+    fn is_empty(&self) -> bool {
+        self.answers.is_empty() && self.receipts.is_empty() && self.flushes.is_empty()
+    }
+}
+
+/// Runs the writer until every sender of its inbox is gone, then returns once every answer
+/// is given (graceful shutdown drains the inbox this way).
 pub(crate) async fn run_writer<A: Adapter>(
     relay: Arc<Relay<A>>,
     mut inbox: mpsc::Receiver<Job<A>>,
 ) {
+    let (after_flush, flushed) = mpsc::unbounded_channel();
+    let answering = tokio::spawn(answer_when_durable(relay.clone(), flushed));
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while inbox.recv_many(&mut batch, MAX_BATCH).await > 0 {
         relay.metrics.batch_size.observe(batch.len() as f64);
-        process(&relay, std::mem::take(&mut batch)).await;
+        process(&relay, std::mem::take(&mut batch), &after_flush).await;
     }
+    drop(after_flush);
+    let _ = answering.await;
     tracing::debug!("queue writer stopped");
 }
 
-async fn process<A: Adapter>(relay: &Arc<Relay<A>>, jobs: Vec<Job<A>>) {
+/// Answers each committed batch's senders once it is on disk, in commit order. The channel
+/// stays short: the SQLite queue stops committing while too many batches wait for the disk.
+async fn answer_when_durable<A: Adapter>(
+    relay: Arc<Relay<A>>,
+    mut batches: mpsc::UnboundedReceiver<AfterFlush<A>>,
+) {
+    while let Some(batch) = batches.recv().await {
+        match batch.durable.wait().await {
+            Ok(()) => {
+                for (ack, received, answer) in batch.answers {
+                    let _ = ack.send(&answer);
+                    relay.metrics.store_seconds.observe(received.elapsed().as_secs_f64());
+                }
+            }
+            Err(error) => {
+                // The batch is committed and was pushed, but may not survive a power cut:
+                // the senders retry, and a resend is answered with the same id.
+                relay.metrics.storage_errors.inc();
+                tracing::warn!(%error, messages = batch.answers.len(), "a batch may not be on disk");
+                let failure = Failure::new(
+                    ErrorCode::StorageUnavailable,
+                    "storage unavailable; retry (a resend is never stored twice)",
+                );
+                for (ack, ..) in batch.answers {
+                    refuse(&relay, ack, &failure);
+                }
+            }
+        }
+        delivered(&relay, &batch.receipts).await;
+        for done in batch.flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+async fn process<A: Adapter>(
+    relay: &Arc<Relay<A>>,
+    jobs: Vec<Job<A>>,
+    after_flush: &mpsc::UnboundedSender<AfterFlush<A>>,
+) {
     let mut stores = Vec::new();
     let mut acks: Vec<(String, i64)> = Vec::new();
     let mut ack_answers = Vec::new();
@@ -132,17 +199,21 @@ async fn process<A: Adapter>(relay: &Arc<Relay<A>>, jobs: Vec<Job<A>>) {
     }
     let deletes: Vec<i64> = known.iter().map(|a| a.id).collect();
     let batch = QueueBatch { stores: messages, deletes, acks: unknown };
+    let mut after =
+        AfterFlush { durable: Durable::now(), answers: Vec::new(), receipts: Vec::new(), flushes };
     if !batch.is_empty() {
         let (messages, acks) = (batch.stores.len(), batch.deletes.len() + batch.acks.len());
         // One transaction for the whole batch: the group commit.
         match relay.storage.commit_batch(batch).await {
-            Ok(Committed { stores, outcomes, acknowledged }) => {
+            Ok(Committed { stores, outcomes, acknowledged, durable }) => {
+                // A lost deletion only brings a message back, which its recipient drops.
                 for answer in ack_answers {
                     let _ = answer.send(&crate::events::Done::OK);
                 }
-                stored(relay, stores, tickets, &outcomes).await;
+                after.answers = stored(relay, stores, tickets, &outcomes).await;
                 known.extend(acknowledged);
-                delivered(relay, &known).await;
+                after.receipts = known;
+                after.durable = durable;
             }
             Err(error) => {
                 relay.metrics.storage_errors.inc();
@@ -165,8 +236,9 @@ async fn process<A: Adapter>(relay: &Arc<Relay<A>>, jobs: Vec<Job<A>>) {
     for (socket, user, after) in attaches {
         attach(relay, socket, &user, after).await;
     }
-    for done in flushes {
-        let _ = done.send(());
+    if !after.is_empty() {
+        // Only fails once the answering task is gone, which outlives the writer.
+        let _ = after_flush.send(after);
     }
 }
 
@@ -249,21 +321,21 @@ async fn admit<A: Adapter>(
     (admitted, tickets)
 }
 
-/// After the commit: answer the senders, then push to the recipients, grouped per recipient
-/// and in order.
+/// After the commit: push to the recipients, grouped per recipient and in order, and return
+/// the senders' answers, to be given once the batch is on disk.
 async fn stored<A: Adapter>(
     relay: &Arc<Relay<A>>,
     messages: Vec<NewMessage>,
     tickets: Vec<Ticket<A>>,
     outcomes: &[StoreOutcome],
-) {
+) -> Vec<(AckSender<A>, Instant, SendAnswer)> {
     let mut per_recipient: Vec<(&str, Vec<(i64, &NewMessage)>)> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut new_contacts: Vec<(String, String)> = Vec::new();
+    let mut answers = Vec::with_capacity(tickets.len());
     for ((message, outcome), (ack, at)) in messages.iter().zip(outcomes).zip(tickets) {
         let duplicate = matches!(outcome, StoreOutcome::Duplicate(_));
-        let _ = ack.send(&SendAnswer { ok: true, id: outcome.id(), duplicate });
-        relay.metrics.store_seconds.observe(at.elapsed().as_secs_f64());
+        answers.push((ack, at, SendAnswer { ok: true, id: outcome.id(), duplicate }));
         if duplicate {
             continue;
         }
@@ -315,6 +387,7 @@ async fn stored<A: Adapter>(
     while recent.len() > RECENT_LIMIT {
         recent.pop_first();
     }
+    answers
 }
 
 /// Saves new (sender, recipient) pairs and tells each recipient that the sender, who has just

@@ -32,6 +32,10 @@ pub enum StorageError {
     /// The SQLite queue thread could not be started.
     #[error("starting the queue thread: {0}")]
     Thread(std::io::Error),
+    /// Flushing the SQLite write-ahead log to disk failed: what it held may not survive a
+    /// power cut.
+    #[error("flushing the write-ahead log: {0}")]
+    Flush(std::io::Error),
     /// The storage was closed (the relay is shutting down).
     #[error("storage closed")]
     Closed,
@@ -173,6 +177,38 @@ pub struct Committed {
     pub outcomes: Vec<StoreOutcome>,
     /// The acknowledgements of `acks` that matched a queued message of their recipient.
     pub acknowledged: Vec<Acknowledged>,
+    /// When the batch is on disk. The batch is visible (readable, deliverable) as soon as it
+    /// is committed; a sender may only hear "stored" once this resolves.
+    pub durable: Durable,
+}
+
+/// When a committed batch is on disk: at once for backends whose commit waits for the disk,
+/// later for the SQLite queue, whose flushes run beside the next commits.
+#[derive(Debug, Default)]
+pub struct Durable(Option<tokio::sync::oneshot::Receiver<Result<(), std::io::ErrorKind>>>);
+
+impl Durable {
+    /// Already on disk.
+    pub fn now() -> Self {
+        Self(None)
+    }
+
+    /// On disk once `flushed` says so.
+    pub(crate) fn after(
+        flushed: tokio::sync::oneshot::Receiver<Result<(), std::io::ErrorKind>>,
+    ) -> Self {
+        Self(Some(flushed))
+    }
+
+    /// Waits until the batch is on disk, or the flush failed.
+    pub async fn wait(self) -> Result<(), StorageError> {
+        let Some(flushed) = self.0 else { return Ok(()) };
+        match flushed.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(kind)) => Err(StorageError::Flush(kind.into())),
+            Err(_) => Err(StorageError::Closed),
+        }
+    }
 }
 
 /// A queued message.

@@ -169,7 +169,7 @@ macro_rules! impl_storage {
                 Self::delete_in(&mut tx, &batch.deletes).await?;
                 let acknowledged = Self::acknowledge_in(&mut tx, &batch.acks).await?;
                 tx.commit().await?;
-                Ok(Committed { stores: batch.stores, outcomes, acknowledged })
+                Ok(Committed { stores: batch.stores, outcomes, acknowledged, durable: $crate::storage::Durable::now() })
             }
 
             /// Claims one user id inside `tx`: false if it is taken.
@@ -365,7 +365,9 @@ macro_rules! impl_storage {
                 batch: &[NewMessage],
             ) -> Result<Vec<StoreOutcome>, StorageError> {
                 let batch = QueueBatch { stores: batch.to_vec(), ..QueueBatch::default() };
-                Ok(self.commit_batch(batch).await?.outcomes)
+                let committed = self.commit_batch(batch).await?;
+                committed.durable.wait().await?;
+                Ok(committed.outcomes)
             }
 
             async fn pending_messages(

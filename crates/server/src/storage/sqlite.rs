@@ -1,6 +1,7 @@
-//! SQLite storage: WAL mode, `synchronous = FULL` (a commit is on disk before the sender's
-//! ack), write transactions started with `BEGIN IMMEDIATE` so concurrent writers queue on the
-//! busy timeout instead of failing on a lock upgrade.
+//! SQLite storage: WAL mode, `synchronous = FULL` for the pool (a commit is on disk when it
+//! returns; the queue's own connection flushes separately, see `sqlite_queue`), write
+//! transactions started with `BEGIN IMMEDIATE` so concurrent writers queue on the busy timeout
+//! instead of failing on a lock upgrade.
 
 use std::collections::HashMap;
 use std::str::FromStr;

@@ -6,18 +6,34 @@
 //! writer hands the whole batch over once and gets the result back once; the thread runs the
 //! transaction with cached prepared statements, row by row, which SQLite does in microseconds.
 //!
+//! Commits only write the log (`synchronous = NORMAL`); a second thread flushes it to disk
+//! while the queue thread commits the next batch (see [`Flusher`]). The writer pushes a batch
+//! to its recipients once committed and answers its senders once flushed, so the flush, most
+//! of a message's time in the relay, no longer stands between sender and recipient.
+//!
 //! Everything else (reads, registrations, prekeys) still goes through the sqlx pool; SQLite's
 //! write lock (`BEGIN IMMEDIATE` on both sides, with a busy timeout) keeps the two in turn.
 
-use std::path::Path;
-use std::sync::{Mutex, mpsc};
+use std::fs::File;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::{Acknowledged, Committed, QueueBatch, StorageError, StoreOutcome};
+use super::{Acknowledged, Committed, Durable, QueueBatch, StorageError, StoreOutcome};
+
+/// How far message ids jump each time the queue opens. Ids handed out but not yet flushed
+/// when the power went are forgotten by SQLite; the jump makes sure none of them is ever
+/// handed out again (a client drops a second message under an id it already has). It must
+/// exceed the ids that can be waiting for a flush, which [`MAX_UNFLUSHED`] bounds.
+pub(crate) const ID_JUMP_ON_OPEN: i64 = 1 << 20;
+/// Most committed batches waiting for their flush before the queue thread waits too:
+/// at most `MAX_UNFLUSHED × MAX_BATCH` (32,768) ids, far below [`ID_JUMP_ON_OPEN`].
+const MAX_UNFLUSHED: usize = 64;
 
 /// A batch handed to the thread, and where its result goes.
 struct Request {
@@ -30,30 +46,41 @@ struct Request {
 pub(crate) struct QueueThread {
     /// `None` once closed.
     requests: Mutex<Option<mpsc::Sender<Request>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl QueueThread {
-    /// Opens a connection to the (already migrated) database at `path` and starts the thread.
+    /// Opens a connection to the (already migrated) database at `path` and starts the queue
+    /// thread and its flusher.
     pub(crate) fn open(path: &Path) -> Result<Self, StorageError> {
-        let connection = Connection::open_with_flags(
+        let mut connection = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         connection.busy_timeout(Duration::from_secs(10))?;
-        // WAL is a property of the database file (the pool set it); durability is per
-        // connection: a commit is on disk before any sender hears "stored".
-        connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "cache_size", -65_536)?;
         connection.pragma_update(None, "foreign_keys", true)?;
         // Enough for the handful of statements below, so none is ever prepared twice.
         connection.set_prepared_statement_cache_capacity(16);
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        jump_message_ids(&mut connection)?;
+        // From here on commits only write the log; the flusher makes them durable (WAL is a
+        // property of the database file, which the pool set).
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+
+        let flusher = Arc::new(Flusher::default());
+        let wal = write_ahead_log(path);
         let (requests, inbox) = mpsc::channel::<Request>();
-        let thread = std::thread::Builder::new()
+        let queue_flusher = flusher.clone();
+        let queue = std::thread::Builder::new()
             .name("sotto-queue".into())
-            .spawn(move || serve(connection, &inbox))
+            .spawn(move || serve(connection, &inbox, &queue_flusher))
             .map_err(StorageError::Thread)?;
-        Ok(Self { requests: Mutex::new(Some(requests)), thread: Mutex::new(Some(thread)) })
+        let flush = std::thread::Builder::new()
+            .name("sotto-flush".into())
+            .spawn(move || flusher.run(&wal))
+            .map_err(StorageError::Thread)?;
+        Ok(Self { requests: Mutex::new(Some(requests)), threads: Mutex::new(vec![queue, flush]) })
     }
 
     /// Commits a batch on the thread.
@@ -67,55 +94,147 @@ impl QueueThread {
         answer.await.map_err(|_| StorageError::Closed)?
     }
 
-    /// Stops taking batches, lets the thread finish those it has, and waits for it.
+    /// Stops taking batches, lets the threads finish (commit and flush) those they have, and
+    /// waits for them.
     pub(crate) async fn close(&self) {
         drop(self.requests.lock().unwrap_or_else(|e| e.into_inner()).take());
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
     }
 }
 
-/// The thread: one batch at a time, until every sender is gone.
-fn serve(mut connection: Connection, inbox: &mpsc::Receiver<Request>) {
-    // What the connection's `synchronous` is set to (FULL when opened).
-    let mut flushing = true;
+/// The database's write-ahead log: `PATH-wal`.
+fn write_ahead_log(database: &Path) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// Moves the next message id [`ID_JUMP_ON_OPEN`] past the last one on disk, durably.
+fn jump_message_ids(connection: &mut Connection) -> rusqlite::Result<()> {
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let moved = tx.execute(
+        "UPDATE sqlite_sequence SET seq = seq + ?1 WHERE name = 'messages'",
+        [ID_JUMP_ON_OPEN],
+    )?;
+    if moved == 0 {
+        // No message was ever stored: AUTOINCREMENT has no row yet.
+        tx.execute(
+            "INSERT INTO sqlite_sequence (name, seq) \
+             SELECT 'messages', coalesce(max(id), 0) + ?1 FROM messages",
+            [ID_JUMP_ON_OPEN],
+        )?;
+    }
+    tx.commit()
+}
+
+/// The queue thread: one batch at a time, until every sender is gone; then it lets the
+/// flusher finish.
+fn serve(mut connection: Connection, inbox: &mpsc::Receiver<Request>, flusher: &Flusher) {
     while let Ok(Request { batch, reply }) = inbox.recv() {
-        let result = commit(&mut connection, &mut flushing, &batch)
-            .map(|(outcomes, acknowledged)| Committed {
-                stores: batch.stores,
-                outcomes,
-                acknowledged,
+        let result = commit_in_transaction(&mut connection, &batch)
+            .map(|(outcomes, acknowledged)| {
+                // A batch that only deletes needs no flush of its own: losing it brings
+                // acknowledged messages back, which clients drop by id, and the next batch
+                // that stores flushes it anyway. A batch that stores, even only duplicates
+                // (whose first copy may still be waiting), is durable after the next flush.
+                let durable = if batch.stores.is_empty() {
+                    Durable::now()
+                } else {
+                    Durable::after(flusher.request())
+                };
+                Committed { stores: batch.stores, outcomes, acknowledged, durable }
             })
             .map_err(StorageError::from);
         // The writer may have given up waiting (shutdown); the commit stands either way.
         let _ = reply.send(result);
     }
+    flusher.close();
     tracing::debug!("queue thread stopped");
 }
 
-/// One transaction for the whole batch; on any error it rolls back and nothing is applied.
+/// Flushes the write-ahead log for committed batches, beside the queue thread's next
+/// commits.
 ///
-/// A batch that stores nothing is committed without waiting for the disk: losing it (only a
-/// power cut or a kernel crash can; the bytes are in the operating system once the commit
-/// returns) brings acknowledged messages back, and clients drop a message id they already have.
-/// The next batch that stores something flushes it with its own commit. At low rates this
-/// saves a flush for many batches, and the flush is most of a message's latency. The mode is
-/// set before the transaction, so a batch that stores is never committed without its flush.
-fn commit(
-    connection: &mut Connection,
-    flushing: &mut bool,
-    batch: &QueueBatch,
-) -> rusqlite::Result<(Vec<StoreOutcome>, Vec<Acknowledged>)> {
-    let flush = !batch.stores.is_empty();
-    if flush != *flushing {
-        connection.pragma_update(None, "synchronous", if flush { "FULL" } else { "NORMAL" })?;
-        *flushing = flush;
-    }
-    commit_in_transaction(connection, batch)
+/// A commit in `synchronous = NORMAL` writes the log without waiting for the disk, so the
+/// batch can be pushed to its recipients at once; its senders hear "stored" only after a
+/// flush that started after the commit. One flush serves every batch committed before it
+/// began (group flushing), and while it runs the queue thread goes on committing. A
+/// checkpoint moves log pages into the database file only after flushing the log and syncs
+/// the database file before the log is reused, so flushing the log file covers every
+/// committed batch.
+#[derive(Default)]
+struct Flusher {
+    state: Mutex<FlushState>,
+    changed: Condvar,
 }
 
+#[derive(Default)]
+struct FlushState {
+    /// Batches committed and not yet covered by a flush that has started.
+    waiting: Vec<oneshot::Sender<Result<(), ErrorKind>>>,
+    /// Batches in the flush that is running.
+    flushing: usize,
+    /// No more batches will come.
+    closed: bool,
+}
+
+impl Flusher {
+    /// Registers a committed batch; the receiver learns when it is on disk. Waits while too
+    /// many batches are waiting (the disk is the bottleneck; the writer's inbox fills).
+    fn request(&self) -> oneshot::Receiver<Result<(), ErrorKind>> {
+        let (flushed, receiver) = oneshot::channel();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while state.waiting.len() + state.flushing >= MAX_UNFLUSHED {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.waiting.push(flushed);
+        self.changed.notify_all();
+        receiver
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.changed.notify_all();
+    }
+
+    /// The flusher thread: flushes while batches wait, until closed and all are flushed.
+    fn run(&self, wal: &Path) {
+        loop {
+            let batches = {
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                while state.waiting.is_empty() && !state.closed {
+                    state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+                }
+                if state.waiting.is_empty() {
+                    break;
+                }
+                let batches = std::mem::take(&mut state.waiting);
+                state.flushing = batches.len();
+                batches
+            };
+            // Opened each time: SQLite may truncate or recreate the file between flushes.
+            let result = File::open(wal).and_then(|log| log.sync_data()).map_err(|error| {
+                tracing::error!(%error, "flushing the write-ahead log failed");
+                error.kind()
+            });
+            for batch in batches {
+                // The writer may be gone (shutdown).
+                let _ = batch.send(result);
+            }
+            self.state.lock().unwrap_or_else(|e| e.into_inner()).flushing = 0;
+            self.changed.notify_all();
+        }
+        tracing::debug!("flusher stopped");
+    }
+}
+
+/// One transaction for the whole batch; on any error it rolls back and nothing is applied.
 fn commit_in_transaction(
     connection: &mut Connection,
     batch: &QueueBatch,
@@ -180,18 +299,15 @@ mod tests {
     use super::*;
     use crate::storage::NewMessage;
 
-    fn migrated_connection(dir: &tempfile::TempDir) -> Connection {
-        let connection = Connection::open(dir.path().join("queue.db")).unwrap();
+    fn migrated_database(dir: &tempfile::TempDir) -> PathBuf {
+        let path = dir.path().join("queue.db");
+        let connection = Connection::open(&path).unwrap();
         connection.pragma_update(None, "journal_mode", "WAL").unwrap();
         connection.execute_batch(include_str!("../../migrations/sqlite/0001_init.sql")).unwrap();
         connection
             .execute_batch(include_str!("../../migrations/sqlite/0002_directed_contacts.sql"))
             .unwrap();
-        connection
-    }
-
-    fn synchronous(connection: &Connection) -> i64 {
-        connection.pragma_query_value(None, "synchronous", |row| row.get(0)).unwrap()
+        path
     }
 
     fn message(client_id: &str) -> NewMessage {
@@ -204,28 +320,71 @@ mod tests {
         }
     }
 
-    /// A batch that stores is committed with the flush (FULL = 2), whatever came before; only
-    /// a batch that merely deletes goes without (NORMAL = 1).
-    #[test]
-    fn only_batches_that_store_nothing_skip_the_flush() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut connection = migrated_connection(&dir);
-        connection.pragma_update(None, "synchronous", "FULL").unwrap();
-        let mut flushing = true;
+    fn store(client_id: &str) -> QueueBatch {
+        QueueBatch { stores: vec![message(client_id)], ..QueueBatch::default() }
+    }
 
-        let stores = QueueBatch { stores: vec![message("a")], ..QueueBatch::default() };
-        let (outcomes, _) = commit(&mut connection, &mut flushing, &stores).unwrap();
-        assert_eq!(synchronous(&connection), 2);
-        let StoreOutcome::Stored(id) = outcomes[0] else { panic!("stored: {outcomes:?}") };
+    /// Every opening moves the ids on by the jump, so an id handed out before a power cut and
+    /// lost with its unflushed batch is never handed out again.
+    #[tokio::test]
+    async fn ids_jump_each_time_the_queue_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = migrated_database(&dir);
+
+        let queue = QueueThread::open(&path).unwrap();
+        let first = queue.commit(store("a")).await.unwrap();
+        first.durable.wait().await.unwrap();
+        assert_eq!(first.outcomes, [StoreOutcome::Stored(ID_JUMP_ON_OPEN + 1)]);
+        queue.close().await;
+
+        let queue = QueueThread::open(&path).unwrap();
+        let second = queue.commit(store("b")).await.unwrap();
+        assert_eq!(second.outcomes, [StoreOutcome::Stored(2 * ID_JUMP_ON_OPEN + 2)]);
+        // A resend is answered with its first copy's id, across the reopening.
+        let resend = queue.commit(store("a")).await.unwrap();
+        assert_eq!(resend.outcomes, [StoreOutcome::Duplicate(ID_JUMP_ON_OPEN + 1)]);
+        queue.close().await;
+    }
+
+    /// A batch that stores (even only a duplicate) is durable only after a flush; one that
+    /// only deletes is answered at once.
+    #[tokio::test]
+    async fn only_batches_that_store_wait_for_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = QueueThread::open(&migrated_database(&dir)).unwrap();
+        let stored = queue.commit(store("a")).await.unwrap();
+        assert!(stored.durable.0.is_some(), "a storing batch waits for the flush");
+        let id = stored.outcomes[0].id();
+        stored.durable.wait().await.unwrap();
+
+        let resend = queue.commit(store("a")).await.unwrap();
+        assert!(resend.durable.0.is_some(), "a duplicate's first copy may still be waiting");
 
         let acks = QueueBatch { acks: vec![("bob".into(), id)], ..QueueBatch::default() };
-        let (_, acknowledged) = commit(&mut connection, &mut flushing, &acks).unwrap();
-        assert_eq!(acknowledged.len(), 1);
-        assert_eq!(synchronous(&connection), 1);
+        let acknowledged = queue.commit(acks).await.unwrap();
+        assert_eq!(acknowledged.acknowledged.len(), 1);
+        assert!(acknowledged.durable.0.is_none(), "deleting alone needs no flush");
+        queue.close().await;
+    }
 
-        let mixed =
-            QueueBatch { stores: vec![message("b")], deletes: vec![id], ..QueueBatch::default() };
-        commit(&mut connection, &mut flushing, &mixed).unwrap();
-        assert_eq!(synchronous(&connection), 2);
+    /// The batches' durability is the flush's own result: a log that cannot be flushed fails
+    /// every batch that waited for it, and a flush that works answers them all.
+    #[test]
+    fn batches_learn_what_their_flush_did() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("present-wal"), b"frames").unwrap();
+        for (log, expected) in [
+            (dir.path().join("missing-wal"), Err(ErrorKind::NotFound)),
+            (dir.path().join("present-wal"), Ok(())),
+        ] {
+            let flusher = Arc::new(Flusher::default());
+            let waiting: Vec<_> = (0..3).map(|_| flusher.request()).collect();
+            flusher.close();
+            let running = flusher.clone();
+            std::thread::spawn(move || running.run(&log)).join().unwrap();
+            for mut batch in waiting {
+                assert_eq!(batch.try_recv().unwrap(), expected);
+            }
+        }
     }
 }
