@@ -39,6 +39,11 @@ use crate::storage::{
 pub const MAX_BATCH: usize = 512;
 /// Messages per `message:receive` push when catching up.
 pub const PAGE: usize = 64;
+/// How long acknowledgements may wait for a batch that stores. Committed alone, a batch of
+/// acknowledgements rewrites the same B-tree pages (the recipients' index leaves, the newest
+/// table pages) that the next batch of messages rewrites again; committed together, the log
+/// gets each page once. Their receipts are that much later; nothing else waits for them.
+const ACKS_WAIT: Duration = Duration::from_millis(10);
 
 /// Work for the queue writer.
 pub(crate) enum Job<A: Adapter> {
@@ -108,9 +113,32 @@ pub(crate) async fn run_writer<A: Adapter>(
     let (after_flush, flushed) = mpsc::unbounded_channel();
     let answering = tokio::spawn(answer_when_durable(relay.clone(), flushed));
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while inbox.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        relay.metrics.batch_size.observe(batch.len() as f64);
-        process(&relay, std::mem::take(&mut batch), &after_flush).await;
+    // Acknowledgements held back to ride with the next batch that stores (see `ACKS_WAIT`).
+    let mut held: Vec<Job<A>> = Vec::new();
+    let mut held_since: Option<Instant> = None;
+    loop {
+        let received = match held_since {
+            Some(since) => {
+                let deadline = (since + ACKS_WAIT).into();
+                tokio::time::timeout_at(deadline, inbox.recv_many(&mut batch, MAX_BATCH)).await.ok()
+            }
+            None => Some(inbox.recv_many(&mut batch, MAX_BATCH).await),
+        };
+        let closed = received == Some(0);
+        let only_acks = batch.iter().all(|job| matches!(job, Job::Ack { .. }));
+        held.append(&mut batch);
+        if received.is_some() && !closed && only_acks && held.len() < MAX_BATCH {
+            held_since.get_or_insert_with(Instant::now);
+            continue;
+        }
+        held_since = None;
+        if !held.is_empty() {
+            relay.metrics.batch_size.observe(held.len() as f64);
+            process(&relay, std::mem::take(&mut held), &after_flush).await;
+        }
+        if closed {
+            break;
+        }
     }
     drop(after_flush);
     let _ = answering.await;
@@ -321,6 +349,10 @@ async fn admit<A: Adapter>(
     (admitted, tickets)
 }
 
+/// A stored message on its way to its recipient: its id, the message, when the relay
+/// received it.
+type Stored<'a> = (i64, &'a NewMessage, Instant);
+
 /// After the commit: push to the recipients, grouped per recipient and in order, and return
 /// the senders' answers, to be given once the batch is on disk.
 async fn stored<A: Adapter>(
@@ -329,7 +361,7 @@ async fn stored<A: Adapter>(
     tickets: Vec<Ticket<A>>,
     outcomes: &[StoreOutcome],
 ) -> Vec<(AckSender<A>, Instant, SendAnswer)> {
-    let mut per_recipient: Vec<(&str, Vec<(i64, &NewMessage)>)> = Vec::new();
+    let mut per_recipient: Vec<(&str, Vec<Stored<'_>>)> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut new_contacts: Vec<(String, String)> = Vec::new();
     let mut answers = Vec::with_capacity(tickets.len());
@@ -342,11 +374,12 @@ async fn stored<A: Adapter>(
         relay.metrics.messages_stored.inc();
         relay.metrics.queue_depth.inc();
         relay.recipients.add_pending(&message.recipient, 1);
+        let entry = (outcome.id(), message, at);
         match index.get(message.recipient.as_str()) {
-            Some(&at) => per_recipient[at].1.push((outcome.id(), message)),
+            Some(&position) => per_recipient[position].1.push(entry),
             None => {
                 index.insert(&message.recipient, per_recipient.len());
-                per_recipient.push((&message.recipient, vec![(outcome.id(), message)]));
+                per_recipient.push((&message.recipient, vec![entry]));
             }
         }
         let key = relay.pair_key(&message.sender, &message.recipient);
@@ -359,7 +392,7 @@ async fn stored<A: Adapter>(
         let push = ReceivePush {
             messages: messages
                 .iter()
-                .map(|(id, message)| ReceivedMessage {
+                .map(|(id, message, _)| ReceivedMessage {
                     id: *id,
                     from: &message.sender,
                     received_at: message.created_at,
@@ -370,6 +403,9 @@ async fn stored<A: Adapter>(
         let delivered = push_to_user(relay, recipient, events::MESSAGE_RECEIVE, &push).await;
         if delivered {
             relay.metrics.messages_delivered.inc_by(messages.len() as u64);
+            for (.., received) in messages {
+                relay.metrics.push_seconds.observe(received.elapsed().as_secs_f64());
+            }
         }
     }
     if !new_contacts.is_empty() {

@@ -52,6 +52,9 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Seconds from receiving a message to its stored acknowledgement going out.
     pub store_seconds: Histogram,
+    /// Seconds from receiving a message to pushing it to its recipient's sockets (the
+    /// relay's share of a message's latency).
+    pub push_seconds: Histogram,
 }
 
 impl Metrics {
@@ -75,6 +78,7 @@ impl Metrics {
             messages_redelivered: Counter::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             store_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            push_seconds: Histogram::new(exponential_buckets(0.000_025, 2.0, 16)),
             registry: Registry::default(),
         };
         registry.register("connections", "Open Socket.IO connections", metrics.connections.clone());
@@ -138,6 +142,11 @@ impl Metrics {
             "store_seconds",
             "Receive-to-stored-ack time",
             metrics.store_seconds.clone(),
+        );
+        registry.register(
+            "push_seconds",
+            "Receive-to-push time of live messages",
+            metrics.push_seconds.clone(),
         );
         Self { registry, ..metrics }
     }
