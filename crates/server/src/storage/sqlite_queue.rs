@@ -205,6 +205,11 @@ impl Flusher {
 
     /// The flusher thread: flushes while batches wait, until closed and all are flushed.
     fn run(&self, wal: &Path) {
+        // After `fdatasync` fails, the kernel may have dropped the pages it could not write,
+        // and a later flush can succeed without them. So from then on no batch is called
+        // durable: every sender is told to retry until the relay restarts and SQLite recovers
+        // the log from what is really on disk.
+        let mut failed: Option<ErrorKind> = None;
         loop {
             let batches = {
                 let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -218,11 +223,19 @@ impl Flusher {
                 state.flushing = batches.len();
                 batches
             };
-            // Opened each time: SQLite may truncate or recreate the file between flushes.
-            let result = File::open(wal).and_then(|log| log.sync_data()).map_err(|error| {
-                tracing::error!(%error, "flushing the write-ahead log failed");
-                error.kind()
-            });
+            let result = match failed {
+                Some(kind) => Err(kind),
+                // Opened each time: SQLite may truncate or recreate the file between flushes.
+                None => File::open(wal).and_then(|log| log.sync_data()).map_err(|error| {
+                    tracing::error!(
+                        %error,
+                        "flushing the write-ahead log failed; no message will be acknowledged \
+                         as stored until the relay restarts"
+                    );
+                    failed = Some(error.kind());
+                    error.kind()
+                }),
+            };
             for batch in batches {
                 // The writer may be gone (shutdown).
                 let _ = batch.send(result);
@@ -386,5 +399,26 @@ mod tests {
                 assert_eq!(batch.try_recv().unwrap(), expected);
             }
         }
+    }
+
+    /// Once a flush has failed, no later batch is called durable, even when the log can be
+    /// flushed again: what the failed flush held may be gone from the kernel's cache.
+    #[test]
+    fn a_failed_flush_fails_every_later_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("queue.db-wal");
+        let flusher = Arc::new(Flusher::default());
+        let running = flusher.clone();
+        let path = log.clone();
+        let thread = std::thread::spawn(move || running.run(&path));
+
+        let first = flusher.request();
+        assert_eq!(first.blocking_recv().unwrap(), Err(ErrorKind::NotFound));
+        std::fs::write(&log, b"frames").unwrap();
+        let later = flusher.request();
+        assert_eq!(later.blocking_recv().unwrap(), Err(ErrorKind::NotFound));
+
+        flusher.close();
+        thread.join().unwrap();
     }
 }
