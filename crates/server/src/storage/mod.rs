@@ -296,8 +296,10 @@ pub trait Storage: Send + Sync + 'static {
     async fn store_messages(&self, batch: &[NewMessage])
     -> Result<Vec<StoreOutcome>, StorageError>;
 
-    /// The queue writer's group commit, in one transaction (one round of locking and one disk
-    /// flush for a whole batch). On error nothing of the batch is applied.
+    /// The queue writer's group commit, in one transaction (one round of locking for a whole
+    /// batch). On error nothing of the batch is applied. The batch is visible once this
+    /// returns and on disk once [`Committed::durable`] resolves (at once where the commit
+    /// itself waits for the disk).
     async fn commit_batch(&self, batch: QueueBatch) -> Result<Committed, StorageError>;
 
     /// A recipient's pending messages with ids above `after_id`, oldest first.
