@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use rand::Rng;
 use serde_json::{Value, json};
@@ -254,8 +256,9 @@ async fn receiver(
     throughput: bool,
 ) {
     while let Some(push) = pushes.recv().await {
+        // The clock stops when the frame was read, not when this task got to it.
+        let now = push.arrived.saturating_duration_since(start).as_micros() as u64;
         let Incoming::Messages(messages) = Incoming::from_push(push) else { continue };
-        let now = now_us(start);
         let mut ids = Vec::with_capacity(messages.len());
         for message in &messages {
             ids.push(message.id);
@@ -309,23 +312,41 @@ async fn sender(
     let mut next =
         period.map(|p| window.0 as f64 - args.warmup * 1e6 + p * (k as f64 / pairs as f64));
     let mut sequence: u32 = 0;
-    let mut in_flight = tokio::task::JoinSet::new();
+    // Answers awaited, polled by this task (no task per message).
+    let mut in_flight = FuturesUnordered::new();
     loop {
-        if let (Some(period), Some(due)) = (period, next.as_mut()) {
-            let at = *due as u64;
-            if at >= window.1 {
-                break;
+        let slot = async {
+            if let (Some(period), Some(due)) = (period, next.as_mut()) {
+                let at = *due as u64;
+                if at >= window.1 {
+                    return false;
+                }
+                tokio::time::sleep_until((start + Duration::from_micros(at)).into()).await;
+                *due += period;
+                true
+            } else {
+                // Bounded by the end of the run: refused sends return their slot, but a relay
+                // that stops answering must not hang the bench.
+                let end = (start + Duration::from_micros(window.1)).into();
+                match tokio::time::timeout_at(end, pair.window.acquire()).await {
+                    Ok(Ok(permit)) => {
+                        permit.forget();
+                        true
+                    }
+                    _ => false,
+                }
             }
-            tokio::time::sleep_until((start + Duration::from_micros(at)).into()).await;
-            *due += period;
-        } else {
-            // Bounded by the end of the run: refused sends return their slot, but a relay that
-            // stops answering must not hang the bench.
-            let end = (start + Duration::from_micros(window.1)).into();
-            match tokio::time::timeout_at(end, pair.window.acquire()).await {
-                Ok(Ok(permit)) => permit.forget(),
-                _ => break,
+        };
+        tokio::pin!(slot);
+        let go_on = loop {
+            tokio::select! {
+                biased;
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                go_on = &mut slot => break go_on,
             }
+        };
+        if !go_on {
+            break;
         }
         let now = now_us(start);
         if now >= window.1 {
@@ -348,7 +369,7 @@ async fn sender(
         let counted_in_window = now >= window.0;
         let throughput = period.is_none();
         let window_slots = pair.clone();
-        in_flight.spawn(async move {
+        in_flight.push(async move {
             let window_slots = &window_slots.window;
             let started = Instant::now();
             match client.send_raw(&to, &id, &raw).await {
@@ -372,9 +393,8 @@ async fn sender(
                 }
             }
         });
-        while in_flight.try_join_next().is_some() {}
     }
-    while in_flight.join_next().await.is_some() {}
+    while in_flight.next().await.is_some() {}
 }
 
 async fn run_pairs(server: &str, args: BenchArgs) -> anyhow::Result<Value> {

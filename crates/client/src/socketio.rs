@@ -13,25 +13,29 @@
 //! ```
 //!
 //! One reader task answers pings, completes acknowledgements and forwards pushes; one writer
-//! task owns the socket's sink, so `emit` can be called from anywhere. Reconnection is the
+//! task owns the socket's sink, so `emit` can be called from anywhere. The writer sends what
+//! is queued together (one flush, so usually one system call, for a burst of frames). Reconnection is the
 //! caller's business: a closed client stays closed, and a new one is made.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Largest frame accepted from the relay.
 const MAX_INCOMING_FRAME: usize = 4 * 1024 * 1024;
+
+/// Most frames the writer queues before it flushes them to the socket.
+const MAX_FRAMES_PER_FLUSH: usize = 64;
 
 /// Why the connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,12 +71,14 @@ pub struct Push {
     pub event: String,
     /// Its payload (`null` when it had none).
     pub data: Box<RawValue>,
+    /// When its frame was read from the socket (before any queueing in this process).
+    pub arrived: Instant,
 }
 
 /// What the reader task and the handle share.
 #[derive(Debug, Default)]
 struct Shared {
-    /// Acknowledgements awaited, by id.
+    /// Acknowledgements awaited, by id. Never held across an await.
     pending: Mutex<HashMap<u64, oneshot::Sender<Value>>>,
     /// Set once the connection is gone.
     closed: AtomicBool,
@@ -121,6 +127,13 @@ pub fn authority(server: &str) -> Result<String, TransportError> {
         Some(port) => format!("{host}:{port}"),
         None => host.to_owned(),
     })
+}
+
+impl Shared {
+    fn pending(&self) -> MutexGuard<'_, HashMap<u64, oneshot::Sender<Value>>> {
+        // The map stays consistent even if a holder panicked: every operation is one call.
+        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl SocketIoClient {
@@ -174,9 +187,15 @@ impl SocketIoClient {
         let (outgoing, mut to_send) = mpsc::unbounded_channel::<Message>();
         let (pushes, pushes_rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            while let Some(message) = to_send.recv().await {
-                let close = matches!(message, Message::Close(_));
-                if sink.send(message).await.is_err() || close {
+            let mut queued = Vec::with_capacity(MAX_FRAMES_PER_FLUSH);
+            'writing: while to_send.recv_many(&mut queued, MAX_FRAMES_PER_FLUSH).await > 0 {
+                for message in queued.drain(..) {
+                    let close = matches!(message, Message::Close(_));
+                    if sink.feed(message).await.is_err() || close {
+                        break 'writing;
+                    }
+                }
+                if sink.flush().await.is_err() {
                     break;
                 }
             }
@@ -186,19 +205,20 @@ impl SocketIoClient {
         let pong = outgoing.clone();
         tokio::spawn(async move {
             while let Some(Ok(message)) = stream.next().await {
+                let arrived = Instant::now();
                 let Message::Text(text) = message else {
                     if matches!(message, Message::Close(_)) {
                         break;
                     }
                     continue;
                 };
-                if !handle_packet(text.as_str(), &reader_shared, &pong, &pushes).await {
+                if !handle_packet(text.as_str(), arrived, &reader_shared, &pong, &pushes) {
                     break;
                 }
             }
             reader_shared.closed.store(true, Ordering::SeqCst);
             // Dropping the senders fails every waiting request with `Closed`.
-            reader_shared.pending.lock().await.clear();
+            reader_shared.pending().clear();
         });
         Ok((Self { outgoing, next_ack: Arc::new(AtomicU64::new(0)), shared }, pushes_rx))
     }
@@ -224,18 +244,18 @@ impl SocketIoClient {
     ) -> Result<Value, TransportError> {
         let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.shared.pending.lock().await.insert(id, tx);
+        self.shared.pending().insert(id, tx);
         let packet =
             format!("42{id}[{},{}]", serde_json::to_string(event)?, serde_json::to_string(data)?);
         if let Err(error) = self.send_raw(packet) {
-            self.shared.pending.lock().await.remove(&id);
+            self.shared.pending().remove(&id);
             return Err(error);
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(_)) => Err(TransportError::Closed),
             Err(_) => {
-                self.shared.pending.lock().await.remove(&id);
+                self.shared.pending().remove(&id);
                 Err(TransportError::Timeout)
             }
         }
@@ -293,9 +313,10 @@ fn leading_id(text: &str) -> (Option<u64>, &str) {
     (text[..end].parse().ok(), &text[end..])
 }
 
-/// Handles one packet; false when the connection is over.
-async fn handle_packet(
+/// Handles one packet that arrived at `arrived`; false when the connection is over.
+fn handle_packet(
     text: &str,
+    arrived: Instant,
     shared: &Shared,
     outgoing: &mpsc::UnboundedSender<Message>,
     pushes: &mpsc::UnboundedSender<Push>,
@@ -315,7 +336,7 @@ async fn handle_packet(
                 {
                     let data = args.get(1).map_or("null", |d| d.get());
                     if let Ok(data) = RawValue::from_string(data.to_owned()) {
-                        let _ = pushes.send(Push { event, data });
+                        let _ = pushes.send(Push { event, data, arrived });
                     }
                 }
                 true
@@ -326,7 +347,8 @@ async fn handle_packet(
                     (id, serde_json::from_str::<Value>(body))
                 {
                     let first = if args.is_empty() { Value::Null } else { args.swap_remove(0) };
-                    if let Some(waiter) = shared.pending.lock().await.remove(&id) {
+                    let waiter = shared.pending().remove(&id);
+                    if let Some(waiter) = waiter {
                         let _ = waiter.send(first);
                     }
                 }
