@@ -34,6 +34,12 @@ pub(crate) const ID_JUMP_ON_OPEN: i64 = 1 << 20;
 /// Most committed batches waiting for their flush before the queue thread waits too:
 /// at most `MAX_UNFLUSHED × MAX_BATCH` (32,768) ids, far below [`ID_JUMP_ON_OPEN`].
 const MAX_UNFLUSHED: usize = 64;
+/// The flusher thread's nice value. Its work (mostly the kernel's, for `fdatasync`) only
+/// decides when senders hear "stored"; the runtime threads, which push to recipients, should
+/// not wait for it on a busy core. It still gets about a tenth of a contended core, far more
+/// than a flush per batch needs.
+#[cfg(target_os = "linux")]
+const FLUSHER_NICENESS: i32 = 10;
 
 /// A batch handed to the thread, and where its result goes.
 struct Request {
@@ -205,6 +211,7 @@ impl Flusher {
 
     /// The flusher thread: flushes while batches wait, until closed and all are flushed.
     fn run(&self, wal: &Path) {
+        lower_this_threads_priority();
         // After `fdatasync` fails, the kernel may have dropped the pages it could not write,
         // and a later flush can succeed without them. So from then on no batch is called
         // durable: every sender is told to retry until the relay restarts and SQLite recovers
@@ -244,6 +251,17 @@ impl Flusher {
             self.changed.notify_all();
         }
         tracing::debug!("flusher stopped");
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (on Linux the nice value is per thread).
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let thread = rustix::thread::gettid();
+        if let Err(error) = rustix::process::setpriority_process(Some(thread), FLUSHER_NICENESS) {
+            tracing::debug!(%error, "could not lower the flusher's priority");
+        }
     }
 }
 
