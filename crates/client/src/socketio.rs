@@ -14,8 +14,8 @@
 //!
 //! One reader task answers pings, completes acknowledgements and forwards pushes; one writer
 //! task owns the socket's sink, so `emit` can be called from anywhere. The writer sends what
-//! is queued together (one flush, so usually one system call, for a burst of frames). Reconnection is the
-//! caller's business: a closed client stays closed, and a new one is made.
+//! is queued together (one flush, so usually one system call, for a burst of frames).
+//! Reconnection is the caller's business: a closed client stays closed, and a new one is made.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

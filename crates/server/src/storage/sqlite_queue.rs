@@ -419,6 +419,25 @@ mod tests {
         }
     }
 
+    /// The flusher runs at a lower priority than the threads that push to recipients.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_flusher_yields_the_core() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("queue.db-wal");
+        let flusher = Arc::new(Flusher::default());
+        flusher.close();
+        let niceness = std::thread::spawn(move || {
+            flusher.run(&log);
+            rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(niceness, FLUSHER_NICENESS);
+        let own = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+        assert!(own < FLUSHER_NICENESS, "only the flusher's thread is lowered");
+    }
+
     /// Once a flush has failed, no later batch is called durable, even when the log can be
     /// flushed again: what the failed flush held may be gone from the kernel's cache.
     #[test]
