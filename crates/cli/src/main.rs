@@ -114,6 +114,10 @@ struct ServeArgs {
     /// Undelivered messages one recipient may have queued.
     #[arg(long, env = "SOTTO_MAX_QUEUE", default_value_t = sotto_server::Limits::default().max_queue_per_recipient)]
     max_queue: usize,
+    /// Longest a message may wait for the storage writer, in milliseconds; one that waited
+    /// longer is refused with the retryable `busy`.
+    #[arg(long, env = "SOTTO_MAX_SEND_BACKLOG_MS", default_value_t = 250)]
+    max_send_backlog_ms: u64,
     /// Log format.
     #[arg(long, env = "SOTTO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -189,6 +193,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.limits.events_per_second = args.events_per_second;
     config.limits.pair_messages_per_second = args.pair_messages_per_second;
     config.limits.max_queue_per_recipient = args.max_queue;
+    config.limits.max_send_backlog = std::time::Duration::from_millis(args.max_send_backlog_ms);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

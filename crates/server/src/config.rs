@@ -101,6 +101,10 @@ pub struct Limits {
     pub max_auth_failures: u32,
     /// Message ids per `message:ack` or `message:status`.
     pub max_ids_per_request: usize,
+    /// Longest a message may wait for the storage writer: one that waited longer is refused
+    /// with the retryable `busy` instead of stored (clients keep it in their outbox and retry),
+    /// so an overloaded database shows as refusals, not as seconds of delay.
+    pub max_send_backlog: Duration,
 }
 
 impl Default for Limits {
@@ -122,6 +126,7 @@ impl Default for Limits {
             auth_timeout: Duration::from_secs(60),
             max_auth_failures: 5,
             max_ids_per_request: 1_000,
+            max_send_backlog: Duration::from_millis(250),
         }
     }
 }

@@ -132,6 +132,18 @@ pub(crate) async fn run_writer<A: Adapter>(
             continue;
         }
         held_since = None;
+        // Messages that waited too long are refused, and the batch is topped up with younger
+        // ones, so that an overloaded database still commits full batches.
+        while refuse_stale(&relay, &mut held) > 0 {
+            let before = held.len();
+            while held.len() < MAX_BATCH {
+                let Ok(job) = inbox.try_recv() else { break };
+                held.push(job);
+            }
+            if held.len() == before {
+                break;
+            }
+        }
         if !held.is_empty() {
             relay.metrics.batch_size.observe(held.len() as f64);
             process(&relay, std::mem::take(&mut held), &after_flush).await;
@@ -143,6 +155,33 @@ pub(crate) async fn run_writer<A: Adapter>(
     drop(after_flush);
     let _ = answering.await;
     tracing::debug!("queue writer stopped");
+}
+
+/// Refuses, with the retryable `busy`, the messages in `jobs` that waited for the writer
+/// longer than `max_send_backlog`; returns how many. Their senders keep them and retry, so an
+/// overloaded database shows as refusals rather than as seconds of delay. (Refusing every send
+/// at the door while the writer is behind was tried: it let the inbox run dry, the database
+/// committed small batches and delivered a third less.)
+fn refuse_stale<A: Adapter>(relay: &Relay<A>, jobs: &mut Vec<Job<A>>) -> usize {
+    let limit = relay.limits().max_send_backlog;
+    let now = Instant::now();
+    let is_stale = |job: &Job<A>| match job {
+        Job::Store { received, .. } => now.duration_since(*received) > limit,
+        _ => false,
+    };
+    if !jobs.iter().any(is_stale) {
+        return 0;
+    }
+    let (stale, fresh): (Vec<_>, Vec<_>) = std::mem::take(jobs).into_iter().partition(is_stale);
+    *jobs = fresh;
+    let busy = Failure::new(ErrorCode::Busy, "the relay is busy; retry shortly");
+    let count = stale.len();
+    for job in stale {
+        if let Job::Store { ack, .. } = job {
+            refuse(relay, ack, &busy);
+        }
+    }
+    count
 }
 
 /// Answers each committed batch's senders once it is on disk, in commit order. The channel

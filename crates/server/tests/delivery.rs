@@ -223,3 +223,49 @@ async fn health_and_metrics() {
         assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
     }
 }
+
+/// A message that waits too long for the storage writer (here: a commit held up by a lock
+/// someone else holds on the database) is refused with the retryable `busy`, not stored late;
+/// the one being committed is stored, and a resend of a refused one is stored once the writer
+/// has caught up.
+#[tokio::test]
+async fn messages_that_wait_too_long_for_the_writer_are_refused_as_busy() {
+    let server = TestServer::start_with(|config| {
+        config.limits.max_send_backlog = Duration::from_millis(100);
+    })
+    .await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+
+    // Another process holds SQLite's write lock: the writer's next commit waits for it.
+    let other = rusqlite::Connection::open(&server.db_path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let send = |id: String, n: u32| {
+        let client = alice.client.clone();
+        tokio::spawn(async move { client.send_raw("bob", &id, &envelope(n)).await })
+    };
+    let first = send(client_id(), 1);
+    // The writer takes the first message and waits in its commit; the next two wait for it.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let late_ids = [client_id(), client_id()];
+    let late: Vec<_> = late_ids.iter().zip(2..).map(|(id, n)| send(id.clone(), n)).collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    other.execute_batch("ROLLBACK").unwrap();
+
+    let stored = first.await.unwrap().expect("the message in the commit is stored");
+    for task in late {
+        let error = task.await.unwrap().expect_err("a message that waited too long is refused");
+        assert_eq!(error.code(), Some("busy"));
+        assert!(error.retryable());
+    }
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 1);
+    assert_eq!(bob.messages(1).await[0].id, stored.id);
+    bob.no_messages(Duration::from_millis(300)).await;
+
+    // The sender keeps a refused message and sends it again: now it is stored, once.
+    let resent = alice.client.send_raw("bob", &late_ids[0], &envelope(2)).await.unwrap();
+    assert!(!resent.duplicate);
+    assert_eq!(bob.messages(1).await[0].id, resent.id);
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 2);
+}
