@@ -34,6 +34,13 @@ pub(crate) const ID_JUMP_ON_OPEN: i64 = 1 << 20;
 /// Most committed batches waiting for their flush before the queue thread waits too:
 /// at most `MAX_UNFLUSHED × MAX_BATCH` (32,768) ids, far below [`ID_JUMP_ON_OPEN`].
 const MAX_UNFLUSHED: usize = 64;
+/// Log pages after which a commit of the queue thread checkpoints the log into the database
+/// file (SQLite's default is 1,000). The checkpoint runs inside that commit and holds back the
+/// pushes behind it for a few milliseconds; at 5,000 messages/s (about 1.8 log pages each) the
+/// default made that nine times a second. At 4,000 pages: p99 1.24–1.89 → 1.04–1.77 ms over
+/// seven alternating runs each (medians 1.51 → 1.22 ms), saturation the same or better. At
+/// 10,000 the tail was worse: each checkpoint copies more.
+const QUEUE_CHECKPOINT_PAGES: u32 = 4_000;
 /// The flusher thread's nice value. Its work (mostly the kernel's, for `fdatasync`) only
 /// decides when senders hear "stored"; the runtime threads, which push to recipients, should
 /// not wait for it on a busy core. It still gets about a tenth of a contended core, far more
@@ -73,6 +80,7 @@ impl QueueThread {
         // From here on commits only write the log; the flusher makes them durable (WAL is a
         // property of the database file, which the pool set).
         connection.pragma_update(None, "synchronous", "NORMAL")?;
+        connection.pragma_update(None, "wal_autocheckpoint", QUEUE_CHECKPOINT_PAGES)?;
 
         let flusher = Arc::new(Flusher::default());
         let wal = write_ahead_log(path);
