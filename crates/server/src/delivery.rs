@@ -439,7 +439,7 @@ async fn stored<A: Adapter>(
                 })
                 .collect(),
         };
-        let delivered = push_to_user(relay, recipient, events::MESSAGE_RECEIVE, &push).await;
+        let delivered = push_messages(relay, recipient, &push).await;
         if delivered {
             relay.metrics.messages_delivered.inc_by(messages.len() as u64);
             for (.., received) in messages {
@@ -481,7 +481,7 @@ async fn record_contacts<A: Adapter>(relay: &Relay<A>, pairs: Vec<(String, Strin
     for (sender, recipient) in &pairs {
         // Clustered, the recipient may be online on another node: the room push finds out.
         if relay.clustered() || relay.is_online(recipient) {
-            push_to_user(relay, recipient, events::USER_JOINED, &PresencePush { user_id: sender })
+            push_notice(relay, recipient, events::USER_JOINED, &PresencePush { user_id: sender })
                 .await;
         }
     }
@@ -504,7 +504,7 @@ async fn delivered<A: Adapter>(relay: &Relay<A>, acknowledged: &[Acknowledged]) 
         }
     }
     for (sender, receipts) in per_sender {
-        push_to_user(relay, sender, events::MESSAGE_DELIVERED, &DeliveredPush { receipts }).await;
+        push_notice(relay, sender, events::MESSAGE_DELIVERED, &DeliveredPush { receipts }).await;
     }
 }
 
@@ -567,22 +567,37 @@ pub(crate) fn send_page<A: Adapter>(
     Ok(())
 }
 
-/// Pushes an event to every socket of `user`: messages to the sockets that have caught up
-/// (the message room), receipts and presence to every logged-in one (the notice room).
+/// Pushes messages to the sockets of `user` that have caught up with their queue (the message
+/// room), so live messages never overtake the backlog. See [`push_to_room`].
+async fn push_messages<A: Adapter>(relay: &Relay<A>, user: &str, push: &ReceivePush<'_>) -> bool {
+    push_to_room(relay, user_room(user), events::MESSAGE_RECEIVE, push).await
+}
+
+/// Pushes a notice (a receipt, presence, a prekey warning) to every logged-in socket of `user`
+/// (the notice room). See [`push_to_room`].
+pub(crate) async fn push_notice<A: Adapter, T: serde::Serialize + ?Sized>(
+    relay: &Relay<A>,
+    user: &str,
+    event: &'static str,
+    payload: &T,
+) -> bool {
+    push_to_room(relay, notice_room(user), event, payload).await
+}
+
+/// Pushes an event to the sockets in `room`.
 ///
 /// Single node: straight to this node's sockets; a socket that cannot take it (its buffer is
 /// full) is disconnected, so it catches up from the queue when it reconnects and delivery stays
 /// gap-free. Clustered: through the Redis adapter to every node; if Redis is unreachable, to
 /// this node's sockets only (the others catch up from the queue). Returns whether the push went
 /// out (single node: whether any socket took it).
-pub(crate) async fn push_to_user<A: Adapter, T: serde::Serialize + ?Sized>(
+async fn push_to_room<A: Adapter, T: serde::Serialize + ?Sized>(
     relay: &Relay<A>,
-    user: &str,
+    room: String,
     event: &'static str,
     payload: &T,
 ) -> bool {
     let Some(io) = relay.io() else { return false };
-    let room = if event == events::MESSAGE_RECEIVE { user_room(user) } else { notice_room(user) };
     if relay.clustered() && relay.adapter_usable() {
         match io.to(room.clone()).emit(event, payload).await {
             Ok(()) => return true,

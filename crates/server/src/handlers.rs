@@ -23,7 +23,7 @@ use sotto_protocol::wire::{
 
 use crate::auth::{self, AuthFailure};
 use crate::config::Limits;
-use crate::delivery::{self, Job, PAGE, now_ms, push_to_user};
+use crate::delivery::{self, Job, PAGE, now_ms, push_notice};
 use crate::events::{
     self, BundleAnswer, ChallengeAnswer, Done, ErrorCode, Failure, IdentityAnswer, IdsRequest,
     LoginAnswer, LoginRequest, PrekeysLowPush, PresencePush, RegisterRequest, RequestKeyRequest,
@@ -195,7 +195,7 @@ async fn announce<A: Adapter>(relay: &Relay<A>, user: &str, event: &'static str)
         }
     };
     for contact in contacts.iter().filter(|c| relay.clustered() || relay.is_online(c)) {
-        push_to_user(relay, contact, event, &PresencePush { user_id: user }).await;
+        push_notice(relay, contact, event, &PresencePush { user_id: user }).await;
     }
 }
 
@@ -556,7 +556,7 @@ async fn request_key<A: Adapter>(
         .map_err(|e| storage_failure(relay, e))?
         .ok_or_else(|| Failure::new(ErrorCode::UnknownUser, format!("no user {target}")))?;
     if claimed.remaining < relay.limits().prekey_low_watermark {
-        push_to_user(
+        push_notice(
             relay,
             target.as_str(),
             events::PREKEYS_LOW,
