@@ -174,7 +174,7 @@ fn refuse_stale<A: Adapter>(relay: &Relay<A>, jobs: &mut Vec<Job<A>>) -> usize {
     }
     let (stale, fresh): (Vec<_>, Vec<_>) = std::mem::take(jobs).into_iter().partition(is_stale);
     *jobs = fresh;
-    let busy = Failure::new(ErrorCode::Busy, "the relay is busy; retry shortly");
+    let busy = Failure::busy();
     let count = stale.len();
     for job in stale {
         if let Job::Store { ack, .. } = job {

@@ -132,6 +132,11 @@ impl Failure {
         }
     }
 
+    /// The relay is overloaded: the writer's inbox is full or the message waited too long.
+    pub fn busy() -> Self {
+        Self::new(ErrorCode::Busy, "the relay is busy; retry shortly")
+    }
+
     /// A rate-limit failure.
     pub fn rate_limited(retry_after_ms: u64) -> Self {
         Self {

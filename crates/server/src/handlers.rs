@@ -706,7 +706,7 @@ fn enqueue_send<A: Adapter>(
             permit.send(Job::Store { message, ack, received: Instant::now() });
             Ok(())
         }
-        Err(_) => Err((ack, Failure::new(ErrorCode::Busy, "the relay is busy; retry shortly"))),
+        Err(_) => Err((ack, Failure::busy())),
     }
 }
 
@@ -737,8 +737,7 @@ async fn on_ack<A: Adapter>(
             | tokio::sync::mpsc::error::TrySendError::Closed(job) => job,
         };
         if let Job::Ack { answer: ack, .. } = job {
-            let busy = Failure::new(ErrorCode::Busy, "the relay is busy; retry shortly");
-            answer(&relay, ack, Err::<Done, _>(busy));
+            answer(&relay, ack, Err::<Done, _>(Failure::busy()));
         }
     }
 }
