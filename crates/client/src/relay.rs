@@ -275,8 +275,9 @@ impl RelayClient {
         self.call("auth:challenge", &serde_json::json!({})).await
     }
 
-    /// Asks for a challenge and signs it for `user`.
-    async fn signed_challenge(
+    /// Asks for a challenge and signs it for `user` (the `signature` of a login or a
+    /// registration).
+    pub async fn signed_challenge(
         &self,
         user: &UserId,
         identity: &IdentityKeyPair,

@@ -509,10 +509,13 @@ async fn delivered<A: Adapter>(relay: &Relay<A>, acknowledged: &[Acknowledged]) 
 }
 
 async fn attach<A: Adapter>(relay: &Arc<Relay<A>>, socket: SocketRef<A>, user: &str, after: i64) {
+    socket.join(user_room(user));
+    // Closed meanwhile: socketioxide may already have dropped the socket's rooms (it marks a
+    // socket closed first), so the join above would outlive it.
     if !socket.connected() {
+        socket.leave_all();
         return;
     }
-    socket.join(user_room(user));
     let mut after = after;
     loop {
         match relay.storage.pending_messages(user, after, PAGE).await {

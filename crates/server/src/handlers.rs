@@ -162,24 +162,7 @@ async fn on_disconnect<A: Adapter>(socket: SocketRef<A>, State(relay): State<Arc
     if connection.counted.swap(false, std::sync::atomic::Ordering::SeqCst) {
         relay.metrics.connections.dec();
     }
-    let Some(user) = connection.user() else {
-        return;
-    };
-    relay.metrics.authenticated.dec();
-    let last = {
-        let mut online = relay.online.lock().unwrap_or_else(|e| e.into_inner());
-        match online.get_mut(&*user) {
-            Some(count) if *count > 1 => {
-                *count -= 1;
-                false
-            }
-            _ => {
-                online.remove(&*user);
-                true
-            }
-        }
-    };
-    if last {
+    if let Some(Unbound { user, last: true }) = unbind_user(&relay, &connection) {
         announce(&relay, &user, events::USER_LEFT).await;
     }
 }
@@ -279,10 +262,26 @@ async fn on_login<A: Adapter>(
     State(relay): State<Arc<Relay<A>>>,
 ) {
     let result = login(&relay, &socket, request).await;
-    let logged_in = result.as_ref().ok().map(|answer| Arc::<str>::from(answer.user_id.as_str()));
-    answer(&relay, ack, result);
-    if let Some(user) = logged_in {
-        after_login(relay, socket, user).await;
+    if let Some(bound) = answer_bound(&relay, ack, result) {
+        after_login(relay, socket, bound).await;
+    }
+}
+
+/// Answers a login or registration; on success, returns what `after_login` needs.
+fn answer_bound<A: Adapter>(
+    relay: &Relay<A>,
+    ack: AckSender<A>,
+    result: Reply<(LoginAnswer, Bound)>,
+) -> Option<Bound> {
+    match result {
+        Ok((login_answer, bound)) => {
+            answer(relay, ack, Ok(login_answer));
+            Some(bound)
+        }
+        Err(failure) => {
+            answer(relay, ack, Err::<LoginAnswer, _>(failure));
+            None
+        }
     }
 }
 
@@ -290,7 +289,7 @@ async fn login<A: Adapter>(
     relay: &Relay<A>,
     socket: &SocketRef<A>,
     request: Result<LoginRequest, socketioxide::ParserError>,
-) -> Reply<LoginAnswer> {
+) -> Reply<(LoginAnswer, Bound)> {
     let connection = connection(socket)?;
     allow_event(relay, &connection)?;
     let request = request.map_err(bad_request)?;
@@ -307,15 +306,63 @@ async fn login<A: Adapter>(
     if let Err(failure) = verify_login(relay, &connection, &user, &key, &request.signature) {
         return Err(record_auth_failure(relay, socket, &connection, failure));
     }
-    bind_user(relay, &connection, &user);
-    login_answer(relay, &user).await
+    let answer = login_answer(relay, &user).await?;
+    Ok((answer, bind_user(relay, &connection, &user)?))
 }
 
-/// Marks the connection as `user`'s.
-fn bind_user<A: Adapter>(relay: &Relay<A>, connection: &Connection, user: &UserId) {
-    connection.lock().user = Some(Arc::from(user.as_str()));
+/// A user bound to a connection by [`bind_user`].
+struct Bound {
+    user: Arc<str>,
+    /// Whether this is the user's only connection to this relay (their contacts are told
+    /// they joined).
+    first: bool,
+}
+
+/// Marks the connection as `user`'s and counts the user online. The connection's lock is
+/// held throughout, so that [`unbind_user`] undoes all of it or none.
+fn bind_user<A: Adapter>(relay: &Relay<A>, connection: &Connection, user: &UserId) -> Reply<Bound> {
+    let mut state = connection.lock();
+    if state.user.is_some() {
+        // Two logins raced on one connection; only the first counts.
+        return Err(Failure::new(ErrorCode::AlreadyAuthenticated, "already logged in"));
+    }
+    let user: Arc<str> = Arc::from(user.as_str());
+    state.user = Some(user.clone());
     relay.metrics.logins.inc();
     relay.metrics.authenticated.inc();
+    let mut online = relay.online.lock().unwrap_or_else(|e| e.into_inner());
+    let count = online.entry(user.to_string()).or_default();
+    *count += 1;
+    Ok(Bound { first: *count == 1, user })
+}
+
+/// A user taken off a connection by [`unbind_user`].
+struct Unbound {
+    user: Arc<str>,
+    /// Whether that was the user's last connection to this relay (their contacts are told
+    /// they left).
+    last: bool,
+}
+
+/// Undoes [`bind_user`], once: called both by the disconnect handler and by a login that
+/// finds its socket closed (it may have closed before the user was bound, when the handler
+/// found nothing to undo), and only the first call finds a user.
+fn unbind_user<A: Adapter>(relay: &Relay<A>, connection: &Connection) -> Option<Unbound> {
+    let mut state = connection.lock();
+    let user = state.user.take()?;
+    relay.metrics.authenticated.dec();
+    let mut online = relay.online.lock().unwrap_or_else(|e| e.into_inner());
+    let last = match online.get_mut(&*user) {
+        Some(count) if *count > 1 => {
+            *count -= 1;
+            false
+        }
+        _ => {
+            online.remove(&*user);
+            true
+        }
+    };
+    Some(Unbound { user, last })
 }
 
 async fn login_answer<A: Adapter>(relay: &Relay<A>, user: &UserId) -> Reply<LoginAnswer> {
@@ -330,17 +377,25 @@ async fn login_answer<A: Adapter>(relay: &Relay<A>, user: &UserId) -> Reply<Logi
 }
 
 /// After the login answer went out: presence, then the backlog, then live delivery.
-async fn after_login<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, user: Arc<str>) {
+async fn after_login<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, bound: Bound) {
+    let Bound { user, first } = bound;
     // Receipts and presence reach the socket from now on (nothing that could cause one can
     // have happened since the answer went out: this runs before the task first yields);
     // messages only once it has caught up (the writer joins it to the message room then).
     socket.join(notice_room(&user));
-    let first = {
-        let mut online = relay.online.lock().unwrap_or_else(|e| e.into_inner());
-        let count = online.entry(user.to_string()).or_default();
-        *count += 1;
-        *count == 1
-    };
+    // socketioxide marks a socket closed before it runs the disconnect handler and then drops
+    // the socket's rooms. Seen still connected after the join, the handler is yet to run and
+    // will find the user and the room; seen closed, it may have run before the login bound
+    // the user, so this undoes the login here.
+    if !socket.connected() {
+        socket.leave_all();
+        if let Ok(connection) = connection(&socket)
+            && let Some(Unbound { user, last: true }) = unbind_user(&relay, &connection)
+        {
+            announce(&relay, &user, events::USER_LEFT).await;
+        }
+        return;
+    }
     if first {
         announce(&relay, &user, events::USER_JOINED).await;
     }
@@ -426,11 +481,8 @@ async fn on_register<A: Adapter>(
         }
         None => {
             let result = register(&relay, &socket, &connection, request).await;
-            let registered =
-                result.as_ref().ok().map(|answer| Arc::<str>::from(answer.user_id.as_str()));
-            answer(&relay, ack, result);
-            if let Some(user) = registered {
-                after_login(relay, socket, user).await;
+            if let Some(bound) = answer_bound(&relay, ack, result) {
+                after_login(relay, socket, bound).await;
             }
         }
     }
@@ -445,7 +497,7 @@ async fn register<A: Adapter>(
     socket: &SocketRef<A>,
     connection: &Connection,
     request: RegisterRequest,
-) -> Reply<LoginAnswer> {
+) -> Reply<(LoginAnswer, Bound)> {
     let user = parse_user_id(required(&request.user_id, "userId")?)?;
     let identity_json: &PublicIdentityJson = required(&request.identity, "identity")?;
     let spk_json: &SignedPrekeyJson = required(&request.signed_prekey, "signedPrekey")?;
@@ -479,8 +531,8 @@ async fn register<A: Adapter>(
     // known pair costs one `INSERT … ON CONFLICT DO NOTHING` to learn again.
     relay.known_contacts.lock().unwrap_or_else(|e| e.into_inner()).clear();
     tracing::info!(user = %user, "registered");
-    bind_user(relay, connection, &user);
-    login_answer(relay, &user).await
+    let answer = login_answer(relay, &user).await?;
+    Ok((answer, bind_user(relay, connection, &user)?))
 }
 
 async fn upload_prekeys<A: Adapter>(

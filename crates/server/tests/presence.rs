@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use sotto_client::relay::Incoming;
+use sotto_client::relay::{Incoming, RelayClient};
 use support::{TestServer, TestUser, client_id, envelope};
 
 fn presence(events: &[Incoming]) -> Vec<String> {
@@ -72,4 +72,73 @@ async fn presence_reaches_only_those_a_user_has_written_to() {
     assert_eq!(presence(&drain(&mut alice, QUIET).await), ["+bob"]);
     bob.client.close();
     assert_eq!(presence(&drain(&mut alice, QUIET).await), ["-bob"]);
+}
+
+/// The metric line `name value`, as a number.
+async fn gauge(server: &TestServer, name: &str) -> Option<i64> {
+    let (_, metrics) = server.get("/metrics").await;
+    metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Waits up to two seconds for the gauge to read `expected`; returns what it read last.
+async fn settled_gauge(server: &TestServer, name: &str, expected: i64) -> Option<i64> {
+    let mut value = None;
+    for _ in 0..40 {
+        value = gauge(server, name).await;
+        if value == Some(expected) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    value
+}
+
+/// A connection that goes while its login or registration is still being checked has its
+/// disconnect handled before the user is bound to it: the user must not stay online, counted
+/// or in the relay's rooms after that.
+#[tokio::test]
+async fn a_connection_closed_while_logging_in_leaves_its_user_offline() {
+    let server = TestServer::start().await;
+    let mut alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    write(&alice, &mut bob, 1).await;
+    alice.client.close();
+    drain(&mut bob, QUIET).await;
+
+    for round in 0..20 {
+        // Logging in as Alice, and registering someone new, each closed right after the request
+        // (the close is read in the same burst, while the request waits for the database).
+        let (client, _pushes) = RelayClient::connect(&server.url, support::WAIT).await.unwrap();
+        let signature = client.signed_challenge(&alice.id, &alice.identity).await.unwrap();
+        let login = serde_json::json!({ "userId": alice.id.as_str(), "signature": signature });
+        client.socket().emit("auth:login", &login).unwrap();
+        client.close();
+
+        let (identity, signed_prekey, _) = support::keys(0);
+        let name = sotto_protocol::UserId::parse(&format!("late{round}")).unwrap();
+        let (client, _pushes) = RelayClient::connect(&server.url, support::WAIT).await.unwrap();
+        let signature = client.signed_challenge(&name, &identity).await.unwrap();
+        let register = serde_json::json!({
+            "userId": name.as_str(),
+            "identity": sotto_protocol::wire::PublicIdentityJson::from(identity.public()),
+            "signedPrekey": sotto_protocol::wire::SignedPrekeyJson::from(signed_prekey.public()),
+            "oneTimePrekeys": [],
+            "signature": signature,
+        });
+        client.socket().emit("user:register-key", &register).unwrap();
+        client.close();
+    }
+
+    // Only Bob is left, and to Bob, Alice is gone.
+    assert_eq!(settled_gauge(&server, "sotto_authenticated_connections", 1).await, Some(1));
+    assert_eq!(settled_gauge(&server, "sotto_connections", 1).await, Some(1));
+    let seen = presence(&drain(&mut bob, QUIET).await);
+    assert_ne!(seen.last().map(String::as_str), Some("+alice"), "Alice looks online: {seen:?}");
+
+    // And the relay agrees: a message to Alice is stored, not pushed to a dead connection, and
+    // reaches her when she really comes back.
+    let sent = bob.client.send_raw(alice.id.as_str(), &client_id(), &envelope(2)).await.unwrap();
+    alice.reconnect(&server).await;
+    let received = alice.messages(1).await;
+    assert_eq!(received[0].id, sent.id);
 }
