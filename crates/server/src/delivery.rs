@@ -469,16 +469,21 @@ async fn stored<A: Adapter>(
 /// written to them and so shares their presence from now on, is online. The sender learns
 /// nothing about the recipient: that is the recipient's to share, by writing back.
 async fn record_contacts<A: Adapter>(relay: &Relay<A>, pairs: Vec<(String, String)>) {
-    if let Err(error) = relay.storage.add_contacts(&pairs).await {
-        relay.metrics.storage_errors.inc();
-        tracing::warn!(%error, "recording contacts failed");
-        let mut known = relay.known_contacts.lock().unwrap_or_else(|e| e.into_inner());
-        for (sender, recipient) in &pairs {
-            known.remove(&relay.pair_key(sender, recipient));
+    // Only pairs new to the database are announced: the cache forgets pairs that are recorded
+    // already (each registration, each housekeeping round, another node's writes).
+    let recorded = match relay.storage.add_contacts(&pairs).await {
+        Ok(recorded) => recorded,
+        Err(error) => {
+            relay.metrics.storage_errors.inc();
+            tracing::warn!(%error, "recording contacts failed");
+            let mut known = relay.known_contacts.lock().unwrap_or_else(|e| e.into_inner());
+            for (sender, recipient) in &pairs {
+                known.remove(&relay.pair_key(sender, recipient));
+            }
+            return;
         }
-        return;
-    }
-    for (sender, recipient) in &pairs {
+    };
+    for (sender, recipient) in &recorded {
         // Clustered, the recipient may be online on another node: the room push finds out.
         if relay.clustered() || relay.is_online(recipient) {
             push_notice(relay, recipient, events::USER_JOINED, &PresencePush { user_id: sender })
@@ -690,7 +695,8 @@ pub(crate) async fn run_redelivery<A: Adapter>(relay: Arc<Relay<A>>) {
 }
 
 /// Periodic housekeeping: expiring undelivered messages, refreshing the
-/// queue-depth gauge and forgetting idle rate-limit buckets.
+/// queue-depth gauge, forgetting idle rate-limit buckets and the contact pairs known to be
+/// recorded.
 pub(crate) async fn run_housekeeping<A: Adapter>(relay: Arc<Relay<A>>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -713,5 +719,10 @@ pub(crate) async fn run_housekeeping<A: Adapter>(relay: Arc<Relay<A>>, every: Du
         relay.pair_limiter.sweep(now);
         relay.fetch_limiter.sweep(now);
         relay.recipients.sweep(now);
+        // Another node may have seen an id released and registered again, and only that node
+        // cleared its cache then; starting afresh each round bounds how long this node keeps
+        // such a pair unrecorded (and the cache's size), at one idempotent insert per pair
+        // that writes again.
+        relay.known_contacts.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }

@@ -142,3 +142,18 @@ async fn a_connection_closed_while_logging_in_leaves_its_user_offline() {
     let received = alice.messages(1).await;
     assert_eq!(received[0].id, sent.id);
 }
+
+/// A pair already recorded is not announced again when a relay forgets which pairs it knows
+/// (every registration clears that cache, and so does every housekeeping round).
+#[tokio::test]
+async fn writing_again_after_the_relay_forgot_its_cache_announces_nothing() {
+    let server = TestServer::start().await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    write(&alice, &mut bob, 1).await;
+    assert_eq!(presence(&drain(&mut bob, QUIET).await), ["+alice"]);
+
+    TestUser::register(&server, "carol").await;
+    write(&alice, &mut bob, 2).await;
+    assert!(presence(&drain(&mut bob, QUIET).await).is_empty(), "Alice announced twice");
+}

@@ -201,22 +201,29 @@ async fn run_suite(store: Arc<dyn Storage>) {
         "only a sender learns that its message is still queued"
     );
 
-    // Contacts are directed (sender, recipient), each recorded once.
-    store
+    // Contacts are directed (sender, recipient), each recorded once; only new pairs come back.
+    let pair = |sender: &str, recipient: &str| (sender.to_owned(), recipient.to_owned());
+    let mut recorded = store
         .add_contacts(&[
-            ("alice".into(), "bob".into()),
-            ("bob".into(), "alice".into()),
-            ("carol".into(), "alice".into()),
-            ("alice".into(), "bob".into()),
+            pair("alice", "bob"),
+            pair("bob", "alice"),
+            pair("carol", "alice"),
+            pair("alice", "bob"),
         ])
         .await
         .unwrap();
-    store.add_contacts(&[("carol".into(), "alice".into())]).await.unwrap();
+    recorded.sort();
+    assert_eq!(recorded, [pair("alice", "bob"), pair("bob", "alice"), pair("carol", "alice")]);
+    let recorded =
+        store.add_contacts(&[pair("carol", "alice"), pair("carol", "bob")]).await.unwrap();
+    assert_eq!(recorded, [pair("carol", "bob")], "a known pair is not new");
     assert_eq!(store.written_to("alice").await.unwrap(), ["bob"]);
     let mut writers = store.written_by("alice").await.unwrap();
     writers.sort();
     assert_eq!(writers, ["bob", "carol"]);
-    assert_eq!(store.written_to("carol").await.unwrap(), ["alice"]);
+    let mut written = store.written_to("carol").await.unwrap();
+    written.sort();
+    assert_eq!(written, ["alice", "bob"]);
     assert!(store.written_by("carol").await.unwrap().is_empty());
 
     // Expiry.

@@ -342,7 +342,11 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<Vec<(i64, MessageStatus)>, StorageError>;
 
     /// Records that each (sender, recipient) pair has exchanged at least one message, that way.
-    async fn add_contacts(&self, pairs: &[(String, String)]) -> Result<(), StorageError>;
+    /// Returns the pairs that were not recorded before.
+    async fn add_contacts(
+        &self,
+        pairs: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, StorageError>;
 
     /// The users `user_id` has written to: they are told when `user_id` comes and goes.
     async fn written_to(&self, user_id: &str) -> Result<Vec<String>, StorageError>;

@@ -489,9 +489,13 @@ macro_rules! impl_storage {
                     .collect())
             }
 
-            async fn add_contacts(&self, pairs: &[(String, String)]) -> Result<(), StorageError> {
+            async fn add_contacts(
+                &self,
+                pairs: &[(String, String)],
+            ) -> Result<Vec<(String, String)>, StorageError> {
+                let mut recorded = Vec::new();
                 if pairs.is_empty() {
-                    return Ok(());
+                    return Ok(recorded);
                 }
                 let mut tx = self.pool.begin_with($begin).await?;
                 for chunk in fixed_chunks(pairs) {
@@ -500,11 +504,13 @@ macro_rules! impl_storage {
                     insert.push_values(chunk, |mut row, (sender, recipient)| {
                         row.push_bind(sender).push_bind(recipient);
                     });
-                    insert.push(" ON CONFLICT DO NOTHING");
-                    insert.build().execute(&mut *tx).await?;
+                    insert.push(" ON CONFLICT DO NOTHING RETURNING sender, recipient");
+                    let rows: Vec<(String, String)> =
+                        insert.build_query_as().fetch_all(&mut *tx).await?;
+                    recorded.extend(rows);
                 }
                 tx.commit().await?;
-                Ok(())
+                Ok(recorded)
             }
 
             async fn written_to(&self, user_id: &str) -> Result<Vec<String>, StorageError> {
