@@ -76,6 +76,18 @@ fn warn(event: &Event) {
         Event::Undecryptable { peer } => {
             eprintln!("warning: a message from {peer} could not be decrypted")
         }
+        Event::DigestMismatch { peer } => eprintln!(
+            "warning: {peer} received a message under our name that this device did not send \
+             (another device uses this identity, or this store was restored from a copy)"
+        ),
+        Event::Unconfirmed { peer, messages } => {
+            let count = messages.len();
+            let plural = if count == 1 { "message" } else { "messages" };
+            eprintln!(
+                "warning: the relay reported {count} {plural} to {peer} delivered, but {peer} \
+                 says they never arrived"
+            );
+        }
         Event::Failed { reason, .. } => eprintln!("error: a message could not be sent: {reason}"),
         _ => {}
     }

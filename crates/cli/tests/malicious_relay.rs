@@ -39,6 +39,10 @@ trait Attack: Send {
     fn message(&mut self, message: Value) -> Vec<Value> {
         vec![message]
     }
+    /// Whether another push (`message:delivered`, presence) reaches the client.
+    fn push(&mut self, _event: &str) -> bool {
+        true
+    }
 }
 
 /// Passes everything through unchanged.
@@ -203,6 +207,13 @@ fn rewrite(
         }
         return frames;
     }
+    if let Some(rest) = packet.strip_prefix("42")
+        && let Ok(Value::Array(args)) = serde_json::from_str::<Value>(rest)
+        && let Some(event) = args.first().and_then(Value::as_str)
+        && !attack.lock().unwrap().push(event)
+    {
+        return Vec::new();
+    }
     vec![packet.to_owned()]
 }
 
@@ -264,6 +275,26 @@ impl Attack for BusyOnSend {
                 "retryable": true,
             });
         }
+    }
+}
+
+/// Keeps the sender from learning that its messages were delivered: no receipts, and "pending"
+/// whenever it asks.
+struct HideDelivery;
+
+impl Attack for HideDelivery {
+    fn answer(&mut self, event: &str, answer: &mut Value) {
+        if event == "message:status"
+            && let Some(statuses) = answer.get_mut("statuses").and_then(Value::as_array_mut)
+        {
+            for status in statuses {
+                status["status"] = json!("pending");
+            }
+        }
+    }
+
+    fn push(&mut self, event: &str) -> bool {
+        event != "message:delivered"
     }
 }
 
@@ -681,4 +712,42 @@ async fn reordered_and_delayed_messages_arrive_once_each() {
     let mut counters: Vec<u64> = history.iter().filter_map(|m| m.counter).collect();
     counters.sort_unstable();
     assert_eq!(counters, [1, 2, 3, 4, 5], "each record once");
+}
+
+// ---- delivery the relay keeps quiet about ----------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peers_reply_confirms_a_delivery_the_relay_kept_quiet_about() {
+    let relay = LyingRelay::start().await;
+    relay.attack(HideDelivery);
+    let dir = tempfile::tempdir().unwrap();
+    let mut bob = Person::register(&dir.path().join("bob"), &relay.direct, "bob").await;
+    let mut alice = Person::register(&dir.path().join("alice"), &relay.proxied, "alice").await;
+
+    alice.send("bob", "did you get this?").await;
+    let events = bob.receive_until(|e| received(e) == 1).await;
+    assert_eq!(received(&events), 1, "{events:?}");
+    // Bob's device saved it; the relay tells Alice nothing of it, even when asked.
+    let events = alice.client.refresh_delivery(&alice.relay).await.unwrap();
+    assert!(events.is_empty(), "{events:?}");
+    let events = alice.receive_until(|_| true).await;
+    assert!(!has(&events, |e| matches!(e, Event::Delivered(_))), "{events:?}");
+    let status = |history: &[sotto_client::store::StoredMessage]| {
+        history.iter().find(|m| m.outgoing).map(|m| m.status.clone())
+    };
+    assert_eq!(status(&alice.client.store().history("bob", 10).await.unwrap()).unwrap(), "stored");
+
+    // Bob answers: his record names Alice's as the last one he received.
+    bob.send("alice", "yes").await;
+    let events = alice.receive_until(|e| received(e) == 1).await;
+    assert!(
+        has(
+            &events,
+            |e| matches!(e, Event::Delivered(m) if m.body.as_deref() == Some("did you get this?"))
+        ),
+        "Bob's word shows Alice's message delivered: {events:?}"
+    );
+    assert!(!has(&events, |e| matches!(e, Event::DigestMismatch { .. })), "{events:?}");
+    let history = alice.client.store().history("bob", 10).await.unwrap();
+    assert_eq!(status(&history).unwrap(), "delivered");
 }

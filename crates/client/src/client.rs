@@ -102,6 +102,20 @@ pub enum Event {
         /// How many.
         count: u64,
     },
+    /// The record `peer` names as the last of ours it received is not the one we sealed under
+    /// that counter: another device sends as us, or our store was restored from a copy.
+    DigestMismatch {
+        /// Who said so.
+        peer: String,
+    },
+    /// Messages the relay reported delivered that `peer`, writing well after, says it never
+    /// received: the relay acknowledged them on the peer's behalf and withheld them.
+    Unconfirmed {
+        /// To whom.
+        peer: String,
+        /// The messages, now with status `unconfirmed`.
+        messages: Vec<StoredMessage>,
+    },
     /// `peer`'s identity key changed; sending to them is blocked until accepted.
     KeyChanged {
         /// Whose.
@@ -478,10 +492,11 @@ impl Client {
             counters.last_counter,
             counters.last_digest,
         );
-        let (envelope, _digest) =
+        let (envelope, digest) =
             record.encrypt(&plaintext).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let json = envelope.to_json();
         store::save_session(&mut tx, peer.as_str(), &record).await?;
+        store::set_digest(&mut tx, outgoing.message_id, &digest).await?;
         store::seal_outgoing(&mut tx, &outgoing.client_id, &json).await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(json)
@@ -497,7 +512,7 @@ impl Client {
                 let ids: Vec<i64> = receipts.iter().map(|r| r.id).collect();
                 Ok(self
                     .store
-                    .mark_delivered(&ids)
+                    .mark_delivered(&ids, now_ms())
                     .await?
                     .into_iter()
                     .map(Event::Delivered)
@@ -598,8 +613,19 @@ impl Client {
             counters.received_contiguous = plaintext.counter.saturating_sub(1);
         }
         let missing_before = counters.missing();
+        let confirmed_before = counters.peer_received;
         counters.note_received(plaintext.counter, decrypted.digest);
         counters.peer_received = counters.peer_received.max(plaintext.last_received_counter);
+        let word = store::check_peer_word(
+            &mut tx,
+            sender.as_str(),
+            plaintext.last_received_counter,
+            &plaintext.last_received_digest,
+            confirmed_before,
+            i64::try_from(plaintext.sent_at).unwrap_or(i64::MAX),
+            now,
+        )
+        .await?;
         let body = match &plaintext.body {
             RecordBody::Text(text) => Some(text.to_string()),
             RecordBody::Receipt(_) => None,
@@ -628,6 +654,14 @@ impl Client {
         let missing = counters.missing();
         if missing > 0 && missing != missing_before {
             events.push(Event::Missing { peer: sender.to_string(), count: missing });
+        }
+        events.extend(word.confirmed.into_iter().map(Event::Delivered));
+        if word.digest_mismatch {
+            events.push(Event::DigestMismatch { peer: sender.to_string() });
+        }
+        if !word.unconfirmed.is_empty() {
+            events
+                .push(Event::Unconfirmed { peer: sender.to_string(), messages: word.unconfirmed });
         }
         Ok(events)
     }
@@ -670,7 +704,8 @@ impl Client {
             .filter(|(_, status)| status == "delivered")
             .map(|(id, _)| id)
             .collect();
-        Ok(self.store.mark_delivered(&delivered).await?.into_iter().map(Event::Delivered).collect())
+        let changed = self.store.mark_delivered(&delivered, now_ms()).await?;
+        Ok(changed.into_iter().map(Event::Delivered).collect())
     }
 
     // ---- identities -------------------------------------------------------------------------

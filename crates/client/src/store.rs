@@ -136,7 +136,8 @@ pub struct StoredMessage {
     pub received_at: Option<i64>,
     /// The relay's id.
     pub server_id: Option<i64>,
-    /// `sending`, `stored`, `delivered`, `received` or `undecryptable`.
+    /// `sending`, `stored`, `delivered`, `unconfirmed` (the relay said delivered, the peer's
+    /// later record says not received), `received` or `undecryptable`.
     pub status: String,
 }
 
@@ -174,13 +175,23 @@ pub struct Store {
 }
 
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        AssertSqlSafe(include_str!("../migrations/0001_init.sql")).into_sql_str(),
-        false,
-    )])
+    let migration = |version, name: &str, sql: &'static str| {
+        Migration::new(
+            version,
+            name.to_owned().into(),
+            MigrationType::Simple,
+            AssertSqlSafe(sql).into_sql_str(),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(1, "init", include_str!("../migrations/0001_init.sql")),
+        migration(
+            2,
+            "own record digests",
+            include_str!("../migrations/0002_own_record_digests.sql"),
+        ),
+    ])
 }
 
 #[cfg(unix)]
@@ -577,15 +588,18 @@ impl Store {
     pub async fn mark_delivered(
         &self,
         server_ids: &[i64],
+        now: i64,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let mut changed = Vec::new();
         for id in server_ids {
+            // A message the peer already said it never received stays unconfirmed.
             let row = sqlx::query(
-                "UPDATE messages SET status = 'delivered' WHERE outgoing = 1 AND server_id = $1 \
-                 AND status != 'delivered' \
+                "UPDATE messages SET status = 'delivered', delivered_at = $2 \
+                 WHERE outgoing = 1 AND server_id = $1 AND status IN ('sending', 'stored') \
                  RETURNING id, peer, outgoing, body, counter, sent_at, received_at, server_id, status",
             )
             .bind(id)
+            .bind(now)
             .fetch_optional(&self.pool)
             .await?;
             changed.extend(row.as_ref().map(message_from_row));
@@ -1015,6 +1029,97 @@ pub async fn seal_outgoing(
     Ok(())
 }
 
+/// Saves the digest of the record sealed for one of our messages.
+pub async fn set_digest(
+    tx: &mut SqliteConnection,
+    message_id: i64,
+    digest: &MessageDigest,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE messages SET digest = $2 WHERE id = $1")
+        .bind(message_id)
+        .bind(&digest.0[..])
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Clock difference tolerated between two devices when comparing their times (the browser
+/// client's `CLOCK_SKEW_MS`).
+pub const CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// What a peer's record says about our records (PROTOCOL.md §7.3), checked against what we
+/// sent and what the relay told us.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PeerWord {
+    /// Our messages the peer confirms, which the relay had not (yet) reported delivered.
+    pub confirmed: Vec<StoredMessage>,
+    /// The record the peer names as the last of ours it received has another digest than the
+    /// one we sealed under that counter.
+    pub digest_mismatch: bool,
+    /// Our messages the relay reported delivered that the peer, writing well after, says it
+    /// never received: newly flagged `unconfirmed`.
+    pub unconfirmed: Vec<StoredMessage>,
+}
+
+/// Checks a peer's record against our messages to that peer: `up_to` and `digest` are the
+/// counter and digest of the last of our records it received, `confirmed_before` what the
+/// peer had confirmed before this record, `their_sent_at` when it wrote it (its clock).
+///
+/// Every message up to `up_to` is delivered, whatever the relay said. A relay that
+/// acknowledges on the peer's behalf and withholds the message shows up as a "delivered"
+/// message above `up_to` in a record written well after the relay's report.
+pub async fn check_peer_word(
+    tx: &mut SqliteConnection,
+    peer: &str,
+    up_to: u64,
+    digest: &MessageDigest,
+    confirmed_before: u64,
+    their_sent_at: i64,
+    now: i64,
+) -> Result<PeerWord, StoreError> {
+    let mut word = PeerWord::default();
+    if up_to > confirmed_before {
+        let sealed: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+            "SELECT digest FROM messages WHERE peer = $1 AND outgoing = 1 AND counter = $2",
+        )
+        .bind(peer)
+        .bind(to_i64(up_to))
+        .fetch_optional(&mut *tx)
+        .await?;
+        // Not a secret: a plain comparison will do.
+        word.digest_mismatch =
+            matches!(sealed, Some(Some(ours)) if ours.as_slice() != digest.0.as_slice());
+    }
+    let confirmed = sqlx::query(
+        "UPDATE messages SET status = 'delivered', delivered_at = coalesce(delivered_at, $3) \
+         WHERE peer = $1 AND outgoing = 1 AND counter <= $2 \
+           AND status IN ('sending', 'stored', 'unconfirmed') \
+         RETURNING id, peer, outgoing, body, counter, sent_at, received_at, server_id, status",
+    )
+    .bind(peer)
+    .bind(to_i64(up_to))
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    word.confirmed = confirmed.iter().map(message_from_row).collect();
+    let withheld = sqlx::query(
+        "UPDATE messages SET status = 'unconfirmed' \
+         WHERE peer = $1 AND outgoing = 1 AND counter > $2 AND status = 'delivered' \
+           AND delivered_at IS NOT NULL AND $3 > delivered_at + $4 \
+         RETURNING id, peer, outgoing, body, counter, sent_at, received_at, server_id, status",
+    )
+    .bind(peer)
+    .bind(to_i64(up_to))
+    .bind(their_sent_at)
+    .bind(CLOCK_SKEW_MS)
+    .fetch_all(&mut *tx)
+    .await?;
+    word.unconfirmed = withheld.iter().map(message_from_row).collect();
+    word.confirmed.sort_by_key(|m| m.id);
+    word.unconfirmed.sort_by_key(|m| m.id);
+    Ok(word)
+}
+
 /// Base64url of a digest, for display.
 pub fn digest_text(digest: &MessageDigest) -> String {
     wire::b64(&digest.0)
@@ -1039,5 +1144,94 @@ mod tests {
         assert!(counters.received_above.is_empty());
         counters.note_received(2, MessageDigest::NONE);
         assert_eq!(counters.received_contiguous, 4, "a repeat changes nothing");
+    }
+
+    /// Saves our message number `counter` to bob with `status`, sealed with digest
+    /// `[counter; 32]`, reported delivered at `delivered_at`.
+    async fn sent(store: &Store, counter: u64, status: &str, delivered_at: Option<i64>) -> i64 {
+        let mut tx = store.begin().await.unwrap();
+        let message = StoredMessage {
+            id: 0,
+            peer: "bob".into(),
+            outgoing: true,
+            body: Some(format!("message {counter}")),
+            counter: Some(counter),
+            sent_at: 1_000,
+            received_at: None,
+            server_id: Some(i64::try_from(counter).unwrap()),
+            status: status.into(),
+        };
+        let id = insert_message(&mut tx, &message, None).await.unwrap();
+        set_digest(&mut tx, id, &MessageDigest([u8::try_from(counter).unwrap(); 32]))
+            .await
+            .unwrap();
+        sqlx::query("UPDATE messages SET delivered_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(delivered_at)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        id
+    }
+
+    fn statuses(word: &[StoredMessage]) -> Vec<(u64, &str)> {
+        word.iter().map(|m| (m.counter.unwrap(), m.status.as_str())).collect()
+    }
+
+    #[tokio::test]
+    async fn the_peers_record_confirms_ours_and_exposes_a_relay_that_lied() {
+        const MINUTE: i64 = 60_000;
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::open(home.path()).await.unwrap();
+        sent(&store, 1, "delivered", Some(MINUTE)).await;
+        sent(&store, 2, "stored", None).await;
+        sent(&store, 3, "delivered", Some(2 * MINUTE)).await;
+        sent(&store, 4, "failed", None).await;
+        sent(&store, 5, "delivered", Some(20 * MINUTE)).await;
+        let check = async |up_to: u64, digest: u8, before: u64, their_sent_at: i64| {
+            let mut tx = store.begin().await.unwrap();
+            let word = check_peer_word(
+                &mut tx,
+                "bob",
+                up_to,
+                &MessageDigest([digest; 32]),
+                before,
+                their_sent_at,
+                30 * MINUTE,
+            )
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+            word
+        };
+
+        // Bob, writing at minute 10, received up to our second message, sealed as we sealed it.
+        // The relay never reported 2 delivered: Bob's word is enough. Message 3 was "delivered"
+        // at minute 2, eight minutes before Bob wrote without having it: the relay lied. Message
+        // 5's report is younger than the clock skew allowed, so nothing is said about it yet.
+        let word = check(2, 2, 0, 10 * MINUTE).await;
+        assert!(!word.digest_mismatch);
+        assert_eq!(statuses(&word.confirmed), [(2, "delivered")]);
+        assert_eq!(statuses(&word.unconfirmed), [(3, "unconfirmed")]);
+
+        // The same word again changes nothing.
+        assert_eq!(check(2, 2, 2, 10 * MINUTE).await, PeerWord::default());
+
+        // Later Bob does have 3 (it was late, not lost), sealed as we sealed it; by now the
+        // relay's report on 5 is old enough for Bob's silence about it to count.
+        let word = check(3, 3, 2, 40 * MINUTE).await;
+        assert!(!word.digest_mismatch);
+        assert_eq!(statuses(&word.confirmed), [(3, "delivered")]);
+        assert_eq!(statuses(&word.unconfirmed), [(5, "unconfirmed")]);
+
+        // Bob names 5 as received, but under another digest than the one we sealed: someone
+        // else sent as us. A message that failed is never "delivered".
+        let word = check(5, 9, 3, 41 * MINUTE).await;
+        assert!(word.digest_mismatch);
+        assert_eq!(statuses(&word.confirmed), [(5, "delivered")]);
+        let history = store.history("bob", 10).await.unwrap();
+        let failed = history.iter().find(|m| m.counter == Some(4)).unwrap();
+        assert_eq!(failed.status, "failed");
     }
 }

@@ -292,6 +292,12 @@ pub async fn run(place: &Place) -> anyhow::Result<()> {
                                         }
                                     }
                                     Event::Failed { reason, .. } => app.notice = Some(format!("not sent: {reason}")),
+                                    Event::DigestMismatch { peer } => {
+                                        app.notice = Some(format!("{peer} received a message in your name that this device did not send"));
+                                    }
+                                    Event::Unconfirmed { peer, messages } => {
+                                        app.notice = Some(format!("{} message(s) the relay called delivered never reached {peer}", messages.len()));
+                                    }
                                     _ => {}
                                 }
                             }

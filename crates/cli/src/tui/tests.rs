@@ -48,6 +48,7 @@ fn chatting() -> App {
         message(2, false, "hello alice", "received"),
         message(3, true, "still there?", "stored"),
         message(4, true, "typing fast", "sending"),
+        message(5, true, "withheld", "unconfirmed"),
     ];
     app.peer = PeerInfo { online: true, verified: true, key_changed: false, missing: 0 };
     app.input = "draft".into();
@@ -69,6 +70,7 @@ fn the_chat_shows_conversations_unread_counts_statuses_and_connection() {
         "hello alice",
         "✓ stored",
         "… sending",
+        "⚠ relay said delivered; not received",
         "✔ verified",
         "> draft",
         "Message to bob",

@@ -46,6 +46,7 @@ fn status_mark(status: &str) -> &'static str {
         "sending" => "… sending",
         "stored" => "✓ stored",
         "delivered" => "✓✓ delivered",
+        "unconfirmed" => "⚠ relay said delivered; not received",
         "failed" => "✗ not sent",
         _ => "",
     }
