@@ -382,16 +382,6 @@ async fn junk_on_every_layer_neither_crashes_nor_grows_the_relay() {
         final_kib,
     );
     assert!(tally.frames.load(Ordering::Relaxed) > 100, "the fuzzer ran");
-    // Every fuzzing connection is gone, and the relay's gauge says so (it once crept up).
-    let mut open = relay.open_connections();
-    for _ in 0..50 {
-        if open == Some(0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        open = relay.open_connections();
-    }
-    assert_eq!(open, Some(0), "the connection gauge counts connections that are gone");
     assert_eq!(relay.healthz().as_deref(), Some("HTTP/1.1 200 OK"));
     // Flat: no more than 64 MiB above the warmed-up figure, whatever the duration.
     assert!(final_kib < baseline_kib + 64 * 1024, "memory grew: {baseline_kib} → {final_kib} KiB");
