@@ -178,8 +178,14 @@ async fn register_all(
             let (client, pushes) = RelayClient::connect(&server, Duration::from_secs(30)).await?;
             if login {
                 client.login(&user, &keys).await?;
-            } else {
-                client.register(&user, &keys, &spk, &[]).await?;
+            } else if let Err(error) = client.register(&user, &keys, &spk, &[]).await {
+                if error.code() == Some("rate_limited") {
+                    bail!(
+                        "{error}: the relay limits registrations per address; run it with \
+                         --registrations-per-hour 0 to bench"
+                    );
+                }
+                return Err(error.into());
             }
             anyhow::Ok(((client, pushes), started.elapsed()))
         }));

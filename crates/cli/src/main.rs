@@ -118,6 +118,14 @@ struct ServeArgs {
     /// longer is refused with the retryable `busy`.
     #[arg(long, env = "SOTTO_MAX_SEND_BACKLOG_MS", default_value_t = 250)]
     max_send_backlog_ms: u64,
+    /// Registrations per hour from one address (an IPv4 address or an IPv6 /64), after a
+    /// burst of half as many (0: unlimited).
+    #[arg(long, env = "SOTTO_REGISTRATIONS_PER_HOUR", default_value_t = sotto_server::Limits::default().registrations_per_hour)]
+    registrations_per_hour: u32,
+    /// Addresses of reverse proxies whose `X-Forwarded-For` names the client (comma-separated
+    /// or repeated). Without it, behind a proxy, all clients share the proxy's address.
+    #[arg(long = "trusted-proxy", env = "SOTTO_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<std::net::IpAddr>,
     /// Log format.
     #[arg(long, env = "SOTTO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -194,6 +202,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.limits.pair_messages_per_second = args.pair_messages_per_second;
     config.limits.max_queue_per_recipient = args.max_queue;
     config.limits.max_send_backlog = std::time::Duration::from_millis(args.max_send_backlog_ms);
+    config.limits.registrations_per_hour = args.registrations_per_hour;
+    config.limits.registrations_burst = args.registrations_per_hour.div_ceil(2);
+    config.trusted_proxies = args.trusted_proxies;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

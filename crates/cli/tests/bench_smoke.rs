@@ -26,11 +26,19 @@ impl RelayProcess {
         let database = format!("sqlite:{}", dir.path().join("relay.db").display());
         let child = Command::new(SOTTO)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database", &database])
-            // As docs/PERFORMANCE.md runs it: the per-pair limits are for people, not benches.
+            // As docs/PERFORMANCE.md runs it: the per-pair and per-address limits are for
+            // people, not benches.
             .args(if limited {
                 &[][..]
             } else {
-                &["--pair-messages-per-second", "100000", "--events-per-second", "100000"][..]
+                &[
+                    "--pair-messages-per-second",
+                    "100000",
+                    "--events-per-second",
+                    "100000",
+                    "--registrations-per-hour",
+                    "0",
+                ][..]
             })
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -1,6 +1,6 @@
 //! Relay configuration: where to listen, which database, and every limit.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// Everything `sotto serve` can be told.
@@ -21,6 +21,10 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Prefix of the Redis channels, so several deployments (or tests) can share a Redis.
     pub redis_prefix: String,
+    /// Proxies whose `X-Forwarded-For` is believed: a connection from one of them counts as
+    /// coming from the address the proxies name (see `address.rs`). Behind a reverse proxy
+    /// without this, every client shares the proxy's address and its registration limit.
+    pub trusted_proxies: Vec<IpAddr>,
     /// Limits.
     pub limits: Limits,
     /// Set by [`Config::bind_login_hosts`]: accept the `Host` header a client sent as the name
@@ -38,6 +42,7 @@ impl Config {
             allow_polling: true,
             redis_url: None,
             redis_prefix: "sotto".to_owned(),
+            trusted_proxies: Vec::new(),
             limits: Limits::default(),
             trust_host_header: false,
         }
@@ -105,6 +110,11 @@ pub struct Limits {
     /// with the retryable `busy` instead of stored (clients keep it in their outbox and retry),
     /// so an overloaded database shows as refusals, not as seconds of delay.
     pub max_send_backlog: Duration,
+    /// Registrations per hour from one address (an IPv4 address or an IPv6 /64; 0:
+    /// unlimited), so that one machine cannot claim ids by the thousand.
+    pub registrations_per_hour: u32,
+    /// Registrations one address may make at once before `registrations_per_hour` applies.
+    pub registrations_burst: u32,
 }
 
 impl Default for Limits {
@@ -127,6 +137,8 @@ impl Default for Limits {
             max_auth_failures: 5,
             max_ids_per_request: 1_000,
             max_send_backlog: Duration::from_millis(250),
+            registrations_per_hour: 60,
+            registrations_burst: 30,
         }
     }
 }

@@ -718,6 +718,7 @@ pub(crate) async fn run_housekeeping<A: Adapter>(relay: Arc<Relay<A>>, every: Du
         let now = Instant::now();
         relay.pair_limiter.sweep(now);
         relay.fetch_limiter.sweep(now);
+        relay.registration_limiter.sweep(now);
         relay.recipients.sweep(now);
         // Another node may have seen an id released and registered again, and only that node
         // cleared its cache then; starting afresh each round bounds how long this node keeps

@@ -7,9 +7,11 @@
 //! before the client is told it is connected, so no early event finds no handler.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::ConnectInfo;
 use serde::Serialize;
 use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
@@ -21,6 +23,7 @@ use sotto_protocol::wire::{
     self, BundleJson, OneTimePrekeyJson, PublicIdentityJson, SignedPrekeyJson,
 };
 
+use crate::address::{client_address, limit_key};
 use crate::auth::{self, AuthFailure};
 use crate::config::Limits;
 use crate::delivery::{self, Job, PAGE, now_ms, push_notice};
@@ -98,15 +101,20 @@ fn storage_failure<A: Adapter>(relay: &Relay<A>, error: impl std::fmt::Display) 
 }
 
 /// Runs before the client learns it is connected: per-connection state and every handler.
-async fn set_up_connection<A: Adapter>(socket: SocketRef<A>) -> Result<(), Infallible> {
-    let host = socket
-        .req_parts()
+async fn set_up_connection<A: Adapter>(
+    socket: SocketRef<A>,
+    State(relay): State<Arc<Relay<A>>>,
+) -> Result<(), Infallible> {
+    let request = socket.req_parts();
+    let host = request
         .headers
         .get(axum::http::header::HOST)
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    socket.extensions.insert(Arc::new(Connection::new(host)));
+    let peer = request.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0);
+    let address = client_address(peer, &request.headers, &relay.config.trusted_proxies);
+    socket.extensions.insert(Arc::new(Connection::new(host, address)));
     socket.on(events::AUTH_CHALLENGE, on_challenge::<A>);
     socket.on(events::AUTH_LOGIN, on_login::<A>);
     socket.on(events::REGISTER_KEY, on_register::<A>);
@@ -510,6 +518,13 @@ async fn register<A: Adapter>(
     if let Err(failure) = verify_login(relay, connection, &user, identity.signing_key(), signature)
     {
         return Err(record_auth_failure(relay, socket, connection, failure));
+    }
+    // Counted once the request is shown to be a real claim (keys checked, challenge signed),
+    // before anything is written.
+    if let Some(address) = connection.address {
+        relay.registration_limiter.check(&limit_key(address), Instant::now()).map_err(|wait| {
+            Failure::rate_limited(wait.as_millis().try_into().unwrap_or(u64::MAX))
+        })?;
     }
     let new_user = NewUser {
         user_id: user.to_string(),

@@ -26,6 +26,7 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod storage;
 
+mod address;
 mod auth;
 mod cluster;
 mod delivery;
@@ -164,6 +165,8 @@ impl<A: Adapter> Parts<A> {
             .layer(axum::middleware::map_request(http::detach_from_read_buffer));
         tracing::info!(address = %listener.local_addr()?, "relay listening");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        // The peer's address goes into every request (per-address limits, `address.rs`).
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = stop_rx.await;
         });

@@ -120,6 +120,8 @@ pub struct Relay<A: Adapter> {
     pub(crate) pair_limiter: KeyedLimiter<u64>,
     /// Per (requester, target) bundle-fetch limits.
     pub(crate) fetch_limiter: KeyedLimiter<u64>,
+    /// Registrations per client address (see `address::limit_key`).
+    pub(crate) registration_limiter: KeyedLimiter<std::net::IpAddr>,
     /// Authenticated sockets per user on this node, for presence.
     pub(crate) online: Mutex<HashMap<String, usize>>,
     /// (sender, recipient) pairs known to be recorded as contacts (hashed), so storing a
@@ -161,9 +163,15 @@ impl<A: Adapter> Relay<A> {
             Duration::from_secs(60),
             limits.prekey_fetches_per_minute,
         );
+        let registration_rate = Rate::new(
+            limits.registrations_per_hour,
+            Duration::from_secs(3600),
+            limits.registrations_burst,
+        );
         Self {
             pair_limiter: KeyedLimiter::new(pair_rate),
             fetch_limiter: KeyedLimiter::new(fetch_rate),
+            registration_limiter: KeyedLimiter::new(registration_rate),
             online: Mutex::new(HashMap::new()),
             known_contacts: Mutex::new(HashSet::new()),
             recipients: RecipientCache::default(),
@@ -269,6 +277,8 @@ pub(crate) struct ConnectionState {
 pub struct Connection {
     /// The host the client connected to (the `Host` header), bound into login signatures.
     pub host: String,
+    /// Where the client connects from (`address::client_address`), when known.
+    pub(crate) address: Option<std::net::IpAddr>,
     /// Mutable state.
     pub(crate) state: Mutex<ConnectionState>,
     /// Whether the connection gauge counted this socket (its connect handler ran), so that
@@ -277,9 +287,10 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(host: String) -> Self {
+    pub(crate) fn new(host: String, address: Option<std::net::IpAddr>) -> Self {
         Self {
             host,
+            address,
             state: Mutex::new(ConnectionState::default()),
             counted: std::sync::atomic::AtomicBool::new(false),
         }

@@ -343,3 +343,41 @@ async fn a_login_relayed_under_a_forged_host_header_is_refused() {
     assert_eq!(answer[0]["ok"], false, "{answer}");
     assert_eq!(answer[0]["error"], "authentication_failed", "{answer}");
 }
+
+/// One address may claim only so many ids: after the burst, a registration (well formed and
+/// signed) is refused with `rate_limited` and a wait, nothing is stored, and logging in to the
+/// ids already claimed is unaffected.
+#[tokio::test]
+async fn registrations_from_one_address_are_limited() {
+    let server = TestServer::start_with(|config| {
+        config.limits.registrations_per_hour = 6;
+        config.limits.registrations_burst = 3;
+    })
+    .await;
+    let mut first = TestUser::register(&server, "first").await;
+    TestUser::register(&server, "second").await;
+    TestUser::register(&server, "third").await;
+
+    let (identity, spk, _) = keys(0);
+    let client = connect(&server).await;
+    let error = client
+        .register(&UserId::parse("fourth").unwrap(), &identity, spk.public(), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("rate_limited"), "{error:?}");
+    let sotto_client::relay::RelayError::Refused(refusal) = &error else { panic!("{error:?}") };
+    let wait = refusal.retry_after_ms.unwrap();
+    assert!((590_000..=600_000).contains(&wait), "one registration per ten minutes: {wait} ms");
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM users WHERE user_id = 'fourth'").await, 0);
+
+    // Another connection from the same address is the same address.
+    let again = connect(&server).await;
+    let error = again
+        .register(&UserId::parse("fourth").unwrap(), &identity, spk.public(), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("rate_limited"));
+    first.reconnect(&server).await;
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(metrics.contains("sotto_rejections_total{reason=\"rate_limited\"} 2"), "{metrics}");
+}

@@ -15,7 +15,12 @@ use support::{TestServer, TestUser, WAIT, keys};
 
 #[tokio::test]
 async fn concurrent_claims_get_each_one_time_prekey_once_then_the_signed_prekey() {
-    let server = TestServer::start_with(|config| config.limits.prekey_fetches_per_minute = 0).await;
+    // Thirty requesters register from this one address: the registration limit is not under test.
+    let server = TestServer::start_with(|config| {
+        config.limits.prekey_fetches_per_minute = 0;
+        config.limits.registrations_per_hour = 0;
+    })
+    .await;
     let bob = TestUser::register_with(&server, "bob", 20).await;
     let mut tasks = Vec::new();
     for i in 0..30 {
