@@ -43,6 +43,18 @@ export function errorCode(error: unknown): string {
   return 'internal';
 }
 
+/**
+ * What to tell a person whose registration failed. The relay limits registrations per network
+ * address, and nothing retries a registration by itself.
+ */
+export function explainRegistration(error: unknown): string {
+  if (isRelayError(error) && error.code === 'rate_limited') {
+    const minutes = Math.max(1, Math.ceil((error.retryAfterMs ?? 60_000) / 60_000));
+    return `Too many user ids were registered from your network recently. Try again in about ${minutes} min.`;
+  }
+  return explain(error);
+}
+
 /** What to tell a person about `error`. `peer` names the other party where it helps. */
 export function explain(error: unknown, peer?: string): string {
   const who = peer ?? 'that user';

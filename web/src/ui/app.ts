@@ -9,7 +9,7 @@
  */
 
 import { type Client, type ConnectionState } from '../app/client.js';
-import { errorCode, explain, explainCode } from '../app/errors.js';
+import { errorCode, explain, explainCode, explainRegistration } from '../app/errors.js';
 import type { Contact, Conversation, Message } from '../store/store.js';
 import { h, replace } from './dom.js';
 import { formatTime, plural, statusLabel } from './format.js';
@@ -63,7 +63,7 @@ export function renderRegistration(root: HTMLElement, shell: Shell, onRegistered
     input.disabled = true;
     button.textContent = 'Creating keys and registering…';
     shell.register(input.value).then(onRegistered, (failure: unknown) => {
-      error.textContent = explain(failure);
+      error.textContent = explainRegistration(failure);
       button.disabled = false;
       input.disabled = false;
       button.textContent = 'Create my identity';

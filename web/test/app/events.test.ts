@@ -1,6 +1,6 @@
 /** Checks on what the relay sends (src/transport/events.ts) and error explanations (src/app/errors.ts). */
 
-import { AppError, errorCode, explain, explainCode } from '../../src/app/errors.js';
+import { AppError, errorCode, explain, explainCode, explainRegistration } from '../../src/app/errors.js';
 import { newClientId } from '../../src/app/client.js';
 import { asLogin, asReceipts, asReceivedMessages, asSend, asStatuses } from '../../src/transport/events.js';
 import { RelayError } from '../../src/transport/relay.js';
@@ -40,6 +40,9 @@ export const tests = suite('app/events', {
     const limited = new RelayError('rate_limited', 'slow down', true, 2500);
     assertEqual(errorCode(limited), 'rate_limited', 'relay code');
     assert(explain(limited).includes('3 s'), 'retry time in words');
+    const registrations = new RelayError('rate_limited', 'slow down', true, 600_000);
+    assert(explainRegistration(registrations).includes('10 min'), 'a registration is not retried: the wait in minutes');
+    assert(explainRegistration(new RelayError('user_taken', 'x', false)).includes('taken'), 'other refusals as usual');
     assert(explain(new RelayError('unknown_user', 'x', false), 'bob').includes('no user “bob”'), 'unknown user');
     assertEqual(errorCode(new AppError('key_changed')), 'key_changed', 'app code');
     assert(explainCode('too_large').includes('too large'), 'stored code explained');
