@@ -52,6 +52,15 @@ pub enum RelayError {
     Unexpected(String),
 }
 
+/// A wait of `ms` milliseconds in the unit a person would use.
+fn wait_in_words(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..120_000 => format!("{} s", ms.div_ceil(1_000)),
+        _ => format!("{} min", ms.div_ceil(60_000)),
+    }
+}
+
 impl Refusal {
     /// The refusal in plain language.
     pub fn explain(&self) -> String {
@@ -59,8 +68,8 @@ impl Refusal {
             "unknown_user" => "no such user on this relay".to_owned(),
             "user_taken" => "that user id is taken; choose another".to_owned(),
             "rate_limited" => format!(
-                "the relay is rate-limiting you; try again in {} ms",
-                self.retry_after_ms.unwrap_or(1000)
+                "the relay is rate-limiting you; try again in {}",
+                wait_in_words(self.retry_after_ms.unwrap_or(1000))
             ),
             "queue_full" => "the recipient has too many undelivered messages".to_owned(),
             "too_large" => "the message is too large".to_owned(),
@@ -423,5 +432,17 @@ impl RelayClient {
         let answer: Answer =
             self.call("message:status", &serde_json::json!({ "ids": ids })).await?;
         Ok(answer.statuses.into_iter().map(|e| (e.id, e.status)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_are_told_in_a_persons_units() {
+        assert_eq!(wait_in_words(250), "250 ms");
+        assert_eq!(wait_in_words(2_500), "3 s");
+        assert_eq!(wait_in_words(600_000), "10 min");
     }
 }
