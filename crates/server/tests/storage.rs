@@ -269,9 +269,28 @@ async fn an_old_sqlite_database_keeps_its_contacts_both_ways() {
         .execute(&mut old)
         .await
         .unwrap();
+        // Three messages (AUTOINCREMENT ids 1 to 3); the newest acknowledged and deleted.
+        for client_id in ["m1", "m2", "m3"] {
+            sqlx::query(
+                "INSERT INTO messages (recipient, sender, client_id, envelope, created_at) \
+                 VALUES ('bob', 'alice', $1, '{}', 1000)",
+            )
+            .bind(client_id)
+            .execute(&mut old)
+            .await
+            .unwrap();
+        }
+        sqlx::query("DELETE FROM messages WHERE id = 3").execute(&mut old).await.unwrap();
         old.close().await.unwrap();
     }
     let store = storage::open(&url).await.unwrap();
+    // Queued messages keep their ids, and no id handed out before is handed out again, not
+    // even the deleted 3 (the relay's own id blocks replaced AUTOINCREMENT in migration 3).
+    let queued = store.pending_messages("bob", 0, 10).await.unwrap();
+    assert_eq!(queued.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 2]);
+    let outcomes = store.store_messages(&[message("carol", "bob", "m4")]).await.unwrap();
+    let [StoreOutcome::Stored(id)] = outcomes[..] else { panic!("{outcomes:?}") };
+    assert!(id > 3, "id {id} was handed out before");
     assert_eq!(store.written_to("bob").await.unwrap().len(), 2);
     let mut writers = store.written_by("bob").await.unwrap();
     writers.sort();

@@ -39,6 +39,11 @@ fn migrator() -> Migrator {
             "directed contacts",
             include_str!("../../migrations/sqlite/0002_directed_contacts.sql"),
         ),
+        (
+            3,
+            "relay message ids",
+            include_str!("../../migrations/sqlite/0003_relay_message_ids.sql"),
+        ),
     ])
 }
 
@@ -91,27 +96,33 @@ impl SqliteStorage {
 }
 
 impl SqliteStorage {
-    /// Inserts fresh messages and returns their ids. SQLite hands out AUTOINCREMENT ids one
-    /// after another within a statement, and the write lock is held, so the ids are the last
-    /// one and those before it: no rows need to come back from the worker thread.
+    /// Inserts fresh messages and returns their ids, reserved in `message_ids` in the same
+    /// transaction (past any block the queue thread holds, which lies below `reserved_end`).
     async fn insert_chunk(
         tx: &mut sqlx::Transaction<'_, Sqlite>,
         chunk: &[&NewMessage],
     ) -> Result<Vec<i64>, StorageError> {
+        let count = i64::try_from(chunk.len()).unwrap_or(i64::MAX);
+        let first: i64 = sqlx::query_scalar(
+            "UPDATE message_ids SET reserved_end = reserved_end + $1 RETURNING reserved_end - $1",
+        )
+        .bind(count)
+        .fetch_one(&mut **tx)
+        .await?;
+        let ids: Vec<i64> = (first..first + count).collect();
         let mut insert = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO messages (recipient, sender, client_id, envelope, created_at) ",
+            "INSERT INTO messages (id, recipient, sender, client_id, envelope, created_at) ",
         );
-        insert.push_values(chunk, |mut row, message| {
-            row.push_bind(&message.recipient)
+        insert.push_values(chunk.iter().zip(&ids), |mut row, (message, id)| {
+            row.push_bind(id)
+                .push_bind(&message.recipient)
                 .push_bind(&message.sender)
                 .push_bind(&message.client_id)
                 .push_bind(message.envelope.get())
                 .push_bind(message.created_at);
         });
-        let done = insert.build().execute(&mut **tx).await?;
-        let last = done.last_insert_rowid();
-        let count = i64::try_from(chunk.len()).unwrap_or(i64::MAX);
-        Ok((last - count + 1..=last).collect())
+        insert.build().execute(&mut **tx).await?;
+        Ok(ids)
     }
 }
 

@@ -31,6 +31,11 @@ use super::{Acknowledged, Committed, Durable, QueueBatch, StorageError, StoreOut
 /// handed out again (a client drops a second message under an id it already has). It must
 /// exceed the ids that can be waiting for a flush, which [`MAX_UNFLUSHED`] bounds.
 pub(crate) const ID_JUMP_ON_OPEN: i64 = 1 << 20;
+/// Ids the queue thread reserves at a time in `message_ids` (one row update per block instead
+/// of AUTOINCREMENT's read and write of `sqlite_sequence` per message). A power cut can lose a
+/// reservation that was not flushed along with the ids handed out from it, which the jump on
+/// the next opening covers: `ID_BLOCK` plus every unflushed id is far below `ID_JUMP_ON_OPEN`.
+const ID_BLOCK: i64 = 4_096;
 /// Most committed batches waiting for their flush before the queue thread waits too:
 /// at most `MAX_UNFLUSHED × MAX_BATCH` (32,768) ids, far below [`ID_JUMP_ON_OPEN`].
 const MAX_UNFLUSHED: usize = 64;
@@ -129,29 +134,49 @@ fn write_ahead_log(database: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Moves the next message id [`ID_JUMP_ON_OPEN`] past the last one on disk, durably.
+/// Moves the next message id [`ID_JUMP_ON_OPEN`] past every id reserved on disk, durably.
 fn jump_message_ids(connection: &mut Connection) -> rusqlite::Result<()> {
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let moved = tx.execute(
-        "UPDATE sqlite_sequence SET seq = seq + ?1 WHERE name = 'messages'",
-        [ID_JUMP_ON_OPEN],
-    )?;
-    if moved == 0 {
-        // No message was ever stored: AUTOINCREMENT has no row yet.
-        tx.execute(
-            "INSERT INTO sqlite_sequence (name, seq) \
-             SELECT 'messages', coalesce(max(id), 0) + ?1 FROM messages",
-            [ID_JUMP_ON_OPEN],
-        )?;
-    }
+    tx.execute("UPDATE message_ids SET reserved_end = reserved_end + ?1", [ID_JUMP_ON_OPEN])?;
     tx.commit()
+}
+
+/// Ids the queue thread has reserved and not handed out yet: `next..end`.
+#[derive(Debug, Clone, Copy, Default)]
+struct IdBlock {
+    next: i64,
+    end: i64,
+}
+
+impl IdBlock {
+    /// The next id, reserving a new block inside `tx` when this one is used up. The caller
+    /// keeps the changed block only if `tx` commits: a rolled-back reservation never happened.
+    fn take(&mut self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<i64> {
+        if self.next >= self.end {
+            let mut reserve = tx.prepare_cached(
+                "UPDATE message_ids SET reserved_end = reserved_end + ?1 \
+                 RETURNING reserved_end - ?1",
+            )?;
+            let start: i64 = reserve.query_row([ID_BLOCK], |row| row.get(0))?;
+            *self = IdBlock { next: start, end: start + ID_BLOCK };
+        }
+        let id = self.next;
+        self.next += 1;
+        Ok(id)
+    }
+
+    /// Gives back the id just taken (its insert turned out to be a duplicate).
+    fn untake(&mut self) {
+        self.next -= 1;
+    }
 }
 
 /// The queue thread: one batch at a time, until every sender is gone; then it lets the
 /// flusher finish.
 fn serve(mut connection: Connection, inbox: &mpsc::Receiver<Request>, flusher: &Flusher) {
+    let mut ids = IdBlock::default();
     while let Ok(Request { batch, reply }) = inbox.recv() {
-        let result = commit_in_transaction(&mut connection, &batch)
+        let result = commit_in_transaction(&mut connection, &batch, &mut ids)
             .map(|(outcomes, acknowledged)| {
                 // A batch that only deletes needs no flush of its own: losing it brings
                 // acknowledged messages back, which clients drop by id, and the next batch
@@ -277,21 +302,25 @@ fn lower_this_threads_priority() {
 fn commit_in_transaction(
     connection: &mut Connection,
     batch: &QueueBatch,
+    ids: &mut IdBlock,
 ) -> rusqlite::Result<(Vec<StoreOutcome>, Vec<Acknowledged>)> {
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut block = *ids;
     let mut outcomes = Vec::with_capacity(batch.stores.len());
     let mut acknowledged = Vec::with_capacity(batch.acks.len());
     {
         // A resend (same sender and client id) hits the unique index and inserts nothing; its
         // first copy's id is looked up, which only happens for duplicates.
         let mut insert = tx.prepare_cached(
-            "INSERT INTO messages (recipient, sender, client_id, envelope, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (sender, client_id) DO NOTHING",
+            "INSERT INTO messages (id, recipient, sender, client_id, envelope, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (sender, client_id) DO NOTHING",
         )?;
         let mut first_copy =
             tx.prepare_cached("SELECT id FROM messages WHERE sender = ?1 AND client_id = ?2")?;
         for message in &batch.stores {
+            let id = block.take(&tx)?;
             let inserted = insert.execute(params![
+                id,
                 message.recipient,
                 message.sender,
                 message.client_id,
@@ -299,8 +328,9 @@ fn commit_in_transaction(
                 message.created_at,
             ])?;
             outcomes.push(if inserted == 1 {
-                StoreOutcome::Stored(tx.last_insert_rowid())
+                StoreOutcome::Stored(id)
             } else {
+                block.untake();
                 StoreOutcome::Duplicate(
                     first_copy
                         .query_row(params![message.sender, message.client_id], |row| row.get(0))?,
@@ -330,6 +360,7 @@ fn commit_in_transaction(
         }
     }
     tx.commit()?;
+    *ids = block;
     Ok((outcomes, acknowledged))
 }
 
@@ -345,6 +376,9 @@ mod tests {
         connection.execute_batch(include_str!("../../migrations/sqlite/0001_init.sql")).unwrap();
         connection
             .execute_batch(include_str!("../../migrations/sqlite/0002_directed_contacts.sql"))
+            .unwrap();
+        connection
+            .execute_batch(include_str!("../../migrations/sqlite/0003_relay_message_ids.sql"))
             .unwrap();
         path
     }
@@ -377,8 +411,9 @@ mod tests {
         queue.close().await;
 
         let queue = QueueThread::open(&path).unwrap();
+        // The first opening reserved a block after its jump; the second jumps past that block.
         let second = queue.commit(store("b")).await.unwrap();
-        assert_eq!(second.outcomes, [StoreOutcome::Stored(2 * ID_JUMP_ON_OPEN + 2)]);
+        assert_eq!(second.outcomes, [StoreOutcome::Stored(2 * ID_JUMP_ON_OPEN + ID_BLOCK + 1)]);
         // A resend is answered with its first copy's id, across the reopening.
         let resend = queue.commit(store("a")).await.unwrap();
         assert_eq!(resend.outcomes, [StoreOutcome::Duplicate(ID_JUMP_ON_OPEN + 1)]);
