@@ -336,6 +336,7 @@ fn bind_user<A: Adapter>(relay: &Relay<A>, connection: &Connection, user: &UserI
     }
     let user: Arc<str> = Arc::from(user.as_str());
     state.user = Some(user.clone());
+    state.counted_online = true;
     relay.metrics.logins.inc();
     relay.metrics.authenticated.inc();
     let mut online = relay.online.lock().unwrap_or_else(|e| e.into_inner());
@@ -352,12 +353,16 @@ struct Unbound {
     last: bool,
 }
 
-/// Undoes [`bind_user`], once: called both by the disconnect handler and by a login that
-/// finds its socket closed (it may have closed before the user was bound, when the handler
-/// found nothing to undo), and only the first call finds a user.
+/// Undoes [`bind_user`]'s counting, once: called both by the disconnect handler and by a login
+/// that finds its socket closed (it may have closed before the user was bound, when the
+/// handler found nothing to undo), and only the first call finds a user counted. The user stays
+/// on the connection: requests read before the close (acknowledgements) still act as them.
 fn unbind_user<A: Adapter>(relay: &Relay<A>, connection: &Connection) -> Option<Unbound> {
     let mut state = connection.lock();
-    let user = state.user.take()?;
+    if !std::mem::take(&mut state.counted_online) {
+        return None;
+    }
+    let user = state.user.clone()?;
     relay.metrics.authenticated.dec();
     let mut online = relay.online.lock().unwrap_or_else(|e| e.into_inner());
     let last = match online.get_mut(&*user) {

@@ -264,8 +264,12 @@ pub(crate) struct Challenge {
 pub(crate) struct ConnectionState {
     /// The outstanding challenge; taken (single use) by the first login attempt.
     pub challenge: Option<Challenge>,
-    /// The user this connection proved to be.
+    /// The user this connection proved to be (kept after the disconnect, for the requests
+    /// still being handled).
     pub user: Option<Arc<str>>,
+    /// Whether `user` is counted online (and in the authenticated gauge): set by the login,
+    /// cleared by whichever undoes it first (see `handlers::unbind_user`).
+    pub counted_online: bool,
     /// Failed logins so far.
     pub auth_failures: u32,
     /// Per-connection event limit.

@@ -269,3 +269,31 @@ async fn messages_that_wait_too_long_for_the_writer_are_refused_as_busy() {
     assert_eq!(bob.messages(1).await[0].id, resent.id);
     assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 2);
 }
+
+/// Acknowledgements sent just before the connection closes (read in the same burst as the
+/// close) still delete: the connection keeps its user for the requests it already read. (A
+/// login right after may still be sent the message while the acknowledgement is in flight;
+/// clients drop a repeated id.)
+#[tokio::test]
+async fn acknowledgements_sent_right_before_closing_still_count() {
+    let server = TestServer::start().await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    for round in 0..10 {
+        let sent =
+            alice.client.send_raw(bob.id.as_str(), &client_id(), &envelope(round)).await.unwrap();
+        while !bob.messages(1).await.iter().any(|m| m.id == sent.id) {}
+        bob.client.socket().emit("message:ack", &serde_json::json!({ "ids": [sent.id] })).unwrap();
+        bob.client.close();
+        bob.reconnect(&server).await;
+    }
+    let mut left = -1;
+    for _ in 0..40 {
+        left = server.query_i64("SELECT COUNT(*) FROM messages").await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, 0, "acknowledged messages are still queued");
+}
