@@ -531,6 +531,15 @@ async fn register<A: Adapter>(
             Failure::rate_limited(wait.as_millis().try_into().unwrap_or(u64::MAX))
         })?;
     }
+    // A registration stores every one-time prekey it brings (their ids were checked unique)
+    // and drops anything queued for an earlier holder of the id: the answer needs no reading
+    // back, so a failed read cannot turn a claimed id into an error its owner retries.
+    let answer = LoginAnswer {
+        ok: true,
+        user_id: user.to_string(),
+        queued: 0,
+        one_time_prekeys: one_time_prekeys.len(),
+    };
     let new_user = NewUser {
         user_id: user.to_string(),
         identity: stored_identity,
@@ -551,7 +560,6 @@ async fn register<A: Adapter>(
     // known pair costs one `INSERT … ON CONFLICT DO NOTHING` to learn again.
     relay.known_contacts.lock().unwrap_or_else(|e| e.into_inner()).clear();
     tracing::info!(user = %user, "registered");
-    let answer = login_answer(relay, &user).await?;
     Ok((answer, bind_user(relay, connection, &user)?))
 }
 

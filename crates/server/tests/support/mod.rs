@@ -162,6 +162,7 @@ impl TestUser {
         let answer =
             client.register(&id, &identity, signed_prekey.public(), &publics).await.unwrap();
         assert_eq!(answer.user_id, id.as_str());
+        assert_eq!((answer.queued, answer.one_time_prekeys), (0, opks as usize));
         Self { id, identity, signed_prekey, one_time_prekeys, client, pushes, seen: Vec::new() }
     }
 
