@@ -171,12 +171,16 @@ async fn on_disconnect<A: Adapter>(socket: SocketRef<A>, State(relay): State<Arc
         relay.metrics.connections.dec();
     }
     if let Some(Unbound { user, last: true }) = unbind_user(&relay, &connection) {
-        announce(&relay, &user, events::USER_LEFT).await;
+        announce(&relay, &user).await;
     }
 }
 
-/// Tells the online users `user` has written to that `user` joined or left.
-async fn announce<A: Adapter>(relay: &Relay<A>, user: &str, event: &'static str) {
+/// Tells the online users `user` has written to whether `user` is online here. Called when a
+/// user's first connection logs in or last one closes; what is pushed is the state once the
+/// contacts are loaded, not the event that caused the call, so that when a login and a
+/// disconnect race, the announcement made last tells the truth (and one made early may be a
+/// repeat, which clients take as a no-op).
+async fn announce<A: Adapter>(relay: &Relay<A>, user: &str) {
     let contacts = match relay.storage.written_to(user).await {
         Ok(contacts) => contacts,
         Err(error) => {
@@ -185,6 +189,7 @@ async fn announce<A: Adapter>(relay: &Relay<A>, user: &str, event: &'static str)
             return;
         }
     };
+    let event = if relay.is_online(user) { events::USER_JOINED } else { events::USER_LEFT };
     for contact in contacts.iter().filter(|c| relay.clustered() || relay.is_online(c)) {
         push_notice(relay, contact, event, &PresencePush { user_id: user }).await;
     }
@@ -405,12 +410,12 @@ async fn after_login<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, bou
         if let Ok(connection) = connection(&socket)
             && let Some(Unbound { user, last: true }) = unbind_user(&relay, &connection)
         {
-            announce(&relay, &user, events::USER_LEFT).await;
+            announce(&relay, &user).await;
         }
         return;
     }
     if first {
-        announce(&relay, &user, events::USER_JOINED).await;
+        announce(&relay, &user).await;
     }
     // Whoever has written to this user shares their presence with them.
     if let Ok(contacts) = relay.storage.written_by(&user).await {
