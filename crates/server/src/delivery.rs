@@ -30,7 +30,9 @@ use crate::events::{
     self, DeliveredPush, ErrorCode, Failure, PresencePush, Receipt, ReceivePush, ReceivedMessage,
     SendAnswer,
 };
-use crate::state::{RECENT_LIMIT, RecentMessage, RecipientInfo, Relay, notice_room, user_room};
+use crate::state::{
+    RECENT_LIMIT, RecentMessage, RecipientInfo, Relay, join_while_open, notice_room, user_room,
+};
 use crate::storage::{
     Acknowledged, Committed, Durable, NewMessage, QueueBatch, QueuedMessage, StoreOutcome,
 };
@@ -514,11 +516,7 @@ async fn delivered<A: Adapter>(relay: &Relay<A>, acknowledged: &[Acknowledged]) 
 }
 
 async fn attach<A: Adapter>(relay: &Arc<Relay<A>>, socket: SocketRef<A>, user: &str, after: i64) {
-    socket.join(user_room(user));
-    // Closed meanwhile: socketioxide may already have dropped the socket's rooms (it marks a
-    // socket closed first), so the join above would outlive it.
-    if !socket.connected() {
-        socket.leave_all();
+    if !join_while_open(&socket, user_room(user)) {
         return;
     }
     let mut after = after;

@@ -32,7 +32,7 @@ use crate::events::{
     LoginAnswer, LoginRequest, PrekeysLowPush, PresencePush, RegisterRequest, RequestKeyRequest,
     SendRequest, StatusAnswer, StatusEntry, UploadAnswer,
 };
-use crate::state::{Connection, Relay, notice_room};
+use crate::state::{Connection, Relay, join_while_open, notice_room};
 use crate::storage::{MessageStatus, NewMessage, NewUser, RegisterError};
 
 /// Registers the relay's namespace on a single-node (local adapter) server. (socketioxide
@@ -78,10 +78,13 @@ fn connection<A: Adapter>(socket: &Socket<A>) -> Reply<Arc<Connection>> {
         .ok_or_else(|| Failure::new(ErrorCode::Busy, "connection is closing"))
 }
 
+/// A limiter's "wait this long" as the client's `rate_limited`.
+fn rate_limited(wait: Duration) -> Failure {
+    Failure::rate_limited(wait.as_millis().try_into().unwrap_or(u64::MAX))
+}
+
 fn allow_event<A: Adapter>(relay: &Relay<A>, connection: &Connection) -> Reply<()> {
-    connection
-        .allow_event(relay.limits(), Instant::now())
-        .map_err(|wait| Failure::rate_limited(wait.as_millis().try_into().unwrap_or(u64::MAX)))
+    connection.allow_event(relay.limits(), Instant::now()).map_err(rate_limited)
 }
 
 fn logged_in(connection: &Connection) -> Reply<Arc<str>> {
@@ -170,8 +173,14 @@ async fn on_disconnect<A: Adapter>(socket: SocketRef<A>, State(relay): State<Arc
     if connection.counted.swap(false, std::sync::atomic::Ordering::SeqCst) {
         relay.metrics.connections.dec();
     }
-    if let Some(Unbound { user, last: true }) = unbind_user(&relay, &connection) {
-        announce(&relay, &user).await;
+    log_out(&relay, &connection).await;
+}
+
+/// Undoes the connection's login (once, see [`unbind_user`]) and, if that was the user's last
+/// connection here, tells their contacts.
+async fn log_out<A: Adapter>(relay: &Relay<A>, connection: &Connection) {
+    if let Some(Unbound { user, last: true }) = unbind_user(relay, connection) {
+        announce(relay, &user).await;
     }
 }
 
@@ -400,17 +409,11 @@ async fn after_login<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, bou
     // Receipts and presence reach the socket from now on (nothing that could cause one can
     // have happened since the answer went out: this runs before the task first yields);
     // messages only once it has caught up (the writer joins it to the message room then).
-    socket.join(notice_room(&user));
-    // socketioxide marks a socket closed before it runs the disconnect handler and then drops
-    // the socket's rooms. Seen still connected after the join, the handler is yet to run and
-    // will find the user and the room; seen closed, it may have run before the login bound
-    // the user, so this undoes the login here.
-    if !socket.connected() {
-        socket.leave_all();
-        if let Ok(connection) = connection(&socket)
-            && let Some(Unbound { user, last: true }) = unbind_user(&relay, &connection)
-        {
-            announce(&relay, &user).await;
+    // Seen closed after the join, the socket's disconnect handler may have run before the
+    // login bound the user (and found nothing to undo), so the login is undone here.
+    if !join_while_open(&socket, notice_room(&user)) {
+        if let Ok(connection) = connection(&socket) {
+            log_out(&relay, &connection).await;
         }
         return;
     }
@@ -532,9 +535,10 @@ async fn register<A: Adapter>(
     // Counted once the request is shown to be a real claim (keys checked, challenge signed),
     // before anything is written.
     if let Some(address) = connection.address {
-        relay.registration_limiter.check(&limit_key(address), Instant::now()).map_err(|wait| {
-            Failure::rate_limited(wait.as_millis().try_into().unwrap_or(u64::MAX))
-        })?;
+        relay
+            .registration_limiter
+            .check(&limit_key(address), Instant::now())
+            .map_err(rate_limited)?;
     }
     // A registration stores every one-time prekey it brings (their ids were checked unique)
     // and drops anything queued for an earlier holder of the id: the answer needs no reading
@@ -633,7 +637,7 @@ async fn request_key<A: Adapter>(
     relay
         .fetch_limiter
         .check(&relay.pair_key(&requester, target.as_str()), Instant::now())
-        .map_err(|wait| Failure::rate_limited(wait.as_millis().try_into().unwrap_or(u64::MAX)))?;
+        .map_err(rate_limited)?;
     let claimed = relay
         .storage
         .claim_bundle(target.as_str())
@@ -772,7 +776,7 @@ fn enqueue_send<A: Adapter>(
         relay
             .pair_limiter
             .check(&relay.pair_key(&sender, recipient.as_str()), Instant::now())
-            .map_err(|w| Failure::rate_limited(w.as_millis().try_into().unwrap_or(u64::MAX)))?;
+            .map_err(rate_limited)?;
         Ok(NewMessage {
             recipient: recipient.to_string(),
             sender: sender.to_string(),

@@ -27,6 +27,24 @@ pub fn notice_room(user: &str) -> String {
     format!("n:{user}")
 }
 
+/// Joins `room` unless the socket has closed; returns whether it is in the room.
+///
+/// socketioxide marks a socket closed before it runs the disconnect handler and then drops the
+/// socket's rooms. Joining first and checking after covers both orders: seen open after the
+/// join, the rooms will be dropped later with the join in them; seen closed, they may have
+/// been dropped already, so the join is taken back here.
+pub(crate) fn join_while_open<A: Adapter>(
+    socket: &socketioxide::extract::SocketRef<A>,
+    room: String,
+) -> bool {
+    socket.join(room);
+    if socket.connected() {
+        return true;
+    }
+    socket.leave_all();
+    false
+}
+
 /// How long what the relay knows about a recipient (that it exists, how much is queued) is
 /// trusted before it is read again.
 const RECIPIENT_CACHE_TTL: Duration = Duration::from_secs(60);

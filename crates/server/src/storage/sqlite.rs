@@ -14,7 +14,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::shared::{self, to_i64, to_u32, to_u64};
-use super::sqlite_queue::QueueThread;
+use super::sqlite_queue::{QueueThread, RESERVE_MESSAGE_IDS};
 use super::{
     Acknowledged, ClaimedBundle, Committed, MessageStatus, NewMessage, NewUser, QueueBatch,
     QueuedMessage, Storage, StorageError, StoreOutcome, StoredIdentity, StoredOneTimePrekey,
@@ -103,12 +103,8 @@ impl SqliteStorage {
         chunk: &[&NewMessage],
     ) -> Result<Vec<i64>, StorageError> {
         let count = i64::try_from(chunk.len()).unwrap_or(i64::MAX);
-        let first: i64 = sqlx::query_scalar(
-            "UPDATE message_ids SET reserved_end = reserved_end + $1 RETURNING reserved_end - $1",
-        )
-        .bind(count)
-        .fetch_one(&mut **tx)
-        .await?;
+        let first: i64 =
+            sqlx::query_scalar(RESERVE_MESSAGE_IDS).bind(count).fetch_one(&mut **tx).await?;
         let ids: Vec<i64> = (first..first + count).collect();
         let mut insert = QueryBuilder::<Sqlite>::new(
             "INSERT INTO messages (id, recipient, sender, client_id, envelope, created_at) ",

@@ -36,6 +36,9 @@ pub(crate) const ID_JUMP_ON_OPEN: i64 = 1 << 20;
 /// reservation that was not flushed along with the ids handed out from it, which the jump on
 /// the next opening covers: `ID_BLOCK` plus every unflushed id is far below `ID_JUMP_ON_OPEN`.
 const ID_BLOCK: i64 = 4_096;
+/// Reserves `?1` message ids past every id reserved so far; returns the first.
+pub(super) const RESERVE_MESSAGE_IDS: &str =
+    "UPDATE message_ids SET reserved_end = reserved_end + ?1 RETURNING reserved_end - ?1";
 /// Most committed batches waiting for their flush before the queue thread waits too:
 /// at most `MAX_UNFLUSHED × MAX_BATCH` (32,768) ids, far below [`ID_JUMP_ON_OPEN`].
 const MAX_UNFLUSHED: usize = 64;
@@ -153,10 +156,7 @@ impl IdBlock {
     /// keeps the changed block only if `tx` commits: a rolled-back reservation never happened.
     fn take(&mut self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<i64> {
         if self.next >= self.end {
-            let mut reserve = tx.prepare_cached(
-                "UPDATE message_ids SET reserved_end = reserved_end + ?1 \
-                 RETURNING reserved_end - ?1",
-            )?;
+            let mut reserve = tx.prepare_cached(RESERVE_MESSAGE_IDS)?;
             let start: i64 = reserve.query_row([ID_BLOCK], |row| row.get(0))?;
             *self = IdBlock { next: start, end: start + ID_BLOCK };
         }
