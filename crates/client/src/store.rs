@@ -72,6 +72,13 @@ pub struct Contact {
     pub pending: Option<PublicIdentity>,
 }
 
+/// The columns [`message_from_row`] reads, in its order.
+macro_rules! message_columns {
+    () => {
+        "id, peer, outgoing, body, counter, sent_at, received_at, server_id, status"
+    };
+}
+
 /// A conversation's counters (PROTOCOL.md §7.3).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -544,10 +551,12 @@ impl Store {
 
     /// The last `limit` messages with a peer, oldest first.
     pub async fn history(&self, peer: &str, limit: i64) -> Result<Vec<StoredMessage>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, peer, outgoing, body, counter, sent_at, received_at, server_id, status \
-             FROM (SELECT * FROM messages WHERE peer = $1 ORDER BY id DESC LIMIT $2) ORDER BY id",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM (SELECT * FROM messages WHERE peer = $1 ORDER BY id DESC LIMIT $2) \
+                 ORDER BY id"
+        ))
         .bind(peer)
         .bind(limit)
         .fetch_all(&self.pool)
@@ -558,10 +567,11 @@ impl Store {
     /// Incoming messages saved but not yet shown to the user, oldest first (a `recv` that was
     /// killed between saving and printing prints them next time).
     pub async fn unseen(&self) -> Result<Vec<StoredMessage>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, peer, outgoing, body, counter, sent_at, received_at, server_id, status \
-             FROM messages WHERE outgoing = 0 AND seen = 0 ORDER BY id",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE outgoing = 0 AND seen = 0 ORDER BY id"
+        ))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(message_from_row).collect())
@@ -593,11 +603,12 @@ impl Store {
         let mut changed = Vec::new();
         for id in server_ids {
             // A message the peer already said it never received stays unconfirmed.
-            let row = sqlx::query(
+            let row = sqlx::query(concat!(
                 "UPDATE messages SET status = 'delivered', delivered_at = $2 \
-                 WHERE outgoing = 1 AND server_id = $1 AND status IN ('sending', 'stored') \
-                 RETURNING id, peer, outgoing, body, counter, sent_at, received_at, server_id, status",
-            )
+                     WHERE outgoing = 1 AND server_id = $1 AND status IN ('sending', 'stored') \
+                     RETURNING ",
+                message_columns!()
+            ))
             .bind(id)
             .bind(now)
             .fetch_optional(&self.pool)
@@ -637,13 +648,11 @@ impl Store {
 
     /// A history row.
     pub async fn message(&self, id: i64) -> Result<Option<StoredMessage>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, peer, outgoing, body, counter, sent_at, received_at, server_id, status \
-             FROM messages WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row =
+            sqlx::query(concat!("SELECT ", message_columns!(), " FROM messages WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.as_ref().map(message_from_row))
     }
 
@@ -1090,24 +1099,26 @@ pub async fn check_peer_word(
         word.digest_mismatch =
             matches!(sealed, Some(Some(ours)) if ours.as_slice() != digest.0.as_slice());
     }
-    let confirmed = sqlx::query(
+    let confirmed = sqlx::query(concat!(
         "UPDATE messages SET status = 'delivered', delivered_at = coalesce(delivered_at, $3) \
-         WHERE peer = $1 AND outgoing = 1 AND counter <= $2 \
-           AND status IN ('sending', 'stored', 'unconfirmed') \
-         RETURNING id, peer, outgoing, body, counter, sent_at, received_at, server_id, status",
-    )
+             WHERE peer = $1 AND outgoing = 1 AND counter <= $2 \
+               AND status IN ('sending', 'stored', 'unconfirmed') \
+             RETURNING ",
+        message_columns!()
+    ))
     .bind(peer)
     .bind(to_i64(up_to))
     .bind(now)
     .fetch_all(&mut *tx)
     .await?;
     word.confirmed = confirmed.iter().map(message_from_row).collect();
-    let withheld = sqlx::query(
+    let withheld = sqlx::query(concat!(
         "UPDATE messages SET status = 'unconfirmed' \
-         WHERE peer = $1 AND outgoing = 1 AND counter > $2 AND status = 'delivered' \
-           AND delivered_at IS NOT NULL AND $3 > delivered_at + $4 \
-         RETURNING id, peer, outgoing, body, counter, sent_at, received_at, server_id, status",
-    )
+             WHERE peer = $1 AND outgoing = 1 AND counter > $2 AND status = 'delivered' \
+               AND delivered_at IS NOT NULL AND $3 > delivered_at + $4 \
+             RETURNING ",
+        message_columns!()
+    ))
     .bind(peer)
     .bind(to_i64(up_to))
     .bind(their_sent_at)
