@@ -8,6 +8,11 @@
 //! Modes: throughput (`--pairs N --window W`), fixed rate (`--rate R`), idle connections
 //! (`--idle C`). With `--server-pid` the bench reads the relay's CPU time and memory from
 //! `/proc` and reports CPU microseconds per delivered message and memory per connection.
+//!
+//! With `--also-server` the clients are spread over several relays of one cluster (client `i`
+//! on relay `i mod n`); with two relays every sender is on the first and every recipient on
+//! the second, so each message crosses between nodes. Give every relay's `--server-pid` and
+//! the figures are their sums.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -60,9 +65,15 @@ pub struct BenchArgs {
     /// Idle mode: connect without registering or logging in (a bare Socket.IO connection).
     #[arg(long)]
     anonymous: bool,
-    /// The relay's process id, to read its CPU time and memory from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// Further relays of the same cluster to spread the clients over (repeatable): client `i`
+    /// connects to relay `i mod n`, the `--server` first, so with one more relay every message
+    /// goes from the first node to the second.
+    #[arg(long = "also-server", value_name = "URL")]
+    also_servers: Vec<String>,
+    /// The relay's process id, to read its CPU time and memory from /proc (repeatable, or
+    /// comma-separated, for every relay of a cluster: the figures are then their sums).
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Connections opened at once during set-up.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
@@ -76,6 +87,33 @@ pub struct BenchArgs {
 
 fn now_us(start: Instant) -> u64 {
     start.elapsed().as_micros() as u64
+}
+
+/// The relay processes measured through `/proc` (none without `--server-pid`).
+struct Relays {
+    pids: Vec<String>,
+}
+
+impl Relays {
+    fn new(pids: &[u32]) -> Self {
+        Self { pids: pids.iter().map(u32::to_string).collect() }
+    }
+
+    /// The relays' CPU seconds together; `None` without pids or when one cannot be read.
+    fn cpu_seconds(&self) -> Option<f64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.pids.iter().map(|pid| cpu_seconds(pid)).sum()
+    }
+
+    /// The relays' resident memory together (kB), as [`Relays::cpu_seconds`].
+    fn rss_kib(&self) -> Option<u64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.pids.iter().map(|pid| status_kib(pid, "VmRSS")).sum()
+    }
 }
 
 /// CPU seconds (user + system) of a process.
@@ -155,10 +193,11 @@ fn unreachable_id() -> UserId {
 
 type Connection = (RelayClient, mpsc::UnboundedReceiver<Push>);
 
-/// Registers every identity (connect + challenge + register), `concurrency` at a time.
-/// Returns connections in order and the per-registration durations (µs).
+/// Registers every identity (connect + challenge + register), `concurrency` at a time; identity
+/// `i` goes to relay `i mod n`. Returns connections in order and the per-registration durations
+/// (µs).
 async fn register_all(
-    server: &str,
+    servers: &[String],
     ids: &[Identity],
     concurrency: usize,
     errors: &Errors,
@@ -166,9 +205,9 @@ async fn register_all(
 ) -> anyhow::Result<(Vec<Connection>, Histogram<u64>)> {
     let gate = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = Vec::with_capacity(ids.len());
-    for id in ids {
+    for (i, id) in ids.iter().enumerate() {
         let gate = gate.clone();
-        let server = server.to_owned();
+        let server = servers[i % servers.len()].clone();
         let user = id.user.clone();
         let keys = id.keys.clone();
         let spk = *id.signed_prekey.public();
@@ -403,10 +442,10 @@ async fn sender(
     while in_flight.next().await.is_some() {}
 }
 
-async fn run_pairs(server: &str, args: BenchArgs) -> anyhow::Result<Value> {
+async fn run_pairs(servers: &[String], args: BenchArgs) -> anyhow::Result<Value> {
     let errors = Arc::new(Errors::default());
     let show = !args.json && std::io::stderr().is_terminal();
-    let pid = args.server_pid.map(|p| p.to_string());
+    let relays = Relays::new(&args.server_pid);
     let tag: u32 = rand::random();
     progress(show, "making keys…");
     let ids = identities(&format!("b{tag:08x}u"), args.pairs * 2);
@@ -414,7 +453,7 @@ async fn run_pairs(server: &str, args: BenchArgs) -> anyhow::Result<Value> {
     progress(show, "registering…");
     let setup_started = Instant::now();
     let (registered, register_took) =
-        register_all(server, &ids, args.connect_concurrency, &errors, false).await?;
+        register_all(servers, &ids, args.connect_concurrency, &errors, false).await?;
     let setup_s = setup_started.elapsed().as_secs_f64();
     for (client, _) in &registered {
         client.close();
@@ -422,7 +461,7 @@ async fn run_pairs(server: &str, args: BenchArgs) -> anyhow::Result<Value> {
     progress(show, "logging in…");
     let login_started = Instant::now();
     let (connections, login_took) =
-        register_all(server, &ids, args.connect_concurrency, &errors, true).await?;
+        register_all(servers, &ids, args.connect_concurrency, &errors, true).await?;
     let login_s = login_started.elapsed().as_secs_f64();
 
     let start = Instant::now();
@@ -479,7 +518,7 @@ async fn run_pairs(server: &str, args: BenchArgs) -> anyhow::Result<Value> {
     // Measure the window.
     let bench_pid = std::process::id().to_string();
     tokio::time::sleep_until((start + Duration::from_micros(window.0)).into()).await;
-    let server_cpu_before = pid.as_deref().and_then(cpu_seconds);
+    let server_cpu_before = relays.cpu_seconds();
     let bench_cpu_before = cpu_seconds(&bench_pid);
     let received_before = totals.received.load(Relaxed);
     let measure_started = Instant::now();
@@ -500,8 +539,7 @@ async fn run_pairs(server: &str, args: BenchArgs) -> anyhow::Result<Value> {
     }
     let measured = measure_started.elapsed().as_secs_f64();
     let delivered_in_window = totals.received.load(Relaxed) - received_before;
-    let server_cpu =
-        pid.as_deref().and_then(cpu_seconds).zip(server_cpu_before).map(|(b, a)| b - a);
+    let server_cpu = relays.cpu_seconds().zip(server_cpu_before).map(|(b, a)| b - a);
     let bench_cpu = cpu_seconds(&bench_pid).zip(bench_cpu_before).map(|(b, a)| b - a);
 
     // Stop sending; let what is in flight arrive.
@@ -520,7 +558,7 @@ async fn run_pairs(server: &str, args: BenchArgs) -> anyhow::Result<Value> {
     }
     progress(show, "");
 
-    let rss = pid.as_deref().and_then(|p| status_kib(p, "VmRSS"));
+    let rss = relays.rss_kib();
     let sent = totals.sent.load(Relaxed);
     let received = totals.received.load(Relaxed);
     let (error_count, error_kinds) = errors.json();
@@ -533,6 +571,7 @@ async fn run_pairs(server: &str, args: BenchArgs) -> anyhow::Result<Value> {
         "label": args.label,
         "mode": if throughput { "throughput" } else { "rate" },
         "pairs": args.pairs,
+        "relays": servers.len(),
         "size": args.size,
         "window": if throughput { json!(args.window) } else { Value::Null },
         "rate": args.rate,
@@ -561,11 +600,11 @@ async fn run_pairs(server: &str, args: BenchArgs) -> anyhow::Result<Value> {
     }))
 }
 
-async fn run_idle(server: &str, args: BenchArgs, count: usize) -> anyhow::Result<Value> {
+async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::Result<Value> {
     let errors = Errors::default();
     let show = !args.json && std::io::stderr().is_terminal();
-    let pid = args.server_pid.map(|p| p.to_string());
-    let before = pid.as_deref().and_then(|p| status_kib(p, "VmRSS"));
+    let relays = Relays::new(&args.server_pid);
+    let before = relays.rss_kib();
     let started = Instant::now();
     let mut held: Vec<Box<dyn std::any::Any + Send>> = Vec::with_capacity(count);
     let mut register_took = None;
@@ -575,9 +614,9 @@ async fn run_idle(server: &str, args: BenchArgs, count: usize) -> anyhow::Result
     if args.anonymous {
         let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
         let mut tasks = Vec::with_capacity(count);
-        for _ in 0..count {
+        for i in 0..count {
             let gate = gate.clone();
-            let server = server.to_owned();
+            let server = servers[i % servers.len()].clone();
             tasks.push(tokio::spawn(async move {
                 let _permit = gate.acquire_owned().await;
                 sotto_client::socketio::SocketIoClient::connect(&server, Duration::from_secs(30))
@@ -601,7 +640,7 @@ async fn run_idle(server: &str, args: BenchArgs, count: usize) -> anyhow::Result
         progress(show, &format!("registering {count}…"));
         let registering = Instant::now();
         let (registered, took) =
-            register_all(server, &ids, args.connect_concurrency, &errors, false).await?;
+            register_all(servers, &ids, args.connect_concurrency, &errors, false).await?;
         setup_s = registering.elapsed().as_secs_f64();
         register_took = Some(took);
         for (client, _) in &registered {
@@ -612,7 +651,7 @@ async fn run_idle(server: &str, args: BenchArgs, count: usize) -> anyhow::Result
         progress(show, &format!("logging {count} in…"));
         let logging_in = Instant::now();
         let (connections, took) =
-            register_all(server, &ids, args.connect_concurrency, &errors, true).await?;
+            register_all(servers, &ids, args.connect_concurrency, &errors, true).await?;
         login_s = logging_in.elapsed().as_secs_f64();
         login_took = Some(took);
         for connection in connections {
@@ -621,7 +660,7 @@ async fn run_idle(server: &str, args: BenchArgs, count: usize) -> anyhow::Result
     }
     progress(show, "settling…");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = pid.as_deref().and_then(|p| status_kib(p, "VmRSS"));
+    let after = relays.rss_kib();
     progress(show, "");
     let per_connection = before
         .zip(after)
@@ -631,6 +670,7 @@ async fn run_idle(server: &str, args: BenchArgs, count: usize) -> anyhow::Result
         "label": args.label,
         "mode": if args.anonymous { "idle-anonymous" } else { "idle-authenticated" },
         "connections": held.len(),
+        "relays": servers.len(),
         "server_rss_kb_before": before,
         "server_rss_kb_after": after,
         "bytes_per_connection": per_connection,
@@ -657,6 +697,7 @@ fn table(result: &Value) -> String {
     row("mode", show(get("mode")));
     for (key, name) in [
         ("pairs", "pairs"),
+        ("relays", "relays"),
         ("connections", "connections"),
         ("size", "plaintext bucket (bytes)"),
         ("window", "window per pair"),
@@ -694,7 +735,7 @@ fn table(result: &Value) -> String {
     out
 }
 
-/// Runs the bench against `server`.
+/// Runs the bench against `server` (and the `--also-server` relays).
 pub fn run(server: &str, args: BenchArgs) -> anyhow::Result<()> {
     if !args.size.is_power_of_two() || !(64..=32 * 1024).contains(&args.size) {
         bail!("--size must be a power of two from 64 to 32768 (a plaintext bucket)");
@@ -706,10 +747,12 @@ pub fn run(server: &str, args: BenchArgs) -> anyhow::Result<()> {
         .build()
         .context("start the bench runtime")?;
     let json = args.json;
+    let servers: Vec<String> =
+        std::iter::once(server.to_owned()).chain(args.also_servers.iter().cloned()).collect();
     let result = runtime.block_on(async {
         match args.idle {
-            Some(count) => run_idle(server, args, count).await,
-            None => run_pairs(server, args).await,
+            Some(count) => run_idle(&servers, args, count).await,
+            None => run_pairs(&servers, args).await,
         }
     })?;
     if json {

@@ -162,16 +162,31 @@ impl Node {
         let _ = self.child.wait();
     }
 
-    fn health(&self) -> u16 {
+    /// A plain HTTP GET of `path`; the whole response, or empty when the node is unreachable.
+    fn get(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return 0;
+            return String::new();
         };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-        let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let _ = stream.write_all(request.as_bytes());
         let mut response = String::new();
         let _ = stream.read_to_string(&mut response);
-        response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+        response
+    }
+
+    fn health(&self) -> u16 {
+        self.get("/healthz").split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+
+    /// A counter or gauge from the node's `/metrics`.
+    fn metric(&self, name: &str) -> f64 {
+        let metrics = self.get("/metrics");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in the metrics"))
     }
 }
 
@@ -572,5 +587,51 @@ async fn a_cut_database_connection_fails_retryably_and_recovers() {
     );
     drop(behind_proxy);
     drop(direct);
+    database.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_spreads_its_pairs_over_two_nodes() {
+    let database = Database::create().await;
+    let redis = Redis::start();
+    let prefix = format!("t{}", rand::random::<u32>());
+    let nodes: Vec<Node> =
+        (0..2).map(|_| Node::start(&database.url, &redis.url(), &prefix)).collect();
+    let pids = format!("{},{}", nodes[0].child.id(), nodes[1].child.id());
+    let (first, second) = (nodes[0].url.clone(), nodes[1].url.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(SOTTO)
+            .args(["--server", &first, "bench", "--json", "--also-server", &second])
+            .args(["--server-pid", &pids, "--pairs", "4", "--window", "8"])
+            .args(["--duration", "1", "--warmup", "0.5"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let sent = result["total_sent"].as_f64().unwrap();
+    assert!(sent > 0.0, "{result}");
+    assert_eq!(result["total_received"], result["total_sent"], "{result}");
+    assert_eq!(result["lost"], 0, "{result}");
+    assert_eq!(result["duplicates"], 0, "{result}");
+    assert_eq!(result["errors"], 0, "{result}");
+    assert_eq!(result["relays"], 2, "{result}");
+    assert!(result["server_cpu_us_per_msg"].as_f64().unwrap() > 0.0, "{result}");
+    // Senders sit on the first node and recipients on the second: the first stored every
+    // message, the second took every acknowledgement, and neither did the other's part.
+    let stored = "sotto_messages_stored_total";
+    let acknowledged = "sotto_messages_acknowledged_total";
+    assert_eq!(nodes[0].metric(stored), sent, "{result}");
+    assert_eq!(nodes[1].metric(stored), 0.0);
+    assert_eq!(nodes[1].metric(acknowledged), sent, "{result}");
+    assert_eq!(nodes[0].metric(acknowledged), 0.0);
+    eprintln!(
+        "bench over two nodes: {sent} messages, each from the first node to the second, \
+         {} delivered/s",
+        result["delivered_msgs_per_s"]
+    );
+    drop(nodes);
     database.drop_now().await;
 }
