@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::future::join_all;
 use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, SocketRef};
@@ -429,7 +430,7 @@ async fn stored<A: Adapter>(
             new_contacts.push((message.sender.clone(), message.recipient.clone()));
         }
     }
-    for (recipient, messages) in &per_recipient {
+    let pushes = per_recipient.iter().map(|(recipient, messages)| async move {
         let push = ReceivePush {
             messages: messages
                 .iter()
@@ -441,7 +442,13 @@ async fn stored<A: Adapter>(
                 })
                 .collect(),
         };
-        let delivered = push_messages(relay, recipient, &push).await;
+        push_messages(relay, recipient, &push).await
+    });
+    // All at once: clustered, each push is a publish that waits for Redis's reply (see
+    // `push_to_room`). Each recipient has one push per batch and batches go one after another,
+    // so a recipient's messages keep their order.
+    let pushed = join_all(pushes).await;
+    for ((_, messages), delivered) in per_recipient.iter().zip(pushed) {
         if delivered {
             relay.metrics.messages_delivered.inc_by(messages.len() as u64);
             for (.., received) in messages {
@@ -485,13 +492,15 @@ async fn record_contacts<A: Adapter>(relay: &Relay<A>, pairs: Vec<(String, Strin
             return;
         }
     };
-    for (sender, recipient) in &recorded {
-        // Clustered, the recipient may be online on another node: the room push finds out.
-        if relay.clustered() || relay.is_online(recipient) {
+    // Clustered, the recipient may be online on another node: the room push finds out.
+    let announcements = recorded
+        .iter()
+        .filter(|(_, recipient)| relay.clustered() || relay.is_online(recipient))
+        .map(|(sender, recipient)| async move {
             push_notice(relay, recipient, events::USER_JOINED, &PresencePush { user_id: sender })
-                .await;
-        }
-    }
+                .await
+        });
+    join_all(announcements).await;
 }
 
 /// After the commit: count the acknowledgements and tell the senders.
@@ -510,9 +519,11 @@ async fn delivered<A: Adapter>(relay: &Relay<A>, acknowledged: &[Acknowledged]) 
             None => per_sender.push((&done.sender, vec![receipt])),
         }
     }
-    for (sender, receipts) in per_sender {
-        push_notice(relay, sender, events::MESSAGE_DELIVERED, &DeliveredPush { receipts }).await;
-    }
+    // All at once, as `stored` pushes; one push per sender per batch keeps receipts in order.
+    let pushes = per_sender.into_iter().map(|(sender, receipts)| async move {
+        push_notice(relay, sender, events::MESSAGE_DELIVERED, &DeliveredPush { receipts }).await
+    });
+    join_all(pushes).await;
 }
 
 async fn attach<A: Adapter>(relay: &Arc<Relay<A>>, socket: SocketRef<A>, user: &str, after: i64) {
@@ -594,9 +605,11 @@ pub(crate) async fn push_notice<A: Adapter, T: serde::Serialize + ?Sized>(
 ///
 /// Single node: straight to this node's sockets; a socket that cannot take it (its buffer is
 /// full) is disconnected, so it catches up from the queue when it reconnects and delivery stays
-/// gap-free. Clustered: through the Redis adapter to every node; if Redis is unreachable, to
-/// this node's sockets only (the others catch up from the queue). Returns whether the push went
-/// out (single node: whether any socket took it).
+/// gap-free. Clustered: through the Redis adapter to every node, a publish that completes when
+/// Redis answers (so callers with several pushes start them together, and the Redis client
+/// pipelines them); if Redis is unreachable, to this node's sockets only (the others catch up
+/// from the queue). Returns whether the push went out (single node: whether any socket took
+/// it).
 async fn push_to_room<A: Adapter, T: serde::Serialize + ?Sized>(
     relay: &Relay<A>,
     room: String,
