@@ -149,6 +149,8 @@ impl Node {
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database", database])
             .args(["--redis", redis, "--redis-prefix", prefix, "--websocket-only"])
             .args(["--events-per-second", "0", "--pair-messages-per-second", "0"])
+            // One test registers 80 users from 127.0.0.1.
+            .args(["--registrations-per-hour", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -241,6 +243,65 @@ impl Proxy {
 
     fn restore(&self) {
         self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A TCP proxy that delays everything it forwards by `delay` each way, as a Redis a few
+/// milliseconds away would, without limiting how much is in flight.
+struct SlowLink {
+    port: u16,
+}
+
+impl SlowLink {
+    async fn start(target: u16, delay: Duration) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::spawn(Self::forward(client_read, server_write, delay));
+                    Self::forward(server_read, client_write, delay).await;
+                });
+            }
+        });
+        Self { port }
+    }
+
+    /// Copies `from` to `to`, each chunk leaving `delay` after it arrived.
+    async fn forward(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        delay: Duration,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (chunks, mut arriving) = mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+        tokio::spawn(async move {
+            while let Some((due, chunk)) = arriving.recv().await {
+                tokio::time::sleep_until(due).await;
+                if to.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let due = tokio::time::Instant::now() + delay;
+                    if chunks.send((due, buffer[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -633,5 +694,68 @@ async fn the_bench_spreads_its_pairs_over_two_nodes() {
         result["delivered_msgs_per_s"]
     );
     drop(nodes);
+    database.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_to_many_recipients_on_another_node_do_not_wait_for_each_other() {
+    // Redis 40 ms away each way. Pushing the recipients of a batch one publish after another
+    // (as the relay once did) costs 80 ms each, so 40 recipients on the other node would take
+    // over three seconds; together they take one round trip.
+    const RECIPIENTS: usize = 40;
+    let database = Database::create().await;
+    let redis = Redis::start();
+    let link = SlowLink::start(redis.port, Duration::from_millis(40)).await;
+    let redis_url = format!("redis://127.0.0.1:{}", link.port);
+    let prefix = format!("t{}", rand::random::<u32>());
+    let (sending, receiving) = (
+        Node::start(&database.url, &redis_url, &prefix),
+        Node::start(&database.url, &redis_url, &prefix),
+    );
+    let mut senders = Vec::new();
+    let mut recipients = Vec::new();
+    for k in 0..RECIPIENTS {
+        senders.push(Peer::register(&sending.url, &format!("s{k}")).await);
+        recipients.push(Peer::register(&receiving.url, &format!("r{k}")).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let receiving_tasks: Vec<_> = recipients
+        .into_iter()
+        .map(|mut peer| {
+            tokio::spawn(async move {
+                // Under the re-push's three seconds: only a live push counts.
+                peer.receive(1, Duration::from_millis(2_500)).await;
+                (peer.seen.len(), started.elapsed())
+            })
+        })
+        .collect();
+    let sends: Vec<_> = senders
+        .iter()
+        .enumerate()
+        .map(|(k, peer)| {
+            let client = peer.client.clone();
+            let marker = format!("s{k}-1");
+            tokio::spawn(async move {
+                client.send_raw(&format!("r{k}"), &marker, &envelope(&marker)).await
+            })
+        })
+        .collect();
+    for send in sends {
+        send.await.unwrap().unwrap();
+    }
+    let mut slowest = Duration::ZERO;
+    let mut missing = 0;
+    for task in receiving_tasks {
+        let (seen, took) = task.await.unwrap();
+        missing += 1 - seen.min(1);
+        slowest = slowest.max(took);
+    }
+    eprintln!(
+        "{RECIPIENTS} pushes to another node through a 40 ms Redis link: {missing} missing after \
+         2.5 s, the last after {slowest:?}"
+    );
+    assert_eq!(missing, 0, "pushes waited for each other's round trips");
+    drop((sending, receiving));
     database.drop_now().await;
 }

@@ -23,7 +23,8 @@ use crate::ServeError;
 /// `broadcast_channel_capacity`). Beyond it the oldest are dropped ("pubsub channel lagged")
 /// and those pushes reach their recipients only through the re-push seconds later. fred's
 /// default of 32 overflowed under load: with two nodes on one core at 5,000 messages/s over
-/// 500 pairs, hundreds of drops a run and a p99 of over 5 s. A slot is about 150 bytes.
+/// 500 pairs, hundreds of drops a run and a p99 of over 5 s. The slots are allocated up front:
+/// a few megabytes per node.
 const REDIS_INBOX: usize = 16_384;
 
 /// The adapter type of a clustered relay.
