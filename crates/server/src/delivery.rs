@@ -510,14 +510,12 @@ async fn delivered<A: Adapter>(relay: &Relay<A>, acknowledged: &[Acknowledged]) 
     }
     relay.metrics.messages_acknowledged.inc_by(acknowledged.len() as u64);
     relay.metrics.queue_depth.dec_by(acknowledged.len() as i64);
-    let mut per_sender: Vec<(&str, Vec<Receipt<'_>>)> = Vec::new();
+    // Receipts keep the acknowledgements' order within each sender's list.
+    let mut per_sender: HashMap<&str, Vec<Receipt<'_>>> = HashMap::new();
     for done in acknowledged {
         relay.recipients.add_pending(&done.recipient, -1);
         let receipt = Receipt { id: done.id, client_id: &done.client_id, to: &done.recipient };
-        match per_sender.iter_mut().find(|(s, _)| *s == done.sender) {
-            Some((_, list)) => list.push(receipt),
-            None => per_sender.push((&done.sender, vec![receipt])),
-        }
+        per_sender.entry(&done.sender).or_default().push(receipt);
     }
     // All at once, as `stored` pushes; one push per sender per batch keeps receipts in order.
     let pushes = per_sender.into_iter().map(|(sender, receipts)| async move {
