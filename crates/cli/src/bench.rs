@@ -109,10 +109,22 @@ impl Relays {
 
     /// The relays' resident memory together (kB), as [`Relays::cpu_seconds`].
     fn rss_kib(&self) -> Option<u64> {
+        self.memory_kib("VmRSS")
+    }
+
+    /// A memory figure of `/proc/PID/status` summed over the relays (kB): `VmRSS`, or its
+    /// parts `RssAnon` (heap and stacks) and `RssFile` (mapped files, such as the database
+    /// pages SQLite reads through `mmap`).
+    fn memory_kib(&self, field: &str) -> Option<u64> {
         if self.pids.is_empty() {
             return None;
         }
-        self.pids.iter().map(|pid| status_kib(pid, "VmRSS")).sum()
+        self.pids.iter().map(|pid| status_kib(pid, field)).sum()
+    }
+
+    /// [`Relays::memory_kib`] for the three figures.
+    fn memory(&self) -> [Option<u64>; 3] {
+        ["VmRSS", "RssAnon", "RssFile"].map(|field| self.memory_kib(field))
     }
 }
 
@@ -604,7 +616,7 @@ async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::
     let errors = Errors::default();
     let show = !args.json && std::io::stderr().is_terminal();
     let relays = Relays::new(&args.server_pid);
-    let before = relays.rss_kib();
+    let before = relays.memory();
     let started = Instant::now();
     let mut held: Vec<Box<dyn std::any::Any + Send>> = Vec::with_capacity(count);
     let mut register_took = None;
@@ -660,20 +672,25 @@ async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::
     }
     progress(show, "settling…");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = relays.rss_kib();
+    let after = relays.memory();
     progress(show, "");
-    let per_connection = before
-        .zip(after)
-        .map(|(b, a)| (a.saturating_sub(b) as f64 * 1024.0 / held.len().max(1) as f64).round());
+    // Growth per connection, in bytes, of each memory figure.
+    let [per_connection, anonymous_per_connection, file_per_connection] = [0, 1, 2].map(|figure| {
+        before[figure]
+            .zip(after[figure])
+            .map(|(b, a)| (a.saturating_sub(b) as f64 * 1024.0 / held.len().max(1) as f64).round())
+    });
     let (error_count, error_kinds) = errors.json();
     Ok(json!({
         "label": args.label,
         "mode": if args.anonymous { "idle-anonymous" } else { "idle-authenticated" },
         "connections": held.len(),
         "relays": servers.len(),
-        "server_rss_kb_before": before,
-        "server_rss_kb_after": after,
+        "server_rss_kb_before": before[0],
+        "server_rss_kb_after": after[0],
         "bytes_per_connection": per_connection,
+        "anonymous_bytes_per_connection": anonymous_per_connection,
+        "file_bytes_per_connection": file_per_connection,
         "setup_s": setup_s,
         "authentication_s": login_s,
         "registration_us": register_took.as_ref().map(histogram_json),
@@ -711,6 +728,8 @@ fn table(result: &Value) -> String {
         ("server_cpu_us_per_msg", "server CPU µs per message"),
         ("server_rss_kb", "server RSS (kB)"),
         ("bytes_per_connection", "server bytes per connection"),
+        ("anonymous_bytes_per_connection", "… of it heap and stacks (RssAnon)"),
+        ("file_bytes_per_connection", "… of it mapped files (RssFile)"),
         ("setup_s", "set-up (s)"),
         ("authentication_s", "log-in of all clients (s)"),
         ("bench_cpu_share", "bench CPU share (1 = one core)"),

@@ -118,6 +118,11 @@ fn throughput_rate_and_idle_modes_report_what_happened() {
     let idle = relay.bench(&["--idle", "50"]);
     assert_eq!(idle["connections"], 50, "{idle}");
     assert!(idle["bytes_per_connection"].is_number(), "{idle}");
+    // Split into heap and mapped files, which make up the whole (a part that shrank counts as
+    // 0, so the parts may add up to more; each is rounded).
+    let parts = number(&idle, "anonymous_bytes_per_connection")
+        + number(&idle, "file_bytes_per_connection");
+    assert!(parts + 2.0 >= number(&idle, "bytes_per_connection"), "{idle}");
     let anonymous = relay.bench(&["--idle", "50", "--anonymous"]);
     assert_eq!(anonymous["mode"], "idle-anonymous");
     assert_eq!(anonymous["connections"], 50, "{anonymous}");
