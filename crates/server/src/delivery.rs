@@ -492,15 +492,25 @@ async fn record_contacts<A: Adapter>(relay: &Relay<A>, pairs: Vec<(String, Strin
             return;
         }
     };
-    // Clustered, the recipient may be online on another node: the room push finds out.
-    let announcements = recorded
-        .iter()
-        .filter(|(_, recipient)| relay.clustered() || relay.is_online(recipient))
-        .map(|(sender, recipient)| async move {
-            push_notice(relay, recipient, events::USER_JOINED, &PresencePush { user_id: sender })
-                .await
-        });
-    join_all(announcements).await;
+    let announcements =
+        recorded.iter().map(|(sender, recipient)| (recipient.as_str(), sender.as_str()));
+    push_presence(relay, events::USER_JOINED, announcements).await;
+}
+
+/// Tells the first user of each pair that the second is online or offline (`event`), all at
+/// once: clustered, each push is a publish that waits for Redis. On one node only users online
+/// here are told; clustered, a user may be online on another node, and the room push finds out.
+pub(crate) async fn push_presence<'a, A: Adapter>(
+    relay: &Relay<A>,
+    event: &'static str,
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+) {
+    let pushes = pairs.filter(|(to, _)| relay.clustered() || relay.is_online(to)).map(
+        |(to, about)| async move {
+            push_notice(relay, to, event, &PresencePush { user_id: about }).await
+        },
+    );
+    join_all(pushes).await;
 }
 
 /// After the commit: count the acknowledgements and tell the senders.

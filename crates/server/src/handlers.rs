@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
-use futures_util::future::join_all;
 use serde::Serialize;
 use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
@@ -200,13 +199,8 @@ async fn announce<A: Adapter>(relay: &Relay<A>, user: &str) {
         }
     };
     let event = if relay.is_online(user) { events::USER_JOINED } else { events::USER_LEFT };
-    // Together, as the writer pushes a batch: clustered, each is a publish waiting for Redis.
-    let pushes = contacts.iter().filter(|c| relay.clustered() || relay.is_online(c)).map(
-        |contact| async move {
-            push_notice(relay, contact, event, &PresencePush { user_id: user }).await
-        },
-    );
-    join_all(pushes).await;
+    delivery::push_presence(relay, event, contacts.iter().map(|contact| (contact.as_str(), user)))
+        .await;
 }
 
 // ---- authentication ----------------------------------------------------------------------
