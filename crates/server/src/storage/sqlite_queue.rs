@@ -1,10 +1,17 @@
-//! The SQLite queue's write path: one connection owned by one thread.
+//! The SQLite queue's write path: one connection, used by one committer at a time.
 //!
 //! Through sqlx, every statement is a round trip between the async runtime and sqlx's worker
 //! thread, so a group commit (begin, look up, insert, delete, commit) cost several thread
-//! wake-ups, which at low rates, with few messages per batch, each message paid for. Here the queue
-//! writer hands the whole batch over once and gets the result back once; the thread runs the
-//! transaction with cached prepared statements, row by row, which SQLite does in microseconds.
+//! wake-ups, which at low rates, with few messages per batch, each message paid for. Here the
+//! transaction runs with cached prepared statements, row by row, which SQLite does in
+//! microseconds, on one of two threads:
+//!
+//! - a small batch (at most [`INLINE_MAX_JOBS`] rows), the usual case below saturation, on the
+//!   queue writer's own thread, if SQLite's write lock is free at that instant: no hand-over at
+//!   all (at 5,000 messages/s over 500 pairs: p50 −60 µs, p99 0.92–1.01 → 0.67–0.71 ms);
+//! - a large batch, or one that would have to wait for the lock or for the flusher, on the
+//!   queue thread, handed over once and answered once, so the runtime never waits on SQLite's
+//!   lock or on a long transaction.
 //!
 //! Commits only write the log (`synchronous = NORMAL`); a second thread flushes it to disk
 //! while the queue thread commits the next batch (see [`Flusher`]). The writer pushes a batch
@@ -12,7 +19,9 @@
 //! of a message's time in the relay, no longer stands between sender and recipient.
 //!
 //! Everything else (reads, registrations, prekeys) still goes through the sqlx pool; SQLite's
-//! write lock (`BEGIN IMMEDIATE` on both sides, with a busy timeout) keeps the two in turn.
+//! write lock (`BEGIN IMMEDIATE` on both sides) keeps the two in turn: the pool and the queue
+//! thread wait for it (busy timeouts), a small batch on the writer's thread does not (no busy
+//! timeout: it is handed to the queue thread instead).
 
 use std::fs::File;
 use std::io::ErrorKind;
@@ -56,18 +65,41 @@ const QUEUE_CHECKPOINT_PAGES: u32 = 4_000;
 #[cfg(target_os = "linux")]
 const FLUSHER_NICENESS: i32 = 10;
 
+/// Most jobs (messages stored plus acknowledgements) in a batch that the caller commits itself
+/// instead of handing it to the queue thread. A small batch takes SQLite tens of microseconds,
+/// less than the two thread hand-overs it would cost; a large one would hold the runtime
+/// thread, and with it every socket, for milliseconds.
+const INLINE_MAX_JOBS: usize = 16;
+/// The queue connection's busy timeout on the queue thread: it waits out a pool write (a
+/// registration, a prekey upload) holding SQLite's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A batch handed to the thread, and where its result goes.
 struct Request {
     batch: QueueBatch,
     reply: oneshot::Sender<Result<Committed, StorageError>>,
 }
 
+/// The queue's connection and the message ids it has reserved, used by one committer at a time:
+/// the queue thread, or the caller for a small batch.
+struct Writer {
+    connection: Connection,
+    ids: IdBlock,
+}
+
 /// The queue thread and the way to it.
-#[derive(Debug)]
 pub(crate) struct QueueThread {
     /// `None` once closed.
     requests: Mutex<Option<mpsc::Sender<Request>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    writer: Arc<Mutex<Writer>>,
+    flusher: Arc<Flusher>,
+}
+
+impl std::fmt::Debug for QueueThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueThread").finish_non_exhaustive()
+    }
 }
 
 impl QueueThread {
@@ -78,7 +110,7 @@ impl QueueThread {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        connection.busy_timeout(Duration::from_secs(10))?;
+        connection.busy_timeout(BUSY_TIMEOUT)?;
         connection.pragma_update(None, "cache_size", -65_536)?;
         connection.pragma_update(None, "foreign_keys", true)?;
         // Enough for the handful of statements below, so none is ever prepared twice.
@@ -91,22 +123,35 @@ impl QueueThread {
         connection.pragma_update(None, "wal_autocheckpoint", QUEUE_CHECKPOINT_PAGES)?;
 
         let flusher = Arc::new(Flusher::default());
+        let writer = Arc::new(Mutex::new(Writer { connection, ids: IdBlock::default() }));
         let wal = write_ahead_log(path);
         let (requests, inbox) = mpsc::channel::<Request>();
         let queue_flusher = flusher.clone();
+        let queue_writer = writer.clone();
         let queue = std::thread::Builder::new()
             .name("sotto-queue".into())
-            .spawn(move || serve(connection, &inbox, &queue_flusher))
+            .spawn(move || serve(&queue_writer, &inbox, &queue_flusher))
             .map_err(StorageError::Thread)?;
+        let running = flusher.clone();
         let flush = std::thread::Builder::new()
             .name("sotto-flush".into())
-            .spawn(move || flusher.run(&wal))
+            .spawn(move || running.run(&wal))
             .map_err(StorageError::Thread)?;
-        Ok(Self { requests: Mutex::new(Some(requests)), threads: Mutex::new(vec![queue, flush]) })
+        Ok(Self {
+            requests: Mutex::new(Some(requests)),
+            threads: Mutex::new(vec![queue, flush]),
+            writer,
+            flusher,
+        })
     }
 
-    /// Commits a batch on the thread.
+    /// Commits a batch: a small one right here when SQLite's write lock is free, any other on
+    /// the queue thread.
     pub(crate) async fn commit(&self, batch: QueueBatch) -> Result<Committed, StorageError> {
+        let batch = match self.commit_here(batch) {
+            Ok(committed) => return committed,
+            Err(batch) => batch,
+        };
         let (reply, answer) = oneshot::channel();
         {
             let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
@@ -114,6 +159,40 @@ impl QueueThread {
             sender.send(Request { batch, reply }).map_err(|_| StorageError::Closed)?;
         }
         answer.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Commits a small batch on the calling thread, without waiting for anything: not for the
+    /// write lock (held by a pool write, the batch goes to the queue thread, which waits), not
+    /// for the flusher (too many batches unflushed, the queue thread waits for room). Gives the
+    /// batch back when it is not committed here.
+    fn commit_here(
+        &self,
+        batch: QueueBatch,
+    ) -> Result<Result<Committed, StorageError>, QueueBatch> {
+        let jobs = batch.stores.len() + batch.acks.len() + batch.deletes.len();
+        if jobs > INLINE_MAX_JOBS || !self.flusher.has_room() {
+            return Err(batch);
+        }
+        if self.requests.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+            return Ok(Err(StorageError::Closed));
+        }
+        // The queue thread holds the writer only while it commits a batch handed to it, and
+        // the queue writer hands over one batch at a time, so this rarely finds it taken.
+        let Ok(mut writer) = self.writer.try_lock() else { return Err(batch) };
+        let Writer { connection, ids } = &mut *writer;
+        // Not waiting for the lock: the queue thread sets its own timeout back.
+        let result = connection
+            .busy_timeout(Duration::ZERO)
+            .and_then(|()| commit_in_transaction(connection, &batch, ids));
+        drop(writer);
+        match result {
+            // The write lock was taken: nothing was applied (the transaction rolled back).
+            Err(error) if is_busy(&error) => Err(batch),
+            Ok((outcomes, acknowledged)) => {
+                Ok(Ok(committed(batch, outcomes, acknowledged, &self.flusher)))
+            }
+            Err(error) => Ok(Err(error.into())),
+        }
     }
 
     /// Stops taking batches, lets the threads finish (commit and flush) those they have, and
@@ -171,25 +250,40 @@ impl IdBlock {
     }
 }
 
+/// Whether SQLite refused because another connection holds the lock.
+fn is_busy(error: &rusqlite::Error) -> bool {
+    error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+}
+
+/// A committed batch, with when it will be on disk.
+fn committed(
+    batch: QueueBatch,
+    outcomes: Vec<StoreOutcome>,
+    acknowledged: Vec<Acknowledged>,
+    flusher: &Flusher,
+) -> Committed {
+    // A batch that only deletes needs no flush of its own: losing it brings acknowledged
+    // messages back, which clients drop by id, and the next batch that stores flushes it
+    // anyway. A batch that stores, even only duplicates (whose first copy may still be
+    // waiting), is durable after the next flush.
+    let durable =
+        if batch.stores.is_empty() { Durable::now() } else { Durable::after(flusher.request()) };
+    Committed { stores: batch.stores, outcomes, acknowledged, durable }
+}
+
 /// The queue thread: one batch at a time, until every sender is gone; then it lets the
 /// flusher finish.
-fn serve(mut connection: Connection, inbox: &mpsc::Receiver<Request>, flusher: &Flusher) {
-    let mut ids = IdBlock::default();
+fn serve(writer: &Mutex<Writer>, inbox: &mpsc::Receiver<Request>, flusher: &Flusher) {
     while let Ok(Request { batch, reply }) = inbox.recv() {
-        let result = commit_in_transaction(&mut connection, &batch, &mut ids)
-            .map(|(outcomes, acknowledged)| {
-                // A batch that only deletes needs no flush of its own: losing it brings
-                // acknowledged messages back, which clients drop by id, and the next batch
-                // that stores flushes it anyway. A batch that stores, even only duplicates
-                // (whose first copy may still be waiting), is durable after the next flush.
-                let durable = if batch.stores.is_empty() {
-                    Durable::now()
-                } else {
-                    Durable::after(flusher.request())
-                };
-                Committed { stores: batch.stores, outcomes, acknowledged, durable }
-            })
-            .map_err(StorageError::from);
+        let result = {
+            let mut writer = writer.lock().unwrap_or_else(|e| e.into_inner());
+            let Writer { connection, ids } = &mut *writer;
+            connection
+                .busy_timeout(BUSY_TIMEOUT)
+                .and_then(|()| commit_in_transaction(connection, &batch, ids))
+        }
+        .map(|(outcomes, acknowledged)| committed(batch, outcomes, acknowledged, flusher))
+        .map_err(StorageError::from);
         // The writer may have given up waiting (shutdown); the commit stands either way.
         let _ = reply.send(result);
     }
@@ -235,6 +329,12 @@ impl Flusher {
         state.waiting.push(flushed);
         self.changed.notify_all();
         receiver
+    }
+
+    /// Whether a committed batch can be registered without waiting.
+    fn has_room(&self) -> bool {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.waiting.len() + state.flushing < MAX_UNFLUSHED
     }
 
     fn close(&self) {
@@ -439,6 +539,62 @@ mod tests {
         assert_eq!(acknowledged.acknowledged.len(), 1);
         assert!(acknowledged.durable.0.is_none(), "deleting alone needs no flush");
         queue.close().await;
+    }
+
+    /// A small batch is committed by the caller, a large one by the queue thread, and both
+    /// draw their ids from the same reservation: ids keep growing by one across the two.
+    #[tokio::test]
+    async fn small_and_large_batches_share_one_sequence_of_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = QueueThread::open(&migrated_database(&dir)).unwrap();
+        let large = QueueBatch {
+            stores: (0..=INLINE_MAX_JOBS).map(|n| message(&format!("large-{n}"))).collect(),
+            ..QueueBatch::default()
+        };
+        let mut ids = Vec::new();
+        for batch in [store("first"), large, store("last")] {
+            let committed = queue.commit(batch).await.unwrap();
+            ids.extend(committed.outcomes.iter().copied().map(StoreOutcome::id));
+            committed.durable.wait().await.unwrap();
+        }
+        let expected: Vec<i64> = (ID_JUMP_ON_OPEN + 1..).take(INLINE_MAX_JOBS + 3).collect();
+        assert_eq!(ids, expected);
+        queue.close().await;
+    }
+
+    /// While another connection (the pool's registrations and uploads) holds SQLite's write
+    /// lock, a small batch neither fails nor blocks its caller on the lock: the queue thread
+    /// waits for the lock and commits it once the other write is done.
+    #[tokio::test]
+    async fn a_small_batch_waits_out_another_connections_write_on_the_queue_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = migrated_database(&dir);
+        let queue = QueueThread::open(&path).unwrap();
+        let mut other = Connection::open(&path).unwrap();
+        let registration = other.transaction_with_behavior(TransactionBehavior::Immediate).unwrap();
+
+        let mut commit = tokio::spawn(async move {
+            let committed = queue.commit(store("a")).await;
+            (queue, committed)
+        });
+        let waited = tokio::time::timeout(Duration::from_millis(300), &mut commit).await;
+        assert!(waited.is_err(), "the batch waits for the write lock");
+
+        registration.commit().unwrap();
+        let (queue, committed) = commit.await.unwrap();
+        let committed = committed.unwrap();
+        assert_eq!(committed.outcomes, [StoreOutcome::Stored(ID_JUMP_ON_OPEN + 1)]);
+        committed.durable.wait().await.unwrap();
+        queue.close().await;
+    }
+
+    /// Once closed, the queue commits nothing, small batches included.
+    #[tokio::test]
+    async fn a_closed_queue_refuses_small_batches_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = QueueThread::open(&migrated_database(&dir)).unwrap();
+        queue.close().await;
+        assert!(matches!(queue.commit(store("a")).await, Err(StorageError::Closed)));
     }
 
     /// The batches' durability is the flush's own result: a log that cannot be flushed fails
