@@ -618,7 +618,8 @@ async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::
     let relays = Relays::new(&args.server_pid);
     let before = relays.memory();
     let started = Instant::now();
-    let mut held: Vec<Box<dyn std::any::Any + Send>> = Vec::with_capacity(count);
+    // Each connection, owned by a check of whether it is still open.
+    let mut held: Vec<Box<dyn Fn() -> bool + Send>> = Vec::with_capacity(count);
     let mut register_took = None;
     let mut login_took = None;
     let setup_s;
@@ -637,7 +638,10 @@ async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::
         }
         for (i, task) in tasks.into_iter().enumerate() {
             match task.await? {
-                Ok(connection) => held.push(Box::new(connection)),
+                Ok(connection) => held.push(Box::new(move || {
+                    let (socket, _events) = &connection;
+                    socket.is_open()
+                })),
                 Err(error) => errors.record(format!("connect: {error}")),
             }
             if i % 500 == 0 {
@@ -667,12 +671,21 @@ async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::
         login_s = logging_in.elapsed().as_secs_f64();
         login_took = Some(took);
         for connection in connections {
-            held.push(Box::new(connection));
+            // The closure owns the whole connection, the pushes' receiver included.
+            held.push(Box::new(move || {
+                let (client, _pushes) = &connection;
+                client.is_open()
+            }));
         }
     }
     progress(show, "settling…");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = relays.memory();
+    // Held means still open after the settling time, not only opened once.
+    let still_open = held.iter().filter(|is_open| is_open()).count();
+    for _ in still_open..held.len() {
+        errors.record("closed while idle");
+    }
     progress(show, "");
     // Growth per connection, in bytes, of each memory figure.
     let [per_connection, anonymous_per_connection, file_per_connection] = [0, 1, 2].map(|figure| {
@@ -685,6 +698,7 @@ async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::
         "label": args.label,
         "mode": if args.anonymous { "idle-anonymous" } else { "idle-authenticated" },
         "connections": held.len(),
+        "still_open": still_open,
         "relays": servers.len(),
         "server_rss_kb_before": before[0],
         "server_rss_kb_after": after[0],

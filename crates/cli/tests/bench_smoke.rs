@@ -117,6 +117,8 @@ fn throughput_rate_and_idle_modes_report_what_happened() {
 
     let idle = relay.bench(&["--idle", "50"]);
     assert_eq!(idle["connections"], 50, "{idle}");
+    assert_eq!(idle["still_open"], 50, "{idle}");
+    assert_eq!(idle["errors"], 0, "{idle}");
     assert!(idle["bytes_per_connection"].is_number(), "{idle}");
     // Split into heap and mapped files, which make up the whole (a part that shrank counts as
     // 0, so the parts may add up to more; each is rounded).
@@ -126,6 +128,7 @@ fn throughput_rate_and_idle_modes_report_what_happened() {
     let anonymous = relay.bench(&["--idle", "50", "--anonymous"]);
     assert_eq!(anonymous["mode"], "idle-anonymous");
     assert_eq!(anonymous["connections"], 50, "{anonymous}");
+    assert_eq!(anonymous["still_open"], 50, "{anonymous}");
 }
 
 #[test]

@@ -24,6 +24,7 @@
 //! thread wait for it (busy timeouts), a small batch on the writer's thread does not (no busy
 //! timeout: it is handed to the queue thread instead).
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -52,13 +53,29 @@ pub(super) const RESERVE_MESSAGE_IDS: &str =
 /// Most committed batches waiting for their flush before the queue thread waits too:
 /// at most `MAX_UNFLUSHED × MAX_BATCH` (32,768) ids, far below [`ID_JUMP_ON_OPEN`].
 const MAX_UNFLUSHED: usize = 64;
-/// Log pages after which a commit of the queue thread checkpoints the log into the database
-/// file (SQLite's default is 1,000). The checkpoint runs inside that commit and holds back the
-/// pushes behind it for a few milliseconds; at 5,000 messages/s (about 1.8 log pages each) the
-/// default made that nine times a second. At 4,000 pages: p99 1.24–1.89 → 1.04–1.77 ms over
-/// seven alternating runs each (medians 1.51 → 1.22 ms), saturation the same or better. At
-/// 10,000 the tail was worse: each checkpoint copies more.
+/// Log pages after which the queue checkpoints the log into the database file (SQLite's
+/// default for its automatic checkpoint is 1,000). SQLite's automatic checkpoint runs inside
+/// whichever commit crosses the mark and holds back that batch's pushes for milliseconds; with
+/// small batches committed on the runtime thread it would also stall every socket. So the
+/// queue connection has no automatic checkpoint: the queue thread checkpoints, after answering
+/// the batch that crossed the mark, and only the batches behind it wait. (1,000 pages made
+/// that nine times a second at 5,000 messages/s, about 1.8 log pages each; 4,000 gave p99
+/// 1.24–1.89 → 1.04–1.77 ms over seven alternating runs each; 10,000 was worse, each
+/// checkpoint copying more.)
 const QUEUE_CHECKPOINT_PAGES: u32 = 4_000;
+
+thread_local! {
+    /// Pages in the log after the last commit on this thread, as SQLite's log hook reports it.
+    /// Written by the hook inside a commit and read right after it, on the same thread, so it
+    /// is the queue's whichever thread commits.
+    static LOG_PAGES: Cell<Option<u32>> = const { Cell::new(None) };
+}
+
+/// The queue connection's log hook (it replaces SQLite's automatic checkpoint).
+fn note_log_pages(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite::Result<()> {
+    LOG_PAGES.set(Some(u32::try_from(pages).unwrap_or(0)));
+    Ok(())
+}
 /// The flusher thread's nice value. Its work (mostly the kernel's, for `fdatasync`) only
 /// decides when senders hear "stored"; the runtime threads, which push to recipients, should
 /// not wait for it on a busy core. It still gets about a tenth of a contended core, far more
@@ -86,6 +103,41 @@ struct Request {
 struct Writer {
     connection: Connection,
     ids: IdBlock,
+    /// Pages in the log after the last commit (0 after a checkpoint, until the next commit).
+    log_pages: u32,
+}
+
+impl Writer {
+    /// Commits `batch` in one transaction (see [`commit_in_transaction`]).
+    fn commit(
+        &mut self,
+        batch: &QueueBatch,
+    ) -> rusqlite::Result<(Vec<StoreOutcome>, Vec<Acknowledged>)> {
+        LOG_PAGES.set(None);
+        let committed = commit_in_transaction(&mut self.connection, batch, &mut self.ids)?;
+        if let Some(pages) = LOG_PAGES.take() {
+            self.log_pages = pages;
+        }
+        Ok(committed)
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.log_pages >= QUEUE_CHECKPOINT_PAGES
+    }
+
+    /// Copies the log into the database file, as far as no reader still needs it (a passive
+    /// checkpoint: it waits for nothing). Once all of it is copied, the next commit starts the
+    /// log over from its beginning.
+    fn checkpoint(&mut self) {
+        self.log_pages = 0;
+        if let Err(error) =
+            self.connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            // Another connection's checkpoint running, or a disk error that the next commit
+            // will meet too; the next checkpoint catches up either way.
+            tracing::warn!(%error, "checkpointing the queue's log failed");
+        }
+    }
 }
 
 /// The queue thread and the way to it.
@@ -121,10 +173,13 @@ impl QueueThread {
         // From here on commits only write the log; the flusher makes them durable (WAL is a
         // property of the database file, which the pool set).
         connection.pragma_update(None, "synchronous", "NORMAL")?;
-        connection.pragma_update(None, "wal_autocheckpoint", QUEUE_CHECKPOINT_PAGES)?;
+        // Checkpoints are the queue thread's (`QUEUE_CHECKPOINT_PAGES`), never a commit's: the
+        // hook takes the place of SQLite's automatic checkpoint.
+        connection.wal_hook(Some(note_log_pages));
 
         let flusher = Arc::new(Flusher::default());
-        let writer = Arc::new(Mutex::new(Writer { connection, ids: IdBlock::default() }));
+        let writer =
+            Arc::new(Mutex::new(Writer { connection, ids: IdBlock::default(), log_pages: 0 }));
         let wal = write_ahead_log(path);
         let (requests, inbox) = mpsc::channel::<Request>();
         let queue_flusher = flusher.clone();
@@ -180,11 +235,12 @@ impl QueueThread {
         // The queue thread holds the writer only while it commits a batch handed to it, and
         // the queue writer hands over one batch at a time, so this rarely finds it taken.
         let Ok(mut writer) = self.writer.try_lock() else { return Err(batch) };
-        let Writer { connection, ids } = &mut *writer;
+        if writer.checkpoint_due() {
+            return Err(batch);
+        }
         // Not waiting for the lock: the queue thread sets its own timeout back.
-        let result = connection
-            .busy_timeout(Duration::ZERO)
-            .and_then(|()| commit_in_transaction(connection, &batch, ids));
+        let result =
+            writer.connection.busy_timeout(Duration::ZERO).and_then(|()| writer.commit(&batch));
         drop(writer);
         match result {
             // The write lock was taken: nothing was applied (the transaction rolled back).
@@ -276,17 +332,20 @@ fn committed(
 /// flusher finish.
 fn serve(writer: &Mutex<Writer>, inbox: &mpsc::Receiver<Request>, flusher: &Flusher) {
     while let Ok(Request { batch, reply }) = inbox.recv() {
-        let result = {
-            let mut writer = writer.lock().unwrap_or_else(|e| e.into_inner());
-            let Writer { connection, ids } = &mut *writer;
-            connection
-                .busy_timeout(BUSY_TIMEOUT)
-                .and_then(|()| commit_in_transaction(connection, &batch, ids))
-        }
-        .map(|(outcomes, acknowledged)| committed(batch, outcomes, acknowledged, flusher))
-        .map_err(StorageError::from);
+        let mut writer = writer.lock().unwrap_or_else(|e| e.into_inner());
+        let result = writer
+            .connection
+            .busy_timeout(BUSY_TIMEOUT)
+            .and_then(|()| writer.commit(&batch))
+            .map(|(outcomes, acknowledged)| committed(batch, outcomes, acknowledged, flusher))
+            .map_err(StorageError::from);
         // The writer may have given up waiting (shutdown); the commit stands either way.
         let _ = reply.send(result);
+        // After the answer, so that the batch is pushed while the log is copied; the writer
+        // finds the connection taken meanwhile and hands its next batch here.
+        if writer.checkpoint_due() {
+            writer.checkpoint();
+        }
     }
     flusher.close();
     tracing::debug!("queue thread stopped");
@@ -587,6 +646,33 @@ mod tests {
         assert_eq!(committed.outcomes, [StoreOutcome::Stored(ID_JUMP_ON_OPEN + 1)]);
         committed.durable.wait().await.unwrap();
         queue.close().await;
+    }
+
+    /// Small batches are committed without SQLite's automatic checkpoint; the queue thread
+    /// checkpoints instead, so the log is reused from its start rather than growing with
+    /// everything ever committed.
+    #[tokio::test]
+    async fn the_log_stays_bounded_when_every_batch_is_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = migrated_database(&dir);
+        let queue = QueueThread::open(&path).unwrap();
+        let mut largest_log = 0;
+        // About 80 MB of log if it were never reused.
+        for round in 0..3_000 {
+            let batch = QueueBatch {
+                stores: (0..INLINE_MAX_JOBS).map(|n| message(&format!("{round}-{n}"))).collect(),
+                ..QueueBatch::default()
+            };
+            let committed = queue.commit(batch).await.unwrap();
+            assert_eq!(committed.outcomes.len(), INLINE_MAX_JOBS);
+            committed.durable.wait().await.unwrap();
+            largest_log = largest_log.max(std::fs::metadata(write_ahead_log(&path)).unwrap().len());
+        }
+        queue.close().await;
+        // A log frame is a 4 KiB page and its 24-byte header; the log may pass the mark by the
+        // batch that crosses it and those committed while the checkpoint runs.
+        let bound = u64::from(QUEUE_CHECKPOINT_PAGES + 1_000) * (4_096 + 24);
+        assert!(largest_log < bound, "the log grew to {largest_log} bytes");
     }
 
     /// Once closed, the queue commits nothing, small batches included.
