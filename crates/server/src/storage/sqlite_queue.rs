@@ -42,7 +42,7 @@ use super::{Acknowledged, Committed, Durable, QueueBatch, StorageError, StoreOut
 /// handed out again (a client drops a second message under an id it already has). It must
 /// exceed the ids that can be waiting for a flush, which [`MAX_UNFLUSHED`] bounds.
 pub(crate) const ID_JUMP_ON_OPEN: i64 = 1 << 20;
-/// Ids the queue thread reserves at a time in `message_ids` (one row update per block instead
+/// Ids the queue connection reserves at a time in `message_ids` (one row update per block instead
 /// of AUTOINCREMENT's read and write of `sqlite_sequence` per message). A power cut can lose a
 /// reservation that was not flushed along with the ids handed out from it, which the jump on
 /// the next opening covers: `ID_BLOCK` plus every unflushed id is far below `ID_JUMP_ON_OPEN`.
@@ -232,8 +232,9 @@ impl QueueThread {
         if self.requests.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
             return Ok(Err(StorageError::Closed));
         }
-        // The queue thread holds the writer only while it commits a batch handed to it, and
-        // the queue writer hands over one batch at a time, so this rarely finds it taken.
+        // The queue thread holds the writer only while it commits a batch handed to it (and
+        // checkpoints after it), and the queue writer hands over one batch at a time, so this
+        // finds it taken only behind a checkpoint; the batch then waits on the queue thread.
         let Ok(mut writer) = self.writer.try_lock() else { return Err(batch) };
         if writer.checkpoint_due() {
             return Err(batch);
@@ -280,7 +281,7 @@ fn jump_message_ids(connection: &mut Connection) -> rusqlite::Result<()> {
     tx.commit()
 }
 
-/// Ids the queue thread has reserved and not handed out yet: `next..end`.
+/// Ids the queue connection has reserved and not handed out yet: `next..end`.
 #[derive(Debug, Clone, Copy, Default)]
 struct IdBlock {
     next: i64,
@@ -351,13 +352,12 @@ fn serve(writer: &Mutex<Writer>, inbox: &mpsc::Receiver<Request>, flusher: &Flus
     tracing::debug!("queue thread stopped");
 }
 
-/// Flushes the write-ahead log for committed batches, beside the queue thread's next
-/// commits.
+/// Flushes the write-ahead log for committed batches, beside the next commits.
 ///
 /// A commit in `synchronous = NORMAL` writes the log without waiting for the disk, so the
 /// batch can be pushed to its recipients at once; its senders hear "stored" only after a
 /// flush that started after the commit. One flush serves every batch committed before it
-/// began (group flushing), and while it runs the queue thread goes on committing. A
+/// began (group flushing), and while it runs the next batches are committed. A
 /// checkpoint moves log pages into the database file only after flushing the log and syncs
 /// the database file before the log is reused, so flushing the log file covers every
 /// committed batch.
