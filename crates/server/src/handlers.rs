@@ -152,7 +152,7 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(relay): State<Arc<Re
     let deadline = relay.limits().auth_timeout;
     let weak = Arc::downgrade(&relay);
     let sid = socket.id;
-    tokio::spawn(async move {
+    let timer = tokio::spawn(async move {
         tokio::time::sleep(deadline).await;
         let Some(relay) = weak.upgrade() else { return };
         let Some(pending) = relay.io().and_then(|io| io.get_socket(sid)) else { return };
@@ -164,6 +164,18 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(relay): State<Arc<Re
             let _ = pending.disconnect();
         }
     });
+    // The timer is a task of a few hundred bytes for as long as the deadline (a minute by
+    // default): the login or the disconnect handler cancels it, so logged-in and closed
+    // connections hold none. (A socket closed before this point keeps its timer, for the race
+    // above.)
+    if let Ok(connection) = connection(&socket) {
+        let mut state = connection.lock();
+        if state.user.is_some() {
+            timer.abort();
+        } else {
+            state.login_deadline = Some(timer.abort_handle());
+        }
+    }
 }
 
 async fn on_disconnect<A: Adapter>(socket: SocketRef<A>, State(relay): State<Arc<Relay<A>>>) {
@@ -172,6 +184,9 @@ async fn on_disconnect<A: Adapter>(socket: SocketRef<A>, State(relay): State<Arc
     };
     if connection.counted.swap(false, std::sync::atomic::Ordering::SeqCst) {
         relay.metrics.connections.dec();
+    }
+    if let Some(timer) = connection.lock().login_deadline.take() {
+        timer.abort();
     }
     log_out(&relay, &connection).await;
 }
@@ -350,10 +365,13 @@ fn bind_user<A: Adapter>(relay: &Relay<A>, connection: &Connection, user: &UserI
     let user: Arc<str> = Arc::from(user.as_str());
     state.user = Some(user.clone());
     state.counted_online = true;
+    if let Some(timer) = state.login_deadline.take() {
+        timer.abort();
+    }
     relay.metrics.logins.inc();
     relay.metrics.authenticated.inc();
     let mut online = relay.online.lock().unwrap_or_else(|e| e.into_inner());
-    let count = online.entry(user.to_string()).or_default();
+    let count = online.entry(user.clone()).or_default();
     *count += 1;
     Ok(Bound { first: *count == 1, user })
 }

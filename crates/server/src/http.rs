@@ -26,20 +26,37 @@ pub(crate) struct HttpState {
     pub metrics: Arc<Metrics>,
 }
 
-/// Copies a request's URI and headers out of the connection's read buffer.
+/// The request headers anything behind this layer reads: the relay (`Host` for login
+/// signatures, `X-Forwarded-For` behind a trusted proxy), engineioxide (the WebSocket key
+/// for the upgrade answer, the content type of a polling body). Upgrade negotiation itself is
+/// hyper's, done before this layer.
+const HEADERS_READ: [header::HeaderName; 4] = [
+    header::HOST,
+    header::SEC_WEBSOCKET_KEY,
+    header::CONTENT_TYPE,
+    header::HeaderName::from_static("x-forwarded-for"),
+];
+
+/// Keeps of a request's head only what is read later ([`HEADERS_READ`] and the URI), copied
+/// out of the connection's read buffer.
 ///
-/// hyper hands out header values (and the URI) as slices of the buffer it read the request
-/// into. Socket.IO keeps each connection's request head for the connection's whole life, and
-/// with it that whole buffer: several KiB per idle connection, most of it empty. Copied, the
-/// head holds only its own few hundred bytes. Runs outside the Socket.IO layer.
-pub(crate) async fn detach_from_read_buffer(request: Request) -> Request {
+/// Socket.IO keeps each connection's request head for the connection's whole life. hyper hands
+/// out header values (and the URI) as slices of the buffer it read the request into, so the
+/// head would hold that whole buffer, several KiB per idle connection, most of it empty; and a
+/// browser sends a dozen headers the relay never reads (`User-Agent`, `Accept-Language`,
+/// cookies, `Origin`...), about a kilobyte and a half more per connection. Copied and trimmed,
+/// the head holds its own few hundred bytes. Runs outside the Socket.IO layer.
+pub(crate) async fn trim_request_head(request: Request) -> Request {
     let (mut parts, body) = request.into_parts();
-    let mut headers = HeaderMap::with_capacity(parts.headers.len());
-    for (name, value) in &parts.headers {
-        // `from_bytes` copies; the value was valid, so it stays valid.
-        if let Ok(mut copied) = HeaderValue::from_bytes(value.as_bytes()) {
-            copied.set_sensitive(value.is_sensitive());
-            headers.append(name.clone(), copied);
+    let kept = HEADERS_READ.iter().map(|name| parts.headers.get_all(name).iter().count()).sum();
+    let mut headers = HeaderMap::with_capacity(kept);
+    for name in &HEADERS_READ {
+        for value in parts.headers.get_all(name) {
+            // `from_bytes` copies; the value was valid, so it stays valid.
+            if let Ok(mut copied) = HeaderValue::from_bytes(value.as_bytes()) {
+                copied.set_sensitive(value.is_sensitive());
+                headers.append(name.clone(), copied);
+            }
         }
     }
     parts.headers = headers;
@@ -127,26 +144,34 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_detached_request_head_holds_nothing_of_the_read_buffer() {
+    async fn a_trimmed_request_head_holds_what_is_read_and_nothing_of_the_read_buffer() {
         // What hyper does: values and the URI are slices of one shared read buffer.
         let buffer = Bytes::from(
-            b"/socket.io/?EIO=4&transport=websocket tok-value 127.0.0.1:3000".repeat(64),
+            b"/socket.io/?EIO=4&transport=websocket 198.51.100.7 127.0.0.1:3000".repeat(64),
         );
         let mut request = Request::new(Body::empty());
         *request.uri_mut() = Uri::from_maybe_shared(buffer.slice(0..37)).unwrap();
-        let value = HeaderValue::from_maybe_shared(buffer.slice(38..47)).unwrap();
-        request.headers_mut().insert("x-token", value);
+        let forwarded = HeaderValue::from_maybe_shared(buffer.slice(38..50)).unwrap();
+        request.headers_mut().insert("x-forwarded-for", forwarded);
+        request.headers_mut().append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
         request.headers_mut().append(header::HOST, HeaderValue::from_static("127.0.0.1:3000"));
+        request.headers_mut().append(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("a2V5"));
+        request.headers_mut().append(header::USER_AGENT, HeaderValue::from_static("Browser/1.0"));
+        request.headers_mut().append(header::COOKIE, HeaderValue::from_static("session=1"));
 
-        let detached = detach_from_read_buffer(request).await;
+        let trimmed = trim_request_head(request).await;
         let range = buffer.as_ptr_range();
         let inside = |bytes: &[u8]| range.contains(&bytes.as_ptr());
-        let token = detached.headers().get("x-token").unwrap();
-        assert_eq!(token, "tok-value");
-        assert!(!inside(token.as_bytes()), "the header value still points into the buffer");
-        assert_eq!(detached.uri(), "/socket.io/?EIO=4&transport=websocket");
-        let query = detached.uri().query().unwrap();
+        let hops: Vec<_> = trimmed.headers().get_all("x-forwarded-for").iter().collect();
+        assert_eq!(hops, ["198.51.100.7", "10.0.0.2"], "every line, in order");
+        assert!(!inside(hops[0].as_bytes()), "the header value still points into the buffer");
+        assert_eq!(trimmed.uri(), "/socket.io/?EIO=4&transport=websocket");
+        let query = trimmed.uri().query().unwrap();
         assert!(!inside(query.as_bytes()), "the URI still points into the buffer");
-        assert_eq!(detached.headers()[header::HOST], "127.0.0.1:3000");
+        assert_eq!(trimmed.headers()[header::HOST], "127.0.0.1:3000");
+        assert_eq!(trimmed.headers()[header::SEC_WEBSOCKET_KEY], "a2V5");
+        assert!(trimmed.headers().get(header::USER_AGENT).is_none());
+        assert!(trimmed.headers().get(header::COOKIE).is_none());
+        assert_eq!(trimmed.headers().len(), 4);
     }
 }

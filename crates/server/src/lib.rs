@@ -162,7 +162,7 @@ impl<A: Adapter> Parts<A> {
             relay.clustered().then(|| tokio::spawn(delivery::run_redelivery(relay.clone())));
         let app = http::routes(http::HttpState { storage: storage.clone(), metrics })
             .layer(layer)
-            .layer(axum::middleware::map_request(http::detach_from_read_buffer));
+            .layer(axum::middleware::map_request(http::trim_request_head));
         tracing::info!(address = %listener.local_addr()?, "relay listening");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         // The peer's address goes into every request (per-address limits, `address.rs`).

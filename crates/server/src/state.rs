@@ -140,8 +140,9 @@ pub struct Relay<A: Adapter> {
     pub(crate) fetch_limiter: KeyedLimiter<u64>,
     /// Registrations per client address (see `address::limit_key`).
     pub(crate) registration_limiter: KeyedLimiter<std::net::IpAddr>,
-    /// Authenticated sockets per user on this node, for presence.
-    pub(crate) online: Mutex<HashMap<String, usize>>,
+    /// Authenticated sockets per user on this node, for presence (keyed by the connections'
+    /// own copy of the user id, so a login allocates no second one).
+    pub(crate) online: Mutex<HashMap<Arc<str>, usize>>,
     /// (sender, recipient) pairs known to be recorded as contacts (hashed), so storing a
     /// message does not write the pair every time.
     pub(crate) known_contacts: Mutex<HashSet<u64>>,
@@ -292,6 +293,9 @@ pub(crate) struct ConnectionState {
     pub auth_failures: u32,
     /// Per-connection event limit.
     pub events: Option<TokenBucket>,
+    /// The task that closes the connection if it has not logged in by the deadline; cancelled
+    /// by the login or the close.
+    pub login_deadline: Option<tokio::task::AbortHandle>,
 }
 
 /// Per-connection state, kept in the socket's extensions.

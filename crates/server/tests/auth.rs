@@ -286,6 +286,35 @@ async fn repeated_failures_close_the_connection_and_so_does_staying_anonymous() 
     assert!(!idle.is_open(), "closed after the login deadline");
 }
 
+/// The login deadline is a timer task per connection, as long as the deadline (a minute by
+/// default); logging in cancels it, so logged-in connections do not hold one.
+#[tokio::test]
+async fn logging_in_cancels_the_login_deadline() {
+    const USERS: usize = 10;
+    let deadline = Duration::from_secs(4);
+    let server = TestServer::start_with(|config| config.limits.auth_timeout = deadline).await;
+    let started = tokio::time::Instant::now();
+    let mut users = Vec::new();
+    for n in 0..USERS {
+        users.push(TestUser::register(&server, &format!("user{n}")).await);
+    }
+    // Let the handlers' own tasks finish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let before = runtime.num_alive_tasks();
+    assert!(started.elapsed() < deadline, "registering took too long for this test to tell");
+    tokio::time::sleep_until(started + deadline + Duration::from_millis(700)).await;
+    let after = runtime.num_alive_tasks();
+    // Uncancelled, the USERS timers would have ended at the deadline.
+    assert!(
+        before.abs_diff(after) < USERS / 2,
+        "{before} tasks before the deadline, {after} after"
+    );
+    for user in &users {
+        assert!(user.client.is_open(), "a logged-in connection stays open past the deadline");
+    }
+}
+
 #[tokio::test]
 async fn a_sender_field_cannot_be_smuggled_in() {
     let server = TestServer::start().await;
