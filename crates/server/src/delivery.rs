@@ -32,7 +32,7 @@ use crate::events::{
     SendAnswer,
 };
 use crate::state::{
-    RECENT_LIMIT, RecentMessage, RecipientInfo, Relay, join_while_open, notice_room, user_room,
+    Audience, RECENT_LIMIT, RecentMessage, RecipientInfo, Relay, notice_room, user_room,
 };
 use crate::storage::{
     Acknowledged, Committed, Durable, NewMessage, QueueBatch, QueuedMessage, StoreOutcome,
@@ -535,7 +535,7 @@ async fn delivered<A: Adapter>(relay: &Relay<A>, acknowledged: &[Acknowledged]) 
 }
 
 async fn attach<A: Adapter>(relay: &Arc<Relay<A>>, socket: SocketRef<A>, user: &str, after: i64) {
-    if !join_while_open(&socket, user_room(user)) {
+    if !relay.add_caught_up(user, &socket) {
         return;
     }
     let mut after = after;
@@ -592,41 +592,45 @@ pub(crate) fn send_page<A: Adapter>(
     Ok(())
 }
 
-/// Pushes messages to the sockets of `user` that have caught up with their queue (the message
-/// room), so live messages never overtake the backlog. See [`push_to_room`].
+/// Pushes messages to the sockets of `user` that have caught up with their queue, so live
+/// messages never overtake the backlog. See [`push_to`].
 async fn push_messages<A: Adapter>(relay: &Relay<A>, user: &str, push: &ReceivePush<'_>) -> bool {
-    push_to_room(relay, user_room(user), events::MESSAGE_RECEIVE, push).await
+    push_to(relay, user, Audience::Messages, events::MESSAGE_RECEIVE, push).await
 }
 
-/// Pushes a notice (a receipt, presence, a prekey warning) to every logged-in socket of `user`
-/// (the notice room). See [`push_to_room`].
+/// Pushes a notice (a receipt, presence, a prekey warning) to every logged-in socket of `user`.
+/// See [`push_to`].
 pub(crate) async fn push_notice<A: Adapter, T: serde::Serialize + ?Sized>(
     relay: &Relay<A>,
     user: &str,
     event: &'static str,
     payload: &T,
 ) -> bool {
-    push_to_room(relay, notice_room(user), event, payload).await
+    push_to(relay, user, Audience::Notices, event, payload).await
 }
 
-/// Pushes an event to the sockets in `room`.
+/// Pushes an event to the sockets of `user` that `audience` reaches.
 ///
-/// Single node: straight to this node's sockets; a socket that cannot take it (its buffer is
-/// full) is disconnected, so it catches up from the queue when it reconnects and delivery stays
-/// gap-free. Clustered: through the Redis adapter to every node, a publish that completes when
-/// Redis answers (so callers with several pushes start them together, and the Redis client
-/// pipelines them); if Redis is unreachable, to this node's sockets only (the others catch up
-/// from the queue). Returns whether the push went out (single node: whether any socket took
-/// it).
-async fn push_to_room<A: Adapter, T: serde::Serialize + ?Sized>(
+/// Single node: straight to this node's sockets (see [`crate::state::LocalSockets`]); a socket
+/// that cannot take it (its buffer is full) is disconnected, so it catches up from the queue
+/// when it reconnects and delivery stays gap-free. Clustered: to the user's room through the
+/// Redis adapter, to every node, a publish that completes when Redis answers (so callers with
+/// several pushes start them together, and the Redis client pipelines them); if Redis is
+/// unreachable, to this node's sockets only (the others catch up from the queue). Returns
+/// whether the push went out (single node: whether any socket took it).
+async fn push_to<A: Adapter, T: serde::Serialize + ?Sized>(
     relay: &Relay<A>,
-    room: String,
+    user: &str,
+    audience: Audience,
     event: &'static str,
     payload: &T,
 ) -> bool {
-    let Some(io) = relay.io() else { return false };
-    if relay.clustered() && relay.adapter_usable() {
-        match io.to(room.clone()).emit(event, payload).await {
+    if let (true, true, Some(io)) = (relay.clustered(), relay.adapter_usable(), relay.io()) {
+        let room = match audience {
+            Audience::Notices => notice_room(user),
+            Audience::Messages => user_room(user),
+        };
+        match io.to(room).emit(event, payload).await {
             Ok(()) => return true,
             // Some local socket was full; the heartbeat closes it, and it catches up.
             Err(socketioxide::BroadcastError::Socket(_)) => return true,
@@ -638,7 +642,7 @@ async fn push_to_room<A: Adapter, T: serde::Serialize + ?Sized>(
         }
     }
     let mut delivered = false;
-    for socket in io.to(room).sockets() {
+    for socket in relay.local.sockets(user, audience) {
         match socket.emit(event, payload) {
             Ok(()) => delivered = true,
             Err(error) => {
@@ -688,7 +692,6 @@ pub(crate) async fn run_redelivery<A: Adapter>(relay: Arc<Relay<A>>) {
                 continue;
             }
         };
-        let Some(io) = relay.io() else { continue };
         let mut per_recipient: Vec<(String, Vec<QueuedMessage>)> = Vec::new();
         for (recipient, message) in pending {
             if !relay.is_online(&recipient) {
@@ -700,7 +703,7 @@ pub(crate) async fn run_redelivery<A: Adapter>(relay: Arc<Relay<A>>) {
             }
         }
         for (recipient, messages) in per_recipient {
-            for socket in io.to(user_room(&recipient)).sockets() {
+            for socket in relay.local.sockets(&recipient, Audience::Messages) {
                 for page in messages.chunks(PAGE) {
                     if send_page(&relay, &socket, page).is_err() {
                         let _ = socket.clone().disconnect();

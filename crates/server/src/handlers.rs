@@ -32,7 +32,7 @@ use crate::events::{
     LoginAnswer, LoginRequest, PrekeysLowPush, PresencePush, RegisterRequest, RequestKeyRequest,
     SendRequest, StatusAnswer, StatusEntry, UploadAnswer,
 };
-use crate::state::{Connection, Relay, join_while_open, notice_room};
+use crate::state::{Connection, Relay};
 use crate::storage::{MessageStatus, NewMessage, NewUser, RegisterError};
 
 /// Registers the relay's namespace on a single-node (local adapter) server. (socketioxide
@@ -187,6 +187,9 @@ async fn on_disconnect<A: Adapter>(socket: SocketRef<A>, State(relay): State<Arc
     }
     if let Some(timer) = connection.lock().login_deadline.take() {
         timer.abort();
+    }
+    if let Some(user) = connection.user() {
+        relay.local.remove(&user, socket.id);
     }
     log_out(&relay, &connection).await;
 }
@@ -425,10 +428,10 @@ async fn after_login<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, bou
     let Bound { user, first } = bound;
     // Receipts and presence reach the socket from now on (nothing that could cause one can
     // have happened since the answer went out: this runs before the task first yields);
-    // messages only once it has caught up (the writer joins it to the message room then).
-    // Seen closed after the join, the socket's disconnect handler may have run before the
+    // messages only once it has caught up (the writer marks it so then).
+    // Seen closed after the add, the socket's disconnect handler may have run before the
     // login bound the user (and found nothing to undo), so the login is undone here.
-    if !join_while_open(&socket, notice_room(&user)) {
+    if !relay.add_logged_in(&user, &socket) {
         if let Ok(connection) = connection(&socket) {
             log_out(&relay, &connection).await;
         }

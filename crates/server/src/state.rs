@@ -5,8 +5,11 @@ use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use smallvec::SmallVec;
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
+use socketioxide::extract::SocketRef;
+use socketioxide::socket::Sid;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, Limits};
@@ -33,16 +36,111 @@ pub fn notice_room(user: &str) -> String {
 /// socket's rooms. Joining first and checking after covers both orders: seen open after the
 /// join, the rooms will be dropped later with the join in them; seen closed, they may have
 /// been dropped already, so the join is taken back here.
-pub(crate) fn join_while_open<A: Adapter>(
-    socket: &socketioxide::extract::SocketRef<A>,
-    room: String,
-) -> bool {
+fn join_while_open<A: Adapter>(socket: &SocketRef<A>, room: String) -> bool {
     socket.join(room);
     if socket.connected() {
         return true;
     }
     socket.leave_all();
     false
+}
+
+/// Which of a user's sockets a push is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Audience {
+    /// Every logged-in socket: receipts, presence, prekey warnings.
+    Notices,
+    /// The sockets that have caught up with their queue, so that live messages never
+    /// overtake the backlog.
+    Messages,
+}
+
+/// A logged-in socket on this node.
+struct LocalSocket<A: Adapter> {
+    socket: SocketRef<A>,
+    /// Whether it has caught up with its queue (and so takes live messages).
+    caught_up: bool,
+}
+
+/// This node's logged-in sockets, by user: a push reaches them without resolving a room
+/// through the adapter. On one node there are no rooms at all (they cost each logged-in
+/// connection two room names, twice each, and four hash tables in socketioxide's adapter);
+/// clustered, the sockets join the rooms as well, for the adapter's broadcasts from the other
+/// nodes.
+///
+/// A socket is added at login and removed by its disconnect handler. socketioxide marks a
+/// socket closed before it runs that handler, so adding first and checking after covers a
+/// close racing the login: seen open after the add, the handler runs later and removes it;
+/// seen closed, the handler may have run already, so the add is taken back here.
+pub(crate) struct LocalSockets<A: Adapter> {
+    by_user: Mutex<SocketsByUser<A>>,
+}
+
+/// A user's sockets, inline for the usual one.
+type SocketsByUser<A> = HashMap<Arc<str>, SmallVec<[LocalSocket<A>; 1]>>;
+
+impl<A: Adapter> Default for LocalSockets<A> {
+    fn default() -> Self {
+        Self { by_user: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl<A: Adapter> LocalSockets<A> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SocketsByUser<A>> {
+        self.by_user.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a socket that has just logged in as `user` (notices reach it from now on, messages
+    /// once it has caught up); false, and nothing added, if it has closed.
+    pub fn add(&self, user: &Arc<str>, socket: &SocketRef<A>) -> bool {
+        self.lock()
+            .entry(user.clone())
+            .or_default()
+            .push(LocalSocket { socket: socket.clone(), caught_up: false });
+        if socket.connected() {
+            return true;
+        }
+        self.remove(user, socket.id);
+        false
+    }
+
+    /// Marks a socket of `user` caught up with its queue: live messages reach it from now on.
+    /// False if it has gone (closed, or never added).
+    pub fn mark_caught_up(&self, user: &str, socket: &SocketRef<A>) -> bool {
+        let found = self
+            .lock()
+            .get_mut(user)
+            .and_then(|sockets| sockets.iter_mut().find(|entry| entry.socket.id == socket.id))
+            .map(|entry| entry.caught_up = true)
+            .is_some();
+        if found && socket.connected() {
+            return true;
+        }
+        self.remove(user, socket.id);
+        false
+    }
+
+    /// Removes a socket of `user` (its disconnect handler; a no-op if it is not there).
+    pub fn remove(&self, user: &str, id: Sid) {
+        let mut by_user = self.lock();
+        if let Some(sockets) = by_user.get_mut(user) {
+            sockets.retain(|entry| entry.socket.id != id);
+            if sockets.is_empty() {
+                by_user.remove(user);
+            }
+        }
+    }
+
+    /// The sockets of `user` that `audience` reaches.
+    pub fn sockets(&self, user: &str, audience: Audience) -> SmallVec<[SocketRef<A>; 2]> {
+        let by_user = self.lock();
+        let Some(sockets) = by_user.get(user) else { return SmallVec::new() };
+        sockets
+            .iter()
+            .filter(|entry| audience == Audience::Notices || entry.caught_up)
+            .map(|entry| entry.socket.clone())
+            .collect()
+    }
 }
 
 /// How long what the relay knows about a recipient (that it exists, how much is queued) is
@@ -140,6 +238,8 @@ pub struct Relay<A: Adapter> {
     pub(crate) fetch_limiter: KeyedLimiter<u64>,
     /// Registrations per client address (see `address::limit_key`).
     pub(crate) registration_limiter: KeyedLimiter<std::net::IpAddr>,
+    /// This node's logged-in sockets, where pushes go.
+    pub(crate) local: LocalSockets<A>,
     /// Authenticated sockets per user on this node, for presence (keyed by the connections'
     /// own copy of the user id, so a login allocates no second one).
     pub(crate) online: Mutex<HashMap<Arc<str>, usize>>,
@@ -191,6 +291,7 @@ impl<A: Adapter> Relay<A> {
             pair_limiter: KeyedLimiter::new(pair_rate),
             fetch_limiter: KeyedLimiter::new(fetch_rate),
             registration_limiter: KeyedLimiter::new(registration_rate),
+            local: LocalSockets::default(),
             online: Mutex::new(HashMap::new()),
             known_contacts: Mutex::new(HashSet::new()),
             recipients: RecipientCache::default(),
@@ -244,6 +345,24 @@ impl<A: Adapter> Relay<A> {
     /// Whether several nodes share the work through the Redis adapter.
     pub(crate) fn clustered(&self) -> bool {
         self.config.redis_url.is_some()
+    }
+
+    /// Adds a socket that has just logged in as `user`: notices reach it from now on (see
+    /// [`LocalSockets`]). False if it has closed.
+    pub(crate) fn add_logged_in(&self, user: &Arc<str>, socket: &SocketRef<A>) -> bool {
+        if self.clustered() && !join_while_open(socket, notice_room(user)) {
+            return false;
+        }
+        self.local.add(user, socket)
+    }
+
+    /// Marks a socket caught up with its queue: live messages reach it from now on. False if
+    /// it has closed.
+    pub(crate) fn add_caught_up(&self, user: &str, socket: &SocketRef<A>) -> bool {
+        if self.clustered() && !join_while_open(socket, user_room(user)) {
+            return false;
+        }
+        self.local.mark_caught_up(user, socket)
     }
 
     /// Whether the user has an authenticated socket on any node (asking the other nodes through
