@@ -126,8 +126,24 @@ async fn set_up_connection<A: Adapter>(
     socket.on(events::MESSAGE_SEND, async |_: QueuedSend| {});
     socket.on(events::MESSAGE_ACK, on_ack::<A>);
     socket.on(events::MESSAGE_STATUS, on_status::<A>);
+    socket.on_fallback(on_unknown_event::<A>);
     socket.on_disconnect(on_disconnect::<A>);
     Ok(())
+}
+
+/// An event the relay does not know: a client waiting for an answer (say, a newer client
+/// trying an event this relay predates) gets a clear error instead of waiting out its own
+/// timeout; without an ack id it is ignored. Counted against the event limit like any other.
+async fn on_unknown_event<A: Adapter>(
+    socket: SocketRef<A>,
+    ack: AckSender<A>,
+    State(relay): State<Arc<Relay<A>>>,
+) {
+    let result = connection(&socket).and_then(|connection| {
+        allow_event(&relay, &connection)?;
+        Err::<Done, _>(Failure::new(ErrorCode::BadRequest, "unknown event"))
+    });
+    answer(&relay, ack, result);
 }
 
 /// Runs once the socket is connected (a socket can still fail between the middleware and this

@@ -68,7 +68,12 @@ async fn malformed_payloads_get_bad_request_for_every_event() {
             .unwrap_err();
         assert_eq!(error.code(), Some("bad_request"), "client id {id:?}");
     }
-    // Unknown events are ignored; the connection stays usable.
+    // Unknown events are answered when an answer is asked for, else ignored; the connection
+    // stays usable either way.
+    for client in [&anonymous, &alice.client] {
+        let error = client.call::<_, Value>("no:such-event", &json!({})).await.unwrap_err();
+        assert_eq!(error.code(), Some("bad_request"));
+    }
     alice.client.socket().emit("no:such-event", &json!({})).unwrap();
     alice.client.socket().send_raw("42[\"message:send\"".into()).unwrap();
     alice.client.socket().send_raw("4299999999999999999999[\"x\"]".into()).unwrap();
