@@ -13,7 +13,8 @@
 //! client drops the copy as a duplicate (its ratchet key is spent).
 //!
 //! A socket that logs in first reads its backlog outside the writer, then sends an `Attach`
-//! job: the writer joins it to its user's room and pushes whatever was stored in between.
+//! job: the writer marks it caught up (live pushes reach it from then on) and pushes whatever
+//! was stored in between.
 //! Because live pushes come from this same task, nothing stored by this node can slip between
 //! the catch-up and the first live push, so a recipient sees each sender's messages in order.
 
@@ -68,7 +69,8 @@ pub(crate) enum Job<A: Adapter> {
     },
     /// Answer once every job before this one is done (graceful shutdown).
     Flush(tokio::sync::oneshot::Sender<()>),
-    /// A logged-in socket has caught up to `after`: join it to its room and push the rest.
+    /// A logged-in socket has caught up to `after`: mark it so (live messages reach it from
+    /// then on) and push the rest.
     Attach {
         /// The socket.
         socket: SocketRef<A>,
@@ -445,7 +447,7 @@ async fn stored<A: Adapter>(
         push_messages(relay, recipient, &push).await
     });
     // All at once: clustered, each push is a publish that waits for Redis's reply (see
-    // `push_to_room`). Each recipient has one push per batch and batches go one after another,
+    // `push_to`). Each recipient has one push per batch and batches go one after another,
     // so a recipient's messages keep their order.
     let pushed = join_all(pushes).await;
     for ((_, messages), delivered) in per_recipient.iter().zip(pushed) {

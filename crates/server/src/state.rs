@@ -18,14 +18,17 @@ use crate::limits::{KeyedLimiter, Rate, TokenBucket};
 use crate::metrics::Metrics;
 use crate::storage::Storage;
 
-/// The room every socket of a user joins once logged in.
+/// Clustered: the room for a user's messages, which a socket joins once it has caught up with
+/// its queue ([`Audience::Messages`]). Rooms are for the adapter's broadcasts between nodes;
+/// on one node pushes go through [`LocalSockets`] alone.
 pub fn user_room(user: &str) -> String {
     format!("u:{user}")
 }
 
-/// The room of a user's logged-in sockets, for receipts and presence. A socket joins it at
-/// login, before catching up: unlike messages, these have no order to keep with the backlog,
-/// and one pushed while the socket caught up would otherwise be lost.
+/// Clustered: the room of a user's logged-in sockets, for receipts and presence
+/// ([`Audience::Notices`]). A socket joins it at login, before catching up: unlike messages,
+/// these have no order to keep with the backlog, and one pushed while the socket caught up
+/// would otherwise be lost.
 pub fn notice_room(user: &str) -> String {
     format!("n:{user}")
 }
