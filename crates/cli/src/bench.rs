@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// Idle mode: connect without registering or logging in (a bare Socket.IO connection).
     #[arg(long)]
     anonymous: bool,
+    /// Idle mode: before the connections log in, queue N messages (of `--size`) for each user,
+    /// so that every connection is first pushed its backlog, as after a night offline.
+    #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "anonymous")]
+    backlog: usize,
     /// Further relays of the same cluster to spread the clients over (repeatable): client `i`
     /// connects to relay `i mod n`, the `--server` first, so with one more relay every message
     /// goes from the first node to the second.
@@ -612,6 +616,64 @@ async fn run_pairs(servers: &[String], args: BenchArgs) -> anyhow::Result<Value>
     }))
 }
 
+/// Backlog messages sent at once: enough to keep the relay's writer busy, few enough that none
+/// waits long enough to be refused `busy`.
+const BACKLOG_IN_FLIGHT: usize = 512;
+
+/// Has user `i` send `args.backlog` messages to user `i + 1`, at most `BACKLOG_IN_FLIGHT` in
+/// flight; refusals are counted as errors.
+async fn queue_backlogs(
+    registered: &[Connection],
+    ids: &[Identity],
+    args: &BenchArgs,
+    errors: &Errors,
+) {
+    let mut bytes = vec![0u8; args.size + 16];
+    rand::rng().fill_bytes(&mut bytes);
+    let (ciphertext, dh) = (b64(&bytes), b64(&[4u8; 65]));
+    let (ciphertext, dh) = (ciphertext.as_str(), dh.as_str());
+    let sends = registered.iter().enumerate().flat_map(|(i, (client, _))| {
+        let to = ids[(i + 1) % ids.len()].user.to_string();
+        (0..args.backlog).map(move |n| {
+            let body = envelope(args.size, n as u32, ciphertext, dh);
+            let to = to.clone();
+            async move {
+                let raw = serde_json::value::RawValue::from_string(body)?;
+                client.send_raw(&to, &format!("b{i}-{n}"), &raw).await?;
+                anyhow::Ok(())
+            }
+        })
+    });
+    let mut sends = futures_util::stream::iter(sends).buffer_unordered(BACKLOG_IN_FLIGHT);
+    while let Some(result) = sends.next().await {
+        if let Err(error) = result {
+            errors.record(format!("backlog: {error}"));
+        }
+    }
+}
+
+/// Reads each connection's pushes until its backlog has arrived (a minute at most for all);
+/// returns how many messages arrived. They are not acknowledged: they stay queued.
+async fn await_backlogs(connections: &mut [Connection], backlog: usize) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut delivered = 0;
+    for (_, pushes) in connections {
+        let mut arrived = 0;
+        while arrived < backlog {
+            match tokio::time::timeout_at(deadline, pushes.recv()).await {
+                Ok(Some(push)) => {
+                    if let Incoming::Messages(messages) = Incoming::from_push(push) {
+                        arrived += messages.len();
+                    }
+                }
+                _ => break,
+            }
+        }
+        delivered += arrived;
+    }
+    delivered
+}
+
 async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::Result<Value> {
     let errors = Errors::default();
     let show = !args.json && std::io::stderr().is_terminal();
@@ -624,6 +686,7 @@ async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::
     let mut login_took = None;
     let setup_s;
     let mut login_s = 0.0;
+    let mut backlog_delivered = None;
     if args.anonymous {
         let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
         let mut tasks = Vec::with_capacity(count);
@@ -659,6 +722,10 @@ async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::
             register_all(servers, &ids, args.connect_concurrency, &errors, false).await?;
         setup_s = registering.elapsed().as_secs_f64();
         register_took = Some(took);
+        if args.backlog > 0 {
+            progress(show, &format!("queueing {} messages for each user…", args.backlog));
+            queue_backlogs(&registered, &ids, &args, &errors).await;
+        }
         for (client, _) in &registered {
             client.close();
         }
@@ -670,6 +737,11 @@ async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::
             register_all(servers, &ids, args.connect_concurrency, &errors, true).await?;
         login_s = logging_in.elapsed().as_secs_f64();
         login_took = Some(took);
+        let mut connections = connections;
+        if args.backlog > 0 {
+            progress(show, "waiting for the backlogs…");
+            backlog_delivered = Some(await_backlogs(&mut connections, args.backlog).await);
+        }
         for connection in connections {
             // The closure owns the whole connection, the pushes' receiver included.
             held.push(Box::new(move || {
@@ -698,6 +770,8 @@ async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::
         "label": args.label,
         "mode": if args.anonymous { "idle-anonymous" } else { "idle-authenticated" },
         "connections": held.len(),
+        "backlog": args.backlog,
+        "backlog_delivered": backlog_delivered,
         "still_open": still_open,
         "relays": servers.len(),
         "server_rss_kb_before": before[0],
@@ -730,6 +804,8 @@ fn table(result: &Value) -> String {
         ("pairs", "pairs"),
         ("relays", "relays"),
         ("connections", "connections"),
+        ("backlog", "backlog pushed to each first"),
+        ("backlog_delivered", "… messages of it that arrived"),
         ("size", "plaintext bucket (bytes)"),
         ("window", "window per pair"),
         ("rate", "fixed rate (msgs/s)"),
