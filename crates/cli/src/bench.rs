@@ -496,6 +496,7 @@ async fn run_pairs(servers: &[String], args: BenchArgs) -> anyhow::Result<Value>
     let throughput = args.rate.is_none();
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
+    let mut receiving_clients = Vec::new();
     let mut connections = connections.into_iter();
     for k in 0..args.pairs {
         let (Some((send_client, _)), Some((receive_client, pushes))) =
@@ -508,6 +509,7 @@ async fn run_pairs(servers: &[String], args: BenchArgs) -> anyhow::Result<Value>
             received: (0..RING).map(|_| AtomicBool::new(false)).collect(),
             window: Semaphore::new(if throughput { args.window } else { 0 }),
         });
+        receiving_clients.push(receive_client.clone());
         receivers.push(tokio::spawn(receiver(
             receive_client.clone(),
             pushes,
@@ -572,6 +574,12 @@ async fn run_pairs(servers: &[String], args: BenchArgs) -> anyhow::Result<Value>
     for task in receivers {
         task.abort();
     }
+    // The last acknowledgements were emitted without waiting; one answered request behind
+    // them on each socket means the relay has read them before the bench exits.
+    let status = json!({ "ids": [0] });
+    let behind_the_acks =
+        receiving_clients.iter().map(|client| client.call::<_, Value>("message:status", &status));
+    futures_util::future::join_all(behind_the_acks).await;
     progress(show, "");
 
     let rss = relays.rss_kib();

@@ -690,6 +690,11 @@ async fn the_bench_spreads_its_pairs_over_two_nodes() {
     let acknowledged = "sotto_messages_acknowledged_total";
     assert_eq!(nodes[0].metric(stored), sent, "{result}");
     assert_eq!(nodes[1].metric(stored), 0.0);
+    // Acknowledgements are counted once committed and on disk, a little after the bench ends.
+    let deadline = Instant::now() + WAIT;
+    while nodes[1].metric(acknowledged) < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(nodes[1].metric(acknowledged), sent, "{result}");
     assert_eq!(nodes[0].metric(acknowledged), 0.0);
     eprintln!(
