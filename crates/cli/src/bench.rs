@@ -299,6 +299,16 @@ fn envelope(size: usize, sequence: u32, ciphertext: &str, dh: &str) -> String {
     )
 }
 
+/// Random stand-ins, base64, for a padded plaintext of `size` bytes encrypted (16 bytes more)
+/// and for a ratchet public key (65 bytes, uncompressed point): what an envelope carries.
+fn random_ciphertext_and_key(size: usize) -> (String, String) {
+    let mut ciphertext = vec![0u8; size + 16];
+    rand::rng().fill_bytes(&mut ciphertext);
+    let mut key = [4u8; 65];
+    rand::rng().fill_bytes(&mut key[1..]);
+    (b64(&ciphertext), b64(&key))
+}
+
 fn progress(enabled: bool, text: &str) {
     if enabled {
         let mut err = std::io::stderr();
@@ -359,16 +369,7 @@ async fn sender(
     start: Instant,
     window: (u64, u64),
 ) {
-    let ciphertext = {
-        let mut bytes = vec![0u8; args.size + 16];
-        rand::rng().fill_bytes(&mut bytes);
-        b64(&bytes)
-    };
-    let dh = {
-        let mut bytes = [4u8; 65];
-        rand::rng().fill_bytes(&mut bytes[1..]);
-        b64(&bytes)
-    };
+    let (ciphertext, dh) = random_ciphertext_and_key(args.size);
     let period = args.rate.map(|rate| pairs as f64 * 1e6 / rate);
     let mut next =
         period.map(|p| window.0 as f64 - args.warmup * 1e6 + p * (k as f64 / pairs as f64));
@@ -636,9 +637,7 @@ async fn queue_backlogs(
     args: &BenchArgs,
     errors: &Errors,
 ) {
-    let mut bytes = vec![0u8; args.size + 16];
-    rand::rng().fill_bytes(&mut bytes);
-    let (ciphertext, dh) = (b64(&bytes), b64(&[4u8; 65]));
+    let (ciphertext, dh) = random_ciphertext_and_key(args.size);
     let (ciphertext, dh) = (ciphertext.as_str(), dh.as_str());
     let sends = registered.iter().enumerate().flat_map(|(i, (client, _))| {
         let to = ids[(i + 1) % ids.len()].user.to_string();
