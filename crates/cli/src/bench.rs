@@ -66,7 +66,8 @@ pub struct BenchArgs {
     #[arg(long)]
     anonymous: bool,
     /// Idle mode: before the connections log in, queue N messages (of `--size`) for each user,
-    /// so that every connection is first pushed its backlog, as after a night offline.
+    /// so that every connection is first pushed its backlog (and acknowledges it), as after a
+    /// night offline.
     #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "anonymous")]
     backlog: usize,
     /// Further relays of the same cluster to spread the clients over (repeatable): client `i`
@@ -659,26 +660,28 @@ async fn queue_backlogs(
     }
 }
 
-/// Reads each connection's pushes until its backlog has arrived (a minute at most for all);
-/// returns how many messages arrived. They are not acknowledged: they stay queued.
+/// Reads each connection's pushes until its backlog has arrived (a minute at most for all),
+/// acknowledging each push like a real client (the relay paces a catch-up by them); returns
+/// how many messages arrived.
 async fn await_backlogs(connections: &mut [Connection], backlog: usize) -> usize {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut delivered = 0;
-    for (_, pushes) in connections {
+    let each = connections.iter_mut().map(|(client, pushes)| async move {
         let mut arrived = 0;
         while arrived < backlog {
             match tokio::time::timeout_at(deadline, pushes.recv()).await {
                 Ok(Some(push)) => {
                     if let Incoming::Messages(messages) = Incoming::from_push(push) {
                         arrived += messages.len();
+                        let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
+                        let _ = client.socket().emit("message:ack", &json!({ "ids": ids }));
                     }
                 }
                 _ => break,
             }
         }
-        delivered += arrived;
-    }
-    delivered
+        arrived
+    });
+    futures_util::future::join_all(each).await.into_iter().sum()
 }
 
 async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::Result<Value> {

@@ -132,14 +132,19 @@ fn envelope(marker: &[u8]) -> Box<RawValue> {
     .unwrap()
 }
 
+/// The ids of the messages pushed until none came for `quiet`, each push acknowledged as a
+/// client does (the relay's catch-up waits for acknowledgements after two pages).
 async fn collect(
+    client: &RelayClient,
     pushes: &mut tokio::sync::mpsc::UnboundedReceiver<sotto_client::socketio::Push>,
     quiet: Duration,
 ) -> Vec<i64> {
     let mut ids = Vec::new();
     while let Ok(Some(push)) = tokio::time::timeout(quiet, pushes.recv()).await {
         if let Incoming::Messages(messages) = Incoming::from_push(push) {
-            ids.extend(messages.iter().map(|m| m.id));
+            let pushed: Vec<i64> = messages.iter().map(|m| m.id).collect();
+            client.ack(&pushed).await.unwrap();
+            ids.extend(pushed);
         }
     }
     ids
@@ -190,7 +195,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message() {
     let (client, mut pushes) = RelayClient::connect(&relay.url, WAIT).await.unwrap();
     let answer = client.login(&bob.id, &bob.identity).await.unwrap();
     assert!(answer.queued >= acked.len());
-    let received = collect(&mut pushes, Duration::from_millis(1500)).await;
+    let received = collect(&client, &mut pushes, Duration::from_millis(1500)).await;
     let received_set: HashSet<i64> = received.iter().copied().collect();
     assert_eq!(received_set.len(), received.len(), "nothing twice");
     let lost: Vec<&i64> = acked.iter().filter(|id| !received_set.contains(id)).collect();
@@ -232,7 +237,7 @@ async fn sigterm_finishes_in_flight_work_and_exits_cleanly() {
     let (client, mut pushes) = RelayClient::connect(&relay.url, WAIT).await.unwrap();
     client.login(&bob.id, &bob.identity).await.unwrap();
     let received: HashSet<i64> =
-        collect(&mut pushes, Duration::from_millis(800)).await.into_iter().collect();
+        collect(&client, &mut pushes, Duration::from_millis(800)).await.into_iter().collect();
     assert!(acked.iter().all(|id| received.contains(id)), "every acknowledged message survives");
 }
 
@@ -277,7 +282,7 @@ async fn logs_carry_no_keys_ciphertext_or_envelopes() {
     let marked = envelope(b"SECRET-MARKER-1234567");
     let text = marked.get().to_owned();
     let sent = alice_client.send_raw("bob", "logcheck", &marked).await.unwrap();
-    let _ = collect(&mut bob_pushes, Duration::from_millis(300)).await;
+    let _ = collect(&bob_client, &mut bob_pushes, Duration::from_millis(300)).await;
     bob_client.ack(&[sent.id]).await.unwrap();
     let bundle = alice_client.request_bundle(&UserId::parse("bob").unwrap()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;

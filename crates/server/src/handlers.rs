@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use serde::Serialize;
+use socketioxide::SocketIo;
 use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessageParts, Value};
 use socketioxide::socket::Socket;
-use socketioxide::{SendError, SocketError, SocketIo};
 use sotto_protocol::UserId;
 use sotto_protocol::wire::{
     self, BundleJson, OneTimePrekeyJson, PublicIdentityJson, SignedPrekeyJson,
@@ -25,8 +25,9 @@ use sotto_protocol::wire::{
 
 use crate::address::{client_address, limit_key};
 use crate::auth::{self, AuthFailure};
+use crate::catch_up;
 use crate::config::Limits;
-use crate::delivery::{self, Job, PAGE, now_ms, push_notice};
+use crate::delivery::{self, Job, now_ms, push_notice};
 use crate::events::{
     self, BundleAnswer, ChallengeAnswer, Done, ErrorCode, Failure, IdentityAnswer, IdsRequest,
     LoginAnswer, LoginRequest, PrekeysLowPush, PresencePush, RegisterRequest, RequestKeyRequest,
@@ -464,52 +465,7 @@ async fn after_login<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, bou
             }
         }
     }
-    tokio::spawn(catch_up(relay, socket, user));
-}
-
-/// Sends the backlog page by page (waiting when the socket's buffer is full), then hands the
-/// socket to the writer for the rest and for live delivery.
-async fn catch_up<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, user: Arc<str>) {
-    let mut after = 0;
-    loop {
-        let page = match relay.storage.pending_messages(&user, after, PAGE).await {
-            Ok(page) => page,
-            Err(error) => {
-                relay.metrics.storage_errors.inc();
-                tracing::warn!(%error, "reading the backlog failed; disconnecting to retry later");
-                let _ = socket.disconnect();
-                return;
-            }
-        };
-        let Some(last) = page.last().map(|m| m.id) else {
-            break;
-        };
-        // socketioxide refuses a packet when the socket's outgoing buffer is full: wait for the
-        // client to drain it rather than dropping the page (up to 10 s, then start over later).
-        let mut attempts = 0;
-        loop {
-            match delivery::send_page(&relay, &socket, &page) {
-                Ok(()) => break,
-                Err(SendError::Socket(SocketError::InternalChannelFull)) if attempts < 500 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "catch-up stalled; disconnecting to retry later");
-                    let _ = socket.disconnect();
-                    return;
-                }
-            }
-        }
-        after = last;
-        if page.len() < PAGE {
-            break;
-        }
-    }
-    let job = Job::Attach { socket: socket.clone(), user, after };
-    if relay.writer.send(job).await.is_err() {
-        let _ = socket.disconnect();
-    }
+    tokio::spawn(catch_up::run(relay, socket, user));
 }
 
 // ---- registration and prekeys --------------------------------------------------------------
@@ -848,6 +804,10 @@ async fn on_ack<A: Adapter>(
         let request = request.map_err(bad_request)?;
         if request.ids.len() > relay.limits().max_ids_per_request {
             return Err(Failure::new(ErrorCode::TooLarge, "too many ids in one request"));
+        }
+        // A catch-up in progress pushes its next page once these make room.
+        if let Some(catch_up) = connection.lock().catch_up.clone() {
+            catch_up.record(&request.ids);
         }
         Ok(request.ids.into_iter().map(|id| (user.to_string(), id)).collect::<Vec<_>>())
     };

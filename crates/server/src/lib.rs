@@ -28,6 +28,7 @@ pub mod storage;
 
 mod address;
 mod auth;
+mod catch_up;
 mod cluster;
 mod delivery;
 mod handlers;

@@ -418,6 +418,8 @@ pub(crate) struct ConnectionState {
     /// The task that closes the connection if it has not logged in by the deadline; cancelled
     /// by the login or the close.
     pub login_deadline: Option<tokio::task::AbortHandle>,
+    /// While the connection catches up: where its acknowledgements go to pace the catch-up.
+    pub catch_up: Option<Arc<crate::catch_up::CatchUpAcks>>,
 }
 
 /// Per-connection state, kept in the socket's extensions.

@@ -106,8 +106,66 @@ async fn offline_recipients_get_their_queue_on_login_in_order() {
     }
     let answer = bob.reconnect(&server).await;
     assert_eq!(answer.queued, 150);
-    let got = bob.messages(150).await;
+    let got = bob.messages_acknowledged(150).await;
     assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+}
+
+#[tokio::test]
+async fn a_catch_up_pushes_two_pages_ahead_of_the_acknowledgements() {
+    let server = TestServer::start_with(|config| config.limits.pair_messages_per_second = 0).await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    bob.client.close();
+    let mut ids = Vec::new();
+    for n in 0..300 {
+        ids.push(alice.client.send_raw("bob", &client_id(), &envelope(n)).await.unwrap().id);
+    }
+    bob.reconnect(&server).await;
+    // Two pages of 64, then nothing until Bob acknowledges.
+    let first = bob.messages(128).await;
+    assert_eq!(first.iter().map(|m| m.id).collect::<Vec<_>>(), ids[..128]);
+    bob.no_messages(Duration::from_millis(500)).await;
+    // Half a page acknowledged is not room for a page; the whole first page is.
+    bob.client.ack(&ids[..32]).await.unwrap();
+    bob.no_messages(Duration::from_millis(300)).await;
+    bob.client.ack(&ids[32..64]).await.unwrap();
+    let third = bob.messages(64).await;
+    assert_eq!(third.iter().map(|m| m.id).collect::<Vec<_>>(), ids[128..192]);
+    // A live message waits behind the backlog.
+    let live = alice.client.send_raw("bob", &client_id(), &envelope(300)).await.unwrap().id;
+    bob.client.ack(&ids[64..192]).await.unwrap();
+    let rest = bob.messages_acknowledged(109).await;
+    let mut expected = ids[192..].to_vec();
+    expected.push(live);
+    assert_eq!(rest.iter().map(|m| m.id).collect::<Vec<_>>(), expected);
+    bob.no_messages(Duration::from_millis(300)).await;
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 0);
+}
+
+#[tokio::test]
+async fn a_catch_up_keeps_at_most_two_pushes_of_envelope_bytes_unacknowledged() {
+    let server = TestServer::start().await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    bob.client.close();
+    // The largest ciphertext (a 32 KiB bucket and the tag): envelopes of about 43.9 KB, one per
+    // push (two would pass 64 KiB), two in flight (three would pass 128 KiB).
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let large = support::envelope_of_size(n, 32 * 1024 + 16);
+        ids.push(alice.client.send_raw("bob", &client_id(), &large).await.unwrap().id);
+    }
+    bob.reconnect(&server).await;
+    let first = bob.messages(2).await;
+    assert_eq!(first.iter().map(|m| m.id).collect::<Vec<_>>(), ids[..2]);
+    bob.no_messages(Duration::from_millis(500)).await;
+    bob.client.ack(&ids[..1]).await.unwrap();
+    let third = bob.messages(1).await;
+    assert_eq!(third[0].id, ids[2]);
+    bob.no_messages(Duration::from_millis(300)).await;
+    bob.client.ack(&ids[1..3]).await.unwrap();
+    let rest = bob.messages_acknowledged(2).await;
+    assert_eq!(rest.iter().map(|m| m.id).collect::<Vec<_>>(), ids[3..]);
 }
 
 #[tokio::test]
@@ -147,7 +205,7 @@ async fn per_sender_order_holds_while_messages_stream_during_login() {
     bob.reconnect(&server).await;
     let (_alice, alice_ids) = a.await.unwrap();
     let (_carol, carol_ids) = c.await.unwrap();
-    let got = bob.messages(600).await;
+    let got = bob.messages_acknowledged(600).await;
     for (sender, mut expected) in [("alice", alice_ids), ("carol", carol_ids)] {
         let order: Vec<i64> = got.iter().filter(|m| m.from == sender).map(|m| m.id).collect();
         expected.sort_unstable();

@@ -200,6 +200,19 @@ impl TestUser {
         out
     }
 
+    /// Collects `count` messages, acknowledging each push as it arrives (as clients do, and as
+    /// a catch-up of more than two pages needs).
+    pub async fn messages_acknowledged(&mut self, count: usize) -> Vec<ReceivedMessage> {
+        let mut out = Vec::new();
+        while out.len() < count {
+            let push = self.messages(1).await;
+            let ids: Vec<i64> = push.iter().map(|m| m.id).collect();
+            self.client.ack(&ids).await.unwrap();
+            out.extend(push);
+        }
+        out
+    }
+
     /// Asserts that no message arrives within `wait`.
     pub async fn no_messages(&mut self, wait: Duration) {
         let deadline = tokio::time::Instant::now() + wait;
