@@ -110,8 +110,26 @@ async fn offline_recipients_get_their_queue_on_login_in_order() {
     assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
 }
 
+/// Envelope bytes a catch-up leaves unacknowledged at most (`catch_up::WINDOW_BYTES`).
+const CATCH_UP_WINDOW: usize = 32 * 1024;
+
+fn envelope_bytes(messages: &[sotto_client::relay::ReceivedMessage]) -> usize {
+    messages.iter().map(|m| m.envelope.get().len()).sum()
+}
+
+/// Collects pushes until none comes for a while.
+async fn until_quiet(user: &mut TestUser) -> Vec<sotto_client::relay::ReceivedMessage> {
+    let mut got = Vec::new();
+    while let Some(push) = user.next(Duration::from_millis(400)).await {
+        if let Incoming::Messages(messages) = push {
+            got.extend(messages);
+        }
+    }
+    got
+}
+
 #[tokio::test]
-async fn a_catch_up_pushes_two_pages_ahead_of_the_acknowledgements() {
+async fn a_catch_up_waits_for_acknowledgements_to_push_more() {
     let server = TestServer::start_with(|config| config.limits.pair_messages_per_second = 0).await;
     let alice = TestUser::register(&server, "alice").await;
     let mut bob = TestUser::register(&server, "bob").await;
@@ -121,51 +139,63 @@ async fn a_catch_up_pushes_two_pages_ahead_of_the_acknowledgements() {
         ids.push(alice.client.send_raw("bob", &client_id(), &envelope(n)).await.unwrap().id);
     }
     bob.reconnect(&server).await;
-    // Two pages of 64, then nothing until Bob acknowledges.
-    let first = bob.messages(128).await;
-    assert_eq!(first.iter().map(|m| m.id).collect::<Vec<_>>(), ids[..128]);
-    bob.no_messages(Duration::from_millis(500)).await;
-    // Half a page acknowledged is not room for a page; the whole first page is.
-    bob.client.ack(&ids[..32]).await.unwrap();
+    // A window's worth, oldest first, then nothing until Bob acknowledges.
+    let first = until_quiet(&mut bob).await;
+    assert!(!first.is_empty() && first.len() < 300, "{} of 300 before any ack", first.len());
+    assert!(envelope_bytes(&first) <= CATCH_UP_WINDOW, "{} bytes", envelope_bytes(&first));
+    assert_eq!(first.iter().map(|m| m.id).collect::<Vec<_>>(), ids[..first.len()]);
+    // Acknowledging ids that were never pushed makes no room.
+    bob.client.ack(&[1, 2, 3]).await.unwrap();
     bob.no_messages(Duration::from_millis(300)).await;
-    bob.client.ack(&ids[32..64]).await.unwrap();
-    let third = bob.messages(64).await;
-    assert_eq!(third.iter().map(|m| m.id).collect::<Vec<_>>(), ids[128..192]);
-    // A live message waits behind the backlog.
-    let live = alice.client.send_raw("bob", &client_id(), &envelope(300)).await.unwrap().id;
-    bob.client.ack(&ids[64..192]).await.unwrap();
-    let rest = bob.messages_acknowledged(109).await;
-    let mut expected = ids[192..].to_vec();
-    expected.push(live);
-    assert_eq!(rest.iter().map(|m| m.id).collect::<Vec<_>>(), expected);
+    // Each acknowledgement lets the next window through, until all have come, in order.
+    let mut got = first;
+    let mut windows = 1;
+    let live = loop {
+        let pushed: Vec<i64> = got.iter().map(|m| m.id).collect();
+        bob.client.ack(&pushed).await.unwrap();
+        if got.len() >= 300 {
+            break got;
+        }
+        let next = until_quiet(&mut bob).await;
+        assert!(!next.is_empty(), "an acknowledgement let more through");
+        assert!(envelope_bytes(&next) <= CATCH_UP_WINDOW);
+        windows += 1;
+        if windows == 3 {
+            // A live message waits behind the backlog.
+            let id = alice.client.send_raw("bob", &client_id(), &envelope(300)).await.unwrap().id;
+            ids.push(id);
+        }
+        got.extend(next);
+    };
+    assert!(windows >= 3, "300 messages took {windows} windows");
+    assert_eq!(live.iter().map(|m| m.id).collect::<Vec<_>>(), ids[..live.len()]);
+    if live.len() < ids.len() {
+        let last = bob.messages_acknowledged(1).await;
+        assert_eq!(last[0].id, *ids.last().unwrap());
+    }
     bob.no_messages(Duration::from_millis(300)).await;
-    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 0);
 }
 
 #[tokio::test]
-async fn a_catch_up_keeps_at_most_two_pushes_of_envelope_bytes_unacknowledged() {
+async fn a_catch_up_pushes_a_message_larger_than_its_window_alone() {
     let server = TestServer::start().await;
     let alice = TestUser::register(&server, "alice").await;
     let mut bob = TestUser::register(&server, "bob").await;
     bob.client.close();
-    // The largest ciphertext (a 32 KiB bucket and the tag): envelopes of about 43.9 KB, one per
-    // push (two would pass 64 KiB), two in flight (three would pass 128 KiB).
+    // The largest ciphertext (a 32 KiB bucket and the tag): envelopes of about 43.9 KB, each
+    // more than the window, so one at a time.
     let mut ids = Vec::new();
-    for n in 0..5 {
+    for n in 0..3 {
         let large = support::envelope_of_size(n, 32 * 1024 + 16);
         ids.push(alice.client.send_raw("bob", &client_id(), &large).await.unwrap().id);
     }
     bob.reconnect(&server).await;
-    let first = bob.messages(2).await;
-    assert_eq!(first.iter().map(|m| m.id).collect::<Vec<_>>(), ids[..2]);
-    bob.no_messages(Duration::from_millis(500)).await;
-    bob.client.ack(&ids[..1]).await.unwrap();
-    let third = bob.messages(1).await;
-    assert_eq!(third[0].id, ids[2]);
+    for (n, id) in ids.iter().enumerate() {
+        let got = until_quiet(&mut bob).await;
+        assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), vec![*id], "message {n}");
+        bob.client.ack(&[*id]).await.unwrap();
+    }
     bob.no_messages(Duration::from_millis(300)).await;
-    bob.client.ack(&ids[1..3]).await.unwrap();
-    let rest = bob.messages_acknowledged(2).await;
-    assert_eq!(rest.iter().map(|m| m.id).collect::<Vec<_>>(), ids[3..]);
 }
 
 #[tokio::test]
