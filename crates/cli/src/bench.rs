@@ -697,6 +697,7 @@ async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::
     let setup_s;
     let mut login_s = 0.0;
     let mut backlog_delivered = None;
+    let mut backlog_s = None;
     if args.anonymous {
         let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
         let mut tasks = Vec::with_capacity(count);
@@ -750,7 +751,9 @@ async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::
         let mut connections = connections;
         if args.backlog > 0 {
             progress(show, "waiting for the backlogs…");
+            let waiting = Instant::now();
             backlog_delivered = Some(await_backlogs(&mut connections, args.backlog).await);
+            backlog_s = Some(waiting.elapsed().as_secs_f64());
         }
         for connection in connections {
             // The closure owns the whole connection, the pushes' receiver included.
@@ -782,6 +785,7 @@ async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::
         "connections": held.len(),
         "backlog": args.backlog,
         "backlog_delivered": backlog_delivered,
+        "backlog_s": backlog_s,
         "still_open": still_open,
         "relays": servers.len(),
         "server_rss_kb_before": before[0],
@@ -816,6 +820,7 @@ fn table(result: &Value) -> String {
         ("connections", "connections"),
         ("backlog", "backlog pushed to each first"),
         ("backlog_delivered", "… messages of it that arrived"),
+        ("backlog_s", "… seconds from the last login to the last of it"),
         ("size", "plaintext bucket (bytes)"),
         ("window", "window per pair"),
         ("rate", "fixed rate (msgs/s)"),
