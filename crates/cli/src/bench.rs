@@ -27,7 +27,7 @@ use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use rand::Rng;
 use serde_json::{Value, json};
-use sotto_client::relay::{Incoming, RelayClient};
+use sotto_client::relay::{Incoming, RelayClient, RelayError};
 use sotto_client::socketio::Push;
 use sotto_protocol::prekeys::SignedPrekey;
 use sotto_protocol::wire::b64;
@@ -631,41 +631,56 @@ async fn run_pairs(servers: &[String], args: BenchArgs) -> anyhow::Result<Value>
 const BACKLOG_IN_FLIGHT: usize = 512;
 
 /// Has user `i` send `args.backlog` messages to user `i + 1`, at most `BACKLOG_IN_FLIGHT` in
-/// flight; refusals are counted as errors.
+/// flight, spread over the users (one sender's burst would meet its pair limit); a retryable
+/// refusal is retried after the wait it names, others are counted as errors. Returns how many
+/// messages were queued for each user.
 async fn queue_backlogs(
     registered: &[Connection],
     ids: &[Identity],
     args: &BenchArgs,
     errors: &Errors,
-) {
+) -> Vec<usize> {
     let (ciphertext, dh) = random_ciphertext_and_key(args.size);
     let (ciphertext, dh) = (ciphertext.as_str(), dh.as_str());
-    let sends = registered.iter().enumerate().flat_map(|(i, (client, _))| {
-        let to = ids[(i + 1) % ids.len()].user.to_string();
-        (0..args.backlog).map(move |n| {
+    let sends = (0..args.backlog).flat_map(|n| {
+        registered.iter().enumerate().map(move |(i, (client, _))| {
+            let recipient = (i + 1) % ids.len();
+            let to = ids[recipient].user.to_string();
             let body = envelope(args.size, n as u32, ciphertext, dh);
-            let to = to.clone();
             async move {
                 let raw = serde_json::value::RawValue::from_string(body)?;
-                client.send_raw(&to, &format!("b{i}-{n}"), &raw).await?;
-                anyhow::Ok(())
+                let mut attempts = 0;
+                loop {
+                    match client.send_raw(&to, &format!("b{i}-{n}"), &raw).await {
+                        Ok(_) => return anyhow::Ok(recipient),
+                        Err(RelayError::Refused(refusal)) if refusal.retryable && attempts < 20 => {
+                            attempts += 1;
+                            let wait = refusal.retry_after_ms.unwrap_or(20);
+                            tokio::time::sleep(Duration::from_millis(wait)).await;
+                        }
+                        Err(error) => return Err(error.into()),
+                    }
+                }
             }
         })
     });
+    let mut queued = vec![0; ids.len()];
     let mut sends = futures_util::stream::iter(sends).buffer_unordered(BACKLOG_IN_FLIGHT);
     while let Some(result) = sends.next().await {
-        if let Err(error) = result {
-            errors.record(format!("backlog: {error}"));
+        match result {
+            Ok(recipient) => queued[recipient] += 1,
+            Err(error) => errors.record(format!("backlog: {error}")),
         }
     }
+    queued
 }
 
 /// Reads each connection's pushes until its backlog has arrived (a minute at most for all),
 /// acknowledging each push like a real client (the relay paces a catch-up by them); returns
 /// how many messages arrived.
-async fn await_backlogs(connections: &mut [Connection], backlog: usize) -> usize {
+async fn await_backlogs(connections: &mut [Connection], queued: &[usize]) -> usize {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let each = connections.iter_mut().map(|(client, pushes)| async move {
+    let each = connections.iter_mut().zip(queued).map(|((client, pushes), &backlog)| async move {
         let mut arrived = 0;
         while arrived < backlog {
             match tokio::time::timeout_at(deadline, pushes.recv()).await {
@@ -698,6 +713,8 @@ async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::
     let mut login_s = 0.0;
     let mut backlog_delivered = None;
     let mut backlog_s = None;
+    // Messages queued for each user before it logs in.
+    let mut queued = Vec::new();
     if args.anonymous {
         let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
         let mut tasks = Vec::with_capacity(count);
@@ -735,7 +752,7 @@ async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::
         register_took = Some(took);
         if args.backlog > 0 {
             progress(show, &format!("queueing {} messages for each user…", args.backlog));
-            queue_backlogs(&registered, &ids, &args, &errors).await;
+            queued = queue_backlogs(&registered, &ids, &args, &errors).await;
         }
         for (client, _) in &registered {
             client.close();
@@ -752,7 +769,7 @@ async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::
         if args.backlog > 0 {
             progress(show, "waiting for the backlogs…");
             let waiting = Instant::now();
-            backlog_delivered = Some(await_backlogs(&mut connections, args.backlog).await);
+            backlog_delivered = Some(await_backlogs(&mut connections, &queued).await);
             backlog_s = Some(waiting.elapsed().as_secs_f64());
         }
         for connection in connections {
