@@ -24,16 +24,18 @@ use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError};
 use tokio::sync::Notify;
 
-use crate::delivery::{self, Job, PAGE};
+use crate::delivery::{self, Job};
 use crate::state::{Connection, Relay};
 use crate::storage::QueuedMessage;
 
-/// Envelope bytes in one catch-up push at most (and at most a page of messages; a single
-/// larger message goes alone).
+/// Envelope bytes in one catch-up push at most (a single larger message goes alone).
 pub const PUSH_BYTES: usize = 16 * 1024;
 /// Envelope bytes pushed and not yet acknowledged at most: two pushes (one larger message
 /// goes when nothing else is in flight).
 pub const WINDOW_BYTES: usize = 2 * PUSH_BYTES;
+/// Messages read from the queue at a time: about one push of text messages. A read waits for
+/// room for a push, so a catch-up waiting for acknowledgements holds no messages read ahead.
+const READ: usize = 32;
 /// How often a catch-up waiting for acknowledgements checks that its socket is still open.
 const OPEN_CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -89,11 +91,14 @@ impl InFlight {
         self.bytes -= freed;
     }
 
-    /// Whether `push` may go now. An empty window always takes one push, however large.
-    fn has_room_for(&self, push: &[QueuedMessage]) -> bool {
-        let bytes: usize = push.iter().map(|m| m.envelope.len()).sum();
+    /// Whether a push of `bytes` may go now. An empty window takes one push, however large.
+    fn has_room_for(&self, bytes: usize) -> bool {
         self.messages.is_empty() || self.bytes + bytes <= WINDOW_BYTES
     }
+}
+
+fn bytes_of(push: &[QueuedMessage]) -> usize {
+    push.iter().map(|m| m.envelope.len()).sum()
 }
 
 /// Splits a page into pushes of at most [`PUSH_BYTES`] of envelopes, each at least one message.
@@ -138,7 +143,7 @@ pub(crate) async fn run<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, 
     }
 }
 
-/// Reads the backlog page by page and pushes it within the window; returns the id of the last
+/// Reads the backlog a little at a time and pushes it within the window; returns the id of the last
 /// message pushed (0 for none), or `None` if the catch-up ended early.
 async fn push_backlog<A: Adapter>(
     relay: &Relay<A>,
@@ -149,7 +154,8 @@ async fn push_backlog<A: Adapter>(
     let mut in_flight = InFlight::default();
     let mut after = 0;
     loop {
-        let page = match relay.storage.pending_messages(user, after, PAGE).await {
+        wait_for_room(socket, acks, &mut in_flight, PUSH_BYTES).await?;
+        let page = match relay.storage.pending_messages(user, after, READ).await {
             Ok(page) => page,
             Err(error) => {
                 relay.metrics.storage_errors.inc();
@@ -162,27 +168,28 @@ async fn push_backlog<A: Adapter>(
             return Some(after);
         };
         for push in pushes(&page) {
-            wait_for_room(socket, acks, &mut in_flight, push).await?;
+            wait_for_room(socket, acks, &mut in_flight, bytes_of(push)).await?;
             send(relay, socket, push).await?;
             in_flight.pushed(push);
         }
         after = last;
-        if page.len() < PAGE {
+        if page.len() < READ {
             return Some(after);
         }
     }
 }
 
-/// Waits until the client's acknowledgements leave room for `push`; `None` if the socket closed.
+/// Waits until the client's acknowledgements leave room for a push of `bytes`; `None` if the
+/// socket closed.
 async fn wait_for_room<A: Adapter>(
     socket: &SocketRef<A>,
     acks: &CatchUpAcks,
     in_flight: &mut InFlight,
-    push: &[QueuedMessage],
+    bytes: usize,
 ) -> Option<()> {
     loop {
         in_flight.acknowledged(acks.take());
-        if in_flight.has_room_for(push) {
+        if in_flight.has_room_for(bytes) {
             return Some(());
         }
         if tokio::time::timeout(OPEN_CHECK_EVERY, acks.arrived.notified()).await.is_err()
@@ -249,18 +256,18 @@ mod tests {
         let second: Vec<_> = (33..=64).map(|id| message(id, 500)).collect();
         let third: Vec<_> = (65..=96).map(|id| message(id, 500)).collect();
         let mut in_flight = InFlight::default();
-        assert!(in_flight.has_room_for(&first));
+        assert!(in_flight.has_room_for(bytes_of(&first)));
         in_flight.pushed(&first);
-        assert!(in_flight.has_room_for(&second), "two pushes may be in flight");
+        assert!(in_flight.has_room_for(bytes_of(&second)), "two pushes may be in flight");
         in_flight.pushed(&second);
-        assert!(!in_flight.has_room_for(&third));
+        assert!(!in_flight.has_room_for(bytes_of(&third)));
 
         // Acknowledging ids never pushed, or half a push, is not enough.
         in_flight.acknowledged(vec![500, 501]);
         in_flight.acknowledged((1..=16).collect());
-        assert!(!in_flight.has_room_for(&third));
+        assert!(!in_flight.has_room_for(bytes_of(&third)));
         in_flight.acknowledged((17..=32).rev().collect());
-        assert!(in_flight.has_room_for(&third));
+        assert!(in_flight.has_room_for(bytes_of(&third)));
         assert_eq!(in_flight.bytes, 32 * 500);
     }
 
@@ -268,13 +275,13 @@ mod tests {
     fn a_message_larger_than_the_window_goes_alone() {
         let mut in_flight = InFlight::default();
         let large = [message(1, 40_000)];
-        assert!(in_flight.has_room_for(&large), "an empty window takes any push");
+        assert!(in_flight.has_room_for(bytes_of(&large)), "an empty window takes any push");
         in_flight.pushed(&large);
-        assert!(!in_flight.has_room_for(&[message(2, 300)]));
+        assert!(!in_flight.has_room_for(300));
         in_flight.acknowledged(vec![1]);
         assert_eq!(in_flight.bytes, 0);
         in_flight.pushed(&[message(2, 16_000), message(3, 16_000)]);
-        assert!(!in_flight.has_room_for(&[message(4, 1_000)]), "over the window");
-        assert!(in_flight.has_room_for(&[message(4, 768)]));
+        assert!(!in_flight.has_room_for(1_000), "over the window");
+        assert!(in_flight.has_room_for(768));
     }
 }
