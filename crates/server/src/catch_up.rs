@@ -34,7 +34,8 @@ pub const PUSH_BYTES: usize = 16 * 1024;
 /// goes when nothing else is in flight).
 pub const WINDOW_BYTES: usize = 2 * PUSH_BYTES;
 /// Messages read from the queue at a time: about one push of text messages. A read waits for
-/// room for a push, so a catch-up waiting for acknowledgements holds no messages read ahead.
+/// room for a push, and more than a push left unsent is read again later rather than held, so
+/// a catch-up waiting for acknowledgements holds at most one push read ahead.
 const READ: usize = 32;
 /// How often a catch-up waiting for acknowledgements checks that its socket is still open.
 const OPEN_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -143,8 +144,8 @@ pub(crate) async fn run<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, 
     }
 }
 
-/// Reads the backlog a little at a time and pushes it within the window; returns the id of the last
-/// message pushed (0 for none), or `None` if the catch-up ended early.
+/// Reads the backlog a little at a time and pushes it within the window; returns the id of the
+/// last message pushed (0 for none), or `None` if the catch-up ended early.
 async fn push_backlog<A: Adapter>(
     relay: &Relay<A>,
     socket: &SocketRef<A>,
@@ -167,13 +168,23 @@ async fn push_backlog<A: Adapter>(
         let Some(last) = page.last().map(|m| m.id) else {
             return Some(after);
         };
+        let mut sent_to = after;
+        let mut unsent = bytes_of(&page);
         for push in pushes(&page) {
+            in_flight.acknowledged(acks.take());
+            if sent_to != after && unsent > PUSH_BYTES && !in_flight.has_room_for(bytes_of(push)) {
+                // More than a push left: read again once there is room rather than held while
+                // waiting (a page of large messages is over a megabyte).
+                break;
+            }
             wait_for_room(socket, acks, &mut in_flight, bytes_of(push)).await?;
+            unsent -= bytes_of(push);
             send(relay, socket, push).await?;
             in_flight.pushed(push);
+            sent_to = push.last().map_or(sent_to, |m| m.id);
         }
-        after = last;
-        if page.len() < READ {
+        after = sent_to;
+        if sent_to == last && page.len() < READ {
             return Some(after);
         }
     }

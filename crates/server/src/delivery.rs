@@ -12,9 +12,9 @@
 //! in a power cut, the sender, never told "stored", sends it again and the recipient's
 //! client drops the copy as a duplicate (its ratchet key is spent).
 //!
-//! A socket that logs in first reads its backlog outside the writer, then sends an `Attach`
-//! job: the writer marks it caught up (live pushes reach it from then on) and pushes whatever
-//! was stored in between.
+//! A socket that logs in first reads its backlog outside the writer (`crate::catch_up`, paced by
+//! its acknowledgements), then sends an `Attach` job: the writer marks it caught up (live
+//! pushes reach it from then on) and pushes whatever was stored in between.
 //! Because live pushes come from this same task, nothing stored by this node can slip between
 //! the catch-up and the first live push, so a recipient sees each sender's messages in order.
 

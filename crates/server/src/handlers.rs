@@ -805,8 +805,9 @@ async fn on_ack<A: Adapter>(
         if request.ids.len() > relay.limits().max_ids_per_request {
             return Err(Failure::new(ErrorCode::TooLarge, "too many ids in one request"));
         }
-        // A catch-up in progress pushes its next page once these make room.
-        if let Some(catch_up) = connection.lock().catch_up.clone() {
+        // A catch-up in progress pushes more once these make room.
+        let catch_up = connection.lock().catch_up.clone();
+        if let Some(catch_up) = catch_up {
             catch_up.record(&request.ids);
         }
         Ok(request.ids.into_iter().map(|id| (user.to_string(), id)).collect::<Vec<_>>())
