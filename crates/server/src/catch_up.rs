@@ -154,8 +154,11 @@ async fn push_backlog<A: Adapter>(
 ) -> Option<i64> {
     let mut in_flight = InFlight::default();
     let mut after = 0;
+    // What the next read waits for: room for a push, or for the one a read found too large.
+    let mut room_needed = PUSH_BYTES;
     loop {
-        wait_for_room(socket, acks, &mut in_flight, PUSH_BYTES).await?;
+        wait_for_room(socket, acks, &mut in_flight, room_needed).await?;
+        room_needed = PUSH_BYTES;
         let page = match relay.storage.pending_messages(user, after, READ).await {
             Ok(page) => page,
             Err(error) => {
@@ -171,14 +174,18 @@ async fn push_backlog<A: Adapter>(
         let mut sent_to = after;
         let mut unsent = bytes_of(&page);
         for push in pushes(&page) {
+            let bytes = bytes_of(push);
             in_flight.acknowledged(acks.take());
-            if sent_to != after && unsent > PUSH_BYTES && !in_flight.has_room_for(bytes_of(push)) {
-                // More than a push left: read again once there is room rather than held while
-                // waiting (a page of large messages is over a megabyte).
-                break;
+            if !in_flight.has_room_for(bytes) {
+                if sent_to == after || unsent > PUSH_BYTES {
+                    // Read again once there is room rather than hold the rest while waiting (a
+                    // page of large messages is over a megabyte).
+                    room_needed = bytes;
+                    break;
+                }
+                wait_for_room(socket, acks, &mut in_flight, bytes).await?;
             }
-            wait_for_room(socket, acks, &mut in_flight, bytes_of(push)).await?;
-            unsent -= bytes_of(push);
+            unsent -= bytes;
             send(relay, socket, push).await?;
             in_flight.pushed(push);
             sent_to = push.last().map_or(sent_to, |m| m.id);
