@@ -352,9 +352,14 @@ async fn receiver(
                 pair.window.add_permits(1);
             }
         }
-        // Acknowledge like a real client (after "saving"); the answer is not awaited.
-        let _ = client.socket().emit("message:ack", &json!({ "ids": ids }));
+        acknowledge(&client, &ids);
     }
+}
+
+/// Acknowledges pushed messages like a real client (after "saving"), without waiting for the
+/// answer.
+fn acknowledge(client: &RelayClient, ids: &[i64]) {
+    let _ = client.socket().emit("message:ack", &json!({ "ids": ids }));
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -688,7 +693,7 @@ async fn await_backlogs(connections: &mut [Connection], queued: &[usize]) -> usi
                     if let Incoming::Messages(messages) = Incoming::from_push(push) {
                         arrived += messages.len();
                         let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
-                        let _ = client.socket().emit("message:ack", &json!({ "ids": ids }));
+                        acknowledge(client, &ids);
                     }
                 }
                 _ => break,
