@@ -34,6 +34,7 @@ mod delivery;
 mod handlers;
 mod http;
 mod limits;
+mod memory;
 mod registrar;
 mod state;
 
@@ -161,6 +162,8 @@ impl<A: Adapter> Parts<A> {
             tokio::spawn(delivery::run_housekeeping(relay.clone(), HOUSEKEEPING_EVERY));
         let redelivery =
             relay.clustered().then(|| tokio::spawn(delivery::run_redelivery(relay.clone())));
+        let releasing =
+            tokio::spawn(memory::run_release_when_quiet(metrics.clone(), storage.clone()));
         let app = http::routes(http::HttpState { storage: storage.clone(), metrics })
             .layer(layer)
             .layer(axum::middleware::map_request(http::trim_request_head));
@@ -177,6 +180,7 @@ impl<A: Adapter> Parts<A> {
         tracing::info!("shutting down: closing sockets, draining the queue writer");
         io.close().await;
         housekeeping.abort();
+        releasing.abort();
         if let Some(redelivery) = redelivery {
             redelivery.abort();
         }

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub messages_redelivered: Counter,
     /// Pushes the Redis adapter could not carry.
     pub adapter_errors: Counter,
+    /// Times the relay gave memory back after a burst (`memory.rs`).
+    pub memory_releases: Counter,
     /// Size of the queue writer's batches.
     pub batch_size: Histogram,
     /// Seconds from receiving a message to its stored acknowledgement going out.
@@ -76,6 +78,7 @@ impl Metrics {
             storage_errors: Counter::default(),
             adapter_errors: Counter::default(),
             messages_redelivered: Counter::default(),
+            memory_releases: Counter::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             store_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             push_seconds: Histogram::new(exponential_buckets(0.000_025, 2.0, 16)),
@@ -148,6 +151,21 @@ impl Metrics {
             "Receive-to-push time of live messages",
             metrics.push_seconds.clone(),
         );
+        registry.register(
+            "messages_redelivered",
+            "Messages pushed again by a clustered node's re-push of unacknowledged ones",
+            metrics.messages_redelivered.clone(),
+        );
+        registry.register(
+            "adapter_errors",
+            "Pushes the Redis adapter could not carry",
+            metrics.adapter_errors.clone(),
+        );
+        registry.register(
+            "memory_releases",
+            "Times the relay gave memory back after a burst",
+            metrics.memory_releases.clone(),
+        );
         Self { registry, ..metrics }
     }
 
@@ -173,5 +191,29 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every counter the relay keeps is exported (two were once counted and never shown).
+    #[test]
+    fn every_counter_is_exported() {
+        let metrics = Metrics::new();
+        metrics.messages_redelivered.inc();
+        metrics.adapter_errors.inc();
+        metrics.memory_releases.inc();
+        let text = metrics.render();
+        for line in [
+            "sotto_messages_redelivered_total 1",
+            "sotto_adapter_errors_total 1",
+            "sotto_memory_releases_total 1",
+            "sotto_connections_accepted_total 0",
+            "sotto_messages_acknowledged_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+        }
     }
 }

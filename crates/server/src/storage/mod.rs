@@ -364,6 +364,10 @@ pub trait Storage: Send + Sync + 'static {
     /// Messages pending in total (for metrics).
     async fn total_pending(&self) -> Result<u64, StorageError>;
 
+    /// Gives back memory kept only for speed (the SQLite queue connection's page cache), after
+    /// a burst (`memory.rs`); nothing stored changes.
+    async fn release_memory(&self);
+
     /// Closes the connections, waiting for running queries.
     async fn close(&self);
 }

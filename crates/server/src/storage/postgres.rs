@@ -68,6 +68,9 @@ impl PostgresStorage {
     /// Nothing to stop: the queue goes through the pool.
     async fn close_queue(&self) {}
 
+    /// Nothing to release: PostgreSQL's caches are the database server's.
+    async fn release_queue_memory(&self) {}
+
     /// Inserts fresh messages and returns their ids in the chunk's order (rows come back over
     /// the connection, which costs little here).
     async fn insert_chunk(

@@ -568,6 +568,10 @@ macro_rules! impl_storage {
                 Ok(deleted > 0)
             }
 
+            async fn release_memory(&self) {
+                self.release_queue_memory().await;
+            }
+
             async fn close(&self) {
                 self.close_queue().await;
                 self.pool.close().await;

@@ -82,6 +82,14 @@ impl SqliteStorage {
         }
     }
 
+    /// Releases the queue connection's page cache, off the runtime (it waits for a running
+    /// commit).
+    async fn release_queue_memory(&self) {
+        if let Some(queue) = self.queue.clone() {
+            let _ = tokio::task::spawn_blocking(move || queue.release_memory()).await;
+        }
+    }
+
     /// Lets the queue thread finish what it was given, then stops it.
     async fn close_queue(&self) {
         if let Some(queue) = &self.queue {

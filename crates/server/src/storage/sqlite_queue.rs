@@ -121,6 +121,14 @@ impl Writer {
         Ok(committed)
     }
 
+    /// Gives the page cache back to the allocator (after a burst, `memory.rs`); the next commit
+    /// reads the pages it needs again, from the operating system's cache of the file.
+    fn release_cache(&mut self) {
+        if let Err(error) = self.connection.release_memory() {
+            tracing::warn!(%error, "releasing the queue's page cache failed");
+        }
+    }
+
     fn checkpoint_due(&self) -> bool {
         self.log_pages >= QUEUE_CHECKPOINT_PAGES
     }
@@ -251,6 +259,11 @@ impl QueueThread {
             }
             Err(error) => Ok(Err(error.into())),
         }
+    }
+
+    /// Releases the queue connection's page cache, waiting for a commit that is running.
+    pub(crate) fn release_memory(&self) {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner()).release_cache();
     }
 
     /// Stops taking batches, lets the threads finish (commit and flush) those they have, and
@@ -577,6 +590,23 @@ mod tests {
         // A resend is answered with its first copy's id, across the reopening.
         let resend = queue.commit(store("a")).await.unwrap();
         assert_eq!(resend.outcomes, [StoreOutcome::Duplicate(ID_JUMP_ON_OPEN + 1)]);
+        queue.close().await;
+    }
+
+    /// Releasing the page cache loses nothing: the queue goes on from the file (a resend is
+    /// still known, the next message gets the next id).
+    #[tokio::test]
+    async fn the_queue_goes_on_after_its_cache_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = QueueThread::open(&migrated_database(&dir)).unwrap();
+        let first = queue.commit(store("a")).await.unwrap();
+        first.durable.wait().await.unwrap();
+        queue.release_memory();
+
+        let resend = queue.commit(store("a")).await.unwrap();
+        assert_eq!(resend.outcomes, [StoreOutcome::Duplicate(first.outcomes[0].id())]);
+        let next = queue.commit(store("b")).await.unwrap();
+        assert_eq!(next.outcomes, [StoreOutcome::Stored(first.outcomes[0].id() + 1)]);
         queue.close().await;
     }
 
