@@ -70,6 +70,10 @@ pub struct BenchArgs {
     /// night offline.
     #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "anonymous")]
     backlog: usize,
+    /// Idle mode: seconds the connections sit idle before the relay's memory is read (and
+    /// before they count as held). Longer shows what the relay gives back once quiet.
+    #[arg(long, value_name = "S", default_value_t = 3)]
+    settle: u64,
     /// Further relays of the same cluster to spread the clients over (repeatable): client `i`
     /// connects to relay `i mod n`, the `--server` first, so with one more relay every message
     /// goes from the first node to the second.
@@ -786,7 +790,7 @@ async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::
         }
     }
     progress(show, "settling…");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(args.settle)).await;
     let after = relays.memory();
     // Held means still open after the settling time, not only opened once.
     let still_open = held.iter().filter(|is_open| is_open()).count();
