@@ -20,7 +20,7 @@ use crate::storage::Storage;
 
 /// How often the relay checks whether it has gone quiet; memory goes back between one and two
 /// intervals after a burst ends.
-pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(5);
+const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// At most this much activity in an interval counts as quiet: a few users chatting, or
 /// reconnecting, on a small relay.
 const QUIET_EVENTS: u64 = 100;
@@ -78,7 +78,7 @@ pub(crate) async fn run_release_when_quiet(metrics: Arc<Metrics>, storage: Arc<d
 }
 
 /// Asks glibc's allocator to return every whole free page of its arenas to the system; true if
-/// it returned any. Other allocators (musl's, the BSDs', macOS's) return freed memory themselves.
+/// it returned any. Elsewhere there is no such call, and nothing is done.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[expect(unsafe_code, reason = "malloc_trim has no safe binding; it is the only unsafe call")]
 fn trim_allocator() -> bool {
