@@ -385,3 +385,43 @@ async fn acknowledgements_sent_right_before_closing_still_count() {
     }
     assert_eq!(left, 0, "acknowledged messages are still queued");
 }
+
+/// After a burst the relay gives memory back once it has gone quiet (`memory.rs`: the queue's
+/// page cache and the allocator's free pages), once, and delivery goes on as before.
+#[tokio::test]
+async fn the_relay_gives_memory_back_once_quiet_after_a_burst() {
+    let server = TestServer::start_with(|config| {
+        config.limits.events_per_second = 0;
+        config.limits.pair_messages_per_second = 0;
+    })
+    .await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    // The burst: 600 messages stored and acknowledged, over a thousand events.
+    for n in 0..600 {
+        alice.client.send_raw("bob", &client_id(), &envelope(n)).await.unwrap();
+    }
+    bob.messages_acknowledged(600).await;
+    let released = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("sotto_memory_releases_total "))
+            .map(|count| count.parse::<u64>().unwrap())
+    };
+    // Quiet from here: the release comes within two checks of five seconds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = server.get("/metrics").await;
+        match released(&metrics) {
+            Some(0) => assert!(tokio::time::Instant::now() < deadline, "no release after 20 s"),
+            Some(1) => break,
+            other => panic!("{other:?} releases after one burst"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let id = alice.client.send_raw("bob", &client_id(), &envelope(600)).await.unwrap().id;
+    assert_eq!(bob.messages_acknowledged(1).await[0].id, id);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (_, metrics) = server.get("/metrics").await;
+    assert_eq!(released(&metrics), Some(1), "one message is no burst");
+}
