@@ -138,9 +138,9 @@ pub(crate) async fn run<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, 
     let Some(after) = pushed else {
         return;
     };
-    let job = Job::Attach { socket: socket.clone(), user, after };
+    let job = Job::Attach { socket: socket.clone(), user: user.clone(), after };
     if relay.writer.send(job).await.is_err() {
-        let _ = socket.disconnect();
+        delivery::end_socket(&relay, &user, socket);
     }
 }
 
@@ -164,7 +164,7 @@ async fn push_backlog<A: Adapter>(
             Err(error) => {
                 relay.metrics.storage_errors.inc();
                 tracing::warn!(%error, "reading the backlog failed; disconnecting to retry later");
-                let _ = socket.clone().disconnect();
+                delivery::end_socket(relay, user, socket.clone());
                 return None;
             }
         };
@@ -186,7 +186,7 @@ async fn push_backlog<A: Adapter>(
                 wait_for_room(socket, acks, &mut in_flight, bytes).await?;
             }
             unsent -= bytes;
-            send(relay, socket, push).await?;
+            send(relay, socket, user, push).await?;
             in_flight.pushed(push);
             sent_to = push.last().map_or(sent_to, |m| m.id);
         }
@@ -224,6 +224,7 @@ async fn wait_for_room<A: Adapter>(
 async fn send<A: Adapter>(
     relay: &Relay<A>,
     socket: &SocketRef<A>,
+    user: &str,
     push: &[QueuedMessage],
 ) -> Option<()> {
     let mut attempts = 0;
@@ -236,7 +237,7 @@ async fn send<A: Adapter>(
             }
             Err(error) => {
                 tracing::debug!(%error, "catch-up stalled; disconnecting to retry later");
-                let _ = socket.clone().disconnect();
+                delivery::end_socket(relay, user, socket.clone());
                 return None;
             }
         }

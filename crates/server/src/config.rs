@@ -115,6 +115,10 @@ pub struct Limits {
     pub registrations_per_hour: u32,
     /// Registrations one address may make at once before `registrations_per_hour` applies.
     pub registrations_burst: u32,
+    /// Packets a connection's outgoing buffer holds, beyond what its socket has taken. A
+    /// client that stops reading fills it; the relay then ends the connection, which catches
+    /// up from the queue when it reconnects (`delivery::end_socket`).
+    pub max_outgoing_packets: usize,
 }
 
 impl Default for Limits {
@@ -139,6 +143,7 @@ impl Default for Limits {
             max_send_backlog: Duration::from_millis(250),
             registrations_per_hour: 60,
             registrations_burst: 30,
+            max_outgoing_packets: 1_024,
         }
     }
 }

@@ -331,9 +331,11 @@ async fn refresh_recipients<A: Adapter>(
         .copied()
         .filter(|user| relay.recipients.get(user, now).is_none())
         .collect();
-    for user in unknown {
-        let exists = relay.storage.identity(user).await?.is_some();
-        let pending = if exists { relay.storage.pending_count(user).await? } else { 0 };
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let found = relay.storage.recipients(&unknown).await?;
+    for (user, (exists, pending)) in unknown.into_iter().zip(found) {
         relay.recipients.put(user, RecipientInfo { exists, pending, read_at: now });
     }
     Ok(())
@@ -549,7 +551,7 @@ async fn attach<A: Adapter>(relay: &Arc<Relay<A>>, socket: SocketRef<A>, user: &
                 let full_page = messages.len() == PAGE;
                 if let Err(error) = send_page(relay, &socket, &messages) {
                     tracing::debug!(%error, "socket cannot take its backlog; disconnecting it");
-                    let _ = socket.disconnect();
+                    end_socket(relay, user, socket);
                     break;
                 }
                 if !full_page {
@@ -560,7 +562,7 @@ async fn attach<A: Adapter>(relay: &Arc<Relay<A>>, socket: SocketRef<A>, user: &
                 // Without the catch-up the socket could miss messages; make it reconnect.
                 relay.metrics.storage_errors.inc();
                 tracing::warn!(%error, "catching a socket up failed; disconnecting it");
-                let _ = socket.disconnect();
+                end_socket(relay, user, socket);
                 break;
             }
         }
@@ -649,11 +651,46 @@ async fn push_to<A: Adapter, T: serde::Serialize + ?Sized>(
             Ok(()) => delivered = true,
             Err(error) => {
                 tracing::debug!(%error, event, "push failed; disconnecting the socket");
-                let _ = socket.disconnect();
+                end_socket(relay, user, socket);
             }
         }
     }
     delivered
+}
+
+/// How often a socket that could not be disconnected at once is tried again.
+const END_RETRY_EVERY: Duration = Duration::from_millis(100);
+/// How long that goes on at most. By then the socket has taken the disconnect or its heartbeat
+/// has closed it; if neither, it stays out of delivery and receives nothing until it
+/// reconnects, which is a stall, never a gap.
+const END_RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// Ends a socket of `user` that the relay can no longer deliver to in order (a push it could
+/// not take, a failed read of its backlog, an id taken over by a new registration): first out
+/// of every delivery, so that no later push reaches it after the one it missed, then
+/// disconnected, so that its client reconnects and catches up from the queue.
+///
+/// socketioxide's disconnect first queues a packet on the socket's outgoing channel, the one
+/// that is full when a push failed, and gives up (the socket staying open) if that fails: so it
+/// is retried in the background until it goes through or the socket has closed.
+pub(crate) fn end_socket<A: Adapter>(relay: &Relay<A>, user: &str, socket: SocketRef<A>) {
+    relay.local.remove(user, socket.id);
+    if relay.clustered() {
+        socket.leave_all();
+    }
+    if socket.clone().disconnect().is_ok() {
+        return;
+    }
+    tracing::debug!(sid = %socket.id, "socket full; disconnecting it once it drains");
+    tokio::spawn(async move {
+        let deadline = Instant::now() + END_RETRY_FOR;
+        while socket.connected() && Instant::now() < deadline {
+            tokio::time::sleep(END_RETRY_EVERY).await;
+            if socket.clone().disconnect().is_ok() {
+                return;
+            }
+        }
+    });
 }
 
 /// How often a clustered node re-pushes recent undelivered messages.
@@ -681,19 +718,27 @@ pub(crate) async fn run_redelivery<A: Adapter>(relay: Arc<Relay<A>>) {
         while marks.len() > 1 && marks[1].0 + REDELIVERY_WINDOW <= now {
             marks.pop_front();
         }
-        let after_id = match marks.front() {
-            Some((when, id)) if *when + REDELIVERY_WINDOW <= now => *id,
-            _ => 0,
-        };
+        // From the oldest mark: at start-up the highest id then (older messages reach this
+        // node's sockets by their catch-up), later the highest id a window ago.
+        let after_id = marks.front().map_or(0, |(_, id)| *id);
+        // Only the recipients connected here: a backlog queued for anyone else, however large,
+        // costs nothing.
+        let online: Vec<Arc<str>> = relay.online_users();
+        if online.is_empty() {
+            continue;
+        }
+        let online: Vec<&str> = online.iter().map(|user| &**user).collect();
         let grace = i64::try_from(REDELIVERY_GRACE.as_millis()).unwrap_or(0);
-        let pending = match relay.storage.pending_since(after_id, now_ms() - grace, 10_000).await {
-            Ok(pending) => pending,
-            Err(error) => {
-                relay.metrics.storage_errors.inc();
-                tracing::warn!(%error, "reading recent undelivered messages failed");
-                continue;
-            }
-        };
+        let created_before = now_ms() - grace;
+        let pending =
+            match relay.storage.pending_since(&online, after_id, created_before, 10_000).await {
+                Ok(pending) => pending,
+                Err(error) => {
+                    relay.metrics.storage_errors.inc();
+                    tracing::warn!(%error, "reading recent undelivered messages failed");
+                    continue;
+                }
+            };
         let mut per_recipient: Vec<(String, Vec<QueuedMessage>)> = Vec::new();
         for (recipient, message) in pending {
             if !relay.is_online(&recipient) {
@@ -708,7 +753,7 @@ pub(crate) async fn run_redelivery<A: Adapter>(relay: Arc<Relay<A>>) {
             for socket in relay.local.sockets(&recipient, Audience::Messages) {
                 for page in messages.chunks(PAGE) {
                     if send_page(&relay, &socket, page).is_err() {
-                        let _ = socket.clone().disconnect();
+                        end_socket(&relay, &recipient, socket.clone());
                         break;
                     }
                 }

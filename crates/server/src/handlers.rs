@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
+use futures_util::StreamExt;
 use serde::Serialize;
 use socketioxide::SocketIo;
 use socketioxide::adapter::{Adapter, LocalAdapter};
@@ -33,7 +34,7 @@ use crate::events::{
     LoginAnswer, LoginRequest, PrekeysLowPush, PresencePush, RegisterRequest, RequestKeyRequest,
     SendRequest, StatusAnswer, StatusEntry, UploadAnswer,
 };
-use crate::state::{Connection, Relay};
+use crate::state::{Audience, Connection, Relay, notice_room};
 use crate::storage::{MessageStatus, NewMessage, NewUser, RegisterError};
 
 /// Registers the relay's namespace on a single-node (local adapter) server. (socketioxide
@@ -89,9 +90,11 @@ fn allow_event<A: Adapter>(relay: &Relay<A>, connection: &Connection) -> Reply<(
 }
 
 fn logged_in(connection: &Connection) -> Reply<Arc<str>> {
-    connection
-        .user()
-        .ok_or_else(|| Failure::new(ErrorCode::Unauthenticated, "log in or register first"))
+    let state = connection.lock();
+    match &state.user {
+        Some(user) if !state.superseded => Ok(user.clone()),
+        _ => Err(Failure::new(ErrorCode::Unauthenticated, "log in or register first")),
+    }
 }
 
 pub(crate) fn parse_user_id(text: &str) -> Reply<UserId> {
@@ -440,7 +443,11 @@ async fn login_answer<A: Adapter>(relay: &Relay<A>, user: &UserId) -> Reply<Logi
     Ok(LoginAnswer { ok: true, user_id: user.to_string(), queued, one_time_prekeys })
 }
 
-/// After the login answer went out: presence, then the backlog, then live delivery.
+/// Presence lookups a login runs at once (each one a round trip to the other nodes when
+/// clustered).
+const PRESENCE_LOOKUPS_AT_ONCE: usize = 16;
+
+/// After the login answer went out: the backlog, then live delivery; presence beside them.
 async fn after_login<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, bound: Bound) {
     let Bound { user, first } = bound;
     // Receipts and presence reach the socket from now on (nothing that could cause one can
@@ -454,18 +461,25 @@ async fn after_login<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, bou
         }
         return;
     }
+    // The backlog first: clustered, each presence lookup below may wait on the other nodes
+    // (up to a second each), and nothing queued should wait for them.
+    tokio::spawn(catch_up::run(relay.clone(), socket.clone(), user.clone()));
     if first {
         announce(&relay, &user).await;
     }
-    // Whoever has written to this user shares their presence with them.
+    // Whoever has written to this user shares their presence with them (clustered, looked up
+    // a few at a time rather than one after the other).
     if let Ok(contacts) = relay.storage.written_by(&user).await {
-        for contact in &contacts {
-            if relay.online_anywhere(contact).await {
+        let lookups: Vec<_> =
+            contacts.iter().map(|contact| relay.online_anywhere(contact)).collect();
+        let online: Vec<bool> =
+            futures_util::stream::iter(lookups).buffered(PRESENCE_LOOKUPS_AT_ONCE).collect().await;
+        for (contact, online) in contacts.iter().zip(online) {
+            if online {
                 let _ = socket.emit(events::USER_JOINED, &PresencePush { user_id: contact });
             }
         }
     }
-    tokio::spawn(catch_up::run(relay, socket, user));
 }
 
 // ---- registration and prekeys --------------------------------------------------------------
@@ -487,7 +501,11 @@ async fn on_register<A: Adapter>(
         Ok(request) => request,
         Err(error) => return answer(&relay, ack, Err::<Done, _>(bad_request(error))),
     };
+    let superseded = connection.lock().superseded;
     match connection.user() {
+        Some(_) if superseded => {
+            answer(&relay, ack, logged_in(&connection).map(|_| Done::OK));
+        }
         Some(user) => {
             let result = upload_prekeys(&relay, &user, request).await;
             answer(&relay, ack, result);
@@ -555,6 +573,7 @@ async fn register<A: Adapter>(
         }
         Err(RegisterError::Storage(error)) => return Err(storage_failure(relay, error)),
     }
+    supersede(relay, user.as_str()).await;
     relay.recipients.forget(user.as_str());
     // The id may have been released (its contacts deleted) and taken again: forget which pairs
     // are known to be recorded, so the next message of any pair records it again. Cheap: a
@@ -562,6 +581,27 @@ async fn register<A: Adapter>(
     relay.known_contacts.lock().unwrap_or_else(|e| e.into_inner()).clear();
     tracing::info!(user = %user, "registered");
     Ok((answer, bind_user(relay, connection, &user)?))
+}
+
+/// A registration has just taken `user`, so the id was free: a connection still logged in
+/// under it belongs to an earlier holder, whose id the operator released (a stolen identity, a
+/// lost device). It must not receive the new holder's messages, acknowledge them (which deletes
+/// them) or upload prekeys for them: from now on it speaks for nobody, and it is closed.
+async fn supersede<A: Adapter>(relay: &Relay<A>, user: &str) {
+    for socket in relay.local.sockets(user, Audience::Notices) {
+        if let Ok(connection) = connection(&socket) {
+            connection.lock().superseded = true;
+        }
+        tracing::info!(sid = %socket.id, "closing a connection of the id's earlier holder");
+        delivery::end_socket(relay, user, socket);
+    }
+    // Other nodes' connections under the id, through the adapter.
+    if let (true, true, Some(io)) = (relay.clustered(), relay.adapter_usable(), relay.io())
+        && let Err(error) = io.to(notice_room(user)).disconnect().await
+    {
+        relay.metrics.adapter_errors.inc();
+        tracing::warn!(%error, "closing the earlier holder's connections on other nodes failed");
+    }
 }
 
 async fn upload_prekeys<A: Adapter>(

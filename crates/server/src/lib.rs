@@ -69,8 +69,6 @@ pub enum ServeError {
 
 /// Depth of the queue writer's inbox; when it is full, senders are told to retry.
 const WRITER_INBOX: usize = 65_536;
-/// Packets a socket's outgoing buffer holds before it counts as too slow.
-const SOCKET_BUFFER: usize = 1_024;
 /// Each WebSocket's read buffer, held for the connection's life. engineioxide's 4 KiB default
 /// was a sixth of an idle connection's memory; 1 KiB holds a typical `message:send` frame, a
 /// larger frame grows the buffer as it arrives, and throughput did not change measurably
@@ -135,7 +133,7 @@ impl<A: Adapter> Parts<A> {
             .max_payload(limits.max_frame_bytes as u64)
             .ws_max_message_size(limits.max_frame_bytes)
             .ws_max_frame_size(limits.max_frame_bytes)
-            .max_buffer_size(SOCKET_BUFFER)
+            .max_buffer_size(limits.max_outgoing_packets)
             .ws_read_buffer_size(WS_READ_BUFFER)
             .connect_timeout(Duration::from_secs(10))
             .with_state(relay.clone());

@@ -384,6 +384,12 @@ impl<A: Adapter> Relay<A> {
         )
     }
 
+    /// The users with an authenticated socket on this node.
+    pub(crate) fn online_users(&self) -> Vec<Arc<str>> {
+        let online = self.online.lock().unwrap_or_else(|e| e.into_inner());
+        online.iter().filter(|(_, count)| **count > 0).map(|(user, _)| user.clone()).collect()
+    }
+
     /// Whether the user has an authenticated socket on this node.
     pub(crate) fn is_online(&self, user: &str) -> bool {
         let online = self.online.lock().unwrap_or_else(|e| e.into_inner());
@@ -420,6 +426,10 @@ pub(crate) struct ConnectionState {
     pub login_deadline: Option<tokio::task::AbortHandle>,
     /// While the connection catches up: where its acknowledgements go to pace the catch-up.
     pub catch_up: Option<Arc<crate::catch_up::CatchUpAcks>>,
+    /// Its user id has been registered again, so this connection's login belonged to an
+    /// earlier holder of the id (released by the operator): it speaks for nobody any more and
+    /// is being closed (see `handlers::supersede`).
+    pub superseded: bool,
 }
 
 /// Per-connection state, kept in the socket's extensions.

@@ -410,3 +410,32 @@ async fn registrations_from_one_address_are_limited() {
     let (_, metrics) = server.get("/metrics").await;
     assert!(metrics.contains("sotto_rejections_total{reason=\"rate_limited\"} 2"), "{metrics}");
 }
+
+/// An id the operator released (say, after its identity key was stolen) and someone registered
+/// again belongs to its new holder alone: a connection still logged in under it from before is
+/// closed at once, and the new holder's messages reach only the new holder.
+#[tokio::test]
+async fn registering_a_released_id_closes_the_earlier_holders_connections() {
+    let server = TestServer::start().await;
+    let carol = TestUser::register(&server, "carol").await;
+    let mut earlier = TestUser::register(&server, "bob").await;
+
+    // `sotto admin release-user bob`, beside the running relay.
+    let storage = sotto_server::storage::open(&server.database_url).await.unwrap();
+    assert!(storage.release_user("bob").await.unwrap());
+    storage.close().await;
+    assert!(earlier.client.is_open(), "releasing alone does not reach the relay's connections");
+
+    let mut bob = TestUser::register(&server, "bob").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while earlier.client.is_open() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!earlier.client.is_open(), "the earlier holder's connection is closed");
+    assert!(bob.client.is_open(), "the new holder's own connection stays");
+
+    let to = UserId::parse("bob").unwrap();
+    carol.client.send_raw(to.as_str(), &client_id(), &envelope(1)).await.unwrap();
+    assert_eq!(bob.messages(1).await.len(), 1, "the new holder gets the message");
+    earlier.no_messages(Duration::from_millis(300)).await;
+}

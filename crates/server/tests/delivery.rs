@@ -425,3 +425,58 @@ async fn the_relay_gives_memory_back_once_quiet_after_a_burst() {
     let (_, metrics) = server.get("/metrics").await;
     assert_eq!(released(&metrics), Some(1), "one message is no burst");
 }
+
+/// A recipient whose connection stops reading fills its outgoing buffer, and a push fails.
+/// The relay then takes that connection out of delivery at once and closes it as soon as it
+/// can, so no later message overtakes the one it missed: what arrived on that connection has
+/// no gap, and after reconnecting the recipient gets the rest, in order.
+#[tokio::test]
+async fn a_connection_that_stops_reading_is_closed_without_a_gap_and_catches_up() {
+    const MESSAGES: u32 = 300;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_host = listener.local_addr().unwrap().to_string();
+    let server = TestServer::start_with(|config| {
+        config.limits.max_outgoing_packets = 4;
+        config.limits.pair_messages_per_second = 0;
+        config.limits.events_per_second = 0;
+        // Bob logs in through the proxy, so his login is signed for the proxy's address.
+        config.public_hosts.push(proxy_host);
+    })
+    .await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    let proxy = support::PausingProxy::start(listener, server.addr);
+    bob.client.close();
+    let (client, pushes) =
+        sotto_client::relay::RelayClient::connect(&proxy.url, support::WAIT).await.unwrap();
+    client.login(&bob.id, &bob.identity).await.unwrap();
+    (bob.client, bob.pushes) = (client, pushes);
+    // Caught up and receiving live (the first message goes through the proxy).
+    let first = alice.client.send_raw("bob", &client_id(), &envelope(0)).await.unwrap().id;
+    assert_eq!(bob.messages_acknowledged(1).await[0].id, first);
+
+    proxy.pause();
+    let mut sent = Vec::new();
+    for n in 1..=MESSAGES {
+        let big = support::envelope_of_size(n, 16 * 1024 + 16);
+        sent.push(alice.client.send_raw("bob", &client_id(), &big).await.unwrap().id);
+    }
+    proxy.resume();
+
+    // Whatever reaches bob on this connection is the start of what alice sent, with no gap;
+    // then the connection ends.
+    let mut received = Vec::new();
+    while let Some(push) = bob.next(support::WAIT).await {
+        if let Incoming::Messages(messages) = push {
+            received.extend(messages.iter().map(|m| m.id));
+        }
+    }
+    assert!(!bob.client.is_open(), "the relay closed the connection it could not deliver to");
+    assert!(received.len() < sent.len(), "the pause made pushes fail ({} arrived)", received.len());
+    assert_eq!(received, sent[..received.len()], "no message overtook a missed one");
+
+    // Reconnected, bob gets everything queued, in order.
+    bob.reconnect(&server).await;
+    let rest: Vec<i64> = bob.messages_acknowledged(sent.len()).await.iter().map(|m| m.id).collect();
+    assert_eq!(rest, sent, "everything alice sent, in order, acknowledged or not before");
+}

@@ -165,6 +165,23 @@ async fn run_suite(store: Arc<dyn Storage>) {
     assert_eq!(store.pending_count("bob").await.unwrap(), 3);
     assert_eq!(store.pending_messages("bob", pending[0].id, 10).await.unwrap().len(), 2);
     assert_eq!(store.total_pending().await.unwrap(), 153);
+    // Recipients looked up together: registered or not, and what is queued for each (dave is
+    // not registered: the store takes his messages, the relay refuses them before).
+    assert_eq!(
+        store.recipients(&["bob", "nobody", "alice", "dave", "bob"]).await.unwrap(),
+        [(true, 3), (false, 0), (true, 0), (false, 0), (true, 3)]
+    );
+    assert!(store.recipients(&[]).await.unwrap().is_empty());
+    // Recent messages of some recipients only (a clustered node's re-push), oldest first.
+    let recent = store.pending_since(&["dave", "bob", "nobody"], 0, i64::MAX, 5).await.unwrap();
+    let who: Vec<&str> = recent.iter().map(|(recipient, _)| recipient.as_str()).collect();
+    assert_eq!(who, ["bob", "bob", "bob", "dave", "dave"]);
+    assert!(recent.windows(2).all(|w| w[0].1.id < w[1].1.id), "oldest first");
+    assert_eq!(recent[0].1.id, pending[0].id);
+    let later = store.pending_since(&["bob"], pending[0].id, i64::MAX, 10).await.unwrap();
+    assert_eq!(later.len(), 2, "after an id");
+    assert!(store.pending_since(&["bob"], 0, 1_000, 10).await.unwrap().is_empty(), "too young");
+    assert!(store.pending_since(&["alice"], 0, i64::MAX, 10).await.unwrap().is_empty());
 
     // Acks count only for the recipient's own pending messages.
     let acked = store

@@ -310,11 +310,12 @@ pub trait Storage: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<QueuedMessage>, StorageError>;
 
-    /// Pending messages with ids above `after_id` received before `created_before` (Unix ms),
-    /// oldest first, with their recipients. (Ids grow with time, so this is a range of the
-    /// primary key.)
+    /// The pending messages of `recipients` with ids above `after_id` received before
+    /// `created_before` (Unix ms), oldest first, at most `limit`, with their recipients. Read
+    /// through the recipients' index, so messages queued for anyone else cost nothing.
     async fn pending_since(
         &self,
+        recipients: &[&str],
         after_id: i64,
         created_before: i64,
         limit: usize,
@@ -325,6 +326,10 @@ pub trait Storage: Send + Sync + 'static {
 
     /// How many messages are pending for a recipient.
     async fn pending_count(&self, recipient: &str) -> Result<usize, StorageError>;
+
+    /// For each of `users`, whether it is registered and how many messages are pending for it
+    /// (0 for an unknown user), in `users`' order: two queries however many users.
+    async fn recipients(&self, users: &[&str]) -> Result<Vec<(bool, usize)>, StorageError>;
 
     /// Acknowledges messages, deleting them: each `(recipient, id)` pair counts only if the
     /// message is that recipient's and still queued. Returns those that were.

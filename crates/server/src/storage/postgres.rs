@@ -37,6 +37,10 @@ fn migrator() -> Migrator {
     ])
 }
 
+/// The key of the transaction lock that orders the queue's commits across nodes (any constant
+/// no other application on the database uses as an advisory lock key).
+const QUEUE_ORDER_LOCK: i64 = 0x5077_0001;
+
 impl PostgresStorage {
     /// Connects to `url` (`postgres://…`) and migrates the database (migrations take an
     /// advisory lock, so several nodes may start at once).
@@ -61,8 +65,24 @@ impl PostgresStorage {
 
 impl PostgresStorage {
     /// The queue writer's group commit: through the pool (every node writes to one database).
+    ///
+    /// Message ids come from a sequence when the rows are inserted, and each node's writer
+    /// commits on its own, so without an order between their commits a later id could become
+    /// visible before an earlier one: a catch-up that has read "after id N" would step over
+    /// the earlier message for good, and that sender's messages would arrive out of order. A
+    /// commit that stores messages therefore takes a transaction lock first, so that ids are
+    /// taken and made visible one commit at a time, in order. Commits are group commits, so this
+    /// orders batches (a few hundred a second), not messages.
     async fn commit_queue(&self, batch: QueueBatch) -> Result<Committed, StorageError> {
-        self.commit_with_pool(batch).await
+        if batch.stores.is_empty() {
+            return self.commit_with_pool(batch).await;
+        }
+        let mut tx = self.pool.begin_with("BEGIN").await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(QUEUE_ORDER_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        Self::commit_in(tx, batch).await
     }
 
     /// Nothing to stop: the queue goes through the pool.

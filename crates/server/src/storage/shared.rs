@@ -164,7 +164,15 @@ macro_rules! impl_storage {
 
             /// The group commit through the pool, in one transaction.
             async fn commit_with_pool(&self, batch: QueueBatch) -> Result<Committed, StorageError> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let tx = self.pool.begin_with($begin).await?;
+                Self::commit_in(tx, batch).await
+            }
+
+            /// The group commit's work inside `tx`, then the commit.
+            async fn commit_in(
+                mut tx: sqlx::Transaction<'_, $db>,
+                batch: QueueBatch,
+            ) -> Result<Committed, StorageError> {
                 let outcomes = Self::store_in(&mut tx, &batch.stores).await?;
                 Self::delete_in(&mut tx, &batch.deletes).await?;
                 let acknowledged = Self::acknowledge_in(&mut tx, &batch.acks).await?;
@@ -398,31 +406,40 @@ macro_rules! impl_storage {
 
             async fn pending_since(
                 &self,
+                recipients: &[&str],
                 after_id: i64,
                 created_before: i64,
                 limit: usize,
             ) -> Result<Vec<(String, QueuedMessage)>, StorageError> {
-                let rows = sqlx::query(
-                    "SELECT recipient, id, sender, envelope, created_at FROM messages \
-                     WHERE id > $1 AND created_at < $2 ORDER BY id LIMIT $3",
-                )
-                .bind(after_id)
-                .bind(created_before)
-                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                .fetch_all(&self.pool)
-                .await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|row| {
+                let mut found = Vec::new();
+                for chunk in fixed_chunks(recipients) {
+                    let mut select = QueryBuilder::<$db>::new(
+                        "SELECT recipient, id, sender, envelope, created_at FROM messages \
+                         WHERE recipient IN (",
+                    );
+                    let mut list = select.separated(", ");
+                    for recipient in chunk {
+                        list.push_bind(*recipient);
+                    }
+                    select.push(") AND id > ");
+                    select.push_bind(after_id);
+                    select.push(" AND created_at < ");
+                    select.push_bind(created_before);
+                    select.push(" ORDER BY id LIMIT ");
+                    select.push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+                    for row in select.build().fetch_all(&self.pool).await? {
                         let message = QueuedMessage {
                             id: row.get(1),
                             sender: row.get(2),
                             envelope: row.get::<Option<String>, _>(3).unwrap_or_default(),
                             created_at: row.get(4),
                         };
-                        (row.get(0), message)
-                    })
-                    .collect())
+                        found.push((row.get::<String, _>(0), message));
+                    }
+                }
+                found.sort_unstable_by_key(|(_, message)| message.id);
+                found.truncate(limit);
+                Ok(found)
             }
 
             async fn last_message_id(&self) -> Result<i64, StorageError> {
@@ -440,6 +457,43 @@ macro_rules! impl_storage {
                 .fetch_one(&self.pool)
                 .await?;
                 Ok(usize::try_from(count).unwrap_or(0))
+            }
+
+            async fn recipients(&self, users: &[&str]) -> Result<Vec<(bool, usize)>, StorageError> {
+                let mut registered: std::collections::HashSet<String> =
+                    std::collections::HashSet::new();
+                let mut pending: HashMap<String, usize> = HashMap::new();
+                for chunk in fixed_chunks(users) {
+                    let mut select =
+                        QueryBuilder::<$db>::new("SELECT user_id FROM users WHERE user_id IN (");
+                    let mut list = select.separated(", ");
+                    for user in chunk {
+                        list.push_bind(*user);
+                    }
+                    select.push(")");
+                    for row in select.build().fetch_all(&self.pool).await? {
+                        registered.insert(row.get(0));
+                    }
+                    let mut count = QueryBuilder::<$db>::new(
+                        "SELECT recipient, COUNT(*) FROM messages WHERE recipient IN (",
+                    );
+                    let mut list = count.separated(", ");
+                    for user in chunk {
+                        list.push_bind(*user);
+                    }
+                    count.push(") GROUP BY recipient");
+                    for row in count.build().fetch_all(&self.pool).await? {
+                        let queued: i64 = row.get(1);
+                        pending.insert(row.get(0), usize::try_from(queued).unwrap_or(0));
+                    }
+                }
+                Ok(users
+                    .iter()
+                    .map(|user| match registered.contains(*user) {
+                        true => (true, pending.get(*user).copied().unwrap_or(0)),
+                        false => (false, 0),
+                    })
+                    .collect())
             }
 
             async fn acknowledge(

@@ -255,3 +255,74 @@ pub fn client_id() -> String {
     rand::rng().fill_bytes(&mut bytes);
     b64(&bytes)
 }
+
+/// A TCP proxy in front of the relay that can stop passing the relay's bytes on, as a client
+/// that stops reading would (a frozen tab, a stalled mobile link): the relay's writes then pile
+/// up in its socket and in the connection's outgoing buffer.
+pub struct PausingProxy {
+    pub url: String,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl PausingProxy {
+    /// Proxies connections to `listener` (bound before the relay starts, so that the relay can
+    /// accept logins signed for the proxy's address) to `relay`.
+    pub fn start(listener: tokio::net::TcpListener, relay: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = paused.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else { return };
+                // A small receive buffer keeps what the proxy's own socket holds small, so a
+                // pause is felt by the relay after a few kilobytes.
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.set_recv_buffer_size(4096).unwrap();
+                let upstream = socket.connect(relay).await.unwrap();
+                let (mut from_relay, mut to_relay) = upstream.into_split();
+                let (mut from_client, mut to_client) = client.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_client, &mut to_relay).await;
+                    let _ = to_relay.shutdown().await;
+                });
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 4096];
+                    loop {
+                        if flag.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                        match from_relay.read(&mut buffer).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if to_client.write_all(&buffer[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = to_client.shutdown().await;
+                });
+            }
+        });
+        Self { url, paused, task }
+    }
+
+    pub fn pause(&self) {
+        self.paused.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for PausingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
