@@ -243,8 +243,14 @@ pub async fn recv(place: &Place, wait: Option<u64>, json: bool) -> anyhow::Resul
         client.close().await;
         return Ok(());
     };
-    for event in client.flush_outbox(&relay).await? {
-        warn(&event);
+    // Messages a failed `send` left queued go out first; if they cannot (the relay is busy,
+    // a limit), they wait for the next run, and receiving goes ahead.
+    match client.flush_outbox(&relay).await {
+        Ok(events) => events.iter().for_each(warn),
+        Err(error) => eprintln!(
+            "warning: queued messages not sent yet, kept for the next run: {}",
+            explain(&error, &server)
+        ),
     }
     let mut out = std::io::stdout().lock();
     // Saved by an earlier run that stopped before printing them.
@@ -260,6 +266,7 @@ pub async fn recv(place: &Place, wait: Option<u64>, json: bool) -> anyhow::Resul
         client.store().mark_seen(&[message.id]).await?;
     }
     let mut handled = 0usize;
+    let mut lost = false;
     // Without --wait: return once the backlog announced at login is handled (and nothing more
     // arrives for a moment). With it: return after SECONDS with nothing new.
     let quiet = wait.map_or(Duration::from_millis(500), Duration::from_secs);
@@ -270,8 +277,16 @@ pub async fn recv(place: &Place, wait: Option<u64>, json: bool) -> anyhow::Resul
             received = tokio::time::timeout(timeout, pushes.recv()) => received,
             () = stop.wait() => break,
         };
-        let Ok(Some(push)) = push else {
-            break;
+        let push = match push {
+            Ok(Some(push)) => push,
+            // Quiet for the whole time: done.
+            Err(_) => break,
+            // The connection ended under us: what arrived is saved and printed, but a script
+            // must be able to tell this from "nothing more to receive".
+            Ok(None) => {
+                lost = true;
+                break;
+            }
         };
         let is_messages = push.event == "message:receive";
         // A push taken is handled whole: its messages are saved and acknowledged.
@@ -294,11 +309,18 @@ pub async fn recv(place: &Place, wait: Option<u64>, json: bool) -> anyhow::Resul
             }
         }
     }
-    for event in client.refresh_delivery(&relay).await.unwrap_or_default() {
-        warn(&event);
+    if !lost {
+        for event in client.refresh_delivery(&relay).await.unwrap_or_default() {
+            warn(&event);
+        }
     }
     relay.close();
     client.close().await;
+    if lost {
+        anyhow::bail!(
+            "the connection to the relay at {server} was lost; run again to receive the rest"
+        );
+    }
     Ok(())
 }
 

@@ -160,6 +160,35 @@ fn clear_errors_for_unknown_users_taken_ids_and_an_unreachable_relay() {
     );
 }
 
+/// A script must tell "nothing more to receive" from "the relay went away": `recv` exits
+/// non-zero, saying so, when its connection ends under it, after printing what it received.
+#[test]
+fn recv_fails_clearly_when_the_relay_goes_away_and_prints_what_came_before() {
+    use std::io::BufRead;
+    let mut relay = Relay::start();
+    relay.ok("a", &["register", "alice"]);
+    relay.ok("b", &["register", "bob"]);
+    relay.ok("a", &["send", "bob", "before the outage"]);
+    let mut child = Command::new(SOTTO)
+        .args(["--server", &relay.url, "--home"])
+        .arg(relay.home("b"))
+        .args(["recv", "--wait", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.contains("before the outage"), "{line:?}");
+    relay.child.kill().unwrap();
+    relay.child.wait().unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success(), "a lost connection is a failure");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("connection to the relay") && stderr.contains("was lost"), "{stderr}");
+}
+
 fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777

@@ -79,6 +79,31 @@ pub struct Push {
     pub arrived: Instant,
 }
 
+/// The parts of the Engine.IO open packet the client uses.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OpenPacket {
+    /// How often the server pings, in milliseconds.
+    ping_interval: u64,
+    /// How long the server waits for the answer, in milliseconds.
+    ping_timeout: u64,
+}
+
+impl OpenPacket {
+    /// Engine.IO's defaults, for a server that leaves the values out.
+    const DEFAULT: Self = Self { ping_interval: 25_000, ping_timeout: 20_000 };
+
+    fn parse(json: &str) -> Self {
+        serde_json::from_str(json).unwrap_or(Self::DEFAULT)
+    }
+
+    /// How long the connection may stay silent before it counts as dead: a ping is due every
+    /// interval, and the server itself gives the answer the timeout on top.
+    fn silence_limit(&self) -> Duration {
+        Duration::from_millis(self.ping_interval.saturating_add(self.ping_timeout))
+    }
+}
+
 /// What the reader task and the handle share.
 #[derive(Debug, Default)]
 struct Shared {
@@ -168,9 +193,10 @@ impl SocketIoClient {
 
         // Engine.IO open, then Socket.IO connect on "/".
         let open = next_text(&mut stream).await?;
-        if !open.starts_with('0') {
+        let Some(open) = open.strip_prefix('0') else {
             return Err(TransportError::Protocol(format!("expected an open packet, got {open:?}")));
-        }
+        };
+        let silence_limit = OpenPacket::parse(open).silence_limit();
         sink.send(Message::text("40")).await.map_err(|e| TransportError::Connect(e.to_string()))?;
         loop {
             let packet = next_text(&mut stream).await?;
@@ -209,7 +235,13 @@ impl SocketIoClient {
         let reader_shared = shared.clone();
         let pong = outgoing.clone();
         tokio::spawn(async move {
-            while let Some(Ok(message)) = stream.next().await {
+            // The server pings every `pingInterval`: a connection silent for longer than that
+            // and the `pingTimeout` is dead (a laptop that slept, a NAT that forgot the
+            // connection), even though no FIN ever came. Ending it here ends the pushes, and
+            // the caller reconnects.
+            while let Ok(Some(Ok(message))) =
+                tokio::time::timeout(silence_limit, stream.next()).await
+            {
                 let arrived = Instant::now();
                 let Message::Text(text) = message else {
                     if matches!(message, Message::Close(_)) {
@@ -382,6 +414,45 @@ mod tests {
         assert!(websocket_url("ftp://x").is_err());
         assert_eq!(authority("http://localhost:3000").unwrap(), "localhost:3000");
         assert_eq!(authority("https://chat.example").unwrap(), "chat.example");
+    }
+
+    #[test]
+    fn the_open_packet_sets_how_long_silence_is_tolerated() {
+        let open = r#"{"sid":"a","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
+        assert_eq!(OpenPacket::parse(open).silence_limit(), Duration::from_secs(45));
+        let custom = r#"{"sid":"a","pingInterval":1000,"pingTimeout":500}"#;
+        assert_eq!(OpenPacket::parse(custom).silence_limit(), Duration::from_millis(1500));
+        assert_eq!(OpenPacket::parse("{}").silence_limit(), Duration::from_secs(45), "defaults");
+    }
+
+    /// A server that completes the handshakes and then never sends another frame, nor closes:
+    /// what a connection looks like after a laptop slept or a NAT forgot it. The client gives
+    /// up once a ping is overdue, so its caller reconnects.
+    #[tokio::test]
+    async fn a_connection_that_falls_silent_is_closed_once_a_ping_is_overdue() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut socket = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let open = r#"0{"sid":"s","upgrades":[],"pingInterval":200,"pingTimeout":100}"#;
+            socket.send(Message::text(open)).await.unwrap();
+            let connect = socket.next().await.unwrap().unwrap();
+            assert_eq!(connect.to_text().unwrap(), "40");
+            socket.send(Message::text(r#"40{"sid":"n"}"#)).await.unwrap();
+            // Silent from now on, with the connection held open.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(socket);
+        });
+        let (client, mut pushes) =
+            SocketIoClient::connect(&format!("http://{address}"), Duration::from_secs(5))
+                .await
+                .unwrap();
+        assert!(client.is_open());
+        let ended = tokio::time::timeout(Duration::from_secs(3), pushes.recv()).await;
+        assert!(matches!(ended, Ok(None)), "the pushes end once 300 ms pass without a frame");
+        assert!(!client.is_open());
+        server.abort();
     }
 
     #[test]

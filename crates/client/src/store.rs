@@ -198,6 +198,11 @@ fn migrator() -> Migrator {
             "own record digests",
             include_str!("../migrations/0002_own_record_digests.sql"),
         ),
+        migration(
+            3,
+            "signed prekey retirement",
+            include_str!("../migrations/0003_signed_prekey_retirement.sql"),
+        ),
     ])
 }
 
@@ -343,7 +348,10 @@ impl Store {
             .collect()
     }
 
-    /// Adds a new current signed prekey and forgets those older than `forget_before` (seconds).
+    /// Adds a new current signed prekey (created at `created_at_seconds`, which is also when
+    /// the previous one is retired) and forgets the keys retired before `forget_before`
+    /// (seconds). Retirement, not creation, starts the retention: the relay hands out the
+    /// current key until the moment it is replaced, however old it is by then.
     pub async fn rotate_signed_prekey(
         &self,
         prekey: &SignedPrekey,
@@ -351,10 +359,13 @@ impl Store {
         forget_before: u64,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query("UPDATE signed_prekeys SET current = 0").execute(&mut *tx).await?;
+        sqlx::query("UPDATE signed_prekeys SET current = 0, retired_at = $1 WHERE current = 1")
+            .bind(to_i64(created_at_seconds))
+            .execute(&mut *tx)
+            .await?;
         insert_signed_prekey(&mut tx, prekey, created_at_seconds).await?;
         advance_prekey_id(&mut tx, prekey.id()).await?;
-        sqlx::query("DELETE FROM signed_prekeys WHERE current = 0 AND created_at < $1")
+        sqlx::query("DELETE FROM signed_prekeys WHERE current = 0 AND retired_at < $1")
             .bind(to_i64(forget_before))
             .execute(&mut *tx)
             .await?;
@@ -1188,6 +1199,39 @@ mod tests {
 
     fn statuses(word: &[StoredMessage]) -> Vec<(u64, &str)> {
         word.iter().map(|m| (m.counter.unwrap(), m.status.as_str())).collect()
+    }
+
+    /// A signed prekey is kept for the retention after it is replaced, however old it was when
+    /// replaced: a user back after weeks away still has the key the relay handed out meanwhile.
+    #[tokio::test]
+    async fn a_replaced_signed_prekey_is_kept_from_its_replacement_not_its_creation() {
+        const DAY: u64 = 24 * 3600;
+        const RETENTION: u64 = 30 * DAY;
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::open(home.path()).await.unwrap();
+        let identity = IdentityKeyPair::generate(&mut rand::rng());
+        let key = |id, created| SignedPrekey::generate(&identity, id, created, &mut rand::rng());
+        let kept = async || {
+            let keys = store.signed_prekeys(&identity).await.unwrap();
+            keys.iter().map(|(key, _, current)| (key.id(), *current)).collect::<Vec<_>>()
+        };
+
+        let mut tx = store.begin().await.unwrap();
+        insert_signed_prekey(&mut tx, &key(1, 0), 0).await.unwrap();
+        tx.commit().await.unwrap();
+
+        // Back on day 40: key 1 is replaced now, 40 days after it was made, and stays.
+        store.rotate_signed_prekey(&key(2, 40 * DAY), 40 * DAY, 10 * DAY).await.unwrap();
+        assert_eq!(kept().await, [(2, true), (1, false)]);
+
+        // A week later: key 2 is replaced; key 1 has been retired for 7 days and stays.
+        store.rotate_signed_prekey(&key(3, 47 * DAY), 47 * DAY, 17 * DAY).await.unwrap();
+        assert_eq!(kept().await, [(3, true), (2, false), (1, false)]);
+
+        // Day 71: key 1 was retired 31 days ago and goes; key 2 (24 days) stays.
+        let now = 71 * DAY;
+        store.rotate_signed_prekey(&key(4, now), now, now - RETENTION).await.unwrap();
+        assert_eq!(kept().await, [(4, true), (3, false), (2, false)]);
     }
 
     #[tokio::test]

@@ -39,6 +39,9 @@ enum Update {
     Notice(String),
 }
 
+/// How often a connected chat retries messages still waiting in the outbox.
+const OUTBOX_RETRY_EVERY: Duration = Duration::from_secs(30);
+
 /// Backoff before reconnect attempt `attempt`: exponential from 1 s to 30 s, with ±30 % jitter
 /// so many clients do not come back at once.
 pub fn backoff(attempt: u32) -> Duration {
@@ -63,8 +66,22 @@ async fn engine(
                 let mut events = client.flush_outbox(&relay).await.unwrap_or_default();
                 events.extend(client.refresh_delivery(&relay).await.unwrap_or_default());
                 let _ = updates.send(Update::Events(events));
+                // What a busy relay or a timeout left in the outbox is tried again now and then
+                // while connected, not only when the user sends something else.
+                let mut retry = tokio::time::interval_at(
+                    tokio::time::Instant::now() + OUTBOX_RETRY_EVERY,
+                    OUTBOX_RETRY_EVERY,
+                );
                 loop {
                     tokio::select! {
+                        _ = retry.tick() => {
+                            if let Ok(mut events) = client.flush_outbox(&relay).await {
+                                // A message held by an unaccepted key change was reported when
+                                // it was held: not again every half minute.
+                                events.retain(|event| !matches!(event, Event::KeyChanged { .. }));
+                                let _ = updates.send(Update::Events(events));
+                            }
+                        }
                         push = pushes.recv() => {
                             let Some(push) = push else { break };
                             match client.handle(&relay, push).await {
