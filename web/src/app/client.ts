@@ -71,6 +71,10 @@ export const SIGNED_PREKEY_RETENTION_MS = 30 * 24 * 3600 * 1000;
 
 /** How often an open page checks whether its signed prekey is due for rotation. */
 const ROTATION_CHECK_MS = 6 * 3600 * 1000;
+/** When a flush stopped for a passing reason (a timeout, a busy relay), the next try, about. */
+const RETRY_FLUSH_MS = 30_000;
+/** A connection that lasted this long resets the reconnection backoff. */
+const STABLE_CONNECTION_MS = 60_000;
 
 /** Where the connection stands, for the banner. */
 export type ConnectionState =
@@ -197,8 +201,13 @@ export class Client {
   #flushAgain = false;
   #registration: { resolve: () => void; reject: (error: unknown) => void } | null = null;
   #stopped = false;
-  /** Consecutive failed logins, for the retry backoff. */
-  #loginFailures = 0;
+  /** Consecutive failed logins and relay-ended connections, for the reconnection backoff. */
+  #retries = 0;
+  /** When the current connection logged in (`null` while not logged in). */
+  #onlineSince: number | null = null;
+  #reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The outbox's next try after a flush stopped for a passing reason. */
+  #flushTimer: ReturnType<typeof setTimeout> | undefined;
   /** Checks the signed prekey's age while the page stays open. */
   #rotationTimer: ReturnType<typeof setInterval> | undefined;
 
@@ -224,10 +233,16 @@ export class Client {
     });
     const socket = this.#relay.socket;
     socket.on('connect', () => void this.#onConnect().catch((e: unknown) => this.#problem(e, null)));
-    socket.on('disconnect', () => {
+    socket.on('disconnect', (reason) => {
       this.#loggedIn = false;
       this.online.clear();
-      if (!this.#stopped && this.#state !== 'rejected') this.#setState(this.#offlineState());
+      if (!this.#stopped && this.#state !== 'rejected') {
+        this.#setState(this.#offlineState());
+        // The relay ended the connection itself (it does so when a read of the queue failed or
+        // the connection could not take a push: the client is to reconnect and catch up).
+        // socket.io-client does not reconnect after that, so the client does.
+        if (reason === 'io server disconnect') this.#reconnectLater();
+      }
       this.#emitChanged(null);
     });
     socket.io.on('reconnect_attempt', () => {
@@ -304,6 +319,10 @@ export class Client {
   stop(): void {
     this.#stopped = true;
     clearInterval(this.#rotationTimer);
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = undefined;
+    clearTimeout(this.#flushTimer);
+    this.#flushTimer = undefined;
     globalThis.removeEventListener?.('offline', this.#onNetworkChange);
     globalThis.removeEventListener?.('online', this.#onNetworkChange);
     this.#relay.close();
@@ -315,6 +334,23 @@ export class Client {
     // Back online: try now rather than at the end of the current backoff.
     if (globalThis.navigator?.onLine !== false && !this.#relay.connected && !this.#stopped) this.#relay.open();
   };
+
+  /**
+   * Connects again after a backoff with jitter (1 s doubling to 30 s, ±50 %), for the cases
+   * socket.io-client leaves to us: a failed login, a connection the relay ended. The backoff
+   * only resets once a connection has lasted a minute, so a relay that keeps ending
+   * connections right after the login is not hammered.
+   */
+  #reconnectLater(): void {
+    if (this.#reconnectTimer !== undefined) return;
+    if (this.#onlineSince !== null && Date.now() - this.#onlineSince >= STABLE_CONNECTION_MS) this.#retries = 0;
+    this.#onlineSince = null;
+    const delay = Math.min(30_000, 1000 * 2 ** this.#retries++) * (0.5 + Math.random());
+    this.#reconnectTimer = setTimeout(() => {
+      this.#reconnectTimer = undefined;
+      if (!this.#stopped && !this.#relay.connected) this.#relay.open();
+    }, delay);
+  }
 
   #offlineState(): ConnectionState {
     return globalThis.navigator?.onLine === false ? 'offline' : 'reconnecting';
@@ -356,17 +392,14 @@ export class Client {
         else this.#problem(error, null);
         return;
       }
-      // A timeout or a busy relay: drop the connection and try again later, with backoff and
-      // jitter (a client-side disconnect turns socket.io-client's own reconnection off).
+      // A timeout or a busy relay: drop the connection and try again later (a client-side
+      // disconnect turns socket.io-client's own reconnection off).
       this.#relay.close();
-      const delay = Math.min(30_000, 1000 * 2 ** this.#loginFailures++) * (0.5 + Math.random());
-      setTimeout(() => {
-        if (!this.#stopped) this.#relay.open();
-      }, delay);
+      this.#reconnectLater();
       return;
     }
     this.#loggedIn = true;
-    this.#loginFailures = 0;
+    this.#onlineSince = Date.now();
     this.#setState('online');
     // A page left open for days still rotates its signed prekey (uploaded count unknown here:
     // only the rotation is checked; top-ups follow the relay's prekeys:low).
@@ -401,11 +434,14 @@ export class Client {
       answer = await this.#relay.register(this.userId, this.#account.identity, signedPrekeyJson(signed.prekey), oneTime);
     } catch (error) {
       if (!isRelayError(error, 'user_taken')) throw error;
-      // Perhaps ours: registered before, the answer lost. Only our key can log in.
+      // Perhaps ours: registered before, the answer lost. Only our key can log in, so only a
+      // refused login means someone else holds the id; any other failure (a timeout, a busy
+      // relay, a dropped connection) is retried like one, since giving up here would throw
+      // away the keys the relay may already hold for us.
       try {
         answer = await this.#relay.login(this.userId, this.#account.identity);
-      } catch {
-        throw error;
+      } catch (loginError) {
+        throw isRelayError(loginError, 'authentication_failed') ? error : loginError;
       }
     }
     this.#account = { ...this.#account, registered: true };
@@ -640,13 +676,15 @@ export class Client {
             break;
           }
           if (error instanceof RelayError) {
-            if (error.code === 'timeout' || error.code === 'disconnected') return; // after reconnect
+            // A dropped connection flushes again once logged in; a timeout may leave the
+            // connection up, so that and a relay still busy after five tries get a later flush.
+            if (error.code === 'timeout' || error.code === 'disconnected') return this.#flushLater();
             if (error.retryable && attempt < 5) {
               if (error.code === 'rate_limited') this.#problem(error, entry.peer);
               await sleep(error.retryAfterMs ?? 1000 * 2 ** attempt);
               continue;
             }
-            if (error.retryable) return;
+            if (error.retryable) return this.#flushLater();
           }
           // Refused for good (unknown user, too large, a bundle that does not verify…).
           await this.#markFailed(entry, errorCode(error));
@@ -657,11 +695,27 @@ export class Client {
     }
   }
 
+  /** Flushes again in about half a minute (±50 %), while logged in: one timer at a time. */
+  #flushLater(): void {
+    if (this.#flushTimer !== undefined || this.#stopped) return;
+    this.#flushTimer = setTimeout(() => {
+      this.#flushTimer = undefined;
+      if (this.#loggedIn) void this.flushOutbox();
+    }, RETRY_FLUSH_MS * (0.5 + Math.random()));
+  }
+
   async #sendOne(entry: OutboxEntry): Promise<void> {
     // Sealed or not, nothing leaves the outbox while the peer's identity has changed unaccepted:
     // an entry sealed before the change (the relay was busy, the connection dropped) waits too.
-    await this.#queue.run(entry.peer, () => this.#confirmIdentity(entry.peer));
-    const envelope = entry.envelope ?? (await this.#queue.run(entry.peer, () => this.#seal(entry)));
+    // The entry as saved now, not as the flush listed it: a key accepted since then cleared
+    // the envelope sealed for the old identity (it is sealed again below), and an entry sent or
+    // dropped meanwhile is gone.
+    const current = await this.#queue.run(entry.peer, async () => {
+      await this.#confirmIdentity(entry.peer);
+      return this.#store.read(['outbox'], (tx) => tx.outboxEntry(entry.clientId));
+    });
+    if (current === null) return;
+    const envelope = current.envelope ?? (await this.#queue.run(entry.peer, () => this.#seal(current)));
     const answer = await this.#relay.send({ to: entry.peer, id: entry.clientId, envelope });
     await this.#store.write(['messages', 'outbox'], async (tx) => {
       const message = await tx.message(entry.messageId);
@@ -760,16 +814,25 @@ export class Client {
 
   async #receiveBatch(messages: ReceivedMessage[]): Promise<void> {
     const saved = await Promise.all(
-      messages.map((message) =>
-        this.#queue.run(message.from, () => this.#receiveOne(message)).then(
+      messages.map((message) => {
+        let peer: UserId;
+        try {
+          peer = parseUserId(message.from);
+        } catch {
+          // The relay names senders by valid ids; nothing to show or keep, so acknowledged.
+          return Promise.resolve(message.id);
+        }
+        // Queued under the parsed id, as every other use of the peer's session is: the relay's
+        // spelling ("Bob", "BOB") must not open a second queue onto the same session.
+        return this.#queue.run(peer, () => this.#receiveOne(message, peer)).then(
           () => message.id,
           // Not saved (storage failed): not acknowledged, so the relay pushes it again.
           (error: unknown) => {
-            this.#problem(error, message.from);
+            this.#problem(error, peer);
             return null;
           },
-        ),
-      ),
+        );
+      }),
     );
     const ids = saved.filter((id): id is number => id !== null);
     if (ids.length === 0) return;
@@ -780,14 +843,8 @@ export class Client {
     }
   }
 
-  /** Decrypts and saves one message (never acknowledged before this resolves). */
-  async #receiveOne(message: ReceivedMessage): Promise<void> {
-    let peer: UserId;
-    try {
-      peer = parseUserId(message.from);
-    } catch {
-      return; // the relay names senders by valid ids; nothing to show or keep
-    }
+  /** Decrypts and saves one message from `peer` (never acknowledged before this resolves). */
+  async #receiveOne(message: ReceivedMessage, peer: UserId): Promise<void> {
     const known = await this.#store.read(['messages'], (tx) => tx.messageByServerId(peer, message.id));
     if (known !== null) return; // saved before; the acknowledgement was lost
     let envelope;

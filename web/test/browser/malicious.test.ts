@@ -485,6 +485,45 @@ describe('web client against a lying relay', () => {
     assert.deepEqual(await snapshot(alice, 'bob'), now, 'the old-chain replay changes nothing');
   });
 
+  test('a sender named in another spelling is the same sender: one message pushed twice at once is shown once', async () => {
+    const { alice, bob } = await aliceWroteToBob();
+    const { next } = holdMessages('bob', 'alice');
+    await send(alice, 'only once');
+    const [message] = (await next(1)) as [PushedMessage];
+    const settled = await snapshot(bob, 'alice');
+
+    // The same new message twice in one push, under two spellings of alice's id: both must
+    // wait for the same session, so the second finds the first's work and is dropped.
+    const copies = [
+      { ...message, from: 'ALICE', id: mitm.fakeId() },
+      { ...message, from: 'Alice', id: mitm.fakeId() },
+    ];
+    mitm.link('bob').push(copies);
+    await mitm.waitFor('both copies acknowledged', () => copies.every((m) => (mitm.acked.get('bob') ?? []).includes(m.id)));
+    await sleep(300);
+    await expect(bubble(bob, 'only once'), 'shown once').toHaveCount(1);
+    await expect(undecryptable(bob), 'the copy is dropped silently').toHaveCount(0);
+    assert.notDeepEqual(await snapshot(bob, 'alice'), settled, 'the message moved the session on');
+
+    // The session is whole: the real push and a reply still go through.
+    mitm.link('bob').push([message]);
+    await send(bob, 'got it');
+    await expect(bubble(alice, 'got it'), 'reply').toBeVisible();
+    await expect(bubble(bob, 'only once'), 'still once').toHaveCount(1);
+  });
+
+  test('a connection the relay ends is opened again by the client, and what came meanwhile arrives', async () => {
+    const { alice, bob } = await aliceWroteToBob();
+    const before = mitm.link('bob');
+    before.disconnectAsRelay();
+    await send(alice, 'while bob was away');
+    await mitm.waitFor('bob to connect again', () => mitm.linksOf('bob').some((link) => link !== before));
+    await online(bob);
+    await expect(bubble(bob, 'while bob was away'), 'caught up').toBeVisible();
+    await send(bob, 'back');
+    await expect(bubble(alice, 'back'), 'and sending again').toBeVisible();
+  });
+
   test('two withheld messages out of five are reported missing when a later one arrives', async () => {
     const alice = await user('alice');
     const bob = await user('bob');

@@ -185,6 +185,15 @@ export class Link {
     this.#client.terminate();
   }
 
+  /**
+   * Ends the connection the way the relay does when it gives up on a socket (a failed read of
+   * the queue, a push the socket could not take): a Socket.IO DISCONNECT packet for the
+   * namespace, after which socket.io-client does not reconnect on its own.
+   */
+  disconnectAsRelay(): void {
+    this.toClient('41');
+  }
+
   #onClientFrame(text: string, binary: boolean): void {
     if (binary) throw new Error('the client sent a binary frame');
     const packet = parseFrame(text);
