@@ -125,6 +125,21 @@ async fn run_suite(store: Arc<dyn Storage>) {
     let more: Vec<_> =
         (100..110).map(|id| StoredOneTimePrekey { id, key: format!("k{id}") }).collect();
     assert_eq!(store.add_one_time_prekeys("bob", &more, 5).await.unwrap(), 5, "capped");
+    // Uploads at once (one connection's pipelined requests, or several devices) share the cap.
+    let uploads: Vec<_> = (0..8u32)
+        .map(|upload| {
+            let store = store.clone();
+            let keys: Vec<_> = (0..10)
+                .map(|n| 1_000 + upload * 10 + n)
+                .map(|id| StoredOneTimePrekey { id, key: format!("k{id}") })
+                .collect();
+            tokio::spawn(async move { store.add_one_time_prekeys("bob", &keys, 30).await })
+        })
+        .collect();
+    for upload in uploads {
+        upload.await.unwrap().unwrap();
+    }
+    assert_eq!(store.one_time_prekey_count("bob").await.unwrap(), 30, "never above the cap");
     store
         .set_signed_prekey(
             "bob",

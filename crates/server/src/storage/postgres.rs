@@ -129,4 +129,5 @@ super::shared::impl_storage!(
     claim_one_time_prekey = "DELETE FROM one_time_prekeys WHERE (user_id, key_id) = \
          (SELECT user_id, key_id FROM one_time_prekeys WHERE user_id = $1 ORDER BY key_id \
           LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING key_id, public_key",
+    lock_user = "SELECT user_id FROM users WHERE user_id = $1 FOR UPDATE",
 );

@@ -40,7 +40,7 @@ pub(crate) fn to_i64(value: u64) -> i64 {
 
 /// Implements [`Storage`](super::Storage) for a backend type holding a `pool` of database `$db`.
 macro_rules! impl_storage {
-    ($storage:ty, $db:ty, begin = $begin:expr, claim_one_time_prekey = $claim_one_time_prekey:expr $(,)?) => {
+    ($storage:ty, $db:ty, begin = $begin:expr, claim_one_time_prekey = $claim_one_time_prekey:expr, lock_user = $lock_user:expr $(,)?) => {
         impl $storage {
             /// Stores a batch inside a transaction, de-duplicating on (sender, client id): copies
             /// already queued are found first (by the unique index, returning rows only for
@@ -324,6 +324,9 @@ macro_rules! impl_storage {
                 max_stored: usize,
             ) -> Result<usize, StorageError> {
                 let mut tx = self.pool.begin_with($begin).await?;
+                // Uploads of one user are counted and inserted one at a time, so that two at
+                // once cannot both see room under the cap.
+                sqlx::query($lock_user).bind(user_id).execute(&mut *tx).await?;
                 let count: i64 =
                     sqlx::query_scalar("SELECT COUNT(*) FROM one_time_prekeys WHERE user_id = $1")
                         .bind(user_id)

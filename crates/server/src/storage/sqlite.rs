@@ -137,4 +137,6 @@ super::shared::impl_storage!(
     claim_one_time_prekey = "DELETE FROM one_time_prekeys WHERE user_id = $1 AND key_id = \
          (SELECT key_id FROM one_time_prekeys WHERE user_id = $1 ORDER BY key_id LIMIT 1) \
          RETURNING key_id, public_key",
+    // `BEGIN IMMEDIATE` already takes the write lock: nothing more to lock.
+    lock_user = "SELECT user_id FROM users WHERE user_id = $1",
 );
