@@ -150,22 +150,26 @@ const PAYLOAD_LOGGING_TARGETS: [&str; 5] =
     ["tungstenite", "tokio_tungstenite", "engineioxide", "socketioxide", "hyper"];
 
 fn init_logging(json: bool) {
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    for target in PAYLOAD_LOGGING_TARGETS {
-        if let Ok(directive) = format!("{target}=info").parse() {
-            filter = filter.add_directive(directive);
-        }
-    }
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let wanted = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A filter of its own that every event must pass as well, not directives inside
+    // `RUST_LOG`'s filter: there the most specific directive wins, and
+    // `socketioxide::client=debug` would override a cap on `socketioxide`.
+    let cap = PAYLOAD_LOGGING_TARGETS
+        .iter()
+        .fold(Targets::new().with_default(LevelFilter::TRACE), |cap, target| {
+            cap.with_target(*target, LevelFilter::INFO)
+        });
     // Colours only for a terminal: a log file or journal gets plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let output = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    let output = if json { output.json().boxed() } else { output.boxed() };
+    tracing_subscriber::registry().with(output.with_filter(cap).with_filter(wanted)).init();
 }
 
 async fn shutdown_signal() {

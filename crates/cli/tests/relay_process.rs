@@ -33,7 +33,13 @@ fn start(database: &str, port: u16, stderr_path: &std::path::Path) -> Relay {
     let child = Command::new(env!("CARGO_BIN_EXE_sotto"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database", database])
         .args(["--events-per-second", "0", "--pair-messages-per-second", "0"])
-        .env("RUST_LOG", "trace")
+        // Everything at trace, and the modules that log whole frames named one by one: a
+        // more specific directive must not lift the relay's cap on them (`logs_carry_no_keys…`).
+        .env(
+            "RUST_LOG",
+            "trace,socketioxide::client=trace,engineioxide::socket=trace,\
+             tungstenite::protocol=trace,hyper::proto=trace",
+        )
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
