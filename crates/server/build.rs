@@ -9,4 +9,8 @@ fn main() {
         println!("cargo:warning=cannot create {}: {error}", dist.display());
     }
     println!("cargo:rerun-if-changed=build.rs");
+    // Release builds embed the files found at compile time: a web client built (or rebuilt with
+    // a new file) after the relay must make the relay build again, or it would go on serving
+    // what it found, even the "not built" page. Cargo watches a folder's whole contents.
+    println!("cargo:rerun-if-changed={}", dist.display());
 }

@@ -27,14 +27,15 @@ pub(crate) struct HttpState {
 }
 
 /// The request headers anything behind this layer reads: the relay (`Host` for login
-/// signatures, `X-Forwarded-For` behind a trusted proxy), engineioxide (the WebSocket key
-/// for the upgrade answer, the content type of a polling body). Upgrade negotiation itself is
-/// hyper's, done before this layer.
-const HEADERS_READ: [header::HeaderName; 4] = [
+/// signatures, `X-Forwarded-For` behind a trusted proxy, `If-None-Match` for the web client's
+/// files), engineioxide (the WebSocket key for the upgrade answer, the content type of a
+/// polling body). Upgrade negotiation itself is hyper's, done before this layer.
+const HEADERS_READ: [header::HeaderName; 5] = [
     header::HOST,
     header::SEC_WEBSOCKET_KEY,
     header::CONTENT_TYPE,
     header::HeaderName::from_static("x-forwarded-for"),
+    header::IF_NONE_MATCH,
 ];
 
 /// Keeps of a request's head only what is read later ([`HEADERS_READ`] and the URI), copied
@@ -80,8 +81,8 @@ async fn healthz(State(state): State<HttpState>) -> Response {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
         Err(error) => {
             state.metrics.storage_errors.inc();
-            tracing::warn!(%error, "health check: database unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()
+            tracing::warn!(%error, "health check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n").into_response()
         }
     }
 }
@@ -105,7 +106,12 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'none'; \
 frame-ancestors 'none'";
 
-async fn web_client(uri: Uri) -> Response {
+/// Serves the web client. Every file is revalidated on each use (`no-cache`) against a tag
+/// made from its content: the served code is what users trust (docs/SECURITY.md), so after an
+/// upgrade every browser runs the new client at once, and an unchanged file costs a 304 with
+/// no body. (The files keep fixed names, so an hour of `max-age` let browsers, and proxies,
+/// run the old `app.js` against the new relay.)
+async fn web_client(uri: Uri, request_headers: HeaderMap) -> Response {
     let path = uri.path().trim_start_matches('/');
     let path = if path.is_empty() { "index.html" } else { path };
     let (file, path) = match WebClient::get(path) {
@@ -121,13 +127,13 @@ async fn web_client(uri: Uri) -> Response {
     ];
     match file {
         Some(file) => {
-            let cache = if path == "index.html" { "no-cache" } else { "public, max-age=3600" };
-            (
-                security,
-                [(header::CONTENT_TYPE, file.metadata.mimetype()), (header::CACHE_CONTROL, cache)],
-                file.data,
-            )
-                .into_response()
+            let tag = entity_tag(&file.metadata.sha256_hash());
+            let validators = [(header::CACHE_CONTROL, "no-cache"), (header::ETAG, tag.as_str())];
+            if unchanged(&request_headers, &tag) {
+                return (StatusCode::NOT_MODIFIED, security, validators).into_response();
+            }
+            let kind = [(header::CONTENT_TYPE, file.metadata.mimetype())];
+            (security, validators, kind, file.data).into_response()
         }
         None if path == "index.html" => {
             (security, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], NOT_BUILT)
@@ -137,11 +143,44 @@ async fn web_client(uri: Uri) -> Response {
     }
 }
 
+/// A strong entity tag: the first 16 bytes of the file's SHA-256, in hex, quoted.
+fn entity_tag(sha256: &[u8; 32]) -> String {
+    let hex: String = sha256[..16].iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
+/// Whether the request's `If-None-Match` names `tag` (or `*`): the browser's copy is current.
+fn unchanged(request_headers: &HeaderMap, tag: &str) -> bool {
+    request_headers.get_all(header::IF_NONE_MATCH).iter().any(|value| {
+        value.to_str().is_ok_and(|list| {
+            list.split(',')
+                .map(str::trim)
+                .any(|candidate| candidate == "*" || candidate.trim_start_matches("W/") == tag)
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use axum::body::{Body, Bytes};
 
     use super::*;
+
+    #[test]
+    fn a_file_is_unchanged_only_for_its_own_tag() {
+        let tag = entity_tag(&[0xab; 32]);
+        assert_eq!(tag, format!("\"{}\"", "ab".repeat(16)));
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::IF_NONE_MATCH, HeaderValue::from_static(value));
+            headers
+        };
+        assert!(unchanged(&with("\"abababababababababababababababab\""), &tag));
+        assert!(unchanged(&with("\"00\", W/\"abababababababababababababababab\""), &tag));
+        assert!(unchanged(&with("*"), &tag));
+        assert!(!unchanged(&with("\"00\""), &tag), "another version");
+        assert!(!unchanged(&HeaderMap::new(), &tag), "no validator: the whole file");
+    }
 
     #[tokio::test]
     async fn a_trimmed_request_head_holds_what_is_read_and_nothing_of_the_read_buffer() {

@@ -312,6 +312,46 @@ async fn health_and_metrics() {
     }
 }
 
+/// The web client's files are revalidated on every use against a tag of their content, so a
+/// browser runs a new client as soon as the relay is upgraded; an unchanged file is a 304.
+/// (Needs the built client in `web/dist`, as `scripts/test` builds it before these tests.)
+#[tokio::test]
+async fn the_web_client_is_revalidated_against_its_content_tag() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let get = async |path: &str, if_none_match: Option<&str>| {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let condition = if_none_match.map(|tag| format!("If-None-Match: {tag}\r\n"));
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\n{}Connection: close\r\n\r\n",
+            server.addr,
+            condition.unwrap_or_default()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    };
+    let header = |response: &str, name: &str| {
+        let (head, _) = response.split_once("\r\n\r\n").unwrap();
+        head.lines()
+            .find_map(|line| line.split_once(": ").filter(|(n, _)| n.eq_ignore_ascii_case(name)))
+            .map(|(_, value)| value.to_owned())
+    };
+    for path in ["/", "/app.js"] {
+        let first = get(path, None).await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{path}: {first:.200}");
+        assert_eq!(header(&first, "cache-control").as_deref(), Some("no-cache"), "{path}");
+        let tag = header(&first, "etag").expect("an entity tag");
+        assert_eq!(tag.len(), 34, "{path}: {tag}");
+        let again = get(path, Some(&tag)).await;
+        assert!(again.starts_with("HTTP/1.1 304"), "{path}: {again:.200}");
+        assert!(again.ends_with("\r\n\r\n"), "{path}: a 304 has no body");
+        let other = get(path, Some("\"0123\"")).await;
+        assert!(other.starts_with("HTTP/1.1 200"), "{path}: another version gets the file");
+    }
+}
+
 /// A message that waits too long for the storage writer (here: a commit held up by a lock
 /// someone else holds on the database) is refused with the retryable `busy`, not stored late;
 /// the one being committed is stored, and a resend of a refused one is stored once the writer

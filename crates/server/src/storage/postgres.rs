@@ -88,6 +88,11 @@ impl PostgresStorage {
     /// Nothing to stop: the queue goes through the pool.
     async fn close_queue(&self) {}
 
+    /// Nothing of the queue's own to check: it is the database's.
+    fn queue_health(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     /// Nothing to release: PostgreSQL's caches are the database server's.
     async fn release_queue_memory(&self) {}
 

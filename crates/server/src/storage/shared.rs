@@ -244,6 +244,7 @@ macro_rules! impl_storage {
         #[async_trait]
         impl Storage for $storage {
             async fn health(&self) -> Result<(), StorageError> {
+                self.queue_health()?;
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
                 Ok(())
             }

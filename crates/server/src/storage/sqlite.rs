@@ -90,6 +90,17 @@ impl SqliteStorage {
         }
     }
 
+    /// The queue's part of the health check: a failed flush leaves the relay refusing every
+    /// message until it restarts, so it must not look healthy.
+    fn queue_health(&self) -> Result<(), StorageError> {
+        match &self.queue {
+            Some(queue) if queue.flush_failed() => Err(StorageError::Flush(std::io::Error::other(
+                "an earlier flush of the write-ahead log failed; restart the relay",
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Lets the queue thread finish what it was given, then stops it.
     async fn close_queue(&self) {
         if let Some(queue) = &self.queue {

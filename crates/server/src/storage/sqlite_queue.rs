@@ -261,6 +261,12 @@ impl QueueThread {
         }
     }
 
+    /// Whether the log could not be flushed once: from then on every batch is refused as not
+    /// durable until the relay restarts.
+    pub(crate) fn flush_failed(&self) -> bool {
+        self.flusher.has_failed()
+    }
+
     /// Releases the queue connection's page cache, waiting for a commit that is running.
     pub(crate) fn release_memory(&self) {
         self.writer.lock().unwrap_or_else(|e| e.into_inner()).release_cache();
@@ -378,6 +384,8 @@ fn serve(writer: &Mutex<Writer>, inbox: &mpsc::Receiver<Request>, flusher: &Flus
 struct Flusher {
     state: Mutex<FlushState>,
     changed: Condvar,
+    /// Set for good once a flush failed (see `run`): the relay's health check reports it.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -391,6 +399,11 @@ struct FlushState {
 }
 
 impl Flusher {
+    /// Whether a flush has failed, so that no batch will be durable until a restart.
+    fn has_failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Registers a committed batch; the receiver learns when it is on disk. Waits while too
     /// many batches are waiting (the disk is the bottleneck; the writer's inbox fills).
     fn request(&self) -> oneshot::Receiver<Result<(), ErrorKind>> {
@@ -446,6 +459,7 @@ impl Flusher {
                          as stored until the relay restarts"
                     );
                     failed = Some(error.kind());
+                    self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
                     error.kind()
                 }),
             };
@@ -765,11 +779,14 @@ mod tests {
         let path = log.clone();
         let thread = std::thread::spawn(move || running.run(&path));
 
+        assert!(!flusher.has_failed());
         let first = flusher.request();
         assert_eq!(first.blocking_recv().unwrap(), Err(ErrorKind::NotFound));
+        assert!(flusher.has_failed(), "reported to the health check");
         std::fs::write(&log, b"frames").unwrap();
         let later = flusher.request();
         assert_eq!(later.blocking_recv().unwrap(), Err(ErrorKind::NotFound));
+        assert!(flusher.has_failed(), "for good");
 
         flusher.close();
         thread.join().unwrap();
