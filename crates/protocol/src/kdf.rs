@@ -108,11 +108,12 @@ impl RootKey {
     /// `KDF_RK`: steps the root chain with a DH output.
     pub fn step(&self, dh_output: &SharedSecret) -> (RootKey, ChainKey) {
         let okm = hkdf::<{ 2 * KEY_LEN }>(self.as_bytes(), dh_output.as_bytes(), ROOT_INFO);
-        let mut root = [0u8; KEY_LEN];
-        let mut chain = [0u8; KEY_LEN];
+        // Wiped when they go, like `okm`: the keys' own copies are the only ones kept.
+        let mut root = Zeroizing::new([0u8; KEY_LEN]);
+        let mut chain = Zeroizing::new([0u8; KEY_LEN]);
         root.copy_from_slice(&okm[..KEY_LEN]);
         chain.copy_from_slice(&okm[KEY_LEN..]);
-        (RootKey::from_bytes(root), ChainKey::from_bytes(chain))
+        (RootKey::from_bytes(*root), ChainKey::from_bytes(*chain))
     }
 }
 

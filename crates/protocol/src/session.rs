@@ -317,10 +317,24 @@ pub struct Decrypted {
 }
 
 /// A peer's sessions: the current one first, then up to [`MAX_PREVIOUS_SESSIONS`] earlier ones.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct SessionRecord {
-    /// Most recently used first.
+    /// Most recently used first. Holds ratchet private keys inline, so the list never grows
+    /// by reallocating (which would leave copies of them behind, unwiped, in the old buffer):
+    /// it gets room for [`SESSION_ROOM`] sessions before the first one goes in.
     sessions: Vec<Session>,
+}
+
+/// Sessions a record's list has room for: the most it keeps, and one being promoted before the
+/// oldest is dropped.
+const SESSION_ROOM: usize = 2 + MAX_PREVIOUS_SESSIONS;
+
+impl Clone for SessionRecord {
+    fn clone(&self) -> Self {
+        let mut sessions = Vec::with_capacity(SESSION_ROOM);
+        sessions.extend(self.sessions.iter().cloned());
+        Self { sessions }
+    }
 }
 
 impl SessionRecord {
@@ -346,6 +360,9 @@ impl SessionRecord {
 
     /// Makes `session` current, keeping the previous ones (bounded).
     pub fn promote(&mut self, session: Session) {
+        if self.sessions.is_empty() {
+            self.sessions.reserve_exact(SESSION_ROOM);
+        }
         self.sessions.insert(0, session);
         self.sessions.truncate(1 + MAX_PREVIOUS_SESSIONS);
     }
@@ -475,12 +492,10 @@ impl SessionRecord {
         if !rest.is_empty() || snapshot.sessions.len() > 1 + MAX_PREVIOUS_SESSIONS || oversized {
             return Err(StateError::Corrupt);
         }
-        let sessions = snapshot
-            .sessions
-            .iter()
-            .map(Session::try_from)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| StateError::Corrupt)?;
+        let mut sessions = Vec::with_capacity(SESSION_ROOM);
+        for snapshot in &snapshot.sessions {
+            sessions.push(Session::try_from(snapshot).map_err(|_| StateError::Corrupt)?);
+        }
         Ok(Self { sessions })
     }
 }

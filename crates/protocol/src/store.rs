@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use rand_core::CryptoRng;
+use zeroize::Zeroizing;
 
 use crate::identity::{IdentityKeyPair, PublicIdentity};
 use crate::prekeys::{OneTimePrekey, PrekeyBundle, SignedPrekey};
@@ -156,11 +157,18 @@ impl PrekeyStore for InMemoryPrekeyStore {
 }
 
 /// Session store in memory. Keeps the serialised form, as a database would, so every load is a
-/// real restore.
-#[derive(Debug, Default)]
+/// real restore. The records hold chain and message keys: they are wiped when replaced or
+/// dropped, and `Debug` shows only whose sessions are kept.
+#[derive(Default)]
 pub struct InMemorySessionStore {
     /// Serialised session records by peer.
-    sessions: HashMap<UserId, Vec<u8>>,
+    sessions: HashMap<UserId, Zeroizing<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for InMemorySessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemorySessionStore").field("peers", &self.sessions.keys()).finish()
+    }
 }
 
 impl SessionStore for InMemorySessionStore {
@@ -172,7 +180,7 @@ impl SessionStore for InMemorySessionStore {
     }
 
     fn store_session(&mut self, peer: &UserId, record: &SessionRecord) -> Result<(), StoreError> {
-        self.sessions.insert(peer.clone(), record.to_bytes().to_vec());
+        self.sessions.insert(peer.clone(), Zeroizing::new(record.to_bytes().to_vec()));
         Ok(())
     }
 }
@@ -189,6 +197,10 @@ pub enum StoreEncryptError {
     /// A store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The bundle's identity is not the one this peer had: a key change, which the user must
+    /// accept (saving the new identity) before anything is encrypted to it. Nothing was saved.
+    #[error("the peer's identity changed; accept the new identity before sending")]
+    IdentityChanged,
 }
 
 /// Why [`decrypt`] failed.
@@ -216,6 +228,11 @@ pub fn encrypt<R: CryptoRng + ?Sized>(
         let bundle = bundle.ok_or(EncryptError::NoSession)?;
         let local =
             LocalParty { user: identities.local_user(), identity: identities.local_identity() };
+        // Trust on first use only: a different identity is a key change, never taken silently.
+        if identities.peer_identity(peer)?.is_some_and(|known| !known.same_keys(bundle.identity()))
+        {
+            return Err(StoreEncryptError::IdentityChanged);
+        }
         let session = Session::initiate(local, peer, bundle, rng)?;
         identities.save_peer_identity(peer, bundle.identity())?;
         session_record.promote(session);

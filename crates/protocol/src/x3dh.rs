@@ -104,11 +104,12 @@ pub(crate) fn initiator_dh_outputs(
     ephemeral: &DhKeyPair,
 ) -> Result<Vec<SharedSecret>, X3dhError> {
     let spk = &bundle.signed_prekey().key;
-    let mut outputs = vec![
-        identity.dh_key_pair().diffie_hellman(spk)?,
-        ephemeral.diffie_hellman(bundle.identity().dh_key())?,
-        ephemeral.diffie_hellman(spk)?,
-    ];
+    // Room for all four at once: growing the list would leave copies of the first three
+    // behind, unwiped, in the buffer it left.
+    let mut outputs = Vec::with_capacity(4);
+    outputs.push(identity.dh_key_pair().diffie_hellman(spk)?);
+    outputs.push(ephemeral.diffie_hellman(bundle.identity().dh_key())?);
+    outputs.push(ephemeral.diffie_hellman(spk)?);
     if let Some(opk) = bundle.one_time_prekey() {
         outputs.push(ephemeral.diffie_hellman(&opk.key)?);
     }
@@ -171,11 +172,11 @@ pub(crate) fn responder_dh_outputs(
     initiator: &InitiatorKeys<'_>,
 ) -> Result<Vec<SharedSecret>, X3dhError> {
     let spk = signed_prekey.key_pair();
-    let mut outputs = vec![
-        spk.diffie_hellman(initiator.identity.dh_key())?,
-        identity.dh_key_pair().diffie_hellman(initiator.base_key)?,
-        spk.diffie_hellman(initiator.base_key)?,
-    ];
+    // Room for all four at once (see `initiator_dh_outputs`).
+    let mut outputs = Vec::with_capacity(4);
+    outputs.push(spk.diffie_hellman(initiator.identity.dh_key())?);
+    outputs.push(identity.dh_key_pair().diffie_hellman(initiator.base_key)?);
+    outputs.push(spk.diffie_hellman(initiator.base_key)?);
     if let Some(opk) = one_time_prekey {
         outputs.push(opk.key_pair().diffie_hellman(initiator.base_key)?);
     }

@@ -492,6 +492,38 @@ fn a_new_identity_is_reported_as_a_key_change() {
     let _ = &mut alice;
 }
 
+/// Starting a session from a bundle whose identity is not the one already known for the peer
+/// is a key change: refused, with nothing saved, until the user accepts the new identity.
+#[test]
+fn a_bundle_with_another_identity_is_not_encrypted_to() {
+    use sotto_protocol::store::{self, IdentityStore, InMemorySessionStore, StoreEncryptError};
+    let (mut alice, mut bob, mut rng) = pair(21);
+    let b = bob.user.clone();
+    let envelope = alice.send(&mut bob, "hi", &mut rng);
+    bob.receive(&alice.user.clone(), &envelope, &mut rng).unwrap();
+
+    // Alice's sessions are gone (cleared after a problem), and the relay serves a bundle for
+    // "bob" with someone else's identity, correctly self-signed.
+    alice.sessions = InMemorySessionStore::default();
+    let mut mallory = Device::new("bob", &mut rng);
+    let bundle = mallory.bundle();
+    let record = alice.record("for bob's eyes");
+    let refused = store::encrypt(
+        &mut alice.identities,
+        &mut alice.sessions,
+        &b,
+        Some(&bundle),
+        &record,
+        &mut rng,
+    );
+    assert!(matches!(refused, Err(StoreEncryptError::IdentityChanged)), "{refused:?}");
+    let known = alice.identities.peer_identity(&b).unwrap().unwrap();
+    assert!(known.same_keys(bob.identity().public()), "the known identity is kept");
+    assert!(alice.sessions.load_session(&b).unwrap().is_none(), "no session started");
+    // The store shows whose sessions it keeps, never their keys.
+    assert_eq!(format!("{:?}", alice.sessions), "InMemorySessionStore { peers: [] }");
+}
+
 #[test]
 fn unknown_signed_prekey_is_reported() {
     let (mut alice, mut bob, mut rng) = pair(18);
