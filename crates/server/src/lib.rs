@@ -95,6 +95,15 @@ pub async fn serve(
     }
     match config.redis_url.clone() {
         None => {
+            if config.database_url.starts_with("postgres") {
+                // Nothing can tell here whether other relays share the database; if they do,
+                // pushes between them need the adapter.
+                tracing::warn!(
+                    "PostgreSQL without --redis: fine for one relay; several relays sharing \
+                     this database must all run with --redis, or a message reaches a recipient \
+                     connected to another relay only at their next login"
+                );
+            }
             let (parts, layer, io) = Parts::new(config, storage, metrics, SocketIo::builder());
             handlers::register_local_namespace(&io);
             parts.run(layer, io, listener, shutdown).await
@@ -116,6 +125,14 @@ struct Parts<A: Adapter> {
     storage: Arc<dyn storage::Storage>,
     metrics: Arc<Metrics>,
     inbox: mpsc::Receiver<delivery::Job<A>>,
+}
+
+/// Waits until the queue writer has committed, flushed and answered every job before this.
+async fn flush_writer<A: Adapter>(relay: &Relay<A>) {
+    let (flushed_tx, flushed_rx) = tokio::sync::oneshot::channel();
+    if relay.writer.send(delivery::Job::Flush(flushed_tx)).await.is_ok() {
+        let _ = flushed_rx.await;
+    }
 }
 
 impl<A: Adapter> Parts<A> {
@@ -175,17 +192,19 @@ impl<A: Adapter> Parts<A> {
         let server = tokio::spawn(async move { server.await });
 
         shutdown.await;
-        tracing::info!("shutting down: closing sockets, draining the queue writer");
+        tracing::info!("shutting down: draining the queue writer, closing sockets");
+        // Everything received so far is committed, flushed and answered while its senders are
+        // still connected, so they hear "stored" rather than resending after the restart.
+        flush_writer(&relay).await;
         io.close().await;
         housekeeping.abort();
         releasing.abort();
         if let Some(redelivery) = redelivery {
             redelivery.abort();
         }
-        let (flushed_tx, flushed_rx) = tokio::sync::oneshot::channel();
-        if relay.writer.send(delivery::Job::Flush(flushed_tx)).await.is_ok() {
-            let _ = flushed_rx.await;
-        }
+        // What arrived meanwhile is committed too (its senders, gone, resend; a resend is
+        // recognised).
+        flush_writer(&relay).await;
         writer_task.abort();
         let _ = stop_tx.send(());
         if let Ok(result) = server.await {
