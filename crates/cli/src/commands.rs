@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use sotto_client::display::printable;
 use sotto_client::relay::{RelayClient, RelayError};
 use sotto_client::socketio::Push;
 use sotto_client::{Client, ClientError, Event};
@@ -155,10 +156,6 @@ struct JsonLine<'a> {
     received_at: Option<i64>,
 }
 
-fn escape(text: &str) -> String {
-    text.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r")
-}
-
 fn print_message(
     out: &mut impl Write,
     message: &sotto_client::store::StoredMessage,
@@ -175,7 +172,10 @@ fn print_message(
         };
         writeln!(out, "{}", serde_json::to_string(&line)?)?;
     } else {
-        writeln!(out, "{}\t{}", message.peer, escape(text))?;
+        // One line per message whatever it holds: control characters, escape sequences and
+        // bidirectional controls are written as escapes, so a message cannot move the cursor
+        // over another sender's name, forge a line or hide what follows.
+        writeln!(out, "{}\t{}", message.peer, printable(text))?;
     }
     out.flush()?;
     Ok(())

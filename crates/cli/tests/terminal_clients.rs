@@ -90,9 +90,16 @@ fn two_clients_chat_both_ways_and_the_offline_one_catches_up() {
     // Bob is offline (no process runs for him) while Alice writes.
     relay.ok("a", &["send", "bob", "Hi Bob"]);
     relay.ok("a", &["send", "bob", "are you there?\ttab and\nnewline"]);
+    // Backspaces over the sender's name, a vertical tab and an escape sequence: printed as
+    // escapes, so a message cannot pose as another sender's line or hide what follows.
+    relay.ok("a", &["send", "bob", "\u{8}\u{8}\u{8}\u{8}\u{8}carol\u{b}\u{1b}[8m\u{202e}x"]);
     assert_eq!(
         lines(&relay.ok("b", &["recv"])),
-        ["alice\tHi Bob", "alice\tare you there?\\ttab and\\nnewline"]
+        [
+            "alice\tHi Bob",
+            "alice\tare you there?\\ttab and\\nnewline",
+            "alice\t\\u{0008}\\u{0008}\\u{0008}\\u{0008}\\u{0008}carol\\u{000b}\\u{001b}[8m\\u{202e}x",
+        ]
     );
     assert_eq!(relay.ok("b", &["recv"]), "", "acknowledged messages do not come back");
     relay.ok("b", &["send", "alice", "Yes!"]);

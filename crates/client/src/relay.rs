@@ -16,6 +16,7 @@ use sotto_protocol::wire::{
 use sotto_protocol::{Envelope, IdentityKeyPair, PrekeyBundle, UserId};
 use tokio::sync::mpsc;
 
+use crate::display::printable;
 use crate::socketio::{Push, SocketIoClient, TransportError, authority};
 
 /// How long to wait for an answer by default.
@@ -44,8 +45,8 @@ pub enum RelayError {
     /// The connection failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
-    /// The relay refused.
-    #[error("{}: {}", .0.error, .0.message)]
+    /// The relay refused (its words made printable: a relay is not trusted with the terminal).
+    #[error("{}: {}", printable(&.0.error), printable(&.0.message))]
     Refused(Refusal),
     /// The relay answered something this client does not understand.
     #[error("unexpected answer from the relay: {0}")]
@@ -76,8 +77,12 @@ impl Refusal {
             "authentication_failed" => {
                 "the relay does not recognise this identity (was the user id released?)".to_owned()
             }
-            "invalid_user_id" => format!("invalid user id: {}", self.message),
-            _ => format!("the relay refused: {} ({})", self.message, self.error),
+            "invalid_user_id" => format!("invalid user id: {}", printable(&self.message)),
+            _ => format!(
+                "the relay refused: {} ({})",
+                printable(&self.message),
+                printable(&self.error)
+            ),
         }
     }
 }

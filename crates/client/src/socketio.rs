@@ -206,7 +206,7 @@ impl SocketIoClient {
                 }
                 text if text.starts_with("40") => break,
                 text if text.starts_with("44") => {
-                    return Err(TransportError::Refused(text[2..].to_owned()));
+                    return Err(TransportError::Refused(crate::display::printable(&text[2..])));
                 }
                 other => {
                     return Err(TransportError::Protocol(format!("unexpected packet {other:?}")));

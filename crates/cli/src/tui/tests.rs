@@ -86,7 +86,29 @@ fn reconnecting_and_missing_messages_are_visible() {
     app.peer.missing = 2;
     let text = screen(&app, 100, 20);
     assert!(text.contains("reconnecting in 4s (attempt 2)"), "{text}");
-    assert!(text.contains("2 messages from bob are missing"), "{text}");
+    assert!(text.contains("2 messages from bob missing"), "{text}");
+}
+
+/// A long conversation with messages that wrap over many rows: the newest message, its status
+/// and the missing-messages warning stay in view; receipts (no text) take no row.
+#[test]
+fn the_newest_wrapped_messages_and_the_missing_warning_stay_in_view() {
+    let mut app = chatting();
+    app.peer.missing = 1;
+    let mut messages: Vec<StoredMessage> =
+        (1..=40).map(|id| message(id, false, &"long words ".repeat(30), "received")).collect();
+    let mut receipt = message(41, false, "", "received");
+    receipt.body = None;
+    messages.push(receipt);
+    messages.push(message(42, true, "the newest one", "unconfirmed"));
+    app.messages = messages;
+    let text = screen(&app, 80, 20);
+    assert!(text.contains("1 message from bob missing"), "{text}");
+    assert!(text.contains("the newest one"), "{text}");
+    assert!(text.contains("⚠ relay said delivered"), "its status too: {text}");
+    let rows: Vec<&str> = text.lines().collect();
+    let newest = rows.iter().position(|row| row.contains("the newest one")).unwrap();
+    assert!(rows[newest - 1].contains("long words"), "no empty row for the receipt: {text}");
 }
 
 #[test]

@@ -150,14 +150,16 @@ fn draw_messages(frame: &mut Frame<'_>, app: &App, area: Rect) {
     } else if app.peer.verified {
         title.push(Span::styled("✔ verified ", Style::new().fg(Color::Green)));
     }
-    let mut lines: Vec<Line<'_>> = Vec::new();
+    // In the title, which never scrolls away: a relay withholding messages is shown however
+    // long the conversation is.
     if app.peer.missing > 0 {
         let plural = if app.peer.missing == 1 { "message" } else { "messages" };
-        lines.push(Line::styled(
-            format!("⚠ {} {plural} from {peer} are missing", app.peer.missing),
-            Style::new().fg(Color::Red),
+        title.push(Span::styled(
+            format!("⚠ {} {plural} from {peer} missing ", app.peer.missing),
+            Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
         ));
     }
+    let mut lines: Vec<Line<'_>> = Vec::new();
     for message in &app.messages {
         let time = clock(if message.outgoing {
             message.sent_at
@@ -175,7 +177,8 @@ fn draw_messages(frame: &mut Frame<'_>, app: &App, area: Rect) {
                 Style::new().fg(Color::Red).add_modifier(Modifier::ITALIC),
             ),
             (Some(text), _) => Span::raw(text.clone()),
-            (None, _) => Span::raw(""),
+            // A receipt: counted, nothing to show.
+            (None, _) => continue,
         };
         let mut spans = vec![
             Span::styled(format!("{time} "), Style::new().fg(Color::DarkGray)),
@@ -191,11 +194,23 @@ fn draw_messages(frame: &mut Frame<'_>, app: &App, area: Rect) {
         }
         lines.push(Line::from(spans));
     }
-    let height = area.height.saturating_sub(2) as usize;
-    let skip = lines.len().saturating_sub(height);
-    let shown: Vec<Line<'_>> = lines.into_iter().skip(skip).collect();
+    // The newest messages at the bottom, counted in screen rows: a long message wraps over
+    // several, and counted as one it pushed the newest lines (and their status marks) below
+    // the pane.
+    let width = area.width.saturating_sub(2);
+    let height = usize::from(area.height.saturating_sub(2));
+    let mut rows = 0;
+    let mut first = lines.len();
+    while first > 0 && rows < height {
+        first -= 1;
+        rows += Paragraph::new(lines[first].clone()).wrap(Wrap { trim: false }).line_count(width);
+    }
+    let shown = lines.split_off(first);
+    // The oldest shown message may start above the pane: its first rows are scrolled off.
+    let above = u16::try_from(rows.saturating_sub(height)).unwrap_or(u16::MAX);
     let view = Paragraph::new(shown)
         .wrap(Wrap { trim: false })
+        .scroll((above, 0))
         .block(Block::default().borders(Borders::ALL).title(Line::from(title)));
     frame.render_widget(view, area);
 }
