@@ -54,6 +54,9 @@ pub enum ClientError {
     /// No identity here yet.
     #[error("no identity in {0}; run `sotto register USER` first")]
     NotRegistered(String),
+    /// The identity was saved but the relay never confirmed its registration.
+    #[error("the registration of {0} did not finish; run `sotto register {0}` again")]
+    RegistrationUnfinished(String),
     /// The contact's identity changed and the user has not accepted it.
     #[error(
         "{0}'s identity key changed; sending is blocked until you compare safety numbers \
@@ -199,27 +202,69 @@ impl Client {
         user: &UserId,
     ) -> Result<(Self, RelayClient, mpsc::UnboundedReceiver<Push>), ClientError> {
         let store = Store::open(home).await?;
-        if let Some(existing) = store.identity().await? {
-            return Err(ClientError::AlreadyRegistered {
-                home: home.display().to_string(),
-                user: existing.user.to_string(),
-            });
-        }
-        let created = now_seconds();
-        let (keys, signed, one_time) = {
-            let mut rng = rand::rng();
-            let keys = IdentityKeyPair::generate(&mut rng);
-            let signed = SignedPrekey::generate(&keys, 1, created, &mut rng);
-            let one_time: Vec<OneTimePrekey> = (2..2 + PREKEY_TARGET as u32)
-                .map(|id| OneTimePrekey::generate(id, &mut rng))
-                .collect();
-            (keys, signed, one_time)
+        // The identity is saved before the relay hears of it: a key the relay hands out must
+        // exist here, and if the answer is lost (a timeout, a crash) the next `register`
+        // finishes with the same keys instead of finding its own id taken.
+        let local = match (store.identity().await?, store.registered().await?) {
+            (Some(existing), Some(false)) if existing.user == *user => existing,
+            (Some(existing), _) => {
+                return Err(ClientError::AlreadyRegistered {
+                    home: home.display().to_string(),
+                    user: existing.user.to_string(),
+                });
+            }
+            (None, _) => {
+                let created = now_seconds();
+                let (keys, signed, one_time) = {
+                    let mut rng = rand::rng();
+                    let keys = IdentityKeyPair::generate(&mut rng);
+                    let signed = SignedPrekey::generate(&keys, 1, created, &mut rng);
+                    let one_time: Vec<OneTimePrekey> = (2..2 + PREKEY_TARGET as u32)
+                        .map(|id| OneTimePrekey::generate(id, &mut rng))
+                        .collect();
+                    (keys, signed, one_time)
+                };
+                let local = LocalIdentity { user: user.clone(), server: server.to_owned(), keys };
+                store.create_identity(&local, &signed, created, &one_time, now_ms()).await?;
+                local
+            }
         };
         let (relay, pushes) = RelayClient::connect(server, crate::relay::DEFAULT_TIMEOUT).await?;
-        let publics: Vec<_> = one_time.iter().map(OneTimePrekey::public).collect();
-        relay.register(user, &keys, signed.public(), &publics).await?;
-        let local = LocalIdentity { user: user.clone(), server: server.to_owned(), keys };
-        store.create_identity(&local, &signed, created, &one_time, now_ms()).await?;
+        let signed = store
+            .signed_prekeys(&local.keys)
+            .await?
+            .into_iter()
+            .find_map(|(key, _, current)| current.then_some(key))
+            .ok_or_else(|| {
+                ClientError::Protocol("the saved identity has no signed prekey".into())
+            })?;
+        let mut publics = Vec::new();
+        for id in 2..2 + PREKEY_TARGET as u32 {
+            if let Some(key) = store.one_time_prekey(id).await? {
+                publics.push(key.public());
+            }
+        }
+        match relay.register(user, &local.keys, signed.public(), &publics).await {
+            Ok(_) => {}
+            // Registered by an earlier attempt whose answer was lost: only these keys can
+            // log in, so a login tells whether the id is ours.
+            Err(RelayError::Refused(refusal)) if refusal.error == "user_taken" => {
+                if let Err(login) = relay.login(user, &local.keys).await {
+                    if login.code() == Some("authentication_failed") {
+                        // Someone else's: nothing of ours is registered; the home is free.
+                        store.forget_unregistered().await?;
+                        return Err(RelayError::Refused(refusal).into());
+                    }
+                    return Err(login.into());
+                }
+            }
+            Err(RelayError::Refused(refusal)) if !refusal.retryable => {
+                store.forget_unregistered().await?;
+                return Err(RelayError::Refused(refusal).into());
+            }
+            Err(error) => return Err(error.into()),
+        }
+        store.mark_registered().await?;
         Ok((Self::new(store, local), relay, pushes))
     }
 
@@ -230,6 +275,9 @@ impl Client {
             .identity()
             .await?
             .ok_or_else(|| ClientError::NotRegistered(home.display().to_string()))?;
+        if store.registered().await? == Some(false) {
+            return Err(ClientError::RegistrationUnfinished(local.user.to_string()));
+        }
         Ok(Self::new(store, local))
     }
 
@@ -399,7 +447,9 @@ impl Client {
                 continue;
             }
             match self.send_one(relay, &outgoing).await {
-                Ok(event) => events.push(event),
+                Ok(Some(event)) => events.push(event),
+                // Sent meanwhile by another process on this store.
+                Ok(None) => {}
                 Err(ClientError::KeyChanged(peer)) => {
                     blocked.insert(peer.clone());
                     events.push(Event::KeyChanged { peer });
@@ -418,32 +468,43 @@ impl Client {
         Ok(events)
     }
 
+    /// Sends one outbox entry; `None` if it is no longer in the outbox (another process on this
+    /// store sent it since the flush listed it).
     async fn send_one(
         &self,
         relay: &RelayClient,
-        outgoing: &store::Outgoing,
-    ) -> Result<Event, ClientError> {
+        listed: &store::Outgoing,
+    ) -> Result<Option<Event>, ClientError> {
         // An entry sealed before the peer's identity changed (the relay was busy, the
         // connection dropped) must not go out on its own: the change is shown first.
-        self.confirm_identity(relay, &outgoing.peer).await?;
+        self.confirm_identity(relay, &listed.peer).await?;
+        // The entry as it is now, not as listed: accepting a new key (`sotto trust`, perhaps in
+        // another process) clears an envelope sealed for the old one, to be sealed again.
+        let Some(outgoing) = self.store.outbox_entry(&listed.client_id).await? else {
+            return Ok(None);
+        };
         let envelope = match &outgoing.envelope {
             Some(envelope) => envelope.clone(),
-            None => self.seal(relay, outgoing).await?,
+            None => match self.seal(relay, &outgoing).await? {
+                Some(envelope) => envelope,
+                None => return Ok(None),
+            },
         };
         let raw = serde_json::value::RawValue::from_string(envelope)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let answer = relay.send_raw(&outgoing.peer, &outgoing.client_id, &raw).await?;
         self.store.mark_stored(&outgoing.client_id, answer.id).await?;
-        Ok(Event::Stored { message_id: outgoing.message_id })
+        Ok(Some(Event::Stored { message_id: outgoing.message_id }))
     }
 
     /// Encrypts an outbox entry, starting a session from a fresh bundle when needed, and saves
-    /// the envelope together with the advanced session.
+    /// the envelope together with the advanced session. `None` if the entry has left the
+    /// outbox meanwhile (sent by another process): nothing is encrypted then.
     async fn seal(
         &self,
         relay: &RelayClient,
         outgoing: &store::Outgoing,
-    ) -> Result<String, ClientError> {
+    ) -> Result<Option<String>, ClientError> {
         let peer =
             UserId::parse(&outgoing.peer).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let lock = self.lock_for(peer.as_str());
@@ -472,8 +533,10 @@ impl Client {
         // (a `sotto recv` beside `sotto chat`) can neither seal this entry twice nor advance the
         // session in between.
         let mut tx = self.store.begin().await?;
-        if let Some(envelope) = store::sealed_envelope(&mut tx, &outgoing.client_id).await? {
-            return Ok(envelope);
+        match store::sealed_envelope(&mut tx, &outgoing.client_id).await? {
+            None => return Ok(None),
+            Some(Some(envelope)) => return Ok(Some(envelope)),
+            Some(None) => {}
         }
         let mut record = store::session(&mut tx, peer.as_str()).await?;
         if !record.can_encrypt() {
@@ -499,7 +562,7 @@ impl Client {
         store::set_digest(&mut tx, outgoing.message_id, &digest).await?;
         store::seal_outgoing(&mut tx, &outgoing.client_id, &json).await?;
         tx.commit().await.map_err(StoreError::from)?;
-        Ok(json)
+        Ok(Some(json))
     }
 
     // ---- receiving ----------------------------------------------------------------------------
@@ -601,9 +664,13 @@ impl Client {
         }
         let mut counters = store::counters(&mut tx, sender.as_str()).await?;
         if seen == Seen::Changed {
-            // A new identity starts its own count.
-            counters.received_contiguous = 0;
-            counters.received_above.clear();
+            // A new identity starts its own count, once: with the first record of its session
+            // (PROTOCOL.md §7.3). Every record from an identity not yet accepted is "changed",
+            // and resetting on each hid every gap until the user accepted it.
+            if decrypted.new_session {
+                counters.received_contiguous = 0;
+                counters.received_above.clear();
+            }
             events.push(Event::KeyChanged { peer: sender.to_string() });
         }
         let plaintext = &decrypted.record;
@@ -673,6 +740,10 @@ impl Client {
         now: i64,
     ) -> Result<Vec<Event>, ClientError> {
         let mut tx = self.store.begin().await?;
+        // Another process on this store (each gets every push) may have saved it meanwhile.
+        if store::has_incoming(&mut tx, sender.as_str(), message.id).await? {
+            return Ok(Vec::new());
+        }
         let stored = StoredMessage {
             id: 0,
             peer: sender.to_string(),

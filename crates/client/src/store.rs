@@ -203,6 +203,11 @@ fn migrator() -> Migrator {
             "signed prekey retirement",
             include_str!("../migrations/0003_signed_prekey_retirement.sql"),
         ),
+        migration(
+            4,
+            "identity registered",
+            include_str!("../migrations/0004_identity_registered.sql"),
+        ),
     ])
 }
 
@@ -289,7 +294,38 @@ impl Store {
         Ok(Some(LocalIdentity { user, server: row.get(1), keys }))
     }
 
-    /// Saves a new identity with its first prekeys, in one transaction.
+    /// Whether the saved identity's registration was confirmed by the relay (`None` without
+    /// an identity).
+    pub async fn registered(&self) -> Result<Option<bool>, StoreError> {
+        let registered: Option<i64> = sqlx::query_scalar("SELECT registered FROM identity")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(registered.map(|flag| flag != 0))
+    }
+
+    /// Records that the relay confirmed the registration.
+    pub async fn mark_registered(&self) -> Result<(), StoreError> {
+        sqlx::query("UPDATE identity SET registered = 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Forgets an identity the relay never accepted (its id is someone else's), with its
+    /// keys, so that the home can register another id. Does nothing to a registered one.
+    pub async fn forget_unregistered(&self) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let registered: Option<i64> =
+            sqlx::query_scalar("SELECT registered FROM identity").fetch_optional(&mut *tx).await?;
+        if registered == Some(0) {
+            sqlx::query("DELETE FROM one_time_prekeys").execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM signed_prekeys").execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM identity").execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Saves a new identity with its first prekeys, in one transaction, as not yet registered
+    /// ([`Store::mark_registered`] once the relay confirms it).
     pub async fn create_identity(
         &self,
         identity: &LocalIdentity,
@@ -300,8 +336,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO identity (id, user_id, server, signing_secret, dh_secret, created_at) \
-             VALUES (1, $1, $2, $3, $4, $5)",
+            "INSERT INTO identity \
+             (id, user_id, server, signing_secret, dh_secret, created_at, registered) \
+             VALUES (1, $1, $2, $3, $4, $5, 0)",
         )
         .bind(identity.user.as_str())
         .bind(&identity.server)
@@ -655,6 +692,22 @@ impl Store {
                 envelope: row.get(3),
             })
             .collect())
+    }
+
+    /// One outbox entry, if it is still there.
+    pub async fn outbox_entry(&self, client_id: &str) -> Result<Option<Outgoing>, StoreError> {
+        let row = sqlx::query(
+            "SELECT client_id, peer, message_id, envelope FROM outbox WHERE client_id = $1",
+        )
+        .bind(client_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| Outgoing {
+            client_id: row.get(0),
+            peer: row.get(1),
+            message_id: row.get(2),
+            envelope: row.get(3),
+        }))
     }
 
     /// A history row.
@@ -1022,17 +1075,18 @@ pub async fn has_incoming(
     Ok(found.is_some())
 }
 
-/// The envelope an outbox entry was sealed with, if it was (and is still queued).
+/// An outbox entry's envelope: `None` if the entry is gone (sent), `Some(None)` if it is
+/// queued and not sealed yet.
 pub async fn sealed_envelope(
     tx: &mut SqliteConnection,
     client_id: &str,
-) -> Result<Option<String>, StoreError> {
+) -> Result<Option<Option<String>>, StoreError> {
     let envelope: Option<Option<String>> =
         sqlx::query_scalar("SELECT envelope FROM outbox WHERE client_id = $1")
             .bind(client_id)
             .fetch_optional(tx)
             .await?;
-    Ok(envelope.flatten())
+    Ok(envelope)
 }
 
 /// Records an outgoing message's envelope.

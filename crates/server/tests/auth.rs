@@ -439,3 +439,48 @@ async fn registering_a_released_id_closes_the_earlier_holders_connections() {
     assert_eq!(bob.messages(1).await.len(), 1, "the new holder gets the message");
     earlier.no_messages(Duration::from_millis(300)).await;
 }
+
+/// The terminal client saves its identity before registering it. When the relay's answer is
+/// lost (here: the flag recording it is cleared, as if the process died before noting it),
+/// `register` again finishes with the same keys instead of finding its own id taken; an id
+/// someone else holds is refused and leaves the home free for another.
+#[tokio::test]
+async fn a_terminal_registration_whose_answer_was_lost_finishes_on_the_next_try() {
+    use sotto_client::store::Store;
+    use sotto_client::{Client, ClientError};
+    let server = TestServer::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let dora = UserId::parse("dora").unwrap();
+    let (client, relay, _) = Client::register(home.path(), &server.url, &dora).await.unwrap();
+    let first = client.store().identity().await.unwrap().unwrap().keys;
+    relay.close();
+    client.close().await;
+
+    let database = format!("sqlite:{}", home.path().join("sotto.db").display());
+    let pool = sqlx::SqlitePool::connect(&database).await.unwrap();
+    sqlx::query("UPDATE identity SET registered = 0").execute(&pool).await.unwrap();
+    pool.close().await;
+    let unfinished = Client::open(home.path()).await;
+    assert!(matches!(unfinished, Err(ClientError::RegistrationUnfinished(_))), "{unfinished:?}");
+
+    let (client, relay, _) = Client::register(home.path(), &server.url, &dora).await.unwrap();
+    let again = client.store().identity().await.unwrap().unwrap().keys;
+    assert!(again.public().same_keys(first.public()), "the same keys, registered before");
+    relay.close();
+    client.close().await;
+    Client::open(home.path()).await.unwrap().close().await;
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let taken = Client::register(elsewhere.path(), &server.url, &dora).await;
+    assert!(
+        matches!(&taken, Err(ClientError::Relay(error)) if error.code() == Some("user_taken")),
+        "{taken:?}"
+    );
+    let store = Store::open(elsewhere.path()).await.unwrap();
+    assert!(store.identity().await.unwrap().is_none(), "nothing kept of a refused id");
+    store.close().await;
+    let edgar = UserId::parse("edgar").unwrap();
+    let (client, relay, _) = Client::register(elsewhere.path(), &server.url, &edgar).await.unwrap();
+    relay.close();
+    client.close().await;
+}
