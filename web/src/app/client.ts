@@ -891,13 +891,14 @@ export class Client {
       }
       await this.#checkOurs(tx, peer, record.lastReceivedCounter, record.lastReceivedDigest, conversation.counters.peerReceived, safeNumber(record.sentAt) ?? 0, now);
       const text = body.kind === 'text' ? body.text : null;
-      await tx.addMessage({
+      // A receipt counts (above) but is no message to show: kept, it was an empty bubble.
+      if (shown) await tx.addMessage({
         peer,
         direction: 'in',
         kind: body.kind === 'text' ? 'text' : body.kind === 'unsupported' ? 'unsupported' : 'text',
         text,
         counter: record.counter,
-        sentAt: safeNumber(record.sentAt) ?? message.receivedAt,
+        sentAt: showableTime(safeNumber(record.sentAt) ?? message.receivedAt, now),
         receivedAt: now,
         serverId: message.id,
         clientId: null,
@@ -962,7 +963,7 @@ export class Client {
         kind: 'undecryptable',
         text: null,
         counter: null,
-        sentAt: message.receivedAt,
+        sentAt: showableTime(message.receivedAt, now),
         receivedAt: now,
         serverId: message.id,
         clientId: null,
@@ -1014,6 +1015,17 @@ export class Client {
 function signedPrekeyJson(prekey: SignedPrekey): SignedPrekeyJson {
   const pub = publicSignedPrekey(prekey);
   return { id: pub.id, key: toBase64Url(pub.key), createdAt: pub.createdAt, signature: toBase64Url(pub.signature) };
+}
+
+/** The largest time a JavaScript `Date` holds, in milliseconds either side of 1970. */
+const MAX_DATE_MS = 8.64e15;
+
+/**
+ * A time from the peer or the relay as one a `Date` can hold (±8.64e15 ms), else `fallback`:
+ * a larger one, saved and shown, made every later rendering of the conversation throw.
+ */
+function showableTime(ms: number, fallback: number): number {
+  return Math.abs(ms) <= MAX_DATE_MS ? ms : fallback;
 }
 
 function safeNumber(value: bigint): number | null {

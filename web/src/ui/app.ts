@@ -381,7 +381,10 @@ export class ChatView {
       return h('li', { class: 'notice warn', 'data-kind': 'key_changed' }, `${peer}’s safety number changed.`);
     }
     const out = message.direction === 'out';
-    const time = h('time', { datetime: new Date(message.sentAt).toISOString() }, formatTime(message.sentAt));
+    // A time no `Date` can hold (saved before the client checked) shows as none rather than
+    // throwing and leaving the conversation unrendered.
+    const sent = new Date(message.sentAt);
+    const time = Number.isFinite(sent.getTime()) ? h('time', { datetime: sent.toISOString() }, formatTime(message.sentAt)) : h('time', {}, '');
     let body: HTMLElement;
     if (message.kind === 'undecryptable') body = h('p', { class: 'text muted' }, `A message from ${peer} could not be decrypted.`);
     else if (message.kind === 'unsupported') body = h('p', { class: 'text muted' }, 'An unsupported kind of message (a newer Sotto may show it).');

@@ -524,6 +524,22 @@ describe('web client against a lying relay', () => {
     await expect(bubble(alice, 'back'), 'and sending again').toBeVisible();
   });
 
+  test('a time no Date can hold, from the relay, neither breaks the conversation nor hides what follows', async () => {
+    const { alice, bob } = await aliceWroteToBob();
+    const { next } = holdMessages('bob', 'alice');
+    await send(alice, 'tampered on the way');
+    const [held] = (await next(1)) as [PushedMessage];
+    // The relay files a tampered copy with a receive time far past what a Date holds.
+    const tampered = { ...held, id: mitm.fakeId(), receivedAt: 9_000_000_000_000_000, envelope: flipCiphertextBit(held.envelope, 8 * 64 + 3) };
+    mitm.link('bob').push([tampered]);
+    await expect(undecryptable(bob), 'the tampered copy, shown as such').toHaveCount(1);
+    // The honest copy and a later message still render in that conversation.
+    mitm.link('bob').push([held]);
+    await expect(bubble(bob, 'tampered on the way'), 'the honest copy').toBeVisible();
+    await send(bob, 'still here');
+    await expect(bubble(alice, 'still here'), 'reply').toBeVisible();
+  });
+
   test('two withheld messages out of five are reported missing when a later one arrives', async () => {
     const alice = await user('alice');
     const bob = await user('bob');
