@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use sotto_protocol::prekeys::{OneTimePrekey, SignedPrekey};
@@ -191,6 +191,9 @@ pub struct Client {
     locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Peers whose identity was checked with the relay on the current connection.
     checked: StdMutex<HashSet<String>>,
+    /// When the last upload of one-time prekeys was answered: a `prekeys:low` that arrived
+    /// before it counts what that upload has since replenished.
+    topped_up: StdMutex<Option<Instant>>,
 }
 
 impl Client {
@@ -282,7 +285,13 @@ impl Client {
     }
 
     fn new(store: Store, local: LocalIdentity) -> Self {
-        Self { store, local, locks: StdMutex::default(), checked: StdMutex::default() }
+        Self {
+            store,
+            local,
+            locks: StdMutex::default(),
+            checked: StdMutex::default(),
+            topped_up: StdMutex::default(),
+        }
     }
 
     /// Our user id.
@@ -363,6 +372,9 @@ impl Client {
         if new_signed.is_some() || !fresh.is_empty() {
             let publics: Vec<_> = fresh.iter().map(OneTimePrekey::public).collect();
             relay.upload_prekeys(new_signed.as_ref().map(SignedPrekey::public), &publics).await?;
+            if !fresh.is_empty() {
+                *self.topped_up.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            }
         }
         Ok(())
     }
@@ -569,6 +581,7 @@ impl Client {
 
     /// Handles one push from the relay. Received messages are saved, then acknowledged.
     pub async fn handle(&self, relay: &RelayClient, push: Push) -> Result<Vec<Event>, ClientError> {
+        let arrived = push.arrived;
         match Incoming::from_push(push) {
             Incoming::Messages(messages) => self.receive(relay, messages).await,
             Incoming::Delivered(receipts) => {
@@ -584,7 +597,13 @@ impl Client {
             Incoming::Joined(peer) => Ok(vec![Event::Presence { peer, online: true }]),
             Incoming::Left(peer) => Ok(vec![Event::Presence { peer, online: false }]),
             Incoming::PrekeysLow(remaining) => {
-                self.maintain_prekeys(relay, remaining).await?;
+                // The relay warns on every bundle fetch below its mark, so several warnings
+                // queue up while one top-up runs; counted after it, each would upload another
+                // hundred keys (kept here for ever, or dropped by the relay's cap). One that
+                // arrived before the last top-up was answered is already dealt with.
+                let topped_up = *self.topped_up.lock().unwrap_or_else(|e| e.into_inner());
+                let stale = topped_up.is_some_and(|at| arrived < at);
+                self.maintain_prekeys(relay, if stale { usize::MAX } else { remaining }).await?;
                 Ok(Vec::new())
             }
             Incoming::Other(_) => Ok(Vec::new()),

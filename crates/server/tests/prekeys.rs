@@ -129,3 +129,38 @@ async fn bundle_fetches_are_rate_limited_per_target() {
     let error = alice.client.request_bundle(&alice.id).await.unwrap_err();
     assert_eq!(error.code(), Some("bad_request"));
 }
+
+/// The relay warns on every bundle fetch below its mark, so a client that was busy finds
+/// several `prekeys:low` waiting. It tops up once: the warnings that arrived before its upload
+/// was answered count keys it has since replenished (each used to upload another batch, kept
+/// in the client's store for ever and, past the relay's cap, dropped there).
+#[tokio::test]
+async fn queued_low_prekey_warnings_top_up_once() {
+    use sotto_client::Client;
+    let server = TestServer::start_with(|config| config.limits.prekey_fetches_per_minute = 0).await;
+    let home = tempfile::tempdir().unwrap();
+    let dora = UserId::parse("dora").unwrap();
+    let (client, relay, mut pushes) =
+        Client::register(home.path(), &server.url, &dora).await.unwrap();
+    let fetcher = TestUser::register(&server, "fetcher").await;
+    // 85 of dora's 100 keys handed out: five warnings (19, 18, 17, 16, 15 left) wait for her.
+    for _ in 0..85 {
+        fetcher.client.request_bundle(&dora).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut warnings = 0;
+    while let Ok(Some(push)) = tokio::time::timeout(Duration::from_millis(300), pushes.recv()).await
+    {
+        warnings += usize::from(push.event == "prekeys:low");
+        client.handle(&relay, push).await.unwrap();
+    }
+    assert_eq!(warnings, 5);
+    let at_relay =
+        server.query_i64("SELECT COUNT(*) FROM one_time_prekeys WHERE user_id = 'dora'").await;
+    // The first warning said 19 were left, so 81 were added to the 15 really left, once.
+    assert_eq!(at_relay, 96, "topped up once, not once per warning");
+    let kept = client.store().one_time_prekey_count().await.unwrap();
+    assert_eq!(kept, 181, "the 100 first keys (85 handed out, kept until used) and 81 new");
+    relay.close();
+    client.close().await;
+}

@@ -206,6 +206,8 @@ export class Client {
   /** When the current connection logged in (`null` while not logged in). */
   #onlineSince: number | null = null;
   #reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  /** One-time prekey uploads completed, to tell a stale `prekeys:low` from a current one. */
+  #topUps = 0;
   /** The outbox's next try after a flush stopped for a passing reason. */
   #flushTimer: ReturnType<typeof setTimeout> | undefined;
   /** Checks the signed prekey's age while the page stays open. */
@@ -229,7 +231,12 @@ export class Client {
         this.#emitChanged(user);
         this.#emitChanged(null);
       },
-      prekeysLow: (remaining) => void this.#maintainPrekeys(remaining).catch((e: unknown) => this.#problem(e, null)),
+      prekeysLow: (remaining) => {
+        // The relay warns on every bundle fetch below its mark, so warnings queue up behind a
+        // top-up that is running; one that arrived before a top-up completed is dealt with.
+        const toppedUpBefore = this.#topUps;
+        void this.#maintainPrekeys(remaining, toppedUpBefore).catch((e: unknown) => this.#problem(e, null));
+      },
     });
     const socket = this.#relay.socket;
     socket.on('connect', () => void this.#onConnect().catch((e: unknown) => this.#problem(e, null)));
@@ -454,8 +461,10 @@ export class Client {
   }
 
   /** Rotates the signed prekey weekly and tops one-time prekeys up to {@link PREKEY_TARGET}. */
-  #maintainPrekeys(uploaded: number): Promise<void> {
+  #maintainPrekeys(reported: number, toppedUpBefore?: number): Promise<void> {
     return this.#queue.run('\u0000prekeys', async () => {
+      // A count from before the last top-up is stale: only the rotation is checked then.
+      const uploaded = toppedUpBefore !== undefined && this.#topUps > toppedUpBefore ? Number.MAX_SAFE_INTEGER : reported;
       const now = nowMs();
       const signed = await this.#store.read(['signedPrekeys'], (tx) => tx.signedPrekeys());
       const current = signed.find((k) => k.retiredAt === null);
@@ -485,6 +494,7 @@ export class Client {
       this.#account = account;
       const keys = oneTime.map((k) => ({ id: k.id, key: toBase64Url(k.keyPair.publicKey) }));
       await this.#relay.uploadPrekeys(fresh === null ? null : signedPrekeyJson(fresh), keys);
+      if (keys.length > 0) this.#topUps++;
     });
   }
 

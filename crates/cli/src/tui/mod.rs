@@ -41,6 +41,8 @@ enum Update {
 
 /// How often a connected chat retries messages still waiting in the outbox.
 const OUTBOX_RETRY_EVERY: Duration = Duration::from_secs(30);
+/// How often a connected chat checks whether its signed prekey is due for replacement.
+const ROTATION_CHECK_EVERY: Duration = Duration::from_secs(6 * 3600);
 
 /// Backoff before reconnect attempt `attempt`: exponential from 1 s to 30 s, with ±30 % jitter
 /// so many clients do not come back at once.
@@ -72,8 +74,21 @@ async fn engine(
                     tokio::time::Instant::now() + OUTBOX_RETRY_EVERY,
                     OUTBOX_RETRY_EVERY,
                 );
+                // A chat left connected for days still replaces its signed prekey weekly (the
+                // check on connecting is not enough then).
+                let mut rotation = tokio::time::interval_at(
+                    tokio::time::Instant::now() + ROTATION_CHECK_EVERY,
+                    ROTATION_CHECK_EVERY,
+                );
                 loop {
                     tokio::select! {
+                        _ = rotation.tick() => {
+                            // The count of uploaded one-time prekeys is not known here: only
+                            // the rotation is checked (top-ups follow the relay's prekeys:low).
+                            if let Err(error) = client.maintain_prekeys(&relay, usize::MAX).await {
+                                let _ = updates.send(Update::Notice(explain(&error, &server)));
+                            }
+                        }
                         _ = retry.tick() => {
                             if let Ok(mut events) = client.flush_outbox(&relay).await {
                                 // A message held by an unaccepted key change was reported when
