@@ -349,7 +349,7 @@ impl Client {
         if current
             .is_none_or(|(_, created, _)| now.saturating_sub(*created) >= SIGNED_PREKEY_ROTATION)
         {
-            let id = self.store.next_prekey_id().await?;
+            let id = self.store.reserve_prekey_ids(1).await?;
             let prekey = SignedPrekey::generate(&self.local.keys, id, now, &mut rand::rng());
             self.store
                 .rotate_signed_prekey(&prekey, now, now.saturating_sub(SIGNED_PREKEY_RETENTION))
@@ -358,8 +358,8 @@ impl Client {
         }
         let mut fresh = Vec::new();
         if uploaded < PREKEY_LOW {
-            let first = self.store.next_prekey_id().await?;
             let count = PREKEY_TARGET - uploaded;
+            let first = self.store.reserve_prekey_ids(count as u32).await?;
             fresh = {
                 let mut rng = rand::rng();
                 (first..first + count as u32)

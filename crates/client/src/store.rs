@@ -432,6 +432,20 @@ impl Store {
         Ok(u32::try_from(next.unwrap_or(1)).unwrap_or(u32::MAX))
     }
 
+    /// Takes `count` prekey ids for new keys and returns the first: taken in one statement, so
+    /// two processes on this store (`sotto chat` and `sotto recv`) topping up at once get
+    /// different ids instead of colliding on the second insert.
+    pub async fn reserve_prekey_ids(&self, count: u32) -> Result<u32, StoreError> {
+        let first: i64 = sqlx::query_scalar(
+            "UPDATE identity SET next_prekey_id = next_prekey_id + $1 \
+             RETURNING next_prekey_id - $1",
+        )
+        .bind(i64::from(count))
+        .fetch_one(&self.pool)
+        .await?;
+        u32::try_from(first).map_err(corrupt)
+    }
+
     /// Adds one-time prekeys.
     pub async fn add_one_time_prekeys(&self, keys: &[OneTimePrekey]) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;

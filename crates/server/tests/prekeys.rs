@@ -164,3 +164,31 @@ async fn queued_low_prekey_warnings_top_up_once() {
     relay.close();
     client.close().await;
 }
+
+/// Two processes on one terminal store (`sotto chat` beside a `sotto recv`) topping up at the
+/// same moment take different key ids: both uploads go through, and every key is kept.
+#[tokio::test]
+async fn two_clients_on_one_store_top_up_at_once() {
+    use sotto_client::Client;
+    let server = TestServer::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let dora = UserId::parse("dora").unwrap();
+    let (first, relay, _) = Client::register(home.path(), &server.url, &dora).await.unwrap();
+    relay.close();
+    let second = Client::open(home.path()).await.unwrap();
+    let (first_relay, _, _) = first.connect(&server.url).await.unwrap();
+    let (second_relay, _, _) = second.connect(&server.url).await.unwrap();
+    let (a, b) = tokio::join!(
+        first.maintain_prekeys(&first_relay, 0),
+        second.maintain_prekeys(&second_relay, 0)
+    );
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(first.store().one_time_prekey_count().await.unwrap(), 300, "100 + 2 × 100");
+    let at_relay =
+        server.query_i64("SELECT COUNT(*) FROM one_time_prekeys WHERE user_id = 'dora'").await;
+    assert_eq!(at_relay, 300);
+    for client in [first, second] {
+        client.close().await;
+    }
+}
