@@ -285,9 +285,16 @@ struct Totals {
     stored: AtomicU64,
     received: AtomicU64,
     received_in_window: AtomicU64,
+    /// Messages whose frame arrived inside the measured window, whenever they were sent: the
+    /// throughput, counted as the reference's load generator counts it.
+    arrived_in_window: AtomicU64,
     duplicates: AtomicU64,
     latency: Mutex<Histogram<u64>>,
     store_latency: Mutex<Histogram<u64>>,
+    /// Fixed-rate mode: how late each measured send went out against its schedule. Latency is
+    /// timed from the actual send, so a bench that falls behind would hide that wait; this
+    /// shows whether it did.
+    schedule_lag: Mutex<Histogram<u64>>,
 }
 
 /// Reads the `n` of an envelope's header: the bench puts the sequence number there.
@@ -345,6 +352,9 @@ async fn receiver(
                 continue;
             }
             totals.received.fetch_add(1, Relaxed);
+            if now >= window.0 && now < window.1 {
+                totals.arrived_in_window.fetch_add(1, Relaxed);
+            }
             let sent = pair.sent_at[slot].load(Relaxed);
             if sent >= window.0 && sent < window.1 {
                 totals.received_in_window.fetch_add(1, Relaxed);
@@ -387,6 +397,8 @@ async fn sender(
     // Answers awaited, polled by this task (no task per message).
     let mut in_flight = FuturesUnordered::new();
     loop {
+        // When this send is due (fixed rate), to see how late it actually goes.
+        let scheduled = next.map(|due| due as u64);
         let slot = async {
             if let (Some(period), Some(due)) = (period, next.as_mut()) {
                 let at = *due as u64;
@@ -432,6 +444,9 @@ async fn sender(
         totals.sent.fetch_add(1, Relaxed);
         if now >= window.0 {
             totals.sent_in_window.fetch_add(1, Relaxed);
+            if let (Some(due), Ok(mut lag)) = (scheduled, totals.schedule_lag.lock()) {
+                lag.saturating_record(now.saturating_sub(due).max(1));
+            }
         }
         let client = client.clone();
         let to = to.clone();
@@ -447,7 +462,8 @@ async fn sender(
             match client.send_raw(&to, &id, &raw).await {
                 Ok(_) => {
                     totals.stored.fetch_add(1, Relaxed);
-                    if let Ok(mut histogram) = totals.store_latency.lock() {
+                    // Like the end-to-end latency: measured sends only, not the warm-up.
+                    if counted_in_window && let Ok(mut histogram) = totals.store_latency.lock() {
                         histogram.saturating_record(started.elapsed().as_micros() as u64);
                     }
                 }
@@ -500,9 +516,11 @@ async fn run_pairs(servers: &[String], args: BenchArgs) -> anyhow::Result<Value>
         stored: AtomicU64::new(0),
         received: AtomicU64::new(0),
         received_in_window: AtomicU64::new(0),
+        arrived_in_window: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
         latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
         store_latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
+        schedule_lag: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
     });
     let throughput = args.rate.is_none();
     let mut senders = Vec::new();
@@ -551,8 +569,12 @@ async fn run_pairs(servers: &[String], args: BenchArgs) -> anyhow::Result<Value>
     let bench_cpu_before = cpu_seconds(&bench_pid);
     let received_before = totals.received.load(Relaxed);
     let measure_started = Instant::now();
-    while measure_started.elapsed().as_secs_f64() < args.duration {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    // Ends when the senders stop, not after whole progress steps past it (which counted time
+    // with nothing sent into the rate).
+    let window_end = start + Duration::from_micros(window.1);
+    while Instant::now() < window_end {
+        let step = (Instant::now() + Duration::from_millis(500)).min(window_end);
+        tokio::time::sleep_until(step.into()).await;
         let elapsed = measure_started.elapsed().as_secs_f64().max(0.001);
         let delivered = totals.received.load(Relaxed) - received_before;
         progress(
@@ -597,11 +619,18 @@ async fn run_pairs(servers: &[String], args: BenchArgs) -> anyhow::Result<Value>
     let sent = totals.sent.load(Relaxed);
     let received = totals.received.load(Relaxed);
     let (error_count, error_kinds) = errors.json();
-    let per_second = delivered_in_window as f64 / measured;
+    // Throughput by arrival time inside the window, over the window's exact length; CPU per
+    // message by what arrived between the two CPU readings.
+    let window_s = (window.1 - window.0) as f64 / 1e6;
+    let per_second = totals.arrived_in_window.load(Relaxed) as f64 / window_s;
     let cpu_us_per_message = server_cpu.map(|cpu| cpu * 1e6 / delivered_in_window.max(1) as f64);
     let bench_cpu_share = bench_cpu.map(|cpu| cpu / measured);
     let latency = totals.latency.lock().map(|h| histogram_json(&h)).unwrap_or(Value::Null);
     let store = totals.store_latency.lock().map(|h| histogram_json(&h)).unwrap_or(Value::Null);
+    let lag = match totals.schedule_lag.lock() {
+        Ok(histogram) if !throughput => histogram_json(&histogram),
+        _ => Value::Null,
+    };
     Ok(json!({
         "label": args.label,
         "mode": if throughput { "throughput" } else { "rate" },
@@ -610,7 +639,7 @@ async fn run_pairs(servers: &[String], args: BenchArgs) -> anyhow::Result<Value>
         "size": args.size,
         "window": if throughput { json!(args.window) } else { Value::Null },
         "rate": args.rate,
-        "duration_s": measured,
+        "duration_s": window_s,
         "delivered_msgs_per_s": per_second.round(),
         "total_sent": sent,
         "total_received": received,
@@ -620,6 +649,7 @@ async fn run_pairs(servers: &[String], args: BenchArgs) -> anyhow::Result<Value>
         "duplicates": totals.duplicates.load(Relaxed),
         "latency_us": latency,
         "store_ack_latency_us": store,
+        "schedule_lag_us": lag,
         "setup_s": setup_s,
         "registration_us": histogram_json(&register_took),
         "authentication_s": login_s,
@@ -802,7 +832,7 @@ async fn run_idle(servers: &[String], args: BenchArgs, count: usize) -> anyhow::
     let [per_connection, anonymous_per_connection, file_per_connection] = [0, 1, 2].map(|figure| {
         before[figure]
             .zip(after[figure])
-            .map(|(b, a)| (a.saturating_sub(b) as f64 * 1024.0 / held.len().max(1) as f64).round())
+            .map(|(b, a)| (a.saturating_sub(b) as f64 * 1024.0 / still_open.max(1) as f64).round())
     });
     let (error_count, error_kinds) = errors.json();
     Ok(json!({
@@ -880,6 +910,12 @@ fn table(result: &Value) -> String {
                 show(latency["p99"].clone()),
                 show(latency["max"].clone())
             ),
+        );
+    }
+    if let Some(lag) = result.get("schedule_lag_us").filter(|l| l.get("p50").is_some()) {
+        row(
+            "sends late on schedule µs p50 / p99",
+            format!("{} / {}", show(lag["p50"].clone()), show(lag["p99"].clone())),
         );
     }
     out

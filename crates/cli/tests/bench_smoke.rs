@@ -109,11 +109,18 @@ fn throughput_rate_and_idle_modes_report_what_happened() {
     assert_eq!(throughput["mode"], "throughput");
     assert_eq!(throughput["label"], "smoke");
     check_delivery(&throughput);
+    assert_eq!(throughput["duration_s"], 1.0, "the rate is over the window's exact length");
+    assert!(throughput["schedule_lag_us"].is_null(), "no schedule to lag: {throughput}");
 
     let rate =
         relay.bench(&["--pairs", "10", "--rate", "200", "--duration", "1", "--warmup", "0.5"]);
     assert_eq!(rate["mode"], "rate");
     check_delivery(&rate);
+    // How late sends went against their schedule, and the rate counted by arrival within the
+    // second measured: about 200 (the messages of that second, not of the warm-up).
+    assert!(rate["schedule_lag_us"]["p99"].is_u64(), "{rate}");
+    let delivered = number(&rate, "delivered_msgs_per_s");
+    assert!((150.0..=250.0).contains(&delivered), "{rate}");
 
     let idle = relay.bench(&["--idle", "50"]);
     assert_eq!(idle["connections"], 50, "{idle}");
