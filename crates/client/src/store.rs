@@ -697,15 +697,7 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|row| Outgoing {
-                client_id: row.get(0),
-                peer: row.get(1),
-                message_id: row.get(2),
-                envelope: row.get(3),
-            })
-            .collect())
+        Ok(rows.iter().map(outgoing_from_row).collect())
     }
 
     /// One outbox entry, if it is still there.
@@ -716,12 +708,7 @@ impl Store {
         .bind(client_id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|row| Outgoing {
-            client_id: row.get(0),
-            peer: row.get(1),
-            message_id: row.get(2),
-            envelope: row.get(3),
-        }))
+        Ok(row.as_ref().map(outgoing_from_row))
     }
 
     /// A history row.
@@ -803,6 +790,16 @@ fn contact_from_row(peer: &str, row: &sqlx::sqlite::SqliteRow) -> Result<Contact
         pending: (row.get(4), row.get(5), row.get(6)),
     }
     .into_contact(peer)
+}
+
+/// An outbox row selected as `client_id, peer, message_id, envelope`.
+fn outgoing_from_row(row: &sqlx::sqlite::SqliteRow) -> Outgoing {
+    Outgoing {
+        client_id: row.get(0),
+        peer: row.get(1),
+        message_id: row.get(2),
+        envelope: row.get(3),
+    }
 }
 
 fn message_from_row(row: &sqlx::sqlite::SqliteRow) -> StoredMessage {

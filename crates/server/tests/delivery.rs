@@ -317,20 +317,11 @@ async fn health_and_metrics() {
 /// (Needs the built client in `web/dist`, as `scripts/test` builds it before these tests.)
 #[tokio::test]
 async fn the_web_client_is_revalidated_against_its_content_tag() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = TestServer::start().await;
     let get = async |path: &str, if_none_match: Option<&str>| {
-        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        let condition = if_none_match.map(|tag| format!("If-None-Match: {tag}\r\n"));
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\n{}Connection: close\r\n\r\n",
-            server.addr,
-            condition.unwrap_or_default()
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        response
+        let condition: Vec<(&str, &str)> =
+            if_none_match.map(|tag| ("If-None-Match", tag)).into_iter().collect();
+        support::http_get_raw(server.addr, path, &condition).await
     };
     let header = |response: &str, name: &str| {
         let (head, _) = response.split_once("\r\n\r\n").unwrap();
