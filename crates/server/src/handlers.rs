@@ -447,7 +447,7 @@ async fn login_answer<A: Adapter>(relay: &Relay<A>, user: &UserId) -> Reply<Logi
 /// clustered).
 const PRESENCE_LOOKUPS_AT_ONCE: usize = 16;
 
-/// After the login answer went out: the backlog, then live delivery; presence beside them.
+/// After the login answer went out: presence, then the backlog, then live delivery.
 async fn after_login<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, bound: Bound) {
     let Bound { user, first } = bound;
     // Receipts and presence reach the socket from now on (nothing that could cause one can
@@ -461,9 +461,6 @@ async fn after_login<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, bou
         }
         return;
     }
-    // The backlog first: clustered, each presence lookup below may wait on the other nodes
-    // (up to a second each), and nothing queued should wait for them.
-    tokio::spawn(catch_up::run(relay.clone(), socket.clone(), user.clone()));
     if first {
         announce(&relay, &user).await;
     }
@@ -480,6 +477,7 @@ async fn after_login<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, bou
             }
         }
     }
+    tokio::spawn(catch_up::run(relay, socket, user));
 }
 
 // ---- registration and prekeys --------------------------------------------------------------
