@@ -33,6 +33,9 @@ pub const PREKEY_LOW: usize = 20;
 pub const SIGNED_PREKEY_ROTATION: u64 = 7 * 24 * 3600;
 /// How long old signed prekeys are kept for late messages, in seconds.
 pub const SIGNED_PREKEY_RETENTION: u64 = 30 * 24 * 3600;
+/// How long a one-time prekey the relay handed out is kept for its prekey message, in
+/// seconds: as long as a replaced signed prekey.
+pub const HANDED_OUT_PREKEY_RETENTION: u64 = SIGNED_PREKEY_RETENTION;
 
 /// Why an operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -331,6 +334,7 @@ impl Client {
         let (relay, pushes) = RelayClient::connect(server, crate::relay::DEFAULT_TIMEOUT).await?;
         let answer = relay.login(&self.local.user, &self.local.keys).await?;
         self.checked.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.note_prekeys_held(answer.one_time_prekeys_from).await?;
         self.maintain_prekeys(&relay, answer.one_time_prekeys).await?;
         Ok((relay, pushes, answer))
     }
@@ -371,11 +375,31 @@ impl Client {
         }
         if new_signed.is_some() || !fresh.is_empty() {
             let publics: Vec<_> = fresh.iter().map(OneTimePrekey::public).collect();
-            relay.upload_prekeys(new_signed.as_ref().map(SignedPrekey::public), &publics).await?;
+            let answer = relay
+                .upload_prekeys(new_signed.as_ref().map(SignedPrekey::public), &publics)
+                .await?;
             if !fresh.is_empty() {
                 *self.topped_up.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             }
+            // Over the relay's cap (another process topped up too): never handed out.
+            let dropped: Vec<u32> =
+                fresh.iter().skip(answer.one_time_prekeys_kept).map(OneTimePrekey::id).collect();
+            if !dropped.is_empty() {
+                self.store.delete_one_time_prekeys(&dropped).await?;
+            }
+            self.note_prekeys_held(answer.one_time_prekeys_from).await?;
         }
+        Ok(())
+    }
+
+    /// Takes note of the one-time prekeys the relay says it still holds (from id `from` on):
+    /// the private keys of those it handed out are kept for their prekey messages a while
+    /// ([`HANDED_OUT_PREKEY_RETENTION`]), not for ever.
+    async fn note_prekeys_held(&self, from: Option<u32>) -> Result<(), ClientError> {
+        let now = now_seconds();
+        self.store
+            .note_one_time_prekeys_held(from, now, now.saturating_sub(HANDED_OUT_PREKEY_RETENTION))
+            .await?;
         Ok(())
     }
 

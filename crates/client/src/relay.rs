@@ -116,6 +116,23 @@ pub struct LoginAnswer {
     pub queued: usize,
     /// One-time prekeys the relay holds for this user.
     pub one_time_prekeys: usize,
+    /// The lowest id among them (`None` when none are left): every lower one was handed out.
+    #[serde(default)]
+    pub one_time_prekeys_from: Option<u32>,
+}
+
+/// The answer to a prekey upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadAnswer {
+    /// One-time prekeys the relay now holds for this user.
+    pub one_time_prekeys: usize,
+    /// The lowest id among them (`None` when none are left): every lower one was handed out.
+    #[serde(default)]
+    pub one_time_prekeys_from: Option<u32>,
+    /// How many of the upload's one-time prekeys, from its start, the relay kept; the rest
+    /// were over its cap.
+    pub one_time_prekeys_kept: usize,
 }
 
 /// The answer to `message:send`.
@@ -339,17 +356,12 @@ impl RelayClient {
         .await
     }
 
-    /// Uploads prekeys (logged in). Returns how many one-time prekeys the relay now holds.
+    /// Uploads prekeys (logged in).
     pub async fn upload_prekeys(
         &self,
         signed_prekey: Option<&SignedPrekeyPublic>,
         one_time_prekeys: &[OneTimePrekeyPublic],
-    ) -> Result<usize, RelayError> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Answer {
-            one_time_prekeys: usize,
-        }
+    ) -> Result<UploadAnswer, RelayError> {
         let mut request = serde_json::json!({
             "oneTimePrekeys": one_time_prekeys.iter().map(OneTimePrekeyJson::from).collect::<Vec<_>>(),
         });
@@ -357,8 +369,7 @@ impl RelayClient {
             request["signedPrekey"] = serde_json::to_value(SignedPrekeyJson::from(spk))
                 .map_err(|e| RelayError::Unexpected(e.to_string()))?;
         }
-        let answer: Answer = self.call("user:register-key", &request).await?;
-        Ok(answer.one_time_prekeys)
+        self.call("user:register-key", &request).await
     }
 
     /// Fetches `user`'s bundle and verifies it (signatures, and that it is for `user`).

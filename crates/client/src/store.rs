@@ -181,6 +181,10 @@ pub struct Store {
     pool: SqlitePool,
 }
 
+/// Migration runs before opening fails: another process upgrading the store at the same moment
+/// can fail one.
+const MIGRATION_ATTEMPTS: u64 = 5;
+
 fn migrator() -> Migrator {
     let migration = |version, name: &str, sql: &'static str| {
         Migration::new(
@@ -207,6 +211,11 @@ fn migrator() -> Migrator {
             4,
             "identity registered",
             include_str!("../migrations/0004_identity_registered.sql"),
+        ),
+        migration(
+            5,
+            "one-time prekey handed out",
+            include_str!("../migrations/0005_one_time_prekey_handed_out.sql"),
         ),
     ])
 }
@@ -265,7 +274,18 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(std::time::Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(2).connect_with(options).await?;
-        migrator().run(&pool).await?;
+        // sqlx takes no lock around SQLite migrations: two processes opening an older store at
+        // once (`sotto chat` beside `sotto recv` after an upgrade) can both start one, and the
+        // second fails on what the first made ("duplicate column"), its transaction rolled
+        // back. Another run reads what ran and goes on from there.
+        let mut attempt = 1;
+        while let Err(error) = migrator().run(&pool).await {
+            if attempt == MIGRATION_ATTEMPTS {
+                return Err(error.into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+            attempt += 1;
+        }
         Ok(Self { pool })
     }
 
@@ -457,6 +477,55 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Deletes one-time prekeys the relay never took (over its cap): nobody can use them.
+    pub async fn delete_one_time_prekeys(&self, ids: &[u32]) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        for &id in ids {
+            delete_one_time_prekey(&mut tx, id).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records what the relay says it still holds: one-time prekeys from id `from` on (none
+    /// when `None`). Bundles hand out the lowest id first, so every key below it was handed
+    /// out; it is marked so at `now` unless it already was, and keys at or above it are
+    /// unmarked (a key saved by another process before its upload may have been marked).
+    /// Keys handed out before `forget_before` are deleted: their prekey message, if one was
+    /// ever written, would have come by then. Returns how many were deleted.
+    pub async fn note_one_time_prekeys_held(
+        &self,
+        from: Option<u32>,
+        now: u64,
+        forget_before: u64,
+    ) -> Result<u64, StoreError> {
+        // Every id fits below u32::MAX + 1, so "none held" is "held from beyond every id".
+        let from = from.map_or(i64::from(u32::MAX) + 1, i64::from);
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE one_time_prekeys SET handed_out_at = NULL              WHERE key_id >= $1 AND handed_out_at IS NOT NULL",
+        )
+        .bind(from)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE one_time_prekeys SET handed_out_at = $2              WHERE key_id < $1 AND handed_out_at IS NULL",
+        )
+        .bind(from)
+        .bind(to_i64(now))
+        .execute(&mut *tx)
+        .await?;
+        let forgotten = sqlx::query(
+            "DELETE FROM one_time_prekeys WHERE handed_out_at IS NOT NULL AND handed_out_at < $1",
+        )
+        .bind(to_i64(forget_before))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(forgotten)
     }
 
     /// How many one-time prekeys are kept.
@@ -1297,6 +1366,76 @@ mod tests {
         let now = 71 * DAY;
         store.rotate_signed_prekey(&key(4, now), now, now - RETENTION).await.unwrap();
         assert_eq!(kept().await, [(4, true), (3, false), (2, false)]);
+    }
+
+    /// Keys below the relay's lowest id are marked when first seen so and forgotten after the
+    /// retention; a key the relay shows it holds again loses its mark.
+    #[tokio::test]
+    async fn handed_out_one_time_prekeys_are_marked_then_forgotten() {
+        const DAY: u64 = 24 * 3600;
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::open(home.path()).await.unwrap();
+        let keys: Vec<_> =
+            (10..20).map(|id| OneTimePrekey::generate(id, &mut rand::rng())).collect();
+        store.add_one_time_prekeys(&keys).await.unwrap();
+        let marked = async || {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT key_id FROM one_time_prekeys WHERE handed_out_at IS NOT NULL ORDER BY key_id",
+            )
+            .fetch_all(&store.pool)
+            .await
+            .unwrap()
+        };
+
+        // Day 1: the relay holds 13 and up; 10 to 12 were handed out.
+        assert_eq!(store.note_one_time_prekeys_held(Some(13), DAY, 0).await.unwrap(), 0);
+        assert_eq!(marked().await, [10, 11, 12]);
+        // Day 20: 13 and 14 handed out too; nothing old enough to forget yet.
+        let forgotten = store.note_one_time_prekeys_held(Some(15), 20 * DAY, 0).await.unwrap();
+        assert_eq!(forgotten, 0);
+        assert_eq!(marked().await, [10, 11, 12, 13, 14]);
+        // The relay shows 14 again (a key uploaded late): unmarked.
+        store.note_one_time_prekeys_held(Some(14), 21 * DAY, 0).await.unwrap();
+        assert_eq!(marked().await, [10, 11, 12, 13]);
+        // Day 32 with a 30-day retention: those marked on day 1 go, 13 (day 20) stays.
+        let forgotten =
+            store.note_one_time_prekeys_held(Some(14), 32 * DAY, 2 * DAY).await.unwrap();
+        assert_eq!(forgotten, 3);
+        assert_eq!(marked().await, [13]);
+        assert_eq!(store.one_time_prekey_count().await.unwrap(), 7);
+        // None left at the relay: every key is handed out.
+        store.note_one_time_prekeys_held(None, 33 * DAY, 2 * DAY).await.unwrap();
+        assert_eq!(marked().await, (13..20).collect::<Vec<i64>>());
+    }
+
+    /// Two processes opening a store of an older version at once (`sotto chat` beside
+    /// `sotto recv` after an upgrade) both finish: the one that loses the race to a migration
+    /// reads again what ran.
+    #[tokio::test]
+    async fn two_processes_upgrading_one_store_at_once_both_open_it() {
+        let home = tempfile::tempdir().unwrap();
+        for _ in 0..3 {
+            let store = Store::open(home.path()).await.unwrap();
+            // Back to version 4, as a store from before the last migration.
+            sqlx::query("ALTER TABLE one_time_prekeys DROP COLUMN handed_out_at")
+                .execute(&store.pool)
+                .await
+                .unwrap();
+            sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 5")
+                .execute(&store.pool)
+                .await
+                .unwrap();
+            store.close().await;
+            let opened: Vec<_> = (0..4)
+                .map(|_| {
+                    let home = home.path().to_owned();
+                    tokio::spawn(async move { Store::open(&home).await.map(|_| ()) })
+                })
+                .collect();
+            for open in opened {
+                open.await.unwrap().unwrap();
+            }
+        }
     }
 
     #[tokio::test]

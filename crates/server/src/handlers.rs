@@ -435,12 +435,18 @@ fn unbind_user<A: Adapter>(relay: &Relay<A>, connection: &Connection) -> Option<
 async fn login_answer<A: Adapter>(relay: &Relay<A>, user: &UserId) -> Reply<LoginAnswer> {
     let queued =
         relay.storage.pending_count(user.as_str()).await.map_err(|e| storage_failure(relay, e))?;
-    let one_time_prekeys = relay
+    let stock = relay
         .storage
-        .one_time_prekey_count(user.as_str())
+        .one_time_prekey_stock(user.as_str())
         .await
         .map_err(|e| storage_failure(relay, e))?;
-    Ok(LoginAnswer { ok: true, user_id: user.to_string(), queued, one_time_prekeys })
+    Ok(LoginAnswer {
+        ok: true,
+        user_id: user.to_string(),
+        queued,
+        one_time_prekeys: stock.held,
+        one_time_prekeys_from: stock.lowest_id,
+    })
 }
 
 /// Presence lookups a login runs at once (each one a round trip to the other nodes when
@@ -556,6 +562,7 @@ async fn register<A: Adapter>(
         user_id: user.to_string(),
         queued: 0,
         one_time_prekeys: one_time_prekeys.len(),
+        one_time_prekeys_from: one_time_prekeys.iter().map(|key| key.id).min(),
     };
     let new_user = NewUser {
         user_id: user.to_string(),
@@ -630,12 +637,17 @@ async fn upload_prekeys<A: Adapter>(
     if let Some(spk) = &signed_prekey {
         relay.storage.set_signed_prekey(user, spk).await.map_err(|e| storage_failure(relay, e))?;
     }
-    let count = relay
+    let upload = relay
         .storage
         .add_one_time_prekeys(user, &one_time, relay.limits().max_prekeys_stored)
         .await
         .map_err(|e| storage_failure(relay, e))?;
-    Ok(UploadAnswer { ok: true, one_time_prekeys: count })
+    Ok(UploadAnswer {
+        ok: true,
+        one_time_prekeys: upload.stock.held,
+        one_time_prekeys_from: upload.stock.lowest_id,
+        one_time_prekeys_kept: upload.kept,
+    })
 }
 
 async fn on_request_key<A: Adapter>(

@@ -79,7 +79,12 @@ async fn the_owner_hears_when_prekeys_run_low_and_can_top_up() {
     let mut rng = rand::rng();
     let more: Vec<_> =
         (100..150).map(|id| OneTimePrekey::generate(id, &mut rng).public()).collect();
-    assert_eq!(bob.client.upload_prekeys(None, &more).await.unwrap(), 69);
+    let answer = bob.client.upload_prekeys(None, &more).await.unwrap();
+    assert_eq!(answer.one_time_prekeys, 69);
+    assert_eq!(answer.one_time_prekeys_kept, 50);
+    // Ids 1 and 2 were handed out: the lowest the relay holds says so.
+    assert_eq!(answer.one_time_prekeys_from, Some(3));
+    assert_eq!(bob.reconnect(&server).await.one_time_prekeys_from, Some(3), "told at login too");
     // A new signed prekey replaces the old one.
     let rotated = sotto_protocol::SignedPrekey::generate(&bob.identity, 2, 1_767_300_000, &mut rng);
     bob.client.upload_prekeys(Some(rotated.public()), &[]).await.unwrap();
@@ -97,13 +102,17 @@ async fn uploads_are_capped_and_checked() {
     let error = bob.client.upload_prekeys(None, &too_many).await.unwrap_err();
     assert_eq!(error.code(), Some("too_many_prekeys"));
     // Stored keys are capped too.
-    let mut total = 0;
+    let mut answers = Vec::new();
     for batch in 0..6u32 {
         let keys: Vec<_> =
             (0..100).map(|i| OneTimePrekey::generate(batch * 100 + i, &mut rng).public()).collect();
-        total = bob.client.upload_prekeys(None, &keys).await.unwrap();
+        answers.push(bob.client.upload_prekeys(None, &keys).await.unwrap());
     }
-    assert_eq!(total, 500);
+    let last = answers.last().unwrap();
+    assert_eq!(last.one_time_prekeys, 500);
+    assert_eq!(answers[4].one_time_prekeys_kept, 100);
+    assert_eq!(last.one_time_prekeys_kept, 0, "the uploader is told none of these was kept");
+    assert_eq!(last.one_time_prekeys_from, Some(0));
     // A signed prekey signed by someone else is refused.
     let (mallory, _, _) = keys(0);
     let forged = sotto_protocol::SignedPrekey::generate(&mallory, 9, 0, &mut rng);
@@ -162,6 +171,64 @@ async fn queued_low_prekey_warnings_top_up_once() {
     let kept = client.store().one_time_prekey_count().await.unwrap();
     assert_eq!(kept, 181, "the 100 first keys (85 handed out, kept until used) and 81 new");
     relay.close();
+    client.close().await;
+}
+
+/// One-time prekeys the relay handed out but nobody used are not kept for ever: the client
+/// marks them when the relay's lowest id passes them, and forgets them 30 days later. Keys
+/// the relay dropped over its cap are forgotten at once.
+#[tokio::test]
+async fn handed_out_one_time_prekeys_are_forgotten_after_a_while() {
+    use sotto_client::Client;
+    let server = TestServer::start_with(|config| {
+        config.limits.prekey_fetches_per_minute = 0;
+        config.limits.max_prekeys_stored = 150;
+    })
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    let dora = UserId::parse("dora").unwrap();
+    let (client, relay, _) = Client::register(home.path(), &server.url, &dora).await.unwrap();
+    relay.close();
+    let fetcher = TestUser::register(&server, "fetcher").await;
+    // 30 of dora's 100 keys (ids 2 to 31) handed out; no prekey message ever comes.
+    for _ in 0..30 {
+        fetcher.client.request_bundle(&dora).await.unwrap();
+    }
+    let database = home.path().join("sotto.db");
+    let store =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", database.display())).await.unwrap();
+    let handed_out = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM one_time_prekeys WHERE handed_out_at IS NOT NULL",
+        )
+        .fetch_one(&store)
+        .await
+        .unwrap()
+    };
+    assert_eq!(handed_out().await, 0);
+    let (relay, _, answer) = client.connect(&server.url).await.unwrap();
+    assert_eq!(answer.one_time_prekeys_from, Some(32));
+    assert_eq!(handed_out().await, 30, "marked at login");
+    assert_eq!(client.store().one_time_prekey_count().await.unwrap(), 100, "kept for now");
+    relay.close();
+
+    // A month later (the marks moved back): forgotten at the next login.
+    sqlx::query("UPDATE one_time_prekeys SET handed_out_at = handed_out_at - 31 * 24 * 3600")
+        .execute(&store)
+        .await
+        .unwrap();
+    let (relay, _, _) = client.connect(&server.url).await.unwrap();
+    assert_eq!(client.store().one_time_prekey_count().await.unwrap(), 70, "forgotten");
+    assert_eq!(handed_out().await, 0);
+
+    // Keys over the relay's cap (150 here) are forgotten as soon as the upload says so.
+    client.maintain_prekeys(&relay, 0).await.unwrap();
+    let at_relay =
+        server.query_i64("SELECT COUNT(*) FROM one_time_prekeys WHERE user_id = 'dora'").await;
+    assert_eq!(at_relay, 150);
+    assert_eq!(client.store().one_time_prekey_count().await.unwrap(), 150, "80 of 100 kept");
+    relay.close();
+    store.close().await;
     client.close().await;
 }
 

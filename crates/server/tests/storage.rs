@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use sotto_server::storage::{
-    self, MessageStatus, NewMessage, NewUser, QueueBatch, RegisterError, Storage, StoreOutcome,
-    StoredIdentity, StoredOneTimePrekey, StoredSignedPrekey,
+    self, MessageStatus, NewMessage, NewUser, OneTimePrekeyStock, QueueBatch, RegisterError,
+    Storage, StoreOutcome, StoredIdentity, StoredOneTimePrekey, StoredSignedPrekey,
 };
 
 fn admin_url() -> String {
@@ -120,11 +120,26 @@ async fn run_suite(store: Arc<dyn Storage>) {
     }
     assert_eq!(handed_out.len(), 20);
     assert_eq!(handed_out.iter().collect::<HashSet<_>>().len(), 20, "no key twice");
-    assert_eq!(store.one_time_prekey_count("bob").await.unwrap(), 0);
+    assert_eq!(
+        store.one_time_prekey_stock("bob").await.unwrap(),
+        OneTimePrekeyStock { held: 0, lowest_id: None }
+    );
     assert!(store.claim_bundle("nobody").await.unwrap().is_none());
     let more: Vec<_> =
         (100..110).map(|id| StoredOneTimePrekey { id, key: format!("k{id}") }).collect();
-    assert_eq!(store.add_one_time_prekeys("bob", &more, 5).await.unwrap(), 5, "capped");
+    let upload = store.add_one_time_prekeys("bob", &more, 5).await.unwrap();
+    assert_eq!(upload.kept, 5, "capped: the upload's first five");
+    assert_eq!(upload.stock, OneTimePrekeyStock { held: 5, lowest_id: Some(100) });
+    // Bundles hand out the lowest id first, so the lowest left says which were handed out.
+    let handed = store.claim_bundle("bob").await.unwrap().unwrap().one_time_prekey.unwrap();
+    assert_eq!(handed.id, 100);
+    assert_eq!(
+        store.one_time_prekey_stock("bob").await.unwrap(),
+        OneTimePrekeyStock { held: 4, lowest_id: Some(101) }
+    );
+    let upload = store.add_one_time_prekeys("bob", &more[5..], 5).await.unwrap();
+    assert_eq!(upload.kept, 1, "room for one");
+    assert_eq!(upload.stock, OneTimePrekeyStock { held: 5, lowest_id: Some(101) });
     // Uploads at once (one connection's pipelined requests, or several devices) share the cap.
     let uploads: Vec<_> = (0..8u32)
         .map(|upload| {
@@ -139,7 +154,7 @@ async fn run_suite(store: Arc<dyn Storage>) {
     for upload in uploads {
         upload.await.unwrap().unwrap();
     }
-    assert_eq!(store.one_time_prekey_count("bob").await.unwrap(), 30, "never above the cap");
+    assert_eq!(store.one_time_prekey_stock("bob").await.unwrap().held, 30, "never above the cap");
     store
         .set_signed_prekey(
             "bob",

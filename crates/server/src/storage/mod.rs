@@ -116,6 +116,25 @@ pub struct ClaimedBundle {
     pub remaining: usize,
 }
 
+/// The one-time prekeys the relay holds for a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OneTimePrekeyStock {
+    /// How many are left.
+    pub held: usize,
+    /// The lowest id left. Bundles hand out the lowest first, so every lower id the owner
+    /// uploaded has been handed out; its owner keeps those private keys only a while.
+    pub lowest_id: Option<u32>,
+}
+
+/// What an upload of one-time prekeys did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrekeyUpload {
+    /// How many of the upload, from its start, were kept; the rest were over the cap.
+    pub kept: usize,
+    /// What the user holds now.
+    pub stock: OneTimePrekeyStock,
+}
+
 /// A message to queue.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -272,14 +291,14 @@ pub trait Storage: Send + Sync + 'static {
     /// The user's bundle, consuming exactly one one-time prekey when any are left.
     async fn claim_bundle(&self, user_id: &str) -> Result<Option<ClaimedBundle>, StorageError>;
 
-    /// Adds one-time prekeys (ids already present are ignored), keeping at most `max_stored`.
-    /// Returns how many the user now has.
+    /// Adds one-time prekeys (ids already present are ignored), keeping at most `max_stored`:
+    /// the upload's first keys, as many as there is room for.
     async fn add_one_time_prekeys(
         &self,
         user_id: &str,
         keys: &[StoredOneTimePrekey],
         max_stored: usize,
-    ) -> Result<usize, StorageError>;
+    ) -> Result<PrekeyUpload, StorageError>;
 
     /// Replaces the user's signed prekey.
     async fn set_signed_prekey(
@@ -288,8 +307,11 @@ pub trait Storage: Send + Sync + 'static {
         prekey: &StoredSignedPrekey,
     ) -> Result<(), StorageError>;
 
-    /// How many one-time prekeys the user has left.
-    async fn one_time_prekey_count(&self, user_id: &str) -> Result<usize, StorageError>;
+    /// How many one-time prekeys the user has left, and the lowest id among them.
+    async fn one_time_prekey_stock(
+        &self,
+        user_id: &str,
+    ) -> Result<OneTimePrekeyStock, StorageError>;
 
     /// Stores a batch of messages in one transaction, de-duplicating on (sender, client id).
     /// Outcomes are in the batch's order.

@@ -14,9 +14,9 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 use super::shared::{self, to_i64, to_u32, to_u64};
 use super::{
-    Acknowledged, ClaimedBundle, Committed, MessageStatus, NewMessage, NewUser, QueueBatch,
-    QueuedMessage, Storage, StorageError, StoreOutcome, StoredIdentity, StoredOneTimePrekey,
-    StoredSignedPrekey, fixed_chunks,
+    Acknowledged, ClaimedBundle, Committed, MessageStatus, NewMessage, NewUser, OneTimePrekeyStock,
+    PrekeyUpload, QueueBatch, QueuedMessage, Storage, StorageError, StoreOutcome, StoredIdentity,
+    StoredOneTimePrekey, StoredSignedPrekey, fixed_chunks,
 };
 
 /// The PostgreSQL backend.

@@ -220,6 +220,23 @@ macro_rules! impl_storage {
                 Ok(true)
             }
 
+        /// The user's one-time prekeys: how many, and the lowest id.
+        async fn stock(
+            connection: &mut <$db as sqlx::Database>::Connection,
+            user_id: &str,
+        ) -> Result<OneTimePrekeyStock, StorageError> {
+            let (held, lowest): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT COUNT(*), MIN(key_id) FROM one_time_prekeys WHERE user_id = $1",
+            )
+            .bind(user_id)
+            .fetch_one(&mut *connection)
+            .await?;
+            Ok(OneTimePrekeyStock {
+                held: usize::try_from(held).unwrap_or(0),
+                lowest_id: lowest.map(to_u32),
+            })
+        }
+
         async fn insert_one_time_prekeys(
             tx: &mut sqlx::Transaction<'_, $db>,
             user_id: &str,
@@ -323,7 +340,7 @@ macro_rules! impl_storage {
                 user_id: &str,
                 keys: &[StoredOneTimePrekey],
                 max_stored: usize,
-            ) -> Result<usize, StorageError> {
+            ) -> Result<PrekeyUpload, StorageError> {
                 let mut tx = self.pool.begin_with($begin).await?;
                 // Uploads of one user are counted and inserted one at a time, so that two at
                 // once cannot both see room under the cap.
@@ -334,14 +351,11 @@ macro_rules! impl_storage {
                         .fetch_one(&mut *tx)
                         .await?;
                 let room = max_stored.saturating_sub(usize::try_from(count).unwrap_or(max_stored));
-                Self::insert_one_time_prekeys(&mut tx, user_id, &keys[..keys.len().min(room)]).await?;
-                let count: i64 =
-                    sqlx::query_scalar("SELECT COUNT(*) FROM one_time_prekeys WHERE user_id = $1")
-                        .bind(user_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
+                let kept = keys.len().min(room);
+                Self::insert_one_time_prekeys(&mut tx, user_id, &keys[..kept]).await?;
+                let stock = Self::stock(&mut tx, user_id).await?;
                 tx.commit().await?;
-                Ok(usize::try_from(count).unwrap_or(0))
+                Ok(PrekeyUpload { kept, stock })
             }
 
             async fn set_signed_prekey(
@@ -363,13 +377,12 @@ macro_rules! impl_storage {
                 Ok(())
             }
 
-            async fn one_time_prekey_count(&self, user_id: &str) -> Result<usize, StorageError> {
-                let count: i64 =
-                    sqlx::query_scalar("SELECT COUNT(*) FROM one_time_prekeys WHERE user_id = $1")
-                        .bind(user_id)
-                        .fetch_one(&self.pool)
-                        .await?;
-                Ok(usize::try_from(count).unwrap_or(0))
+            async fn one_time_prekey_stock(
+                &self,
+                user_id: &str,
+            ) -> Result<OneTimePrekeyStock, StorageError> {
+                let mut connection = self.pool.acquire().await?;
+                Self::stock(&mut connection, user_id).await
             }
 
             async fn store_messages(

@@ -16,9 +16,9 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use super::shared::{self, to_i64, to_u32, to_u64};
 use super::sqlite_queue::{QueueThread, RESERVE_MESSAGE_IDS};
 use super::{
-    Acknowledged, ClaimedBundle, Committed, MessageStatus, NewMessage, NewUser, QueueBatch,
-    QueuedMessage, Storage, StorageError, StoreOutcome, StoredIdentity, StoredOneTimePrekey,
-    StoredSignedPrekey, fixed_chunks,
+    Acknowledged, ClaimedBundle, Committed, MessageStatus, NewMessage, NewUser, OneTimePrekeyStock,
+    PrekeyUpload, QueueBatch, QueuedMessage, Storage, StorageError, StoreOutcome, StoredIdentity,
+    StoredOneTimePrekey, StoredSignedPrekey, fixed_chunks,
 };
 
 /// The SQLite backend.

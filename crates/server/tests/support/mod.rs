@@ -175,6 +175,7 @@ impl TestUser {
             client.register(&id, &identity, signed_prekey.public(), &publics).await.unwrap();
         assert_eq!(answer.user_id, id.as_str());
         assert_eq!((answer.queued, answer.one_time_prekeys), (0, opks as usize));
+        assert_eq!(answer.one_time_prekeys_from, (opks > 0).then_some(1), "the lowest id held");
         Self { id, identity, signed_prekey, one_time_prekeys, client, pushes, seen: Vec::new() }
     }
 
