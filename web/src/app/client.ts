@@ -53,10 +53,10 @@ import {
   type OneTimePrekeyJson,
   type SignedPrekeyJson,
 } from '../protocol/wire.js';
-import type { DeliveryReceipt, ReceivedMessage } from '../transport/events.js';
+import type { DeliveryReceipt, LoginAnswer, ReceivedMessage } from '../transport/events.js';
 import { isRelayError, RelayConnection, RelayError } from '../transport/relay.js';
 import type { Account, Contact, Conversation, Message, OutboxEntry, Store, Tx } from '../store/store.js';
-import { emptyCounters, missing, nextSent, noteReceived, resetReceived, unconfirmedByPeer } from './counters.js';
+import { type Counters, emptyCounters, missing, nextSent, noteReceived, resetReceived, unconfirmedByPeer } from './counters.js';
 import { AppError, errorCode } from './errors.js';
 import { KeyedQueue } from './queue.js';
 
@@ -68,6 +68,8 @@ export const PREKEY_LOW = 20;
 export const SIGNED_PREKEY_ROTATION_MS = 7 * 24 * 3600 * 1000;
 /** How long replaced signed prekeys are kept, for messages still in flight. */
 export const SIGNED_PREKEY_RETENTION_MS = 30 * 24 * 3600 * 1000;
+/** How long a one-time prekey the relay handed out is kept for its prekey message. */
+export const HANDED_OUT_PREKEY_RETENTION_MS = SIGNED_PREKEY_RETENTION_MS;
 
 /** How often an open page checks whether its signed prekey is due for rotation. */
 const ROTATION_CHECK_MS = 6 * 3600 * 1000;
@@ -148,16 +150,19 @@ async function seeIdentity(tx: Tx, peer: string, identity: PublicIdentity, now: 
  * of notices do not overlap; the newest notice covering `counter` is the current identity's.
  */
 async function resolveMissing(tx: Tx, peer: string, counter: bigint): Promise<void> {
-  const history = await tx.history(peer);
-  for (let i = history.length - 1; i >= 0; i--) {
-    const m = history[i];
-    if (m === undefined || m.id === undefined || m.direction !== 'notice' || m.kind !== 'missing') continue;
-    if (m.missingFrom === undefined || m.counter === null || counter < m.missingFrom || counter >= m.counter) continue;
-    const left = Number(m.text ?? '1') - 1;
-    if (left > 0) await tx.putMessage({ ...m, text: String(left) });
-    else await tx.deleteMessage(m.id);
-    return;
-  }
+  const covers = (m: Message): boolean =>
+    m.direction === 'notice' &&
+    m.kind === 'missing' &&
+    m.missingFrom !== undefined &&
+    m.counter !== null &&
+    counter >= m.missingFrom &&
+    counter < m.counter;
+  // From the newest back to the notice, which is usually recent.
+  const notice = (await tx.newestFirst(peer, (m) => !covers(m))).at(-1);
+  if (notice?.id === undefined || !covers(notice)) return;
+  const left = Number(notice.text ?? '1') - 1;
+  if (left > 0) await tx.putMessage({ ...notice, text: String(left) });
+  else await tx.deleteMessage(notice.id);
 }
 
 function notice(
@@ -386,9 +391,9 @@ export class Client {
   async #onConnect(): Promise<void> {
     this.#setState('connecting');
     this.#checked.clear();
-    let oneTimePrekeys: number;
+    let held: LoginAnswer;
     try {
-      oneTimePrekeys = this.#account.registered ? (await this.#relay.login(this.userId, this.#account.identity)).oneTimePrekeys : await this.#register();
+      held = this.#account.registered ? await this.#relay.login(this.userId, this.#account.identity) : await this.#register();
     } catch (error) {
       if (isRelayError(error, 'authentication_failed') || isRelayError(error, 'user_taken')) {
         this.#setState('rejected');
@@ -416,7 +421,8 @@ export class Client {
     }, ROTATION_CHECK_MS);
     this.#emitChanged(null);
     try {
-      await this.#maintainPrekeys(oneTimePrekeys);
+      await this.#noteHeld(held.oneTimePrekeysFrom);
+      await this.#maintainPrekeys(held.oneTimePrekeys);
     } catch (error) {
       this.#problem(error, null);
     }
@@ -425,7 +431,7 @@ export class Client {
   }
 
   /** Registers the saved identity; a lost answer is recovered by logging in with it. */
-  async #register(): Promise<number> {
+  async #register(): Promise<LoginAnswer> {
     const [signed, oneTime] = await this.#store.read(['signedPrekeys', 'oneTimePrekeys'], async (tx) => {
       const all = await tx.signedPrekeys();
       const keys: OneTimePrekeyJson[] = [];
@@ -457,7 +463,7 @@ export class Client {
     const registration = this.#registration;
     this.#registration = null;
     registration?.resolve();
-    return answer.oneTimePrekeys;
+    return answer;
   }
 
   /** Rotates the signed prekey weekly and tops one-time prekeys up to {@link PREKEY_TARGET}. */
@@ -493,8 +499,43 @@ export class Client {
       });
       this.#account = account;
       const keys = oneTime.map((k) => ({ id: k.id, key: toBase64Url(k.keyPair.publicKey) }));
-      await this.#relay.uploadPrekeys(fresh === null ? null : signedPrekeyJson(fresh), keys);
+      const answer = await this.#relay.uploadPrekeys(fresh === null ? null : signedPrekeyJson(fresh), keys);
       if (keys.length > 0) this.#topUps++;
+      // Over the relay's cap: never handed out, so of no use to anyone.
+      const dropped = oneTime.slice(answer.oneTimePrekeysKept);
+      if (dropped.length > 0) {
+        await this.#store.write(['oneTimePrekeys'], async (tx) => {
+          for (const prekey of dropped) await tx.deleteOneTimePrekey(prekey.id);
+        });
+      }
+      await this.#noteHeldNow(answer.oneTimePrekeysFrom);
+    });
+  }
+
+  /** {@link #noteHeldNow}, in turn with the other prekey work. */
+  #noteHeld(from: number | null): Promise<void> {
+    return this.#queue.run('\u0000prekeys', () => this.#noteHeldNow(from));
+  }
+
+  /**
+   * Takes note of the one-time prekeys the relay says it still holds, from id `from` on (none
+   * when null). Bundles hand out the lowest id first, so every key below was handed out: it
+   * is kept for its prekey message for {@link HANDED_OUT_PREKEY_RETENTION_MS}, then forgotten,
+   * rather than for ever. A key at or above `from` is at the relay (or not yet uploaded).
+   */
+  async #noteHeldNow(from: number | null): Promise<void> {
+    const now = nowMs();
+    await this.#store.write(['oneTimePrekeys'], async (tx) => {
+      for (const prekey of await tx.oneTimePrekeys()) {
+        const handedOut = from === null || prekey.id < from;
+        if (!handedOut) {
+          if (prekey.handedOutAt !== undefined) await tx.putOneTimePrekey({ id: prekey.id, keyPair: prekey.keyPair });
+        } else if (prekey.handedOutAt === undefined) {
+          await tx.putOneTimePrekey({ ...prekey, handedOutAt: now });
+        } else if (now - prekey.handedOutAt >= HANDED_OUT_PREKEY_RETENTION_MS) {
+          await tx.deleteOneTimePrekey(prekey.id);
+        }
+      }
     });
   }
 
@@ -511,12 +552,28 @@ export class Client {
     });
   }
 
-  async conversation(peer: string): Promise<{ conversation: Conversation | null; contact: Contact | null; messages: Message[] }> {
-    return this.#store.read(['conversations', 'contacts', 'messages'], async (tx) => ({
-      conversation: await tx.conversation(peer),
-      contact: await tx.contact(peer),
-      messages: await tx.history(peer),
-    }));
+  /**
+   * What a view of `peer`'s conversation shows: the messages from `since` (a local message id)
+   * on, and at least the newest `atLeast`, oldest first; and whether earlier ones exist. A view
+   * re-read on every change must not cost more as the history grows.
+   */
+  async conversation(
+    peer: string,
+    view: { readonly since: number | null; readonly atLeast: number },
+  ): Promise<{ conversation: Conversation | null; contact: Contact | null; messages: Message[]; earlier: boolean }> {
+    return this.#store.read(['conversations', 'contacts', 'messages'], async (tx) => {
+      let taken = 0;
+      let earlier = false;
+      const shown = await tx.newestFirst(peer, (m) => {
+        taken++;
+        const wanted = taken <= view.atLeast || (view.since !== null && m.id !== undefined && m.id >= view.since);
+        earlier = !wanted;
+        return wanted;
+      });
+      // The one that ended the walk is not shown: it says there is more.
+      if (earlier) shown.pop();
+      return { conversation: await tx.conversation(peer), contact: await tx.contact(peer), messages: shown.reverse(), earlier };
+    });
   }
 
   // ---- actions ------------------------------------------------------------------------------
@@ -899,7 +956,7 @@ export class Client {
       } else if (after < before) {
         await resolveMissing(tx, peer, record.counter);
       }
-      await this.#checkOurs(tx, peer, record.lastReceivedCounter, record.lastReceivedDigest, conversation.counters.peerReceived, safeNumber(record.sentAt) ?? 0, now);
+      await this.#checkOurs(tx, peer, record.lastReceivedCounter, record.lastReceivedDigest, conversation.counters, safeNumber(record.sentAt) ?? 0, now);
       const text = body.kind === 'text' ? body.text : null;
       // A receipt counts (above) but is no message to show: kept, it was an empty bubble.
       if (shown) await tx.addMessage({
@@ -935,10 +992,15 @@ export class Client {
    * the one we sent (§7.3), or the hash chain is broken. Records after it that the relay
    * reported delivered long before the peer wrote this one never reached the peer's device.
    */
-  async #checkOurs(tx: Tx, peer: string, upTo: bigint, digest: Uint8Array, confirmedBefore: bigint, theirSentAt: number, now: number): Promise<void> {
-    const ours = (await tx.history(peer)).filter(
-      (m): m is Message & { counter: bigint } => m.direction === 'out' && m.counter !== null,
-    );
+  async #checkOurs(tx: Tx, peer: string, upTo: bigint, digest: Uint8Array, before: Counters, theirSentAt: number, now: number): Promise<void> {
+    const confirmedBefore = before.peerReceived;
+    // Our records up to `settled` were checked when the peer first confirmed them; only later
+    // ones can change now. Ours are numbered in the order they were saved, so they are the
+    // newest of ours: the walk back ends at the first one at or below `settled`.
+    const settled = upTo < confirmedBefore ? upTo : confirmedBefore;
+    if (before.sent <= settled) return;
+    const isOurs = (m: Message): m is Message & { counter: bigint } => m.direction === 'out' && m.counter !== null;
+    const ours = (await tx.newestFirst(peer, (m) => !isOurs(m) || m.counter > settled)).filter(isOurs).reverse();
     for (const message of ours) {
       if (message.counter > upTo) continue;
       if (message.status === 'stored' || message.status === 'sending') {

@@ -10,11 +10,11 @@
  * |------------------|---------------------|------------------------------------------------------|
  * | `meta`           | `'account'`         | {@link Account}: user id, identity, id counter       |
  * | `signedPrekeys`  | `id`                | {@link StoredSignedPrekey}: current and retired ones |
- * | `oneTimePrekeys` | `id`                | `OneTimePrekey`, deleted once a message used it      |
+ * | `oneTimePrekeys` | `id`                | {@link StoredOneTimePrekey}: deleted once used, or 30 days after the relay handed it out |
  * | `sessions`       | `peer`              | {@link StoredSession}: the peer's session record      |
  * | `contacts`       | `peer`              | {@link Contact}: accepted identity, pending change    |
  * | `conversations`  | `peer`              | {@link Conversation}: counters, unread, preview       |
- * | `messages`       | `id` (auto)         | {@link Message}; indexes by peer, relay id, client id |
+ * | `messages`       | `id` (auto)         | {@link Message}; indexes by peer, relay id, client id, status |
  * | `outbox`         | `seq` (auto)        | {@link OutboxEntry}: to send, oldest first            |
  */
 
@@ -124,6 +124,12 @@ export interface Message {
   readonly missingFrom?: bigint;
 }
 
+/** A one-time prekey with what this client learnt of it from the relay. */
+export type StoredOneTimePrekey = OneTimePrekey & {
+  /** When the relay was first seen no longer holding it (handed out), Unix ms. */
+  readonly handedOutAt?: number;
+};
+
 export interface OutboxEntry {
   readonly seq?: number;
   readonly clientId: string;
@@ -148,6 +154,11 @@ const migrations: readonly Migration[] = [
     messages.createIndex('byClientId', 'clientId', { unique: true });
     const outbox = db.createObjectStore('outbox', { keyPath: 'seq', autoIncrement: true });
     outbox.createIndex('byClientId', 'clientId', { unique: true });
+  },
+  // Version 2: finding the messages that wait for a delivery report (every login) read every
+  // message ever kept; by status it reads only those.
+  (_db, tx) => {
+    tx.objectStore('messages').createIndex('byStatus', 'status');
   },
 ];
 
@@ -176,10 +187,13 @@ export class Tx {
     await request(this.#store('signedPrekeys').delete(id));
   }
 
-  async oneTimePrekey(id: number): Promise<OneTimePrekey | null> {
-    return ((await request(this.#store('oneTimePrekeys').get(id))) as OneTimePrekey | undefined) ?? null;
+  async oneTimePrekey(id: number): Promise<StoredOneTimePrekey | null> {
+    return ((await request(this.#store('oneTimePrekeys').get(id))) as StoredOneTimePrekey | undefined) ?? null;
   }
-  async putOneTimePrekey(prekey: OneTimePrekey): Promise<void> {
+  async oneTimePrekeys(): Promise<StoredOneTimePrekey[]> {
+    return (await request(this.#store('oneTimePrekeys').getAll())) as StoredOneTimePrekey[];
+  }
+  async putOneTimePrekey(prekey: StoredOneTimePrekey): Promise<void> {
     await request(this.#store('oneTimePrekeys').put(prekey));
   }
   async deleteOneTimePrekey(id: number): Promise<void> {
@@ -234,13 +248,33 @@ export class Tx {
   /** A conversation's messages, oldest first. */
   async history(peer: string): Promise<Message[]> {
     const index = this.#store('messages').index('byPeer');
-    const range = IDBKeyRange.bound([peer, 0], [peer, Number.MAX_SAFE_INTEGER]);
-    return (await request(index.getAll(range))) as Message[];
+    return (await request(index.getAll(peerRange(peer)))) as Message[];
+  }
+  /**
+   * Walks a conversation from its newest message back, handing each to `goOn` until it says
+   * stop (or the oldest is passed), and returns every message it handed over, newest first,
+   * the one that stopped the walk included. What happens as a message arrives concerns the
+   * recent end of a conversation, so its cost must not grow with the whole history.
+   */
+  newestFirst(peer: string, goOn: (message: Message) => boolean): Promise<Message[]> {
+    const cursor = this.#store('messages').index('byPeer').openCursor(peerRange(peer), 'prev');
+    return new Promise<Message[]>((resolve, reject) => {
+      const visited: Message[] = [];
+      cursor.onsuccess = () => {
+        const at = cursor.result;
+        if (at === null) return resolve(visited);
+        const message = at.value as Message;
+        visited.push(message);
+        if (goOn(message)) at.continue();
+        else resolve(visited);
+      };
+      cursor.onerror = () => reject(cursor.error ?? new Error('IndexedDB cursor failed'));
+    });
   }
   /** Our messages the relay stored but has not reported delivered. */
   async undelivered(): Promise<Message[]> {
-    const all = (await request(this.#store('messages').getAll())) as Message[];
-    return all.filter((m) => m.direction === 'out' && m.status === 'stored' && m.serverId !== null);
+    const stored = (await request(this.#store('messages').index('byStatus').getAll('stored'))) as Message[];
+    return stored.filter((m) => m.direction === 'out' && m.serverId !== null);
   }
 
   async outbox(): Promise<OutboxEntry[]> {
@@ -257,6 +291,11 @@ export class Tx {
     const entry = await this.outboxEntry(clientId);
     if (entry?.seq !== undefined) await request(this.#store('outbox').delete(entry.seq));
   }
+}
+
+/** Every message of `peer` in the `byPeer` index. */
+function peerRange(peer: string): IDBKeyRange {
+  return IDBKeyRange.bound([peer, 0], [peer, Number.MAX_SAFE_INTEGER]);
 }
 
 const ALL_STORES = [

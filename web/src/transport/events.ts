@@ -65,6 +65,18 @@ export interface LoginAnswer {
   readonly userId: string;
   readonly queued: number;
   readonly oneTimePrekeys: number;
+  /** The lowest one-time prekey id the relay holds (null: none): every lower one was handed out. */
+  readonly oneTimePrekeysFrom: number | null;
+}
+
+/** Prekey upload answer. */
+export interface UploadAnswer {
+  /** One-time prekeys the relay now holds. */
+  readonly oneTimePrekeys: number;
+  /** The lowest id among them (null: none): every lower one was handed out. */
+  readonly oneTimePrekeysFrom: number | null;
+  /** How many of the upload's one-time prekeys, from its start, were kept (the rest were over the cap). */
+  readonly oneTimePrekeysKept: number;
 }
 
 /** `message:send` answer. */
@@ -122,7 +134,10 @@ export function asChallenge(value: Fields): ChallengeAnswer | null {
 
 export function asLogin(value: Fields): LoginAnswer | null {
   const { userId, queued, oneTimePrekeys } = value;
-  return isString(userId) && isInt(queued) && isInt(oneTimePrekeys) ? { userId, queued, oneTimePrekeys } : null;
+  const oneTimePrekeysFrom = optionalInt(value['oneTimePrekeysFrom']);
+  return isString(userId) && isInt(queued) && isInt(oneTimePrekeys) && oneTimePrekeysFrom !== undefined
+    ? { userId, queued, oneTimePrekeys, oneTimePrekeysFrom }
+    : null;
 }
 
 export function asSend(value: Fields): SendAnswer | null {
@@ -130,8 +145,18 @@ export function asSend(value: Fields): SendAnswer | null {
   return isInt(id) && typeof duplicate === 'boolean' ? { id, duplicate } : null;
 }
 
-export function asUploadCount(value: Fields): number | null {
-  return isInt(value['oneTimePrekeys']) ? value['oneTimePrekeys'] : null;
+export function asUpload(value: Fields): UploadAnswer | null {
+  const { oneTimePrekeys, oneTimePrekeysKept } = value;
+  const oneTimePrekeysFrom = optionalInt(value['oneTimePrekeysFrom']);
+  return isInt(oneTimePrekeys) && isInt(oneTimePrekeysKept) && oneTimePrekeysFrom !== undefined
+    ? { oneTimePrekeys, oneTimePrekeysFrom, oneTimePrekeysKept }
+    : null;
+}
+
+/** An integer field that may be absent (null); undefined when it is there but not one. */
+function optionalInt(value: unknown): number | null | undefined {
+  if (value === undefined || value === null) return null;
+  return isInt(value) ? value : undefined;
 }
 
 export function asStatuses(value: Fields): StatusEntry[] | null {

@@ -229,12 +229,12 @@ export class RelayConnection {
     return answer;
   }
 
-  /** Uploads prekeys; returns how many one-time prekeys the relay now holds. */
-  async uploadPrekeys(signedPrekey: SignedPrekeyJson | null, oneTimePrekeys: readonly OneTimePrekeyJson[]): Promise<number> {
+  /** Uploads prekeys. */
+  async uploadPrekeys(signedPrekey: SignedPrekeyJson | null, oneTimePrekeys: readonly OneTimePrekeyJson[]): Promise<ev.UploadAnswer> {
     const request: ev.UploadRequest = signedPrekey === null ? { oneTimePrekeys } : { signedPrekey, oneTimePrekeys };
-    const count = ev.asUploadCount(await this.request(ev.REGISTER_KEY, request));
-    if (count === null) throw unexpected('malformed upload answer');
-    return count;
+    const answer = ev.asUpload(await this.request(ev.REGISTER_KEY, request));
+    if (answer === null) throw unexpected('malformed upload answer');
+    return answer;
   }
 
   /** A user's bundle, as unchecked JSON (decode it with `decodeBundleJson`). Consumes a one-time prekey. */

@@ -23,6 +23,9 @@ export interface Shell {
   forget(): Promise<void>;
 }
 
+/** Messages shown when a conversation opens, and added by each "Show earlier messages". */
+const CONVERSATION_PAGE = 100;
+
 const BANNER: Record<ConnectionState, string> = {
   connecting: 'Connecting…',
   online: 'Online',
@@ -89,6 +92,13 @@ export class ChatView {
   readonly #shell: Shell;
   readonly #root: HTMLElement;
   #active: string | null = null;
+  /**
+   * What the open conversation shows: from its oldest message on screen (so arrivals do not
+   * push messages off the top while someone reads), and at least the newest `atLeast`.
+   */
+  #view: { since: number | null; atLeast: number } = { since: null, atLeast: CONVERSATION_PAGE };
+  /** Earlier messages were asked for: the next render keeps the reader's place. */
+  #keepPlace = false;
   #renderScheduled = false;
   #dirty = new Set<string | null>();
   #generation = 0;
@@ -279,6 +289,7 @@ export class ChatView {
     this.#active = peer;
     this.#layout.dataset['view'] = 'conversation';
     if (switching) {
+      this.#view = { since: null, atLeast: CONVERSATION_PAGE };
       this.#message.value = '';
       this.#autosize();
       replace(this.#pane, this.#header, this.#warning, this.#log, this.#composerNote, this.#composer);
@@ -304,7 +315,7 @@ export class ChatView {
   }
 
   async #renderConversation(peer: string): Promise<void> {
-    const { contact, messages } = await this.#client.conversation(peer);
+    const { contact, messages, earlier } = await this.#client.conversation(peer, this.#view);
     if (this.#active !== peer) return;
     const online = this.#client.online.has(peer);
     const back = h('button', { type: 'button', class: 'back', 'aria-label': 'Back to conversations' }, '‹');
@@ -356,11 +367,26 @@ export class ChatView {
     this.#composerNote.textContent = changed ? `Sending to ${peer} is blocked until you accept the new key.` : '';
     this.#composerNote.hidden = !changed;
 
-    const atBottom = this.#log.scrollHeight - this.#log.scrollTop - this.#log.clientHeight < 40;
-    replace(this.#log, ...messages.map((m) => this.#messageItem(peer, m)));
+    const fromBottom = this.#log.scrollHeight - this.#log.scrollTop;
+    const atBottom = fromBottom - this.#log.clientHeight < 40;
+    const items = messages.map((m) => this.#messageItem(peer, m));
+    if (earlier) {
+      const more = h('button', { type: 'button', class: 'link' }, 'Show earlier messages');
+      more.addEventListener('click', () => {
+        this.#view = { since: null, atLeast: messages.length + CONVERSATION_PAGE };
+        this.#keepPlace = true;
+        this.#act(() => this.#renderConversation(peer), peer);
+      });
+      items.unshift(h('li', { class: 'notice earlier' }, more));
+    }
+    replace(this.#log, ...items);
     if (messages.length === 0) this.#log.append(h('li', { class: 'notice' }, 'No messages yet. Say hello — only you and ' + peer + ' can read what you write.'));
-    if (atBottom || this.#log.dataset['peer'] !== peer) this.#log.scrollTop = this.#log.scrollHeight;
+    // Earlier messages added above: what was on screen stays where it was.
+    if (this.#keepPlace && this.#log.dataset['peer'] === peer) this.#log.scrollTop = this.#log.scrollHeight - fromBottom;
+    else if (atBottom || this.#log.dataset['peer'] !== peer) this.#log.scrollTop = this.#log.scrollHeight;
+    this.#keepPlace = false;
     this.#log.dataset['peer'] = peer;
+    this.#view = { ...this.#view, since: messages[0]?.id ?? null };
   }
 
   #messageItem(peer: string, message: Message): HTMLLIElement {

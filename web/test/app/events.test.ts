@@ -2,7 +2,7 @@
 
 import { AppError, errorCode, explain, explainCode, explainRegistration } from '../../src/app/errors.js';
 import { newClientId } from '../../src/app/client.js';
-import { asLogin, asReceipts, asReceivedMessages, asSend, asStatuses } from '../../src/transport/events.js';
+import { asLogin, asReceipts, asReceivedMessages, asSend, asStatuses, asUpload } from '../../src/transport/events.js';
 import { RelayError } from '../../src/transport/relay.js';
 import { suite } from '../support/cases.js';
 import { assert, assertEqual } from '../support/assert.js';
@@ -10,11 +10,16 @@ import { assert, assertEqual } from '../support/assert.js';
 export const tests = suite('app/events', {
   'well-formed answers are read': async () => {
     assertEqual(asLogin({ ok: true, userId: 'bob', queued: 2, oneTimePrekeys: 100 })?.queued, 2, 'queued');
+    assertEqual(asLogin({ ok: true, userId: 'bob', queued: 2, oneTimePrekeys: 0 })?.oneTimePrekeysFrom, null, 'none held');
+    assertEqual(asLogin({ ok: true, userId: 'bob', queued: 2, oneTimePrekeys: 9, oneTimePrekeysFrom: 12 })?.oneTimePrekeysFrom, 12, 'lowest held');
+    assertEqual(asUpload({ ok: true, oneTimePrekeys: 500, oneTimePrekeysFrom: 3, oneTimePrekeysKept: 40 })?.oneTimePrekeysKept, 40, 'kept');
     assertEqual(asSend({ ok: true, id: 7, duplicate: false })?.id, 7, 'send id');
     assertEqual(asStatuses({ statuses: [{ id: 1, status: 'delivered' }] })?.[0]?.status, 'delivered', 'status');
   },
   'malformed answers are refused, not half-read': async () => {
     assertEqual(asLogin({ ok: true, userId: 'bob', queued: '2', oneTimePrekeys: 1 }), null, 'string count');
+    assertEqual(asLogin({ ok: true, userId: 'bob', queued: 2, oneTimePrekeys: 1, oneTimePrekeysFrom: 'x' }), null, 'lowest id not a number');
+    assertEqual(asUpload({ ok: true, oneTimePrekeys: 5, oneTimePrekeysFrom: 3 }), null, 'kept missing');
     assertEqual(asSend({ ok: true, id: 1.5, duplicate: false }), null, 'fractional id');
     assertEqual(asStatuses({ statuses: [{ id: 1, status: 'lost' }] }), null, 'unknown status');
   },

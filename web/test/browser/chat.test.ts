@@ -1,7 +1,8 @@
 /**
  * End-to-end tests of the web client in headless Chromium against the real relay: two people
  * chatting both ways, delivery marks, unread counts, safety numbers, a browser closed while
- * messages arrive, a reload, a key change, a withheld message and the connection banner.
+ * messages arrive, a reload, a long conversation shown a page at a time, a key change, a
+ * withheld message and the connection banner.
  * Every page must finish without a console error. Screenshots of the main screens are saved
  * on the way (test/harness/browser.ts says where).
  *
@@ -22,7 +23,7 @@ import { generateSignedPrekey } from '../../src/protocol/prekeys.js';
 import { parseUserId } from '../../src/protocol/userId.js';
 import { RelayConnection } from '../../src/transport/relay.js';
 import { Profile, screenshot } from '../harness/browser.js';
-import { expect } from '../harness/expect.js';
+import { eventually, expect } from '../harness/expect.js';
 import { type PageServer, pageFor } from '../harness/page.js';
 import { type Relay, sottoBin, startRelay } from '../harness/relay.js';
 import { bubble, online, openConversation, register, send, startConversation } from '../harness/ui.js';
@@ -179,6 +180,38 @@ describe('web client in Chromium', () => {
     await second.goto(page.origin);
     await expect(second.getByRole('alert').filter({ hasText: 'already open in another tab' }), 'second tab refused').toBeVisible();
     await second.close();
+  });
+
+  test('a long conversation opens at its newest 100 messages; earlier ones are shown on request and stay while more arrive', async () => {
+    const alice = await (await profile()).open();
+    await register(alice, page.origin, 'alice');
+    const bob = await (await profile()).open();
+    await register(bob, page.origin, 'bob');
+    await startConversation(alice, 'bob');
+    for (let i = 1; i <= 105; i++) await send(alice, `note ${i}.`);
+    // All of them in before the conversation opens (opened earlier, it would keep every
+    // message from the first on screen: nothing leaves the top of an open conversation).
+    await expect(bob.locator('button.conv[data-peer="alice"] .badge'), '105 unread').toContainText('105');
+    await openConversation(bob, 'alice');
+    await expect(bubble(bob, 'note 105.'), 'the newest').toBeVisible();
+    const shown = bob.locator('.messages li.msg');
+    const earlier = bob.getByRole('button', { name: 'Show earlier messages' });
+    await expect(shown, 'one page').toHaveCount(100);
+    await expect(bubble(bob, 'note 6.'), 'the oldest of the page').toHaveCount(1);
+    await expect(bubble(bob, 'note 5.'), 'older ones not shown').toHaveCount(0);
+    await earlier.click();
+    await expect(shown, 'all of them').toHaveCount(105);
+    await expect(bubble(bob, 'note 1.'), 'the first').toHaveCount(1);
+    await expect(earlier, 'nothing earlier left').toHaveCount(0);
+    // Arrivals add at the bottom; nothing leaves the top while the conversation is open.
+    await send(alice, 'note 106.');
+    await expect(bubble(bob, 'note 106.'), 'a new one').toBeVisible();
+    await expect(shown, 'still all of them').toHaveCount(106);
+    // Opened again, the conversation starts at its newest page again.
+    await alice.reload();
+    await online(alice);
+    await openConversation(alice, 'bob');
+    await expect(alice.locator('.messages li.msg'), 'the sender sees one page too').toHaveCount(100);
   });
 
   test('a message saved but not acknowledged (ack lost) is pushed again and not shown twice', async () => {
@@ -346,6 +379,75 @@ describe('web client in Chromium', () => {
     await online(alice);
     await openConversation(alice, 'mallory');
     await expect(alice.locator('.messages li[data-kind="undecryptable"]'), 'shown once').toHaveCount(1);
+  });
+
+  test('one-time prekeys the relay handed out are forgotten 30 days later, not kept for ever', async () => {
+    const alice = await (await profile()).open();
+    await register(alice, page.origin, 'alice');
+    // Three users fetch ten of alice's bundles each (ten a minute per requester and target);
+    // nobody ever writes to her with them.
+    for (const name of ['fetcher1', 'fetcher2', 'fetcher3']) {
+      const identity = await generateIdentity();
+      const signed = await generateSignedPrekey(identity, 1, Math.floor(Date.now() / 1000));
+      const fetcher = new RelayConnection({ url: relay.url, host: relay.host, transports: ['websocket'], reconnect: false });
+      const connected = new Promise<void>((resolve) => fetcher.socket.once('connect', () => resolve()));
+      fetcher.open();
+      await connected;
+      await fetcher.register(parseUserId(name), identity, { id: 1, key: toBase64Url(signed.keyPair.publicKey), createdAt: signed.createdAt, signature: toBase64Url(signed.signature) }, []);
+      for (let i = 0; i < 10; i++) await fetcher.requestBundle('alice');
+      fetcher.close();
+    }
+    // What alice's IndexedDB holds: her one-time prekeys, and how many are marked handed out.
+    const prekeys = (): Promise<{ kept: number; handedOut: number }> =>
+      alice.evaluate(
+        () =>
+          new Promise((resolve, reject) => {
+            const open = indexedDB.open('sotto');
+            open.onerror = () => reject(open.error);
+            open.onsuccess = () => {
+              const all = open.result.transaction('oneTimePrekeys').objectStore('oneTimePrekeys').getAll();
+              all.onsuccess = () => {
+                const keys = all.result as { handedOutAt?: number }[];
+                open.result.close();
+                resolve({ kept: keys.length, handedOut: keys.filter((k) => k.handedOutAt !== undefined).length });
+              };
+            };
+          }),
+      );
+    const holding = (kept: number, handedOut: number) => async () => {
+      const seen = await prekeys();
+      return seen.kept === kept && seen.handedOut === handedOut ? null : JSON.stringify(seen);
+    };
+    assert.deepEqual(await prekeys(), { kept: 100, handedOut: 0 });
+    await alice.reload();
+    await online(alice);
+    await eventually('the 30 handed out marked at login, still kept', holding(100, 30));
+
+    // A month on (the marks moved back), the next login forgets them.
+    await alice.evaluate(
+      () =>
+        new Promise<void>((resolve, reject) => {
+          const open = indexedDB.open('sotto');
+          open.onerror = () => reject(open.error);
+          open.onsuccess = () => {
+            const tx = open.result.transaction('oneTimePrekeys', 'readwrite');
+            const store = tx.objectStore('oneTimePrekeys');
+            const all = store.getAll();
+            all.onsuccess = () => {
+              for (const key of all.result as { handedOutAt?: number }[]) {
+                if (key.handedOutAt !== undefined) store.put({ ...key, handedOutAt: key.handedOutAt - 31 * 24 * 3600 * 1000 });
+              }
+            };
+            tx.oncomplete = () => {
+              open.result.close();
+              resolve();
+            };
+          };
+        }),
+    );
+    await alice.reload();
+    await online(alice);
+    await eventually('the handed-out keys forgotten, the 70 at the relay kept', holding(70, 0));
   });
 
   test('the banner shows reconnecting and offline; what was written meanwhile is sent after', async () => {

@@ -1,7 +1,8 @@
 /**
  * The protocol layer's portable cases (every shared test vector and every unit test of
  * test/all.ts) run inside headless Chromium, under the relay's CSP: the same list Node runs in
- * `npm test`, so both engines are held to the same vectors.
+ * `npm test`, so both engines are held to the same vectors. The IndexedDB store's cases run
+ * here too (Node has no IndexedDB).
  */
 
 import assert from 'node:assert/strict';
@@ -30,7 +31,7 @@ after(async () => {
   await server.close();
 });
 
-test('every protocol vector and unit case passes in Chromium', async () => {
+test('every protocol vector, unit case and store case passes in Chromium', async () => {
   const page = await profile.open();
   await page.goto(`${server.origin}/index.html`);
   const outcomes = await page.evaluate(async () => (await window.sottoCases) as CaseOutcome[]);
@@ -39,5 +40,6 @@ test('every protocol vector and unit case passes in Chromium', async () => {
   console.log(`# Chromium: ${outcomes.length - failed.length} of ${outcomes.length} cases passed (${vectors} of them from test-vectors/)`);
   assert.deepEqual(failed, []);
   assert.ok(outcomes.length > 100, `only ${outcomes.length} cases ran`);
+  assert.ok(outcomes.filter((o) => o.suite === 'store').length >= 3, 'the store cases ran');
   assert.deepEqual(profile.errors, []);
 });

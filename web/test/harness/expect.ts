@@ -23,6 +23,11 @@ async function poll(what: string, check: () => Promise<string | null>, timeout: 
   throw new Error(`expected ${what}: ${last}`);
 }
 
+/** Polls `check` (null once what is expected holds, else what it saw) until it holds or `timeout` passes. */
+export function eventually(what: string, check: () => Promise<string | null>, timeout = DEFAULT_TIMEOUT): Promise<void> {
+  return poll(what, check, timeout);
+}
+
 export function expect(locator: Locator, what: string, timeout = DEFAULT_TIMEOUT) {
   return {
     toBeVisible: () => poll(`${what} to be visible`, async () => ((await locator.first().isVisible()) ? null : 'not visible'), timeout),

@@ -3,10 +3,12 @@
  * two parties is set up once; then each round trip encrypts a 256-byte text record on one side
  * and decrypts it on the other (alternating directions every `turn` messages, so DH ratchet
  * steps are included as in a conversation), with the wire encoding and strict decoding of the
- * envelope in between, as the client does. Results go to `window.sottoBench`.
+ * envelope in between, as the client does. Beside it, what an arriving message reads of its
+ * conversation in IndexedDB as the history grows. Results go to `window.sottoBench`.
  */
 
 import { noDigest, textRecord } from '../../src/protocol/record.js';
+import { type Message, Store } from '../../src/store/store.js';
 import { decodeEnvelope, encodeEnvelope } from '../../src/protocol/wire.js';
 import { TestParty } from '../support/parties.js';
 
@@ -64,8 +66,58 @@ async function exchange(from: TestParty, to: TestParty, count: number): Promise<
   }
 }
 
+/**
+ * What an arriving message reads of its conversation in IndexedDB, with `history` messages
+ * already kept (half ours, all but the newest confirmed): the whole history, as every arrival
+ * did before, against the walk back from the newest message to the last confirmed one of ours.
+ */
+async function arrivalReads(history: number): Promise<BenchResult[]> {
+  const name = `sotto-bench-${history}-${Date.now()}`;
+  const store = await Store.open(name);
+  try {
+    await store.write(['messages'], async (tx) => {
+      for (let i = 1; i <= history; i++) {
+        const ours = i % 2 === 0;
+        await tx.addMessage({
+          peer: 'bob',
+          direction: ours ? 'out' : 'in',
+          kind: 'text',
+          text: TEXT,
+          counter: BigInt(Math.ceil(i / 2)),
+          sentAt: Date.now(),
+          receivedAt: Date.now(),
+          serverId: i,
+          clientId: ours ? `c${i}` : null,
+          status: ours ? 'delivered' : 'received',
+          error: null,
+          digest: null,
+        });
+      }
+    });
+    const settled = BigInt(Math.floor(history / 2) - 1);
+    const isOurs = (m: Message): boolean => m.direction === 'out' && m.counter !== null;
+    const reads = 200;
+    const time = async (label: string, read: () => Promise<unknown>): Promise<BenchResult> => {
+      const start = performance.now();
+      for (let i = 0; i < reads; i++) await read();
+      const ms = performance.now() - start;
+      return { name: `${label}, ${history} messages kept`, messages: reads, ms, perSecond: (reads / ms) * 1000, microsPerMessage: (ms * 1000) / reads };
+    };
+    return [
+      await time('arrival read: whole conversation', () => store.read(['messages'], (tx) => tx.history('bob'))),
+      await time('arrival read: back to the last confirmed', () =>
+        store.read(['messages'], (tx) => tx.newestFirst('bob', (m) => !isOurs(m) || (m.counter ?? 0n) > settled)),
+      ),
+    ];
+  } finally {
+    store.close();
+    await Store.destroy(name);
+  }
+}
+
 async function run(): Promise<BenchResult[]> {
   const results = [await conversation(2000, 1), await conversation(2000, 50)];
+  for (const history of [100, 1000, 10000]) results.push(...(await arrivalReads(history)));
   const summary = document.getElementById('summary');
   if (summary !== null) summary.textContent = results.map((r) => `${r.name}: ${r.perSecond.toFixed(0)} msg/s`).join('; ');
   return results;

@@ -117,7 +117,8 @@ for (const transport of ['websocket', 'polling'] as const) {
       const bob = await party(`bob-${transport}`);
       const a = await conn();
       const registered = await a.register(alice.user, alice.identity, spkJson(alice), opkJson(alice));
-      assert.deepEqual(registered, { userId: alice.user, queued: 0, oneTimePrekeys: 5 });
+      // Keys 2 to 6: the lowest the relay holds is 2.
+      assert.deepEqual(registered, { userId: alice.user, queued: 0, oneTimePrekeys: 5, oneTimePrekeysFrom: 2 });
       const b = await conn();
       await b.register(bob.user, bob.identity, spkJson(bob), opkJson(bob));
 
@@ -126,6 +127,7 @@ for (const transport of ['websocket', 'polling'] as const) {
       const login = await a2.login(alice.user, alice.identity);
       assert.equal(login.userId, alice.user);
       assert.equal(login.oneTimePrekeys, 5);
+      assert.equal(login.oneTimePrekeysFrom, 2);
       assert.equal(await refusal(a2.login(alice.user, alice.identity)), 'already_authenticated');
 
       // Identity lookup (no prekey consumed) and a bundle (one consumed), both verified.
@@ -209,7 +211,9 @@ for (const transport of ['websocket', 'polling'] as const) {
       await f.requestBundle(eve.user);
       assert.deepEqual(await low, [19]);
       const more = await generateOneTimePrekey(500);
-      assert.equal(await e.uploadPrekeys(null, [{ id: 500, key: toBase64Url(more.keyPair.publicKey) }]), 20);
+      const upload = await e.uploadPrekeys(null, [{ id: 500, key: toBase64Url(more.keyPair.publicKey) }]);
+      // Key 2 was handed out: the relay holds 3 to 21 and 500, all of this upload kept.
+      assert.deepEqual(upload, { oneTimePrekeys: 20, oneTimePrekeysFrom: 3, oneTimePrekeysKept: 1 });
       // Without one-time prekeys the bundle carries only the signed prekey.
       const bundle = await decodeBundleJson(await e.requestBundle(frank.user));
       assert.equal(bundle.oneTimePrekey, null);
