@@ -217,6 +217,11 @@ fn migrator() -> Migrator {
             "one-time prekey handed out",
             include_str!("../migrations/0005_one_time_prekey_handed_out.sql"),
         ),
+        migration(
+            6,
+            "indexes for arrivals",
+            include_str!("../migrations/0006_indexes_for_arrivals.sql"),
+        ),
     ])
 }
 
@@ -751,12 +756,7 @@ impl Store {
 
     /// Relay ids of our messages that are stored but not known to be delivered.
     pub async fn undelivered_ids(&self) -> Result<Vec<i64>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT server_id FROM messages WHERE outgoing = 1 AND status = 'stored' \
-             AND server_id IS NOT NULL ORDER BY id DESC LIMIT 1000",
-        )
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(UNDELIVERED_IDS).fetch_all(&self.pool).await?)
     }
 
     /// The outbox, oldest first.
@@ -1215,6 +1215,31 @@ pub struct PeerWord {
     pub unconfirmed: Vec<StoredMessage>,
 }
 
+// What every arriving message runs (through `check_peer_word`), each served by an index of
+// migration 0006 rather than a walk through the conversation.
+/// The digest we sealed under one of our counters.
+const SEALED_DIGEST: &str =
+    "SELECT digest FROM messages WHERE peer = $1 AND outgoing = 1 AND counter = $2";
+/// Our messages up to the counter the peer confirms are delivered.
+const CONFIRM_OURS: &str = concat!(
+    "UPDATE messages SET status = 'delivered', delivered_at = coalesce(delivered_at, $3) \
+     WHERE peer = $1 AND outgoing = 1 AND counter <= $2 \
+       AND status IN ('sending', 'stored', 'unconfirmed') \
+     RETURNING ",
+    message_columns!()
+);
+/// Our messages reported delivered long before a record of the peer's that does not have them.
+const FLAG_WITHHELD: &str = concat!(
+    "UPDATE messages SET status = 'unconfirmed' \
+     WHERE peer = $1 AND outgoing = 1 AND counter > $2 AND status = 'delivered' \
+       AND delivered_at IS NOT NULL AND $3 > delivered_at + $4 \
+     RETURNING ",
+    message_columns!()
+);
+/// Relay ids of our messages stored but not known delivered (run at each login).
+const UNDELIVERED_IDS: &str = "SELECT server_id FROM messages WHERE outgoing = 1 \
+     AND status = 'stored' AND server_id IS NOT NULL ORDER BY id DESC LIMIT 1000";
+
 /// Checks a peer's record against our messages to that peer: `up_to` and `digest` are the
 /// counter and digest of the last of our records it received, `confirmed_before` what the
 /// peer had confirmed before this record, `their_sent_at` when it wrote it (its clock).
@@ -1233,43 +1258,29 @@ pub async fn check_peer_word(
 ) -> Result<PeerWord, StoreError> {
     let mut word = PeerWord::default();
     if up_to > confirmed_before {
-        let sealed: Option<Option<Vec<u8>>> = sqlx::query_scalar(
-            "SELECT digest FROM messages WHERE peer = $1 AND outgoing = 1 AND counter = $2",
-        )
-        .bind(peer)
-        .bind(to_i64(up_to))
-        .fetch_optional(&mut *tx)
-        .await?;
+        let sealed: Option<Option<Vec<u8>>> = sqlx::query_scalar(SEALED_DIGEST)
+            .bind(peer)
+            .bind(to_i64(up_to))
+            .fetch_optional(&mut *tx)
+            .await?;
         // Not a secret: a plain comparison will do.
         word.digest_mismatch =
             matches!(sealed, Some(Some(ours)) if ours.as_slice() != digest.0.as_slice());
     }
-    let confirmed = sqlx::query(concat!(
-        "UPDATE messages SET status = 'delivered', delivered_at = coalesce(delivered_at, $3) \
-             WHERE peer = $1 AND outgoing = 1 AND counter <= $2 \
-               AND status IN ('sending', 'stored', 'unconfirmed') \
-             RETURNING ",
-        message_columns!()
-    ))
-    .bind(peer)
-    .bind(to_i64(up_to))
-    .bind(now)
-    .fetch_all(&mut *tx)
-    .await?;
+    let confirmed = sqlx::query(CONFIRM_OURS)
+        .bind(peer)
+        .bind(to_i64(up_to))
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
     word.confirmed = confirmed.iter().map(message_from_row).collect();
-    let withheld = sqlx::query(concat!(
-        "UPDATE messages SET status = 'unconfirmed' \
-             WHERE peer = $1 AND outgoing = 1 AND counter > $2 AND status = 'delivered' \
-               AND delivered_at IS NOT NULL AND $3 > delivered_at + $4 \
-             RETURNING ",
-        message_columns!()
-    ))
-    .bind(peer)
-    .bind(to_i64(up_to))
-    .bind(their_sent_at)
-    .bind(CLOCK_SKEW_MS)
-    .fetch_all(&mut *tx)
-    .await?;
+    let withheld = sqlx::query(FLAG_WITHHELD)
+        .bind(peer)
+        .bind(to_i64(up_to))
+        .bind(their_sent_at)
+        .bind(CLOCK_SKEW_MS)
+        .fetch_all(&mut *tx)
+        .await?;
     word.unconfirmed = withheld.iter().map(message_from_row).collect();
     word.confirmed.sort_by_key(|m| m.id);
     word.unconfirmed.sort_by_key(|m| m.id);
@@ -1406,6 +1417,39 @@ mod tests {
         // None left at the relay: every key is handed out.
         store.note_one_time_prekeys_held(None, 33 * DAY, 2 * DAY).await.unwrap();
         assert_eq!(marked().await, (13..20).collect::<Vec<i64>>());
+    }
+
+    /// The queries each arriving message and each login run find their rows through an index,
+    /// not by walking a conversation (or every message): their cost must not grow with the
+    /// history.
+    #[tokio::test]
+    async fn arrival_and_login_queries_do_not_walk_the_history() {
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::open(home.path()).await.unwrap();
+        for (name, sql, parameters) in [
+            ("sealed digest", SEALED_DIGEST, 2),
+            ("confirm ours", CONFIRM_OURS, 3),
+            ("flag withheld", FLAG_WITHHELD, 4),
+            ("undelivered ids", UNDELIVERED_IDS, 0),
+        ] {
+            let mut query = sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
+            if parameters > 0 {
+                query = query.bind("bob");
+            }
+            for value in 1..parameters {
+                query = query.bind(i64::from(value));
+            }
+            let plan: Vec<String> = query
+                .fetch_all(&store.pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get::<String, _>(3))
+                .collect();
+            let plan = plan.join("; ");
+            assert!(plan.contains("INDEX messages_ours_by_"), "{name}: {plan}");
+            assert!(!plan.contains("SCAN messages"), "{name}: {plan}");
+        }
     }
 
     /// Two processes opening a store of an older version at once (`sotto chat` beside
