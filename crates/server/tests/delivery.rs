@@ -463,15 +463,32 @@ async fn the_relay_gives_memory_back_once_quiet_after_a_burst() {
 /// no gap, and after reconnecting the recipient gets the rest, in order.
 #[tokio::test]
 async fn a_connection_that_stops_reading_is_closed_without_a_gap_and_catches_up() {
+    stop_reading_and_catch_up(None).await;
+}
+
+/// The same with the Redis adapter (the machine's Redis, channels under a prefix of this run's
+/// own; the adapter keeps no keys): pushes go through the user's room, and a socket that could
+/// not take one is ended too.
+#[tokio::test]
+async fn clustered_a_connection_that_stops_reading_is_closed_without_a_gap() {
+    let redis =
+        std::env::var("SOTTO_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    stop_reading_and_catch_up(Some(redis)).await;
+}
+
+async fn stop_reading_and_catch_up(redis_url: Option<String>) {
     const MESSAGES: u32 = 300;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_host = listener.local_addr().unwrap().to_string();
+    let prefix = format!("sotto-test-{}", client_id());
     let server = TestServer::start_with(|config| {
         config.limits.max_outgoing_packets = 4;
         config.limits.pair_messages_per_second = 0;
         config.limits.events_per_second = 0;
         // Bob logs in through the proxy, so his login is signed for the proxy's address.
         config.public_hosts.push(proxy_host);
+        config.redis_url = redis_url;
+        config.redis_prefix = prefix;
     })
     .await;
     let alice = TestUser::register(&server, "alice").await;
