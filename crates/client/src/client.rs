@@ -21,7 +21,7 @@ use sotto_protocol::{
 };
 use tokio::sync::{Mutex, mpsc};
 
-use crate::relay::{Incoming, LoginAnswer, ReceivedMessage, RelayClient, RelayError};
+use crate::relay::{Incoming, LoginAnswer, PrekeysHeld, ReceivedMessage, RelayClient, RelayError};
 use crate::socketio::Push;
 use crate::store::{self, LocalIdentity, Seen, Store, StoreError, StoredMessage};
 
@@ -334,7 +334,7 @@ impl Client {
         let (relay, pushes) = RelayClient::connect(server, crate::relay::DEFAULT_TIMEOUT).await?;
         let answer = relay.login(&self.local.user, &self.local.keys).await?;
         self.checked.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.note_prekeys_held(answer.one_time_prekeys_from).await?;
+        self.note_prekeys_held(answer.prekeys_held()).await?;
         self.maintain_prekeys(&relay, answer.one_time_prekeys).await?;
         Ok((relay, pushes, answer))
     }
@@ -382,20 +382,26 @@ impl Client {
                 *self.topped_up.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             }
             // Over the relay's cap (another process topped up too): never handed out.
-            let dropped: Vec<u32> =
-                fresh.iter().skip(answer.one_time_prekeys_kept).map(OneTimePrekey::id).collect();
+            let kept = answer.one_time_prekeys_kept.unwrap_or(fresh.len());
+            let dropped: Vec<u32> = fresh.iter().skip(kept).map(OneTimePrekey::id).collect();
             if !dropped.is_empty() {
                 self.store.delete_one_time_prekeys(&dropped).await?;
             }
-            self.note_prekeys_held(answer.one_time_prekeys_from).await?;
+            self.note_prekeys_held(answer.prekeys_held()).await?;
         }
         Ok(())
     }
 
-    /// Takes note of the one-time prekeys the relay says it still holds (from id `from` on):
-    /// the private keys of those it handed out are kept for their prekey messages a while
-    /// ([`HANDED_OUT_PREKEY_RETENTION`]), not for ever.
-    async fn note_prekeys_held(&self, from: Option<u32>) -> Result<(), ClientError> {
+    /// Takes note of the one-time prekeys the relay says it still holds: the private keys of
+    /// those it handed out are kept for their prekey messages a while
+    /// ([`HANDED_OUT_PREKEY_RETENTION`]), not for ever. A relay that does not say which it
+    /// holds (older than the field) changes nothing.
+    async fn note_prekeys_held(&self, held: PrekeysHeld) -> Result<(), ClientError> {
+        let from = match held {
+            PrekeysHeld::None => None,
+            PrekeysHeld::From(id) => Some(id),
+            PrekeysHeld::Unknown => return Ok(()),
+        };
         let now = now_seconds();
         self.store
             .note_one_time_prekeys_held(from, now, now.saturating_sub(HANDED_OUT_PREKEY_RETENTION))
@@ -623,8 +629,9 @@ impl Client {
             Incoming::PrekeysLow(remaining) => {
                 // The relay warns on every bundle fetch below its mark, so several warnings
                 // queue up while one top-up runs; counted after it, each would upload another
-                // hundred keys (kept here for ever, or dropped by the relay's cap). One that
-                // arrived before the last top-up was answered is already dealt with.
+                // hundred keys (kept here until handed out and 30 days more, or dropped by the
+                // relay's cap). One that arrived before the last top-up was answered is already
+                // dealt with.
                 let topped_up = *self.topped_up.lock().unwrap_or_else(|e| e.into_inner());
                 let stale = topped_up.is_some_and(|at| arrived < at);
                 self.maintain_prekeys(relay, if stale { usize::MAX } else { remaining }).await?;

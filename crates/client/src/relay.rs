@@ -116,9 +116,39 @@ pub struct LoginAnswer {
     pub queued: usize,
     /// One-time prekeys the relay holds for this user.
     pub one_time_prekeys: usize,
-    /// The lowest id among them (`None` when none are left): every lower one was handed out.
+    /// The lowest id among them: every lower one was handed out. `None` when none are left,
+    /// and from relays older than the field.
     #[serde(default)]
     pub one_time_prekeys_from: Option<u32>,
+}
+
+impl LoginAnswer {
+    /// What the answer says the relay holds.
+    pub fn prekeys_held(&self) -> PrekeysHeld {
+        PrekeysHeld::read(self.one_time_prekeys, self.one_time_prekeys_from)
+    }
+}
+
+/// Which one-time prekeys the relay says it holds (PROTOCOL.md §4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrekeysHeld {
+    /// None: every key uploaded was handed out.
+    None,
+    /// Those from this id on.
+    From(u32),
+    /// Some, lowest id not said (a relay older than the field).
+    Unknown,
+}
+
+impl PrekeysHeld {
+    /// From an answer's count and lowest id: a count of zero is "none", whatever the id.
+    pub fn read(count: usize, from: Option<u32>) -> Self {
+        match (count, from) {
+            (0, _) => Self::None,
+            (_, Some(id)) => Self::From(id),
+            (_, None) => Self::Unknown,
+        }
+    }
 }
 
 /// The answer to a prekey upload.
@@ -127,12 +157,21 @@ pub struct LoginAnswer {
 pub struct UploadAnswer {
     /// One-time prekeys the relay now holds for this user.
     pub one_time_prekeys: usize,
-    /// The lowest id among them (`None` when none are left): every lower one was handed out.
+    /// The lowest id among them: every lower one was handed out. `None` when none are left,
+    /// and from relays older than the field.
     #[serde(default)]
     pub one_time_prekeys_from: Option<u32>,
     /// How many of the upload's one-time prekeys, from its start, the relay kept; the rest
-    /// were over its cap.
-    pub one_time_prekeys_kept: usize,
+    /// were over its cap. `None` from relays older than the field (taken as all kept).
+    #[serde(default)]
+    pub one_time_prekeys_kept: Option<usize>,
+}
+
+impl UploadAnswer {
+    /// What the answer says the relay holds.
+    pub fn prekeys_held(&self) -> PrekeysHeld {
+        PrekeysHeld::read(self.one_time_prekeys, self.one_time_prekeys_from)
+    }
 }
 
 /// The answer to `message:send`.
@@ -454,6 +493,33 @@ impl RelayClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An answer from a relay older than `oneTimePrekeysFrom` and `oneTimePrekeysKept` says
+    /// nothing about which keys it holds, which is not "none": taken as "none", every key of
+    /// its users would be forgotten a month on while it still hands them out.
+    #[test]
+    fn answers_without_the_lowest_id_say_nothing_about_which_keys_are_held() {
+        let old: LoginAnswer =
+            serde_json::from_str(r#"{"ok":true,"userId":"bob","queued":0,"oneTimePrekeys":40}"#)
+                .unwrap();
+        assert_eq!(old.prekeys_held(), PrekeysHeld::Unknown);
+        let empty: LoginAnswer = serde_json::from_str(
+            r#"{"ok":true,"userId":"bob","queued":0,"oneTimePrekeys":0,"oneTimePrekeysFrom":null}"#,
+        )
+        .unwrap();
+        assert_eq!(empty.prekeys_held(), PrekeysHeld::None);
+        let held: LoginAnswer = serde_json::from_str(
+            r#"{"ok":true,"userId":"bob","queued":0,"oneTimePrekeys":40,"oneTimePrekeysFrom":61}"#,
+        )
+        .unwrap();
+        assert_eq!(held.prekeys_held(), PrekeysHeld::From(61));
+        let upload: UploadAnswer =
+            serde_json::from_str(r#"{"ok":true,"oneTimePrekeys":100}"#).unwrap();
+        assert_eq!(
+            (upload.prekeys_held(), upload.one_time_prekeys_kept),
+            (PrekeysHeld::Unknown, None)
+        );
+    }
 
     #[test]
     fn waits_are_told_in_a_persons_units() {

@@ -248,8 +248,7 @@ pub struct LoginAnswer {
     pub queued: usize,
     /// One-time prekeys the relay holds for this user.
     pub one_time_prekeys: usize,
-    /// The lowest id among them (absent when none are left): every lower one was handed out.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The lowest id among them (null when none are left): every lower one was handed out.
     pub one_time_prekeys_from: Option<u32>,
 }
 
@@ -261,8 +260,7 @@ pub struct UploadAnswer {
     pub ok: bool,
     /// One-time prekeys the relay now holds for this user.
     pub one_time_prekeys: usize,
-    /// The lowest id among them (absent when none are left): every lower one was handed out.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The lowest id among them (null when none are left): every lower one was handed out.
     pub one_time_prekeys_from: Option<u32>,
     /// How many of this upload's one-time prekeys, from its start, were kept; the rest were
     /// over the relay's cap and will never be handed out.

@@ -53,7 +53,7 @@ import {
   type OneTimePrekeyJson,
   type SignedPrekeyJson,
 } from '../protocol/wire.js';
-import type { DeliveryReceipt, LoginAnswer, ReceivedMessage } from '../transport/events.js';
+import { type DeliveryReceipt, type LoginAnswer, prekeysHeld, type ReceivedMessage } from '../transport/events.js';
 import { isRelayError, RelayConnection, RelayError } from '../transport/relay.js';
 import type { Account, Contact, Conversation, Message, OutboxEntry, Store, Tx } from '../store/store.js';
 import { type Counters, emptyCounters, missing, nextSent, noteReceived, resetReceived, unconfirmedByPeer } from './counters.js';
@@ -421,7 +421,7 @@ export class Client {
     }, ROTATION_CHECK_MS);
     this.#emitChanged(null);
     try {
-      await this.#noteHeld(held.oneTimePrekeysFrom);
+      await this.#noteHeld(prekeysHeld(held));
       await this.#maintainPrekeys(held.oneTimePrekeys);
     } catch (error) {
       this.#problem(error, null);
@@ -502,28 +502,31 @@ export class Client {
       const answer = await this.#relay.uploadPrekeys(fresh === null ? null : signedPrekeyJson(fresh), keys);
       if (keys.length > 0) this.#topUps++;
       // Over the relay's cap: never handed out, so of no use to anyone.
-      const dropped = oneTime.slice(answer.oneTimePrekeysKept);
+      const dropped = oneTime.slice(answer.oneTimePrekeysKept ?? oneTime.length);
       if (dropped.length > 0) {
         await this.#store.write(['oneTimePrekeys'], async (tx) => {
           for (const prekey of dropped) await tx.deleteOneTimePrekey(prekey.id);
         });
       }
-      await this.#noteHeldNow(answer.oneTimePrekeysFrom);
+      await this.#noteHeldNow(prekeysHeld(answer));
     });
   }
 
   /** {@link #noteHeldNow}, in turn with the other prekey work. */
-  #noteHeld(from: number | null): Promise<void> {
-    return this.#queue.run('\u0000prekeys', () => this.#noteHeldNow(from));
+  #noteHeld(held: ReturnType<typeof prekeysHeld>): Promise<void> {
+    return this.#queue.run('\u0000prekeys', () => this.#noteHeldNow(held));
   }
 
   /**
-   * Takes note of the one-time prekeys the relay says it still holds, from id `from` on (none
-   * when null). Bundles hand out the lowest id first, so every key below was handed out: it
-   * is kept for its prekey message for {@link HANDED_OUT_PREKEY_RETENTION_MS}, then forgotten,
-   * rather than for ever. A key at or above `from` is at the relay (or not yet uploaded).
+   * Takes note of the one-time prekeys the relay says it still holds. Bundles hand out the
+   * lowest id first, so every key below the lowest held was handed out: it is kept for its
+   * prekey message for {@link HANDED_OUT_PREKEY_RETENTION_MS}, then forgotten, rather than for
+   * ever. A key at or above it is at the relay (or not yet uploaded). A relay that does not
+   * say (older than the field) changes nothing.
    */
-  async #noteHeldNow(from: number | null): Promise<void> {
+  async #noteHeldNow(held: ReturnType<typeof prekeysHeld>): Promise<void> {
+    if (held === 'unknown') return;
+    const from = held === 'none' ? null : held.from;
     const now = nowMs();
     await this.#store.write(['oneTimePrekeys'], async (tx) => {
       for (const prekey of await tx.oneTimePrekeys()) {

@@ -65,7 +65,7 @@ export interface LoginAnswer {
   readonly userId: string;
   readonly queued: number;
   readonly oneTimePrekeys: number;
-  /** The lowest one-time prekey id the relay holds (null: none): every lower one was handed out. */
+  /** The lowest one-time prekey id the relay holds: every lower one was handed out. Null when it holds none, and from relays older than the field. */
   readonly oneTimePrekeysFrom: number | null;
 }
 
@@ -73,10 +73,10 @@ export interface LoginAnswer {
 export interface UploadAnswer {
   /** One-time prekeys the relay now holds. */
   readonly oneTimePrekeys: number;
-  /** The lowest id among them (null: none): every lower one was handed out. */
+  /** The lowest id among them: every lower one was handed out. Null when none, and from relays older than the field. */
   readonly oneTimePrekeysFrom: number | null;
-  /** How many of the upload's one-time prekeys, from its start, were kept (the rest were over the cap). */
-  readonly oneTimePrekeysKept: number;
+  /** How many of the upload's one-time prekeys, from its start, were kept (the rest were over the cap); null from relays older than the field. */
+  readonly oneTimePrekeysKept: number | null;
 }
 
 /** `message:send` answer. */
@@ -146,11 +146,21 @@ export function asSend(value: Fields): SendAnswer | null {
 }
 
 export function asUpload(value: Fields): UploadAnswer | null {
-  const { oneTimePrekeys, oneTimePrekeysKept } = value;
+  const { oneTimePrekeys } = value;
   const oneTimePrekeysFrom = optionalInt(value['oneTimePrekeysFrom']);
-  return isInt(oneTimePrekeys) && isInt(oneTimePrekeysKept) && oneTimePrekeysFrom !== undefined
+  const oneTimePrekeysKept = optionalInt(value['oneTimePrekeysKept']);
+  return isInt(oneTimePrekeys) && oneTimePrekeysFrom !== undefined && oneTimePrekeysKept !== undefined
     ? { oneTimePrekeys, oneTimePrekeysFrom, oneTimePrekeysKept }
     : null;
+}
+
+/**
+ * Which one-time prekeys an answer says the relay holds: none (a count of zero, whatever the
+ * id), those from an id on, or unknown (a relay older than `oneTimePrekeysFrom`: not "none").
+ */
+export function prekeysHeld(answer: { readonly oneTimePrekeys: number; readonly oneTimePrekeysFrom: number | null }): 'none' | 'unknown' | { readonly from: number } {
+  if (answer.oneTimePrekeys === 0) return 'none';
+  return answer.oneTimePrekeysFrom === null ? 'unknown' : { from: answer.oneTimePrekeysFrom };
 }
 
 /** An integer field that may be absent (null); undefined when it is there but not one. */

@@ -97,8 +97,13 @@ export class ChatView {
    * push messages off the top while someone reads), and at least the newest `atLeast`.
    */
   #view: { since: number | null; atLeast: number } = { since: null, atLeast: CONVERSATION_PAGE };
-  /** Earlier messages were asked for: the next render keeps the reader's place. */
-  #keepPlace = false;
+  /**
+   * Counts the views the reader asked for (opening a conversation, earlier messages): a render
+   * that started before the latest ask is stale and shows nothing.
+   */
+  #viewAsked = 0;
+  /** The ask for earlier messages whose first render keeps the reader's place, if any. */
+  #keepPlaceFor: number | null = null;
   #renderScheduled = false;
   #dirty = new Set<string | null>();
   #generation = 0;
@@ -290,6 +295,7 @@ export class ChatView {
     this.#layout.dataset['view'] = 'conversation';
     if (switching) {
       this.#view = { since: null, atLeast: CONVERSATION_PAGE };
+      this.#viewAsked++;
       this.#message.value = '';
       this.#autosize();
       replace(this.#pane, this.#header, this.#warning, this.#log, this.#composerNote, this.#composer);
@@ -315,8 +321,9 @@ export class ChatView {
   }
 
   async #renderConversation(peer: string): Promise<void> {
+    const asked = this.#viewAsked;
     const { contact, messages, earlier } = await this.#client.conversation(peer, this.#view);
-    if (this.#active !== peer) return;
+    if (this.#active !== peer || this.#viewAsked !== asked) return;
     const online = this.#client.online.has(peer);
     const back = h('button', { type: 'button', class: 'back', 'aria-label': 'Back to conversations' }, '‹');
     back.addEventListener('click', () => this.#close());
@@ -374,7 +381,7 @@ export class ChatView {
       const more = h('button', { type: 'button', class: 'link' }, 'Show earlier messages');
       more.addEventListener('click', () => {
         this.#view = { since: null, atLeast: messages.length + CONVERSATION_PAGE };
-        this.#keepPlace = true;
+        this.#keepPlaceFor = ++this.#viewAsked;
         this.#act(() => this.#renderConversation(peer), peer);
       });
       items.unshift(h('li', { class: 'notice earlier' }, more));
@@ -382,9 +389,9 @@ export class ChatView {
     replace(this.#log, ...items);
     if (messages.length === 0) this.#log.append(h('li', { class: 'notice' }, 'No messages yet. Say hello — only you and ' + peer + ' can read what you write.'));
     // Earlier messages added above: what was on screen stays where it was.
-    if (this.#keepPlace && this.#log.dataset['peer'] === peer) this.#log.scrollTop = this.#log.scrollHeight - fromBottom;
+    if (this.#keepPlaceFor === asked && this.#log.dataset['peer'] === peer) this.#log.scrollTop = this.#log.scrollHeight - fromBottom;
     else if (atBottom || this.#log.dataset['peer'] !== peer) this.#log.scrollTop = this.#log.scrollHeight;
-    this.#keepPlace = false;
+    if (this.#keepPlaceFor === asked) this.#keepPlaceFor = null;
     this.#log.dataset['peer'] = peer;
     this.#view = { ...this.#view, since: messages[0]?.id ?? null };
   }

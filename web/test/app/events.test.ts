@@ -2,7 +2,7 @@
 
 import { AppError, errorCode, explain, explainCode, explainRegistration } from '../../src/app/errors.js';
 import { newClientId } from '../../src/app/client.js';
-import { asLogin, asReceipts, asReceivedMessages, asSend, asStatuses, asUpload } from '../../src/transport/events.js';
+import { asLogin, asReceipts, asReceivedMessages, asSend, asStatuses, asUpload, prekeysHeld } from '../../src/transport/events.js';
 import { RelayError } from '../../src/transport/relay.js';
 import { suite } from '../support/cases.js';
 import { assert, assertEqual } from '../support/assert.js';
@@ -16,10 +16,24 @@ export const tests = suite('app/events', {
     assertEqual(asSend({ ok: true, id: 7, duplicate: false })?.id, 7, 'send id');
     assertEqual(asStatuses({ statuses: [{ id: 1, status: 'delivered' }] })?.[0]?.status, 'delivered', 'status');
   },
+  'an answer without the lowest prekey id (an older relay) says nothing about which keys are held': async () => {
+    // Taken as "none held", every key would be forgotten a month on while the relay still hands them out.
+    const old = asLogin({ ok: true, userId: 'bob', queued: 0, oneTimePrekeys: 40 });
+    assert(old !== null, 'read');
+    assertEqual(prekeysHeld(old), 'unknown', 'unknown, not none');
+    const empty = asLogin({ ok: true, userId: 'bob', queued: 0, oneTimePrekeys: 0, oneTimePrekeysFrom: null });
+    assert(empty !== null, 'read');
+    assertEqual(prekeysHeld(empty), 'none', 'none held');
+    const held = asLogin({ ok: true, userId: 'bob', queued: 0, oneTimePrekeys: 40, oneTimePrekeysFrom: 61 });
+    assert(held !== null, 'read');
+    assertEqual(JSON.stringify(prekeysHeld(held)), '{"from":61}', 'from');
+    const upload = asUpload({ ok: true, oneTimePrekeys: 100 });
+    assertEqual(upload?.oneTimePrekeysKept, null, 'kept unknown: taken as all kept');
+  },
   'malformed answers are refused, not half-read': async () => {
     assertEqual(asLogin({ ok: true, userId: 'bob', queued: '2', oneTimePrekeys: 1 }), null, 'string count');
     assertEqual(asLogin({ ok: true, userId: 'bob', queued: 2, oneTimePrekeys: 1, oneTimePrekeysFrom: 'x' }), null, 'lowest id not a number');
-    assertEqual(asUpload({ ok: true, oneTimePrekeys: 5, oneTimePrekeysFrom: 3 }), null, 'kept missing');
+    assertEqual(asUpload({ ok: true, oneTimePrekeys: 5, oneTimePrekeysFrom: 3, oneTimePrekeysKept: 'all' }), null, 'kept not a number');
     assertEqual(asSend({ ok: true, id: 1.5, duplicate: false }), null, 'fractional id');
     assertEqual(asStatuses({ statuses: [{ id: 1, status: 'lost' }] }), null, 'unknown status');
   },
