@@ -634,15 +634,15 @@ async fn push_to<A: Adapter, T: serde::Serialize + ?Sized>(
             Audience::Notices => notice_room(user),
             Audience::Messages => user_room(user),
         };
-        match io.to(room).emit(event, payload).await {
+        match io.to(room.clone()).emit(event, payload).await {
             Ok(()) => return true,
             // A socket of `user` on this node could not take it (its buffer is full): the
             // rooms are per user, and the adapter reports only this node's sockets. The error
-            // does not say which one, so each of the user's local sockets this push was for is
-            // ended as a single node ends the one that failed, so that no later push reaches
-            // it past the gap; a healthy one among them pays a reconnect and a catch-up.
+            // does not say which one, so each socket of the room on this node is ended as a
+            // single node ends the one that failed, so that no later push reaches it past the
+            // gap; a healthy one among them pays a reconnect and a catch-up.
             Err(socketioxide::BroadcastError::Socket(_)) => {
-                for socket in relay.local.sockets(user, audience) {
+                for socket in io.to(room).sockets() {
                     end_socket(relay, user, socket);
                 }
                 return true;
