@@ -19,7 +19,7 @@ import type { Page } from 'playwright-core';
 
 import { toBase64Url } from '../../src/protocol/bytes.js';
 import { generateIdentity } from '../../src/protocol/identity.js';
-import { generateSignedPrekey } from '../../src/protocol/prekeys.js';
+import { generateSignedPrekey, type SignedPrekey } from '../../src/protocol/prekeys.js';
 import { parseUserId } from '../../src/protocol/userId.js';
 import { RelayConnection } from '../../src/transport/relay.js';
 import { Profile, screenshot } from '../harness/browser.js';
@@ -39,6 +39,19 @@ describe('web client in Chromium', () => {
     const p = await Profile.create();
     profiles.push(p);
     return p;
+  };
+
+  /** Registers `name` from this process (no browser, no one-time prekeys) and returns its connection. */
+  const registerFromNode = async (name: string): Promise<{ connection: RelayConnection; signed: SignedPrekey }> => {
+    const identity = await generateIdentity();
+    const signed = await generateSignedPrekey(identity, 1, Math.floor(Date.now() / 1000));
+    const connection = new RelayConnection({ url: relay.url, host: relay.host, transports: ['websocket'], reconnect: false });
+    const connected = new Promise<void>((resolve) => connection.socket.once('connect', () => resolve()));
+    connection.open();
+    await connected;
+    const signedJson = { id: 1, key: toBase64Url(signed.keyPair.publicKey), createdAt: signed.createdAt, signature: toBase64Url(signed.signature) };
+    await connection.register(parseUserId(name), identity, signedJson, []);
+    return { connection, signed };
   };
 
   beforeEach(async () => {
@@ -356,13 +369,7 @@ describe('web client in Chromium', () => {
     await register(alice, page.origin, 'alice');
 
     // Mallory is a registered user whose client sends a well-shaped envelope of garbage.
-    const identity = await generateIdentity();
-    const signed = await generateSignedPrekey(identity, 1, Math.floor(Date.now() / 1000));
-    const mallory = new RelayConnection({ url: relay.url, host: relay.host, transports: ['websocket'], reconnect: false });
-    const connected = new Promise<void>((resolve) => mallory.socket.once('connect', () => resolve()));
-    mallory.open();
-    await connected;
-    await mallory.register(parseUserId('mallory'), identity, { id: 1, key: toBase64Url(signed.keyPair.publicKey), createdAt: signed.createdAt, signature: toBase64Url(signed.signature) }, []);
+    const { connection: mallory, signed } = await registerFromNode('mallory');
     const garbage = { version: 1, suite: 1, header: { dh: toBase64Url(signed.keyPair.publicKey), pn: 0, n: 0 }, ciphertext: 'A'.repeat(107) };
     // Listening before sending: the receipt can arrive in the same read as the send's answer.
     const acked = new Promise<void>((resolve) => mallory.socket.once('message:delivered', () => resolve()));
@@ -387,13 +394,7 @@ describe('web client in Chromium', () => {
     // Three users fetch ten of alice's bundles each (ten a minute per requester and target);
     // nobody ever writes to her with them.
     for (const name of ['fetcher1', 'fetcher2', 'fetcher3']) {
-      const identity = await generateIdentity();
-      const signed = await generateSignedPrekey(identity, 1, Math.floor(Date.now() / 1000));
-      const fetcher = new RelayConnection({ url: relay.url, host: relay.host, transports: ['websocket'], reconnect: false });
-      const connected = new Promise<void>((resolve) => fetcher.socket.once('connect', () => resolve()));
-      fetcher.open();
-      await connected;
-      await fetcher.register(parseUserId(name), identity, { id: 1, key: toBase64Url(signed.keyPair.publicKey), createdAt: signed.createdAt, signature: toBase64Url(signed.signature) }, []);
+      const { connection: fetcher } = await registerFromNode(name);
       for (let i = 0; i < 10; i++) await fetcher.requestBundle('alice');
       fetcher.close();
     }
