@@ -615,13 +615,19 @@ pub(crate) async fn push_notice<A: Adapter, T: serde::Serialize + ?Sized>(
 
 /// Pushes an event to the sockets of `user` that `audience` reaches.
 ///
-/// Single node: straight to this node's sockets (see [`crate::state::LocalSockets`]); a socket
-/// that cannot take it (its buffer is full) is disconnected, so it catches up from the queue
-/// when it reconnects and delivery stays gap-free. Clustered: to the user's room through the
-/// Redis adapter, to every node, a publish that completes when Redis answers (so callers with
-/// several pushes start them together, and the Redis client pipelines them); if Redis is
-/// unreachable, to this node's sockets only (the others catch up from the queue). Returns
-/// whether the push went out (single node: whether any socket took it).
+/// To this node's sockets first (see [`crate::state::LocalSockets`]), each emitted to on its
+/// own: a socket that cannot take it (its buffer is full) is taken out of delivery and
+/// disconnected, so it catches up from the queue when it reconnects and delivery stays
+/// gap-free. Clustered, then to the user's room on the other nodes through the Redis adapter
+/// (this node's sockets are in this node's room, which the broadcast excepts): a publish that
+/// completes when Redis answers, so callers with several pushes start them together and the
+/// Redis client pipelines them. If Redis is unreachable, the other nodes' sockets catch up
+/// from the queue. Returns whether the push went out: a local socket took it, or Redis did.
+///
+/// Local sockets are not reached through the adapter because its error on a full socket does
+/// not say which one, so the relay could not end just that one. A socket on another node that
+/// cannot take a push from here is only logged by socketioxide there; it gets the message from
+/// that node's re-push or its next catch-up.
 async fn push_to<A: Adapter, T: serde::Serialize + ?Sized>(
     relay: &Relay<A>,
     user: &str,
@@ -629,31 +635,6 @@ async fn push_to<A: Adapter, T: serde::Serialize + ?Sized>(
     event: &'static str,
     payload: &T,
 ) -> bool {
-    if let (true, true, Some(io)) = (relay.clustered(), relay.adapter_usable(), relay.io()) {
-        let room = match audience {
-            Audience::Notices => notice_room(user),
-            Audience::Messages => user_room(user),
-        };
-        match io.to(room.clone()).emit(event, payload).await {
-            Ok(()) => return true,
-            // A socket of `user` on this node could not take it (its buffer is full): the
-            // rooms are per user, and the adapter reports only this node's sockets. The error
-            // does not say which one, so each socket of the room on this node is ended as a
-            // single node ends the one that failed, so that no later push reaches it past the
-            // gap; a healthy one among them pays a reconnect and a catch-up.
-            Err(socketioxide::BroadcastError::Socket(_)) => {
-                for socket in io.to(room).sockets() {
-                    end_socket(relay, user, socket);
-                }
-                return true;
-            }
-            Err(error) => {
-                relay.metrics.adapter_errors.inc();
-                relay.adapter_failed();
-                tracing::warn!(%error, event, "adapter push failed; pushing to local sockets only");
-            }
-        }
-    }
     let mut delivered = false;
     for socket in relay.local.sockets(user, audience) {
         match socket.emit(event, payload) {
@@ -661,6 +642,21 @@ async fn push_to<A: Adapter, T: serde::Serialize + ?Sized>(
             Err(error) => {
                 tracing::debug!(%error, event, "push failed; disconnecting the socket");
                 end_socket(relay, user, socket);
+            }
+        }
+    }
+    if let (true, true, Some(io)) = (relay.clustered(), relay.adapter_usable(), relay.io()) {
+        let room = match audience {
+            Audience::Notices => notice_room(user),
+            Audience::Messages => user_room(user),
+        };
+        match io.to(room).except(relay.node_room.clone()).emit(event, payload).await {
+            // No socket of this node is in the broadcast, so no socket error can come back.
+            Ok(()) | Err(socketioxide::BroadcastError::Socket(_)) => return true,
+            Err(error) => {
+                relay.metrics.adapter_errors.inc();
+                relay.adapter_failed();
+                tracing::warn!(%error, event, "adapter push failed; the other nodes' sockets catch up from the queue");
             }
         }
     }

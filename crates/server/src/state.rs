@@ -243,6 +243,9 @@ pub struct Relay<A: Adapter> {
     pub(crate) registration_limiter: KeyedLimiter<std::net::IpAddr>,
     /// This node's logged-in sockets, where pushes go.
     pub(crate) local: LocalSockets<A>,
+    /// Clustered: the room of this node's logged-in sockets, excepted from the node's own room
+    /// broadcasts (it reaches them through [`Relay::local`]). Random per process.
+    pub(crate) node_room: String,
     /// Authenticated sockets per user on this node, for presence (keyed by the connections'
     /// own copy of the user id, so a login allocates no second one).
     pub(crate) online: Mutex<HashMap<Arc<str>, usize>>,
@@ -295,6 +298,7 @@ impl<A: Adapter> Relay<A> {
             fetch_limiter: KeyedLimiter::new(fetch_rate),
             registration_limiter: KeyedLimiter::new(registration_rate),
             local: LocalSockets::default(),
+            node_room: format!("node:{:016x}", rand::random::<u64>()),
             online: Mutex::new(HashMap::new()),
             known_contacts: Mutex::new(HashSet::new()),
             recipients: RecipientCache::default(),
@@ -353,8 +357,13 @@ impl<A: Adapter> Relay<A> {
     /// Adds a socket that has just logged in as `user`: notices reach it from now on (see
     /// [`LocalSockets`]). False if it has closed.
     pub(crate) fn add_logged_in(&self, user: &Arc<str>, socket: &SocketRef<A>) -> bool {
-        if self.clustered() && !join_while_open(socket, notice_room(user)) {
-            return false;
+        if self.clustered() {
+            // In this node's room, which the node's own broadcasts except: it pushes to its
+            // sockets directly (`delivery::push_to`).
+            socket.join(self.node_room.clone());
+            if !join_while_open(socket, notice_room(user)) {
+                return false;
+            }
         }
         self.local.add(user, socket)
     }

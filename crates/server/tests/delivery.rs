@@ -467,8 +467,9 @@ async fn a_connection_that_stops_reading_is_closed_without_a_gap_and_catches_up(
 }
 
 /// The same with the Redis adapter (the machine's Redis, channels under a prefix of this run's
-/// own; the adapter keeps no keys): pushes go through the user's room, and a socket that could
-/// not take one is ended too.
+/// own; the adapter keeps no keys): a clustered node pushes to its own sockets one by one too,
+/// and ends the one that could not take a push. Before, its pushes went through the user's
+/// room, whose error does not say which socket failed, and the socket stayed in delivery.
 #[tokio::test]
 async fn clustered_a_connection_that_stops_reading_is_closed_without_a_gap() {
     let redis =
@@ -477,6 +478,7 @@ async fn clustered_a_connection_that_stops_reading_is_closed_without_a_gap() {
 }
 
 async fn stop_reading_and_catch_up(redis_url: Option<String>) {
+    let clustered = redis_url.is_some();
     const MESSAGES: u32 = 300;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_host = listener.local_addr().unwrap().to_string();
@@ -527,4 +529,9 @@ async fn stop_reading_and_catch_up(redis_url: Option<String>) {
     bob.reconnect(&server).await;
     let rest: Vec<i64> = bob.messages_acknowledged(sent.len()).await.iter().map(|m| m.id).collect();
     assert_eq!(rest, sent, "everything alice sent, in order, acknowledged or not before");
+    if clustered {
+        // Every push also went out through Redis: the relay never fell back to local only.
+        let (_, metrics) = server.get("/metrics").await;
+        assert!(metrics.contains("sotto_adapter_errors_total 0"), "{metrics}");
+    }
 }

@@ -149,7 +149,7 @@ export function asUpload(value: Fields): UploadAnswer | null {
   const { oneTimePrekeys } = value;
   const oneTimePrekeysFrom = optionalInt(value['oneTimePrekeysFrom']);
   const oneTimePrekeysKept = optionalInt(value['oneTimePrekeysKept']);
-  return isInt(oneTimePrekeys) && oneTimePrekeysFrom !== undefined && oneTimePrekeysKept !== undefined
+  return isInt(oneTimePrekeys) && oneTimePrekeysFrom !== undefined && oneTimePrekeysKept !== undefined && (oneTimePrekeysKept ?? 0) >= 0
     ? { oneTimePrekeys, oneTimePrekeysFrom, oneTimePrekeysKept }
     : null;
 }

@@ -309,6 +309,8 @@ export class ChatView {
 
   #close(): void {
     this.#active = null;
+    // Taken out of the page, the log loses its scroll position: reopened, it starts at the bottom.
+    delete this.#log.dataset['peer'];
     this.#act(() => this.#client.setActive(null));
     this.#layout.dataset['view'] = 'list';
     this.#showEmptyPane();

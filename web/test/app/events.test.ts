@@ -34,6 +34,8 @@ export const tests = suite('app/events', {
     assertEqual(asLogin({ ok: true, userId: 'bob', queued: '2', oneTimePrekeys: 1 }), null, 'string count');
     assertEqual(asLogin({ ok: true, userId: 'bob', queued: 2, oneTimePrekeys: 1, oneTimePrekeysFrom: 'x' }), null, 'lowest id not a number');
     assertEqual(asUpload({ ok: true, oneTimePrekeys: 5, oneTimePrekeysFrom: 3, oneTimePrekeysKept: 'all' }), null, 'kept not a number');
+    // Sliced from the end, a negative count would drop the newest keys, not the refused ones.
+    assertEqual(asUpload({ ok: true, oneTimePrekeys: 5, oneTimePrekeysFrom: 3, oneTimePrekeysKept: -2 }), null, 'kept negative');
     assertEqual(asSend({ ok: true, id: 1.5, duplicate: false }), null, 'fractional id');
     assertEqual(asStatuses({ statuses: [{ id: 1, status: 'lost' }] }), null, 'unknown status');
   },
