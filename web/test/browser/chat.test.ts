@@ -201,25 +201,37 @@ describe('web client in Chromium', () => {
     const bob = await (await profile()).open();
     await register(bob, page.origin, 'bob');
     await startConversation(alice, 'bob');
-    for (let i = 1; i <= 105; i++) await send(alice, `note ${i}.`);
+    for (let i = 1; i <= 120; i++) await send(alice, `note ${i}.`);
     // All of them in before the conversation opens (opened earlier, it would keep every
     // message from the first on screen: nothing leaves the top of an open conversation).
-    await expect(bob.locator('button.conv[data-peer="alice"] .badge'), '105 unread').toContainText('105');
+    await expect(bob.locator('button.conv[data-peer="alice"] .badge'), '120 unread').toContainText('120');
     await openConversation(bob, 'alice');
-    await expect(bubble(bob, 'note 105.'), 'the newest').toBeVisible();
+    await expect(bubble(bob, 'note 120.'), 'the newest').toBeVisible();
     const shown = bob.locator('.messages li.msg');
     const earlier = bob.getByRole('button', { name: 'Show earlier messages' });
     await expect(shown, 'one page').toHaveCount(100);
-    await expect(bubble(bob, 'note 6.'), 'the oldest of the page').toHaveCount(1);
-    await expect(bubble(bob, 'note 5.'), 'older ones not shown').toHaveCount(0);
-    await earlier.click();
-    await expect(shown, 'all of them').toHaveCount(105);
+    await expect(bubble(bob, 'note 21.'), 'the oldest of the page').toHaveCount(1);
+    await expect(bubble(bob, 'note 20.'), 'older ones not shown').toHaveCount(0);
+    // Whether a bubble is inside the visible part of the message log.
+    const onScreen = (text: string): Promise<boolean> =>
+      bob.evaluate((wanted) => {
+        const log = document.querySelector('.messages');
+        const item = Array.from(document.querySelectorAll('.messages li.msg')).find((li) => li.textContent?.includes(wanted));
+        if (log === null || item === undefined) return false;
+        const box = log.getBoundingClientRect();
+        const at = item.getBoundingClientRect();
+        return at.bottom > box.top && at.top < box.bottom;
+      }, text);
+    await earlier.click(); // scrolled up to the button first, so the page's oldest is on screen
+    await expect(shown, 'all of them').toHaveCount(120);
     await expect(bubble(bob, 'note 1.'), 'the first').toHaveCount(1);
     await expect(earlier, 'nothing earlier left').toHaveCount(0);
+    // The 20 earlier ones went in above what the reader was looking at, which stays in place.
+    assert.equal(await onScreen('note 21.'), true, 'the reader keeps their place');
+    assert.equal(await onScreen('note 1.'), false, 'the earlier ones are above, out of view');
     // Arrivals add at the bottom; nothing leaves the top while the conversation is open.
-    await send(alice, 'note 106.');
-    await expect(bubble(bob, 'note 106.'), 'a new one').toBeVisible();
-    await expect(shown, 'still all of them').toHaveCount(106);
+    await send(alice, 'note 121.');
+    await expect(shown, 'still all of them').toHaveCount(121);
     // Opened again, the conversation starts at its newest page again.
     await alice.reload();
     await online(alice);
