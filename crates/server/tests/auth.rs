@@ -12,7 +12,7 @@ use sotto_client::relay::RelayClient;
 use sotto_protocol::signing::authentication_message;
 use sotto_protocol::wire::{self, OneTimePrekeyJson, PublicIdentityJson, SignedPrekeyJson};
 use sotto_protocol::{IdentityKeyPair, UserId};
-use support::{TestServer, TestUser, WAIT, client_id, envelope, keys};
+use support::{TerminalUser, TestServer, TestUser, WAIT, client_id, envelope, keys};
 
 async fn connect(server: &TestServer) -> RelayClient {
     RelayClient::connect(&server.url, WAIT).await.unwrap().0
@@ -449,9 +449,8 @@ async fn a_terminal_registration_whose_answer_was_lost_finishes_on_the_next_try(
     use sotto_client::store::Store;
     use sotto_client::{Client, ClientError};
     let server = TestServer::start().await;
-    let home = tempfile::tempdir().unwrap();
-    let dora = UserId::parse("dora").unwrap();
-    let (client, relay, _) = Client::register(home.path(), &server.url, &dora).await.unwrap();
+    let TerminalUser { home, id: dora, client, relay, .. } =
+        TerminalUser::register(&server, "dora").await;
     let first = client.store().identity().await.unwrap().unwrap().keys;
     relay.close();
     client.close().await;

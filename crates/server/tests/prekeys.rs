@@ -11,7 +11,7 @@ use std::time::Duration;
 use sotto_client::relay::{Incoming, RelayClient};
 use sotto_protocol::UserId;
 use sotto_protocol::prekeys::OneTimePrekey;
-use support::{TestServer, TestUser, WAIT, keys};
+use support::{TerminalUser, TestServer, TestUser, WAIT, keys};
 
 #[tokio::test]
 async fn concurrent_claims_get_each_one_time_prekey_once_then_the_signed_prekey() {
@@ -145,12 +145,9 @@ async fn bundle_fetches_are_rate_limited_per_target() {
 /// in the client's store for ever and, past the relay's cap, dropped there).
 #[tokio::test]
 async fn queued_low_prekey_warnings_top_up_once() {
-    use sotto_client::Client;
     let server = TestServer::start_with(|config| config.limits.prekey_fetches_per_minute = 0).await;
-    let home = tempfile::tempdir().unwrap();
-    let dora = UserId::parse("dora").unwrap();
-    let (client, relay, mut pushes) =
-        Client::register(home.path(), &server.url, &dora).await.unwrap();
+    let TerminalUser { id: dora, client, relay, mut pushes, .. } =
+        TerminalUser::register(&server, "dora").await;
     let fetcher = TestUser::register(&server, "fetcher").await;
     // 85 of dora's 100 keys handed out: five warnings (19, 18, 17, 16, 15 left) wait for her.
     for _ in 0..85 {
@@ -179,15 +176,13 @@ async fn queued_low_prekey_warnings_top_up_once() {
 /// the relay dropped over its cap are forgotten at once.
 #[tokio::test]
 async fn handed_out_one_time_prekeys_are_forgotten_after_a_while() {
-    use sotto_client::Client;
     let server = TestServer::start_with(|config| {
         config.limits.prekey_fetches_per_minute = 0;
         config.limits.max_prekeys_stored = 150;
     })
     .await;
-    let home = tempfile::tempdir().unwrap();
-    let dora = UserId::parse("dora").unwrap();
-    let (client, relay, _) = Client::register(home.path(), &server.url, &dora).await.unwrap();
+    let TerminalUser { home, id: dora, client, relay, .. } =
+        TerminalUser::register(&server, "dora").await;
     relay.close();
     let fetcher = TestUser::register(&server, "fetcher").await;
     // 30 of dora's 100 keys (ids 2 to 31) handed out; no prekey message ever comes.
@@ -236,13 +231,11 @@ async fn handed_out_one_time_prekeys_are_forgotten_after_a_while() {
 /// same moment take different key ids: both uploads go through, and every key is kept.
 #[tokio::test]
 async fn two_clients_on_one_store_top_up_at_once() {
-    use sotto_client::Client;
     let server = TestServer::start().await;
-    let home = tempfile::tempdir().unwrap();
-    let dora = UserId::parse("dora").unwrap();
-    let (first, relay, _) = Client::register(home.path(), &server.url, &dora).await.unwrap();
+    let TerminalUser { home, client: first, relay, .. } =
+        TerminalUser::register(&server, "dora").await;
     relay.close();
-    let second = Client::open(home.path()).await.unwrap();
+    let second = sotto_client::Client::open(home.path()).await.unwrap();
     let (first_relay, _, _) = first.connect(&server.url).await.unwrap();
     let (second_relay, _, _) = second.connect(&server.url).await.unwrap();
     let (a, b) = tokio::join!(

@@ -245,7 +245,11 @@ export class Tx {
     const index = this.#store('messages').index('byClientId');
     return ((await request(index.get(clientId))) as Message | undefined) ?? null;
   }
-  /** A conversation's messages, oldest first. */
+  /**
+   * A conversation's messages, oldest first, all at once. Nothing that runs per message or per
+   * render uses it any more (see {@link newestFirst}); the in-page benchmark times it as the
+   * read each arrival used to make.
+   */
   async history(peer: string): Promise<Message[]> {
     const index = this.#store('messages').index('byPeer');
     return (await request(index.getAll(peerRange(peer)))) as Message[];

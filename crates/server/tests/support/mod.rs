@@ -18,6 +18,27 @@ use tokio::task::JoinHandle;
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// A terminal client (`sotto_client::Client`, with its store) registered at a test relay,
+/// its home a temporary folder of its own (deleted when this is dropped).
+pub struct TerminalUser {
+    pub home: tempfile::TempDir,
+    pub id: UserId,
+    pub client: sotto_client::Client,
+    pub relay: RelayClient,
+    pub pushes: mpsc::UnboundedReceiver<Push>,
+}
+
+impl TerminalUser {
+    /// Registers `name` (100 one-time prekeys, as the client does) in a fresh home.
+    pub async fn register(server: &TestServer, name: &str) -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let id = UserId::parse(name).unwrap();
+        let (client, relay, pushes) =
+            sotto_client::Client::register(home.path(), &server.url, &id).await.unwrap();
+        Self { home, id, client, relay, pushes }
+    }
+}
+
 /// A relay running in this process.
 pub struct TestServer {
     pub url: String,
