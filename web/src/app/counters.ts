@@ -20,8 +20,18 @@ export interface Counters {
   readonly sent: bigint;
   /** Every peer record up to this counter has arrived. */
   readonly receivedContiguous: bigint;
-  /** Peer counters that arrived above the contiguous prefix, ascending. */
+  /**
+   * Peer counters that arrived above the contiguous prefix, ascending; at most
+   * {@link MAX_RECEIVED_ABOVE}, since it is kept in the conversation's row and searched on
+   * every arrival.
+   */
   readonly receivedAbove: readonly bigint[];
+  /**
+   * Peer records below `receivedContiguous` that never arrived and are no longer waited for
+   * (see {@link MAX_RECEIVED_ABOVE}): still counted by {@link missing}. Absent in rows saved
+   * before it existed, which is 0.
+   */
+  readonly missingForGood?: bigint;
   /** The counter of the last peer record received (what our next record names). */
   readonly lastCounter: bigint;
   /** Its digest. */
@@ -33,6 +43,14 @@ export interface Counters {
 export function emptyCounters(): Counters {
   return { sent: 0n, receivedContiguous: 0n, receivedAbove: [], lastCounter: 0n, lastDigest: noDigest(), peerReceived: 0n };
 }
+
+/**
+ * How many counters above a gap are remembered. A record that never arrives (withheld, or lost
+ * with a device) would otherwise make every later arrival grow the list for good; past this
+ * many, the gaps below the oldest ones kept are given up on: counted missing for good, and a
+ * record that fills one later no longer withdraws it.
+ */
+export const MAX_RECEIVED_ABOVE = 1000;
 
 /** Takes the next counter for a record we send. */
 export function nextSent(counters: Counters): Counters {
@@ -52,35 +70,69 @@ export function noteReceived(
   theirLastReceived: bigint,
 ): Counters {
   let contiguous = counters.receivedContiguous;
-  let above = [...counters.receivedAbove];
+  let above = counters.receivedAbove;
+  let forGood = counters.missingForGood ?? 0n;
   if (contiguous === 0n && above.length === 0 && counter > 0n) contiguous = counter - 1n;
-  if (counter > contiguous && !above.includes(counter)) {
-    above.push(counter);
-    above.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-    while (above[0] === contiguous + 1n) {
-      above = above.slice(1);
+  const at = insertionPoint(above, counter);
+  if (counter > contiguous && above[at] !== counter) {
+    const grown = [...above.slice(0, at), counter, ...above.slice(at)];
+    let first = 0;
+    if (grown.length > MAX_RECEIVED_ABOVE) {
+      // Give up on the gaps below the oldest counter kept: what lies between the contiguous
+      // prefix and it, less the records that did arrive, is missing for good.
+      first = grown.length - MAX_RECEIVED_ABOVE;
+      const oldestKept = grown[first] ?? counter;
+      forGood += oldestKept - 1n - contiguous - BigInt(first);
+      contiguous = oldestKept - 1n;
+    }
+    while (grown[first] === contiguous + 1n) {
+      first++;
       contiguous += 1n;
     }
+    above = grown.slice(first);
   }
   return {
     ...counters,
     receivedContiguous: contiguous,
     receivedAbove: above,
+    ...(forGood === 0n ? {} : { missingForGood: forGood }),
     lastCounter: counter,
     lastDigest: digest,
     peerReceived: theirLastReceived > counters.peerReceived ? theirLastReceived : counters.peerReceived,
   };
 }
 
+/** Where `value` goes in the ascending `list` (the index of the first element not below it). */
+function insertionPoint(list: readonly bigint[], value: bigint): number {
+  let low = 0;
+  let high = list.length;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if ((list[middle] ?? value) < value) low = middle + 1;
+    else high = middle;
+  }
+  return low;
+}
+
+/**
+ * Notes what our next record names (the peer's last record and its digest) and nothing else:
+ * for a record from an identity the user has not accepted, which must neither confirm our
+ * records nor open or close gaps in the count.
+ */
+export function noteLast(counters: Counters, counter: bigint, digest: MessageDigest): Counters {
+  return { ...counters, lastCounter: counter, lastDigest: digest };
+}
+
 /** Forgets what was received (a new identity starts its own count). */
 export function resetReceived(counters: Counters): Counters {
-  return { ...counters, receivedContiguous: 0n, receivedAbove: [] };
+  const { missingForGood: _forgotten, ...rest } = counters;
+  return { ...rest, receivedContiguous: 0n, receivedAbove: [] };
 }
 
 /** How many peer records are missing: counters below the highest seen that never arrived. */
 export function missing(counters: Counters): bigint {
   const highest = counters.receivedAbove.at(-1) ?? counters.receivedContiguous;
-  return highest - counters.receivedContiguous - BigInt(counters.receivedAbove.length);
+  return highest - counters.receivedContiguous - BigInt(counters.receivedAbove.length) + (counters.missingForGood ?? 0n);
 }
 
 /** How many of our records the peer has not yet confirmed receiving. */
