@@ -915,7 +915,7 @@ export class Client {
 
   /** Decrypts and saves one message from `peer` (never acknowledged before this resolves). */
   async #receiveOne(message: ReceivedMessage, peer: UserId): Promise<void> {
-    const known = await this.#store.read(['messages'], (tx) => tx.messageByServerId(peer, message.id));
+    const known = await this.#store.read(['messages'], (tx) => tx.receivedByServerId(peer, message.id));
     if (known !== null) return; // saved before; the acknowledgement was lost
     let envelope;
     try {

@@ -14,7 +14,7 @@
  * | `sessions`       | `peer`              | {@link StoredSession}: the peer's session record      |
  * | `contacts`       | `peer`              | {@link Contact}: accepted identity, pending change    |
  * | `conversations`  | `peer`              | {@link Conversation}: counters, unread, preview       |
- * | `messages`       | `id` (auto)         | {@link Message}; indexes by peer, relay id, client id, status |
+ * | `messages`       | `id` (auto)         | {@link Message}; indexes by peer, relay id (with direction), client id, status |
  * | `outbox`         | `seq` (auto)        | {@link OutboxEntry}: to send, oldest first            |
  */
 
@@ -149,7 +149,8 @@ const migrations: readonly Migration[] = [
     db.createObjectStore('conversations', { keyPath: 'peer' });
     const messages = db.createObjectStore('messages', { keyPath: 'id', autoIncrement: true });
     messages.createIndex('byPeer', ['peer', 'id']);
-    // Relay ids are per relay, unique per recipient: one row per (peer, relay id).
+    // Relay ids are per relay, unique per recipient: one row per (peer, relay id); version 3
+    // adds the direction.
     messages.createIndex('byServerId', ['peer', 'serverId'], { unique: true });
     messages.createIndex('byClientId', 'clientId', { unique: true });
     const outbox = db.createObjectStore('outbox', { keyPath: 'seq', autoIncrement: true });
@@ -159,6 +160,15 @@ const migrations: readonly Migration[] = [
   // message ever kept; by status it reads only those.
   (_db, tx) => {
     tx.objectStore('messages').createIndex('byStatus', 'status');
+  },
+  // Version 3: a relay id names a message in one direction only (the relay files ours and
+  // theirs in separate queues). Keyed without the direction, an incoming message under the
+  // id of one of ours was taken for one already saved and dropped undecrypted, and could not
+  // have been saved anyway. The rows of version 2 are unique under the wider key too.
+  (_db, tx) => {
+    const messages = tx.objectStore('messages');
+    if (messages.indexNames.contains('byServerId')) messages.deleteIndex('byServerId');
+    messages.createIndex('byServerId', ['peer', 'direction', 'serverId'], { unique: true });
   },
 ];
 
@@ -237,9 +247,10 @@ export class Tx {
   async deleteMessage(id: number): Promise<void> {
     await request(this.#store('messages').delete(id));
   }
-  async messageByServerId(peer: string, serverId: number): Promise<Message | null> {
+  /** The message `peer` sent us under relay id `serverId` (never one of ours to them). */
+  async receivedByServerId(peer: string, serverId: number): Promise<Message | null> {
     const index = this.#store('messages').index('byServerId');
-    return ((await request(index.get([peer, serverId]))) as Message | undefined) ?? null;
+    return ((await request(index.get([peer, 'in', serverId]))) as Message | undefined) ?? null;
   }
   async messageByClientId(clientId: string): Promise<Message | null> {
     const index = this.#store('messages').index('byClientId');

@@ -1,6 +1,6 @@
 /**
- * The IndexedDB store (src/store/store.ts): the walk back from a conversation's newest message
- * and the status index. Browser-only cases (Node has no IndexedDB): the in-page harness runs
+ * The IndexedDB store (src/store/store.ts): the walk back from a conversation's newest message,
+ * the status index and the relay-id index. Browser-only cases (Node has no IndexedDB): the in-page harness runs
  * them beside the portable ones.
  */
 
@@ -77,6 +77,55 @@ export const tests = suite('store', {
       const after = await store.read(['messages'], (tx) => tx.undelivered());
       assertEqual(after.map((m) => m.peer).join(), 'carol', 'a delivered one leaves the index');
     });
+  },
+  'a message received under the relay id of one of ours is not taken for ours': async () => {
+    await withStore(async (store) => {
+      await store.write(['messages'], (tx) => tx.addMessage(message('bob', 'out', 1, 'stored', 7)));
+      const before = await store.read(['messages'], (tx) => tx.receivedByServerId('bob', 7));
+      assertEqual(before, null, 'ours is not a received one');
+      // Saved beside ours (a relay that reuses an id must not make it undeliverable)...
+      await store.write(['messages'], (tx) => tx.addMessage(message('bob', 'in', 1, 'received', 7)));
+      const after = await store.read(['messages'], (tx) => tx.receivedByServerId('bob', 7));
+      assertEqual(after?.direction, 'in', 'found once saved');
+      assertEqual(after?.counter, 1n, 'the received one');
+      // ...while a second received one under the same id is still refused.
+      let refused = false;
+      try {
+        await store.write(['messages'], (tx) => tx.addMessage(message('bob', 'in', 2, 'received', 7)));
+      } catch {
+        refused = true;
+      }
+      assert(refused, 'one received message per relay id');
+    });
+  },
+  'a database of the second version takes a received message under the relay id of one of ours': async () => {
+    const name = `sotto-store-upgrade-${Date.now()}-${opened++}`;
+    // Version 2's messages store as it was, holding one of ours under relay id 7.
+    await new Promise<void>((resolve, reject) => {
+      const open = indexedDB.open(name, 2);
+      open.onupgradeneeded = () => {
+        const messages = open.result.createObjectStore('messages', { keyPath: 'id', autoIncrement: true });
+        messages.createIndex('byPeer', ['peer', 'id']);
+        messages.createIndex('byServerId', ['peer', 'serverId'], { unique: true });
+        messages.createIndex('byClientId', 'clientId', { unique: true });
+        messages.createIndex('byStatus', 'status');
+        messages.add(message('bob', 'out', 1, 'stored', 7));
+      };
+      open.onsuccess = () => {
+        open.result.close();
+        resolve();
+      };
+      open.onerror = () => reject(open.error ?? new Error('cannot open'));
+    });
+    const store = await Store.open(name);
+    try {
+      assertEqual(await store.read(['messages'], (tx) => tx.receivedByServerId('bob', 7)), null, 'ours is not a received one');
+      await store.write(['messages'], (tx) => tx.addMessage(message('bob', 'in', 1, 'received', 7)));
+      assertEqual((await store.read(['messages'], (tx) => tx.receivedByServerId('bob', 7)))?.direction, 'in', 'saved and found');
+    } finally {
+      store.close();
+      await Store.destroy(name);
+    }
   },
   'a database of the first version gains the status index over the messages it holds': async () => {
     const name = `sotto-store-upgrade-${Date.now()}-${opened++}`;
