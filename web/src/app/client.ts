@@ -748,7 +748,11 @@ export class Client {
           if (error instanceof RelayError) {
             // A dropped connection flushes again once logged in; a timeout may leave the
             // connection up, so that and a relay still busy after five tries get a later flush.
-            if (error.code === 'timeout' || error.code === 'disconnected') return this.#flushLater();
+            // `unauthenticated` is a send that reached a new connection before its login
+            // finished (the login flushes again): the message is not at fault, so it stays.
+            if (error.code === 'timeout' || error.code === 'disconnected' || error.code === 'unauthenticated') {
+              return this.#flushLater();
+            }
             if (error.retryable && attempt < 5) {
               if (error.code === 'rate_limited') this.#problem(error, entry.peer);
               await sleep(error.retryAfterMs ?? 1000 * 2 ** attempt);

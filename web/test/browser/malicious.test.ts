@@ -296,6 +296,30 @@ describe('web client against a lying relay', () => {
     await expect(status, 'stored by the relay').toHaveCount(1);
   });
 
+  test('a send refused as unauthenticated (it reached a new connection before the login) stays queued and goes after the login', async () => {
+    const { alice, bob } = await aliceWroteToBob();
+    const first = mitm.link('alice');
+    let refused = false;
+    mitm.answer = (link, name, _request, answer) => {
+      if (link.user !== 'alice' || name !== 'message:send' || refused) return answer;
+      refused = true;
+      // The connection was gone and is back, not yet logged in: the client reconnects.
+      setTimeout(() => link.drop(), 100);
+      return { ok: false, error: 'unauthenticated', message: 'log in first', retryable: false };
+    };
+    const sendsBefore = mitm.sentBy('alice', 'message:send').length;
+    await send(alice, 'after the login');
+    await mitm.waitFor('alice to connect again', () => mitm.linksOf('alice').some((link) => link !== first));
+    await online(alice);
+    await mitm.waitFor('the message to be sent again', () => mitm.sentBy('alice', 'message:send').length >= sendsBefore + 2);
+    const [refusedSend, again] = mitm.sentBy('alice', 'message:send').slice(sendsBefore) as [unknown, unknown];
+    assert.ok(isRecord(refusedSend) && isRecord(again));
+    assert.equal(again['id'], refusedSend['id'], 'the same message, resent');
+    assert.ok(refused);
+    await expect(bubble(alice, 'after the login').locator('[data-status="stored"], [data-status="delivered"]'), 'stored, not failed').toHaveCount(1);
+    await expect(bubble(bob, 'after the login'), 'at bob, once').toHaveCount(1);
+  });
+
   test('a substituted bundle on a new conversation is refused before anything is encrypted to it', async () => {
     const alice = await user('alice');
     await user('bob');
