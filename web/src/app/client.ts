@@ -56,7 +56,7 @@ import {
 import { type DeliveryReceipt, type LoginAnswer, prekeysHeld, type ReceivedMessage } from '../transport/events.js';
 import { isRelayError, RelayConnection, RelayError } from '../transport/relay.js';
 import type { Account, Contact, Conversation, Message, OutboxEntry, Store, Tx } from '../store/store.js';
-import { type Counters, emptyCounters, missing, nextSent, noteReceived, resetReceived, unconfirmedByPeer } from './counters.js';
+import { type Counters, emptyCounters, missing, nextSent, noteLast, noteReceived, resetReceived, unconfirmedByPeer } from './counters.js';
 import { AppError, errorCode } from './errors.js';
 import { KeyedQueue } from './queue.js';
 
@@ -660,14 +660,28 @@ export class Client {
     void this.flushOutbox();
   }
 
-  /** Accepts `peer`'s changed identity: it becomes the trusted one (not verified). */
-  async acceptKeyChange(peer: string): Promise<void> {
+  /**
+   * Accepts `peer`'s changed identity, `expected`: the pending one the user was shown (its
+   * safety number, the banner). It becomes the trusted one (not verified). Refused with
+   * `key_changed_again` when another identity is pending by now: the relay can swap what is
+   * pending between the comparison and the click, and the user accepts what they saw or nothing.
+   */
+  async acceptKeyChange(peer: string, expected: PublicIdentity): Promise<void> {
     await this.#queue.run(peer, () =>
-      this.#store.write(['contacts', 'sessions', 'outbox'], async (tx) => {
+      this.#store.write(['contacts', 'sessions', 'outbox', 'conversations'], async (tx) => {
         const contact = await tx.contact(peer);
-        if (contact === null || contact.pending === null) return;
+        if (contact === null || contact.pending === null) {
+          // Accepted already (a second click, another render): nothing to do.
+          if (contact !== null && sameIdentityKeys(contact.identity, expected)) return;
+          throw new AppError('key_changed_again');
+        }
+        if (!sameIdentityKeys(contact.pending, expected)) throw new AppError('key_changed_again');
         const accepted = contact.pending;
         await tx.putContact({ ...contact, identity: accepted, pending: null, verified: false, changedAt: nowMs() });
+        // The accepted identity starts its own count: its next record sets where counting
+        // starts. Records it sent while pending did not count (see #receiveOne).
+        const conversation = await tx.conversation(peer);
+        if (conversation !== null) await tx.putConversation({ ...conversation, counters: resetReceived(conversation.counters) });
         // Sessions with the old identity are dropped, so the next message starts afresh.
         const stored = await tx.session(peer);
         if (stored !== null) {
@@ -697,13 +711,18 @@ export class Client {
     this.#emitChanged(null);
   }
 
-  /** The safety number with `peer`, computed with their pending identity if it changed. */
-  async safetyNumber(peer: string): Promise<{ number: SafetyNumber; verified: boolean; changed: boolean } | null> {
+  /**
+   * The safety number with `peer`, computed with their pending identity if it changed;
+   * `identity` is the one it was computed with (what accepting it must name).
+   */
+  async safetyNumber(
+    peer: string,
+  ): Promise<{ number: SafetyNumber; identity: PublicIdentity; verified: boolean; changed: boolean } | null> {
     const contact = await this.#store.read(['contacts'], (tx) => tx.contact(peer));
     if (contact === null) return null;
     const theirs = contact.pending ?? contact.identity;
     const number = await safetyNumber(this.userId, this.#account.identity.publicIdentity, parseUserId(peer), theirs);
-    return { number, verified: contact.verified && contact.pending === null, changed: contact.pending !== null };
+    return { number, identity: theirs, verified: contact.verified && contact.pending === null, changed: contact.pending !== null };
   }
 
   // ---- sending ------------------------------------------------------------------------------
@@ -783,13 +802,16 @@ export class Client {
     // an entry sealed before the change (the relay was busy, the connection dropped) waits too.
     // The entry as saved now, not as the flush listed it: a key accepted since then cleared
     // the envelope sealed for the old identity (it is sealed again below), and an entry sent or
-    // dropped meanwhile is gone.
-    const current = await this.#queue.run(entry.peer, async () => {
+    // dropped meanwhile is gone. Check, re-read and seal are one task of the peer's queue: as
+    // two, a prekey message from another identity, received in between (the relay can time
+    // one for the wait on `user:identity`), made its session current and was sealed for.
+    const envelope = await this.#queue.run(entry.peer, async () => {
       await this.#confirmIdentity(entry.peer);
-      return this.#store.read(['outbox'], (tx) => tx.outboxEntry(entry.clientId));
+      const current = await this.#store.read(['outbox'], (tx) => tx.outboxEntry(entry.clientId));
+      if (current === null) return null;
+      return current.envelope ?? this.#seal(current);
     });
-    if (current === null) return;
-    const envelope = current.envelope ?? (await this.#queue.run(entry.peer, () => this.#seal(current)));
+    if (envelope === null) return;
     const answer = await this.#relay.send({ to: entry.peer, id: entry.clientId, envelope });
     await this.#store.write(['messages', 'outbox'], async (tx) => {
       const message = await tx.message(entry.messageId);
@@ -841,10 +863,16 @@ export class Client {
     await blockedNow();
   }
 
-  /** Encrypts an outbox entry (starting a session when needed); saves envelope and session together. */
+  /**
+   * Encrypts an outbox entry (starting a session when needed); saves envelope and session
+   * together. Runs in the peer's queue, after {@link #confirmIdentity}. Seals only for the
+   * accepted identity: the current session is the one that last decrypted, which may be a
+   * pending identity's.
+   */
   async #seal(entry: OutboxEntry): Promise<EnvelopeJson> {
     const peer = parseUserId(entry.peer);
-    const loaded = await this.#store.read(['sessions', 'messages', 'conversations', 'outbox'], async (tx) => ({
+    const loaded = await this.#store.read(['contacts', 'sessions', 'messages', 'conversations', 'outbox'], async (tx) => ({
+      contact: await tx.contact(peer),
       session: await tx.session(peer),
       message: await tx.message(entry.messageId),
       conversation: await tx.conversation(peer),
@@ -856,6 +884,13 @@ export class Client {
       throw new AppError('storage', 'outbox entry without its message');
     }
     let state: SessionRecordState = loaded.session?.state ?? emptySessionRecord();
+    // Held while a change is pending, and never sealed with a session of another identity
+    // than the accepted one, whatever made it current.
+    if (loaded.contact?.pending != null) throw new AppError('key_changed');
+    const session = state.sessions[0];
+    if (session !== undefined && (loaded.contact === null || !sameIdentityKeys(session.remoteIdentity, loaded.contact.identity))) {
+      throw new AppError('key_changed');
+    }
     if (!sessionRecordCanEncrypt(state)) {
       const bundle = await decodeBundleJson(await this.#relay.requestBundle(peer));
       if (bundle.userId !== peer) throw new ProtocolError('BundleUserMismatch', 'the relay sent another user’s bundle');
@@ -951,19 +986,27 @@ export class Client {
       if (decrypted.usedOneTimePrekey !== null) await tx.deleteOneTimePrekey(decrypted.usedOneTimePrekey);
       const seen = await seeIdentity(tx, peer, decrypted.remoteIdentity, now);
       const conversation = (await tx.conversation(peer)) ?? newConversation(peer, now);
-      // A new identity (a new device) starts its own count; the first record sets the start.
-      let counters = seen === 'changed' && decrypted.newSession ? resetReceived(conversation.counters) : conversation.counters;
-      const before = missing(counters);
-      counters = noteReceived(counters, record.counter, decrypted.digest, record.lastReceivedCounter);
-      const after = missing(counters);
-      if (after > before) {
-        // The records from `missingFrom` up to just below this one never came (so far).
-        const gap = after - before;
-        await tx.addMessage({ ...notice(peer, 'missing', String(gap), now), counter: record.counter, missingFrom: record.counter - gap });
-      } else if (after < before) {
-        await resolveMissing(tx, peer, record.counter);
+      let counters: Counters;
+      if (seen === 'changed') {
+        // From an identity the user has not accepted (shown, after the key-change notice): it
+        // neither confirms our records nor opens or closes gaps, or a relay holding such an
+        // identity could mark everything of ours delivered, or reset the count to hide what
+        // it withheld. Only what our next record names is noted; nothing is sent before the
+        // identity is accepted, and accepting starts the count afresh.
+        counters = noteLast(conversation.counters, record.counter, decrypted.digest);
+      } else {
+        counters = noteReceived(conversation.counters, record.counter, decrypted.digest, record.lastReceivedCounter);
+        const before = missing(conversation.counters);
+        const after = missing(counters);
+        if (after > before) {
+          // The records from `missingFrom` up to just below this one never came (so far).
+          const gap = after - before;
+          await tx.addMessage({ ...notice(peer, 'missing', String(gap), now), counter: record.counter, missingFrom: record.counter - gap });
+        } else if (after < before) {
+          await resolveMissing(tx, peer, record.counter);
+        }
+        await this.#checkOurs(tx, peer, record.lastReceivedCounter, record.lastReceivedDigest, conversation.counters, safeNumber(record.sentAt) ?? 0, now);
       }
-      await this.#checkOurs(tx, peer, record.lastReceivedCounter, record.lastReceivedDigest, conversation.counters, safeNumber(record.sentAt) ?? 0, now);
       const text = body.kind === 'text' ? body.text : null;
       // A receipt counts (above) but is no message to show: kept, it was an empty bubble.
       if (shown) await tx.addMessage({

@@ -13,6 +13,7 @@ import { isRelayError, RELAY_ERROR_CODES, RelayError, type RelayErrorCode } from
 export const APP_ERROR_CODES = [
   'not_registered', // no identity in this browser
   'key_changed', // the contact's identity changed and the user has not accepted it
+  'key_changed_again', // accepting a new key that is no longer the pending one (it changed again)
   'to_self', // a message to oneself
   'empty', // an empty message
   'message_too_large', // a text longer than one record can hold
@@ -90,6 +91,8 @@ export function explain(error: unknown, peer?: string): string {
     switch (error.code) {
       case 'key_changed':
         return `${who}’s safety number has changed. Sending is blocked until you accept the new key.`;
+      case 'key_changed_again':
+        return `${who}’s safety number changed again before you accepted it. Compare the new one, then accept it.`;
       case 'to_self':
         return 'You cannot message yourself.';
       case 'empty':

@@ -10,6 +10,7 @@
 
 import { type Client, type ConnectionState } from '../app/client.js';
 import { errorCode, explain, explainCode, explainRegistration } from '../app/errors.js';
+import { type PublicIdentity, sameIdentityKeys } from '../protocol/identity.js';
 import type { Contact, Conversation, Message } from '../store/store.js';
 import { h, replace } from './dom.js';
 import { formatTime, plural, statusLabel } from './format.js';
@@ -108,6 +109,11 @@ export class ChatView {
   #dirty = new Set<string | null>();
   #generation = 0;
   #problemTimer: ReturnType<typeof setTimeout> | undefined;
+  /**
+   * Whose safety number the open dialog shows, and computed with which identity: when that
+   * identity stops being the one to compare (another one became pending), it is shown afresh.
+   */
+  #dialogShows: { readonly peer: string; readonly identity: PublicIdentity } | null = null;
 
   // Long-lived elements.
   readonly #banner = h('div', { class: 'banner', role: 'status', 'aria-live': 'polite' });
@@ -349,11 +355,14 @@ export class ChatView {
       safety,
     );
 
-    const changed = contact?.pending != null;
+    const pending = contact?.pending ?? null;
+    const changed = pending !== null;
     this.#warning.hidden = !changed;
-    if (changed) {
+    if (pending !== null) {
+      // Accepts the identity this banner was rendered for: if another one became pending
+      // since, the client refuses, and the next render shows the banner for that one.
       const accept = h('button', { type: 'button', class: 'danger' }, 'Accept new key');
-      accept.addEventListener('click', () => this.#act(() => this.#client.acceptKeyChange(peer), peer));
+      accept.addEventListener('click', () => this.#act(() => this.#client.acceptKeyChange(peer, pending), peer));
       const compare = h('button', { type: 'button', class: 'secondary' }, 'Compare safety numbers');
       compare.addEventListener('click', () => this.#act(() => this.#showSafetyNumber(peer), peer));
       this.#warning.setAttribute('role', 'alert');
@@ -370,6 +379,10 @@ export class ChatView {
       );
     } else {
       this.#warning.removeAttribute('role');
+    }
+    const shown = this.#dialogShows;
+    if (this.#dialog.open && contact !== null && shown?.peer === peer && !sameIdentityKeys(shown.identity, pending ?? contact.identity)) {
+      this.#act(() => this.#showSafetyNumber(peer), peer);
     }
     this.#message.disabled = changed;
     this.#sendButton.disabled = changed;
@@ -477,7 +490,8 @@ export class ChatView {
   async #showSafetyNumber(peer: string): Promise<void> {
     const result = await this.#client.safetyNumber(peer);
     if (result === null) return;
-    const { number, verified, changed } = result;
+    const { number, identity, verified, changed } = result;
+    this.#dialogShows = { peer, identity };
     const groups = number.grouped.split(' ');
     const close = h('button', { type: 'button', class: 'secondary' }, 'Close');
     close.addEventListener('click', () => this.#dialog.close());

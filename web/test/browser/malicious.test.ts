@@ -16,12 +16,21 @@ import type { Page } from 'playwright-core';
 
 import { generateIdentity } from '../../src/protocol/identity.js';
 import { generateOneTimePrekey, generateSignedPrekey, publicOneTimePrekey, publicSignedPrekey } from '../../src/protocol/prekeys.js';
+import { noDigest, textRecord } from '../../src/protocol/record.js';
 import { safetyNumber } from '../../src/protocol/safetyNumber.js';
+import { emptySessionRecord, initiateSession, promoteSession, sessionRecordDecrypt, sessionRecordEncrypt } from '../../src/protocol/session.js';
 import { parseUserId } from '../../src/protocol/userId.js';
-import { bundleToJson, decodePublicIdentityJson, publicIdentityToJson } from '../../src/protocol/wire.js';
+import {
+  bundleToJson,
+  decodeBundleJson,
+  decodeEnvelopeJson,
+  decodePublicIdentityJson,
+  envelopeToJson,
+  publicIdentityToJson,
+} from '../../src/protocol/wire.js';
 import { Profile } from '../harness/browser.js';
 import { expect } from '../harness/expect.js';
-import { flipCiphertextBit, Mitm, type PushedMessage, withHeader } from '../harness/mitm.js';
+import { flipCiphertextBit, type Link, Mitm, type PushedMessage, withHeader } from '../harness/mitm.js';
 import { type PageServer, pageFor } from '../harness/page.js';
 import { freePort, type Relay, startRelay } from '../harness/relay.js';
 import { bubble, online, openConversation, register, send, startConversation } from '../harness/ui.js';
@@ -109,6 +118,47 @@ async function attackerBundle(userId: string): Promise<{ bundle: ReturnType<type
   });
   return { bundle, identity };
 }
+
+/** What Mallory, presented by the relay as someone else, can do. */
+interface Impostor {
+  /** A record from her as the user she claims to be, ready to push (a prekey message until answered). */
+  write(text: string, counter: bigint, lastReceivedCounter: bigint): Promise<PushedMessage>;
+  /** Whether an envelope the victim sent decrypts with her session: sealed for her. */
+  reads(envelope: unknown): Promise<boolean>;
+}
+
+/**
+ * Mallory, whom the relay presents as `claimed` to `victim` with a correctly self-signed
+ * identity of her own: she starts a session with the victim's bundle (which the relay fetches
+ * on `link`, as it can) and writes records with whatever counters she likes. She holds no key
+ * of the real `claimed`, so the victim sees a key change.
+ */
+async function impostor(link: Link, fakeId: () => number, claimed: string, victim: string): Promise<Impostor> {
+  const identity = await generateIdentity();
+  const answer = await link.request('user:request-key', { userId: victim });
+  assert.ok(isRecord(answer) && answer['ok'] === true, `the relay handed out ${victim}'s bundle`);
+  const local = { userId: parseUserId(claimed), identity };
+  let state = promoteSession(emptySessionRecord(), await initiateSession(local, parseUserId(victim), await decodeBundleJson(answer['bundle'])));
+  return {
+    async write(text, counter, lastReceivedCounter) {
+      const sealed = await sessionRecordEncrypt(state, textRecord(text, { sentAt: BigInt(Date.now()), counter, lastReceivedCounter, lastReceivedDigest: noDigest() }));
+      state = sealed.state;
+      return { id: fakeId(), from: claimed, receivedAt: Date.now(), envelope: { ...envelopeToJson(sealed.envelope) } };
+    },
+    async reads(envelope) {
+      const noPrekeys = { signedPrekey: async () => null, oneTimePrekey: async () => null };
+      try {
+        await sessionRecordDecrypt(state, local, parseUserId(victim), await decodeEnvelopeJson(envelope), noPrekeys);
+        return true;
+      } catch {
+        return false;
+      }
+    },
+  };
+}
+
+/** The largest counter a record can carry. */
+const MAX_U64 = 2n ** 64n - 1n;
 
 const undecryptable = (page: Page) => page.locator('.messages li.msg[data-kind="undecryptable"]');
 const missingNotices = (page: Page) => page.locator('.messages li.notice[data-kind="missing"]');
@@ -294,6 +344,90 @@ describe('web client against a lying relay', () => {
     assert.notDeepEqual(resent['envelope'], sealed['envelope'], 'sealed afresh');
     const status = bubble(alice, 'sealed before the change').locator('[data-status="stored"], [data-status="delivered"]');
     await expect(status, 'stored by the relay').toHaveCount(1);
+  });
+
+  test('a prekey message from another identity, pushed while the client asks for the peer’s identity before sealing, is not sealed for', async () => {
+    const { alice, bob } = await aliceWroteToBob();
+    const mallory = await impostor(mitm.link('bob'), () => mitm.fakeId(), 'bob', 'alice');
+
+    // Alice's next login is answered only once she has written a message: it waits in the
+    // outbox, unsealed, and the flush after the login asks for bob's identity before sealing.
+    // While alice waits for that answer the relay slips in Mallory's prekey message as bob's,
+    // then answers honestly.
+    let releaseLogin = (): void => undefined;
+    const loginHeld = new Promise<void>((resolve) => (releaseLogin = resolve));
+    let injected = false;
+    mitm.answer = async (link, name, request, answer) => {
+      if (link.user !== 'alice') return answer;
+      if (name === 'auth:login') await loginHeld;
+      if (name === 'user:identity' && isRecord(request) && request['userId'] === 'bob' && !injected) {
+        injected = true;
+        link.push([await mallory.write('mallory as bob', 1n, 0n)]);
+        await sleep(300);
+      }
+      return answer;
+    };
+    const sendsBefore = mitm.sentBy('alice', 'message:send').length;
+    const loginsBefore = mitm.sentBy('alice', 'auth:login').length;
+    await alice.reload();
+    await mitm.waitFor('alice to log in again', () => mitm.sentBy('alice', 'auth:login').length > loginsBefore);
+    await openConversation(alice, 'bob');
+    await send(alice, 'only for bob');
+    releaseLogin();
+
+    await mitm.waitFor('the message to be sent', () => mitm.sentBy('alice', 'message:send').length > sendsBefore);
+    assert.ok(injected, 'Mallory’s message was pushed while alice waited for bob’s identity');
+    await expect(alice.getByRole('alert').filter({ hasText: 'bob’s safety number has changed' }), 'key change warning').toBeVisible();
+    await expect(bubble(alice, 'mallory as bob'), 'Mallory’s message, after the notice').toBeVisible();
+    // Sealed for the identity alice had accepted when she sealed it: bob's, never Mallory's.
+    const sends = mitm.sentBy('alice', 'message:send').slice(sendsBefore);
+    for (const sent of sends) {
+      assert.ok(isRecord(sent));
+      assert.equal(await mallory.reads(sent['envelope']), false, 'nothing alice sent decrypts for Mallory');
+    }
+    await expect(bubble(bob, 'only for bob'), 'bob reads it').toBeVisible();
+    await expect(undecryptable(bob), 'nothing undecryptable at bob').toHaveCount(0);
+    // And nothing more goes out while Mallory's key is pending.
+    await sleep(300);
+    assert.equal(mitm.sentBy('alice', 'message:send').length, sendsBefore + sends.length);
+    await expect(alice.getByRole('button', { name: 'Send' }), 'sending blocked').toBeDisabled();
+  });
+
+  test('records from an identity not accepted neither confirm ours nor move the count; accepting it starts the count afresh', async () => {
+    const { alice, bob } = await aliceWroteToBob();
+    await send(bob, 'hello alice');
+    await expect(bubble(alice, 'hello alice'), 'reply at alice').toBeVisible();
+    // Alice's next two messages reach the relay and never bob: stored, not delivered.
+    const hold = holdMessages('bob', 'alice');
+    await send(alice, 'two');
+    await send(alice, 'three');
+    await hold.next(2);
+    const status = (text: string) => bubble(alice, text).locator('[data-status]');
+    await expect(status('three'), 'stored by the relay').toHaveAttribute('data-status', 'stored');
+    const before = JSON.parse((await snapshot(alice, 'bob')).counters) as Record<string, unknown>;
+
+    // Mallory, as bob, claims to have received every record alice will ever write.
+    const mallory = await impostor(mitm.link('bob'), () => mitm.fakeId(), 'bob', 'alice');
+    mitm.link('alice').push([await mallory.write('mallory 1', 1n, MAX_U64)]);
+    await expect(bubble(alice, 'mallory 1'), 'shown, after the notice').toBeVisible();
+    await expect(alice.getByRole('alert').filter({ hasText: 'bob’s safety number has changed' }), 'key change warning').toBeVisible();
+    for (const text of ['two', 'three']) await expect(status(text), `${text} still only stored`).toHaveAttribute('data-status', 'stored');
+    const after = JSON.parse((await snapshot(alice, 'bob')).counters) as Record<string, unknown>;
+    assert.deepEqual({ ...after, lastCounter: null, lastDigest: null }, { ...before, lastCounter: null, lastDigest: null }, 'only what alice’s next record names changed');
+    assert.equal(after['lastCounter'], '1n');
+    for (const kind of ['missing', 'unconfirmed', 'digest_mismatch']) {
+      await expect(alice.locator(`.messages li.notice[data-kind="${kind}"]`), `no ${kind} notice`).toHaveCount(0);
+    }
+
+    // Accepted (compared, or not): Mallory's next record, whatever its counter, starts the count.
+    await alice.getByRole('button', { name: 'Accept new key' }).click();
+    await expect(alice.getByRole('alert').filter({ hasText: 'bob’s safety number has changed' }), 'warning gone').toHaveCount(0);
+    mitm.link('alice').push([await mallory.write('mallory 5', 5n, 0n)]);
+    await expect(bubble(alice, 'mallory 5'), 'her next record').toBeVisible();
+    await expect(missingNotices(alice), 'no gap before the first counted record').toHaveCount(0);
+    const counted = JSON.parse((await snapshot(alice, 'bob')).counters) as { receivedContiguous: string; receivedAbove: unknown[] };
+    assert.equal(counted.receivedContiguous, '5n');
+    assert.deepEqual(counted.receivedAbove, []);
   });
 
   test('a send refused as unauthenticated (it reached a new connection before the login) stays queued and goes after the login', async () => {

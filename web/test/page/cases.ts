@@ -1,11 +1,12 @@
 /**
  * In-page harness: runs every portable protocol case (the shared vectors and the unit tests of
- * test/all.ts) and the browser-only store cases in the browser that loads it, with vectors
- * fetched from `/test-vectors/`, and publishes the outcome on `window.sottoCases` for the
- * Playwright test to read.
+ * test/all.ts) and the browser-only store and client cases in the browser that loads it, with
+ * vectors fetched from `/test-vectors/`, and publishes the outcome on `window.sottoCases` for
+ * the Playwright test to read.
  */
 
 import { allCases } from '../all.js';
+import { tests as clientCases } from '../app/client.test.js';
 import { tests as storeCases } from '../store/store.test.js';
 
 export interface CaseOutcome {
@@ -23,8 +24,8 @@ declare global {
 
 async function runAll(): Promise<CaseOutcome[]> {
   const portable = await allCases(async (file) => (await fetch(`/test-vectors/${file}`)).json() as Promise<unknown>);
-  // The store needs IndexedDB, which only the browser has.
-  const cases = [...portable, ...storeCases];
+  // The store and the client need IndexedDB, which only the browser has.
+  const cases = [...portable, ...storeCases, ...clientCases];
   const outcomes: CaseOutcome[] = [];
   for (const c of cases) {
     try {
