@@ -149,6 +149,11 @@ impl<A: Adapter> LocalSockets<A> {
 /// How long what the relay knows about a recipient (that it exists, how much is queued) is
 /// trusted before it is read again.
 const RECIPIENT_CACHE_TTL: Duration = Duration::from_secs(60);
+/// How long "no such user" is trusted. A registration clears the entry on its own node only:
+/// with several nodes, a user who just registered elsewhere would be refused `unknown_user`
+/// (for good, by clients) for as long as this. Short, but not zero, so a burst of sends to a
+/// name that does not exist costs one read a second.
+const UNKNOWN_RECIPIENT_TTL: Duration = Duration::from_secs(1);
 
 /// What the queue writer remembers about a recipient.
 #[derive(Debug, Clone, Copy)]
@@ -174,7 +179,10 @@ impl RecipientCache {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
             .get(user)
-            .filter(|info| now.duration_since(info.read_at) < RECIPIENT_CACHE_TTL)
+            .filter(|info| {
+                let ttl = if info.exists { RECIPIENT_CACHE_TTL } else { UNKNOWN_RECIPIENT_TTL };
+                now.duration_since(info.read_at) < ttl
+            })
             .copied()
     }
 
@@ -483,5 +491,24 @@ impl Connection {
         };
         let mut state = self.lock();
         state.events.get_or_insert_with(|| TokenBucket::full(rate, now)).take(rate, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_recipient_is_read_again_soon_a_known_one_later() {
+        let cache = RecipientCache::default();
+        let read_at = Instant::now();
+        cache.put("ghost", RecipientInfo { exists: false, pending: 0, read_at });
+        cache.put("bob", RecipientInfo { exists: true, pending: 3, read_at });
+        let soon = read_at + Duration::from_millis(500);
+        assert!(cache.get("ghost", soon).is_some_and(|info| !info.exists));
+        let later = read_at + Duration::from_secs(2);
+        assert!(cache.get("ghost", later).is_none(), "registered on another node meanwhile?");
+        assert!(cache.get("bob", later).is_some_and(|info| info.exists && info.pending == 3));
+        assert!(cache.get("bob", read_at + RECIPIENT_CACHE_TTL).is_none());
     }
 }
