@@ -48,8 +48,9 @@ pub enum RelayError {
     /// The relay refused (its words made printable: a relay is not trusted with the terminal).
     #[error("{}: {}", printable(&.0.error), printable(&.0.message))]
     Refused(Refusal),
-    /// The relay answered something this client does not understand.
-    #[error("unexpected answer from the relay: {0}")]
+    /// The relay answered something this client does not understand. The text may quote
+    /// the relay (serde names an unknown field as sent), so it is made printable too.
+    #[error("unexpected answer from the relay: {}", printable(.0))]
     Unexpected(String),
 }
 
@@ -519,6 +520,27 @@ mod tests {
             (upload.prekeys_held(), upload.one_time_prekeys_kept),
             (PrekeysHeld::Unknown, None)
         );
+    }
+
+    /// serde quotes an unknown field's name as sent, and the answer types refuse unknown
+    /// fields, so a relay picks that text: it must not reach the terminal as escapes.
+    #[test]
+    fn an_unexpected_answer_is_printable() {
+        #[derive(Debug, Deserialize)]
+        struct Answer {
+            #[allow(dead_code)] // only decoded
+            identity: PublicIdentityJson,
+        }
+        let evil = serde_json::json!({
+            "ok": true,
+            "identity": { "\u{1b}]0;owned\u{7}\u{1b}[2J\u{9b}": 0 }
+        });
+        let error = decode_answer::<Answer>(evil).unwrap_err();
+        assert!(matches!(error, RelayError::Unexpected(_)), "{error:?}");
+        let shown = error.to_string();
+        assert!(shown.contains("unknown field"), "{shown}");
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("\\u{001b}]0;owned"), "{shown}");
     }
 
     #[test]
