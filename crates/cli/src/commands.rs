@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use sotto_client::display::printable;
 use sotto_client::relay::{RelayClient, RelayError};
 use sotto_client::socketio::Push;
-use sotto_client::{Client, ClientError, Event};
+use sotto_client::{Client, ClientError, Event, Trusted};
 use sotto_protocol::UserId;
 use tokio::sync::mpsc;
 
@@ -390,13 +390,17 @@ pub async fn verify(place: &Place, peer: &str, yes: bool) -> anyhow::Result<()> 
 }
 
 /// `sotto trust USER`: accepts a changed identity key.
-pub async fn trust(place: &Place, peer: &str) -> anyhow::Result<()> {
+pub async fn trust(place: &Place, peer: &str, expected: Option<&str>) -> anyhow::Result<()> {
     let peer = parse_user(peer)?;
     let (client, _server) = open(place).await?;
-    if !client.trust(&peer).await? {
-        bail!("{peer}'s identity has not changed; nothing to accept");
-    }
-    let (number, _) = client.safety_number(&peer).await?;
+    let number = match client.trust(&peer, expected).await? {
+        Trusted::Accepted(number) => number,
+        Trusted::NothingPending => bail!("{peer}'s identity has not changed; nothing to accept"),
+        Trusted::OtherNumber => bail!(
+            "{peer}'s pending key does not have that safety number (it may have changed again): \
+             nothing accepted; run `sotto safety-number {peer}` and compare again"
+        ),
+    };
     println!("{}", number.grouped());
     eprintln!(
         "accepted {peer}'s new identity; compare the safety number above, then run: sotto verify {peer}"

@@ -74,6 +74,11 @@ enum Command {
     Trust {
         /// The contact.
         user: String,
+        /// The new safety number you compared (`sotto safety-number USER`): accepted only if
+        /// the pending key still has it. Without it, whatever key is pending is accepted and
+        /// its number printed, to compare afterwards.
+        #[arg(long, value_name = "DIGITS")]
+        number: Option<String>,
     },
     /// The terminal chat: conversations, safety numbers, key-change warnings. `?` for help.
     Chat,
@@ -270,7 +275,7 @@ async fn run(cli: Cli) -> std::process::ExitCode {
         Command::Recv { wait, json } => commands::recv(&place, wait, json).await,
         Command::SafetyNumber { user } => commands::safety_number(&place, &user).await,
         Command::Verify { user, yes } => commands::verify(&place, &user, yes).await,
-        Command::Trust { user } => commands::trust(&place, &user).await,
+        Command::Trust { user, number } => commands::trust(&place, &user, number.as_deref()).await,
         Command::Chat => tui::run(&place).await,
         Command::Bench(_) => Ok(()),
     };

@@ -14,12 +14,14 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use sotto_client::client::{Client, Event};
+use sotto_client::client::{Client, Event, Trusted};
 use sotto_client::relay::{ReceivedMessage, RelayClient};
 use sotto_client::socketio::Push;
 use sotto_protocol::prekeys::{OneTimePrekey, PrekeyBundle, SignedPrekey};
+use sotto_protocol::record::MessageDigest;
+use sotto_protocol::session::{LocalParty, Session};
 use sotto_protocol::wire::{PublicIdentityJson, b64, from_b64};
-use sotto_protocol::{IdentityKeyPair, UserId};
+use sotto_protocol::{IdentityKeyPair, Record, UserId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
@@ -508,7 +510,20 @@ async fn a_message_sealed_before_a_key_change_waits_for_trust_and_is_sealed_afre
 
     // Once the user accepts the new identity, the entry is sealed again, for that identity,
     // and sent.
-    assert!(alice.client.trust(&bob_id).await.unwrap());
+    // Accepting names the number the user compared: another one is refused, changing nothing.
+    let (shown, changed) = alice.client.safety_number(&bob_id).await.unwrap();
+    assert!(changed);
+    let other: String = shown.digits().chars().rev().collect();
+    assert_eq!(alice.client.trust(&bob_id, Some(&other)).await.unwrap(), Trusted::OtherNumber);
+    assert_eq!(
+        alice.client.store().outbox().await.unwrap()[0].envelope.as_deref(),
+        Some(sealed.as_str())
+    );
+    assert!(alice.client.safety_number(&bob_id).await.unwrap().1, "still pending");
+    assert_eq!(
+        alice.client.trust(&bob_id, Some(&shown.grouped())).await.unwrap(),
+        Trusted::Accepted(shown)
+    );
     assert_eq!(alice.client.store().outbox().await.unwrap()[0].envelope, None);
     let events = alice.client.flush_outbox(&alice.relay).await.unwrap();
     assert!(has(&events, |e| matches!(e, Event::Stored { .. })), "{events:?}");
@@ -715,6 +730,77 @@ async fn reordered_and_delayed_messages_arrive_once_each() {
 }
 
 // ---- delivery the relay keeps quiet about ----------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_from_an_unaccepted_identity_confirms_and_counts_nothing() {
+    let relay = LyingRelay::start().await;
+    relay.attack(HideDelivery);
+    let dir = tempfile::tempdir().unwrap();
+    let mut bob = Person::register(&dir.path().join("bob"), &relay.direct, "bob").await;
+    let mut alice = Person::register(&dir.path().join("alice"), &relay.proxied, "alice").await;
+    alice.send("bob", "did you get this?").await;
+    bob.receive_until(|e| received(e) == 1).await;
+    bob.send("alice", "yes").await;
+    alice.receive_until(|e| received(e) == 1).await;
+    alice.send("bob", "and this one?").await;
+    let status = |history: &[sotto_client::store::StoredMessage]| {
+        history.iter().filter(|m| m.outgoing).map(|m| m.status.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        status(&alice.client.store().history("bob", 10).await.unwrap()),
+        ["delivered", "stored"]
+    );
+    let counters = alice.client.store().counters("bob").await.unwrap();
+
+    // The relay's own "bob" writes a first message to Alice with her public bundle, saying it
+    // received all of Alice's records, numbered far ahead of Bob's.
+    let alice_id = UserId::parse("alice").unwrap();
+    let bundle = bob.relay.request_bundle(&alice_id).await.unwrap();
+    let mallory = IdentityKeyPair::generate(&mut rand::rng());
+    let fake_bob = UserId::parse("bob").unwrap();
+    let mut session = Session::initiate(
+        LocalParty { user: &fake_bob, identity: &mallory },
+        &alice_id,
+        &bundle,
+        &mut rand::rng(),
+    )
+    .unwrap();
+    let record = Record::text("trust me", 1_700_000_000_000, 1_000, u64::MAX, MessageDigest::NONE);
+    let (envelope, _) = session.encrypt(&record).unwrap();
+    let forged: Value = serde_json::from_str(&envelope.to_json()).unwrap();
+    relay.attack(per_message(move |_, mut message| {
+        message["envelope"] = forged.clone();
+        vec![message]
+    }));
+    bob.send("alice", "whatever").await;
+    let events = alice.receive_until(|e| received(e) == 1).await;
+    assert!(
+        has(&events, |e| matches!(e, Event::KeyChanged { peer } if peer == "bob")),
+        "{events:?}"
+    );
+    assert!(!has(&events, |e| matches!(e, Event::Delivered(_))), "confirms nothing: {events:?}");
+    assert!(!has(&events, |e| matches!(e, Event::Missing { .. })), "{events:?}");
+    assert_eq!(alice.received_texts("bob").await, ["yes", "trust me"], "shown, after the warning");
+    assert_eq!(
+        status(&alice.client.store().history("bob", 10).await.unwrap()),
+        ["delivered", "stored"],
+        "the unaccepted identity's word changes nothing of ours"
+    );
+    let after = alice.client.store().counters("bob").await.unwrap();
+    assert_eq!(after.received_contiguous, counters.received_contiguous);
+    assert_eq!(after.received_above, counters.received_above);
+    assert_eq!(after.peer_received, counters.peer_received);
+    assert_eq!(after.last_counter, 1_000, "what Alice's next record names follows it");
+
+    // Accepting it starts the count afresh: its next record sets where counting starts.
+    let (shown, _) = alice.client.safety_number(&fake_bob).await.unwrap();
+    assert_eq!(
+        alice.client.trust(&fake_bob, Some(shown.digits())).await.unwrap(),
+        Trusted::Accepted(shown)
+    );
+    let reset = alice.client.store().counters("bob").await.unwrap();
+    assert_eq!((reset.received_contiguous, reset.received_above.len()), (0, 0));
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_peers_reply_confirms_a_delivery_the_relay_kept_quiet_about() {

@@ -23,7 +23,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::relay::{Incoming, LoginAnswer, PrekeysHeld, ReceivedMessage, RelayClient, RelayError};
 use crate::socketio::Push;
-use crate::store::{self, LocalIdentity, Seen, Store, StoreError, StoredMessage};
+use crate::store::{self, LocalIdentity, PeerWord, Seen, Store, StoreError, StoredMessage};
 
 /// One-time prekeys kept uploaded.
 pub const PREKEY_TARGET: usize = 100;
@@ -89,6 +89,18 @@ pub enum ClientError {
     /// A protocol failure that should not happen with an honest peer.
     #[error("{0}")]
     Protocol(String),
+}
+
+/// What [`Client::trust`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trusted {
+    /// The pending identity is accepted; its safety number, to compare (and then verify).
+    Accepted(SafetyNumber),
+    /// No identity was pending: nothing to accept.
+    NothingPending,
+    /// The pending identity's safety number is not the one given (another identity became
+    /// pending since it was shown): nothing changed.
+    OtherNumber,
 }
 
 /// Something the user should see.
@@ -580,7 +592,20 @@ impl Client {
             Some(Some(envelope)) => return Ok(Some(envelope)),
             Some(None) => {}
         }
+        // Checked again where it counts: a prekey message from another identity, handled
+        // since `confirm_identity` (the peer lock was free in between), may have made that
+        // identity pending and its session the current one. Nothing is sealed for a key the
+        // user has not accepted.
+        let contact = store::contact(&mut tx, peer.as_str()).await?;
+        if contact.as_ref().is_some_and(|contact| contact.pending.is_some()) {
+            return Err(ClientError::KeyChanged(peer.to_string()));
+        }
         let mut record = store::session(&mut tx, peer.as_str()).await?;
+        if let (Some(contact), Some(current)) = (&contact, record.current())
+            && !current.remote_identity().same_keys(&contact.identity)
+        {
+            return Err(ClientError::KeyChanged(peer.to_string()));
+        }
         if !record.can_encrypt() {
             let bundle = bundle.ok_or_else(|| {
                 ClientError::Protocol("the session was dropped while sealing; retry".into())
@@ -713,36 +738,40 @@ impl Client {
             store::delete_one_time_prekey(&mut tx, id).await?;
         }
         let mut counters = store::counters(&mut tx, sender.as_str()).await?;
-        if seen == Seen::Changed {
-            // A new identity starts its own count, once: with the first record of its session
-            // (PROTOCOL.md §7.3). Every record from an identity not yet accepted is "changed",
-            // and resetting on each hid every gap until the user accepted it.
-            if decrypted.new_session {
-                counters.received_contiguous = 0;
-                counters.received_above.clear();
-            }
-            events.push(Event::KeyChanged { peer: sender.to_string() });
-        }
         let plaintext = &decrypted.record;
-        if counters.received_contiguous == 0 && counters.received_above.is_empty() {
-            // The first record seen from this identity sets where counting starts (a new device
-            // of ours, or a peer's new device, joins a conversation midway).
-            counters.received_contiguous = plaintext.counter.saturating_sub(1);
-        }
         let missing_before = counters.missing();
-        let confirmed_before = counters.peer_received;
-        counters.note_received(plaintext.counter, decrypted.digest);
-        counters.peer_received = counters.peer_received.max(plaintext.last_received_counter);
-        let word = store::check_peer_word(
-            &mut tx,
-            sender.as_str(),
-            plaintext.last_received_counter,
-            &plaintext.last_received_digest,
-            confirmed_before,
-            i64::try_from(plaintext.sent_at).unwrap_or(i64::MAX),
-            now,
-        )
-        .await?;
+        let word = if seen == Seen::Changed {
+            // From an identity the user has not accepted: shown, after the warning, but it
+            // says nothing about the accepted identity's records or about which of ours
+            // arrived (a relay with keys of its own could otherwise mark everything of ours
+            // delivered or hide a gap). Only what our next record names follows it, which
+            // matters once this identity is accepted: sending is blocked until then.
+            // Accepting starts the count afresh (PROTOCOL.md §7.3).
+            events.push(Event::KeyChanged { peer: sender.to_string() });
+            counters.last_counter = plaintext.counter;
+            counters.last_digest = decrypted.digest;
+            PeerWord::default()
+        } else {
+            if counters.received_contiguous == 0 && counters.received_above.is_empty() {
+                // The first record seen from this identity sets where counting starts (a new
+                // device of ours, or a peer's identity just accepted, joins a conversation
+                // midway).
+                counters.received_contiguous = plaintext.counter.saturating_sub(1);
+            }
+            let confirmed_before = counters.peer_received;
+            counters.note_received(plaintext.counter, decrypted.digest);
+            counters.peer_received = counters.peer_received.max(plaintext.last_received_counter);
+            store::check_peer_word(
+                &mut tx,
+                sender.as_str(),
+                plaintext.last_received_counter,
+                &plaintext.last_received_digest,
+                confirmed_before,
+                i64::try_from(plaintext.sent_at).unwrap_or(i64::MAX),
+                now,
+            )
+            .await?
+        };
         let body = match &plaintext.body {
             RecordBody::Text(text) => Some(text.to_string()),
             RecordBody::Receipt(_) => None,
@@ -872,11 +901,34 @@ impl Client {
         Ok(true)
     }
 
-    /// Accepts `peer`'s changed identity. False if nothing had changed.
-    pub async fn trust(&self, peer: &UserId) -> Result<bool, ClientError> {
-        let accepted = self.store.accept_pending(peer.as_str()).await?;
+    /// Accepts `peer`'s changed identity. With `expected` (the safety number the user
+    /// compared, spaces ignored), only if the pending identity still has that number: a relay
+    /// can make up another pending identity between the comparison and the acceptance.
+    pub async fn trust(
+        &self,
+        peer: &UserId,
+        expected: Option<&str>,
+    ) -> Result<Trusted, ClientError> {
+        let Some(pending) =
+            self.store.contact(peer.as_str()).await?.and_then(|contact| contact.pending)
+        else {
+            return Ok(Trusted::NothingPending);
+        };
+        let number =
+            SafetyNumber::compute(&self.local.user, self.local.keys.public(), peer, &pending);
+        if let Some(expected) = expected {
+            let digits: String = expected.chars().filter(|c| !c.is_whitespace()).collect();
+            if digits != number.digits() {
+                return Ok(Trusted::OtherNumber);
+            }
+        }
+        let outcome = match self.store.accept_pending(peer.as_str(), &pending).await? {
+            store::Accepted::Accepted => Trusted::Accepted(number),
+            store::Accepted::NothingPending => Trusted::NothingPending,
+            store::Accepted::PendingChanged => Trusted::OtherNumber,
+        };
         self.checked.lock().unwrap_or_else(|e| e.into_inner()).remove(peer.as_str());
-        Ok(accepted)
+        Ok(outcome)
     }
 
     /// Our public identity, as the relay knows it.

@@ -16,4 +16,4 @@ pub mod relay;
 pub mod socketio;
 pub mod store;
 
-pub use client::{Client, ClientError, Event};
+pub use client::{Client, ClientError, Event, Trusted};

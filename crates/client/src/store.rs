@@ -72,6 +72,17 @@ pub struct Contact {
     pub pending: Option<PublicIdentity>,
 }
 
+/// What [`Store::accept_pending`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// The pending identity is now the accepted one.
+    Accepted,
+    /// No identity was pending.
+    NothingPending,
+    /// Another identity than the expected one is pending now: nothing changed.
+    PendingChanged,
+}
+
 /// The columns [`message_from_row`] reads, in its order.
 macro_rules! message_columns {
     () => {
@@ -102,9 +113,12 @@ impl Counters {
         if counter > self.received_contiguous && !self.received_above.contains(&counter) {
             self.received_above.push(counter);
             self.received_above.sort_unstable();
-            while self.received_above.first() == Some(&(self.received_contiguous + 1)) {
+            // Checked: a peer's counter may be u64::MAX, past which nothing can follow.
+            while let Some(next) = self.received_contiguous.checked_add(1)
+                && self.received_above.first() == Some(&next)
+            {
                 self.received_above.remove(0);
-                self.received_contiguous += 1;
+                self.received_contiguous = next;
             }
         }
         self.last_counter = counter;
@@ -590,16 +604,27 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Accepts a contact's changed identity: it becomes the accepted one (unverified), and
-    /// sessions with the old identity are dropped so the next message starts afresh.
-    pub async fn accept_pending(&self, peer: &str) -> Result<bool, StoreError> {
+    /// Accepts a contact's changed identity, if it is still `expected` (the one whose safety
+    /// number the user was shown): it becomes the accepted one (unverified), sessions with the
+    /// old identity are dropped so the next message starts afresh, and the count of the
+    /// peer's records starts again with the new identity's next one (PROTOCOL.md §7.3).
+    pub async fn accept_pending(
+        &self,
+        peer: &str,
+        expected: &PublicIdentity,
+    ) -> Result<Accepted, StoreError> {
         // One write transaction from the read on: a receive in another process cannot slip a
         // session or a pending identity in between.
         let mut tx = self.begin().await?;
         let Some(pending) = contact(&mut tx, peer).await?.and_then(|contact| contact.pending)
         else {
-            return Ok(false);
+            return Ok(Accepted::NothingPending);
         };
+        if !pending.same_keys(expected) {
+            // Another identity became pending since the user looked (a relay can make one
+            // up at any moment): accepting it would trust keys nobody compared.
+            return Ok(Accepted::PendingChanged);
+        }
         let json = identity_text(&pending);
         sqlx::query(
             "UPDATE contacts SET signing = $2, dh = $3, signature = $4, verified = 0, \
@@ -629,8 +654,14 @@ impl Store {
             .bind(peer)
             .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "UPDATE conversations SET received_contiguous = 0, received_above = '' WHERE peer = $1",
+        )
+        .bind(peer)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Accepted::Accepted)
     }
 
     // ---- conversations and history ---------------------------------------------------------
@@ -1297,6 +1328,17 @@ pub fn digest_text(digest: &MessageDigest) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer's counter is any u64; the last one possible must not overflow the count.
+    #[test]
+    fn counters_take_the_largest_counter() {
+        let mut counters = Counters { received_contiguous: u64::MAX - 1, ..Counters::default() };
+        counters.note_received(u64::MAX, MessageDigest::NONE);
+        assert_eq!(counters.received_contiguous, u64::MAX);
+        assert_eq!(counters.missing(), 0);
+        counters.note_received(u64::MAX, MessageDigest::NONE);
+        assert_eq!((counters.received_contiguous, counters.missing()), (u64::MAX, 0));
+    }
 
     #[test]
     fn counters_track_gaps_and_late_arrivals() {

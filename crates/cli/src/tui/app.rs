@@ -70,8 +70,14 @@ pub enum Action {
     ShowSafetyNumber(String),
     /// Mark `peer` verified.
     Verify(String),
-    /// Accept `peer`'s changed identity.
-    Trust(String),
+    /// Accept `peer`'s changed identity, if its safety number is still `number` (the one
+    /// shown when the user chose to accept).
+    Trust {
+        /// Whose.
+        peer: String,
+        /// The 60 digits shown.
+        number: String,
+    },
 }
 
 /// A contact's state in the conversation header.
@@ -204,6 +210,7 @@ impl App {
     }
 
     fn on_overlay_key(&mut self, overlay: Overlay, key: KeyEvent) -> Action {
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
         match overlay {
             Overlay::Help => {
                 self.overlay = None;
@@ -230,25 +237,25 @@ impl App {
                 }
                 _ => Action::None,
             },
-            Overlay::SafetyNumber { peer, verified, changed, .. } => match key.code {
-                KeyCode::Char('v') if !verified && !changed => {
+            Overlay::SafetyNumber { peer, groups, verified, changed } => match key.code {
+                KeyCode::Char('v') if !verified && !changed && !ctrl => {
                     self.overlay = None;
                     Action::Verify(peer)
                 }
-                KeyCode::Char('a') if changed => {
+                // A chord, not a letter: the warning that leads here opens by itself, often
+                // while the user is typing, and a stray key must never trust a new key.
+                KeyCode::Char('a') if changed && ctrl => {
                     self.overlay = None;
-                    Action::Trust(peer)
+                    Action::Trust { peer, number: groups.concat() }
                 }
                 _ => {
                     self.overlay = None;
                     Action::None
                 }
             },
+            // Accepting goes through the new safety number (and a chord there), never from
+            // here: this warning appears unasked, in the middle of typing.
             Overlay::KeyChanged { peer } => match key.code {
-                KeyCode::Char('a') => {
-                    self.overlay = None;
-                    Action::Trust(peer)
-                }
                 KeyCode::Char('s') => Action::ShowSafetyNumber(peer),
                 KeyCode::Esc => {
                     self.overlay = None;
@@ -311,7 +318,39 @@ mod tests {
         assert_eq!(app.overlay, Some(Overlay::KeyChanged { peer: "bob".into() }));
         assert_eq!(app.on_key(key(KeyCode::Enter)), Action::None, "blocking");
         assert_eq!(app.on_key(key(KeyCode::Char('x'))), Action::None, "blocking");
-        assert_eq!(app.on_key(key(KeyCode::Char('a'))), Action::Trust("bob".into()));
+        assert_eq!(app.on_key(key(KeyCode::Char('a'))), Action::None, "no letter accepts here");
+        assert_eq!(app.on_key(ctrl('a')), Action::None, "nor a chord: the number comes first");
+        assert_eq!(app.overlay, Some(Overlay::KeyChanged { peer: "bob".into() }));
+        assert_eq!(app.on_key(key(KeyCode::Char('s'))), Action::ShowSafetyNumber("bob".into()));
+    }
+
+    #[test]
+    fn a_changed_key_is_accepted_only_by_a_chord_on_its_safety_number() {
+        let groups: Vec<String> = (0..12).map(|i| format!("{i:05}")).collect();
+        let number = || Overlay::SafetyNumber {
+            peer: "bob".into(),
+            groups: groups.clone(),
+            verified: false,
+            changed: true,
+        };
+        let mut app = App::new("alice");
+        app.selected = Some("bob".into());
+        app.peer.key_changed = true;
+        app.overlay = Some(number());
+        assert_eq!(app.on_key(key(KeyCode::Char('a'))), Action::None, "a typed letter closes");
+        assert_eq!(app.overlay, None);
+        app.overlay = Some(number());
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('v'))),
+            Action::None,
+            "a changed key is not verified"
+        );
+        app.overlay = Some(number());
+        assert_eq!(
+            app.on_key(ctrl('a')),
+            Action::Trust { peer: "bob".into(), number: groups.concat() },
+            "the number shown goes with the acceptance"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crossterm::event::{Event as TermEvent, EventStream, KeyEventKind};
 use futures_util::StreamExt;
 use rand::RngExt;
 use sotto_client::relay::RelayError;
-use sotto_client::{Client, ClientError, Event};
+use sotto_client::{Client, ClientError, Event, Trusted};
 use sotto_protocol::UserId;
 use tokio::sync::mpsc;
 
@@ -207,12 +207,19 @@ async fn perform(
                 let _ = updates.send(Update::Notice(format!("{peer} is verified")));
                 let _ = updates.send(Update::Changed);
             }
-            Action::Trust(peer) => {
+            Action::Trust { peer, number } => {
                 let peer = parse(&peer)?;
-                client.trust(&peer).await?;
-                let _ = updates.send(Update::Notice(format!(
-                    "accepted {peer}'s new key; verify the safety number (Ctrl-S)"
-                )));
+                let notice = match client.trust(&peer, Some(&number)).await? {
+                    Trusted::Accepted(_) => {
+                        format!("accepted {peer}'s new key; mark it verified from its safety number (Ctrl-S)")
+                    }
+                    Trusted::NothingPending => format!("{peer}'s key has not changed"),
+                    Trusted::OtherNumber => format!(
+                        "{peer}'s key changed again since that number was shown: nothing accepted; \
+                         compare the new number (Ctrl-S)"
+                    ),
+                };
+                let _ = updates.send(Update::Notice(notice));
                 if let Some(relay) = relay {
                     let events = client.flush_outbox(relay).await?;
                     let _ = updates.send(Update::Events(events));

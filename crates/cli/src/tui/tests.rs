@@ -118,7 +118,7 @@ fn the_key_change_warning_and_safety_number_render() {
     app.overlay = Some(Overlay::KeyChanged { peer: "bob".into() });
     let text = screen(&app, 100, 24);
     assert!(text.contains("bob's security key has changed"), "{text}");
-    assert!(text.contains("a: accept new key"), "{text}");
+    assert!(text.contains("s: show the new safety number"), "{text}");
     assert!(text.contains("⚠ key changed"), "{text}");
 
     app.overlay = Some(Overlay::SafetyNumber {

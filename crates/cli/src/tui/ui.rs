@@ -269,7 +269,7 @@ fn draw_overlay(frame: &mut Frame<'_>, overlay: &Overlay) {
             lines.push(Line::raw(""));
             lines.push(Line::styled(
                 if *changed {
-                    "This is the NEW number. a: accept the new key · any key: close".to_owned()
+                    "NEW number. Ctrl-A: it matches, accept it · any key: close".to_owned()
                 } else if *verified {
                     "✔ verified · any key to close".to_owned()
                 } else {
@@ -293,7 +293,7 @@ fn draw_overlay(frame: &mut Frame<'_>, overlay: &Overlay) {
                 Line::raw(format!("Check the new safety number with {peer} first.")),
                 Line::raw(""),
                 Line::styled(
-                    "s: show safety number · a: accept new key · Esc: not now",
+                    "s: show the new safety number (accept it from there) · Esc: not now",
                     Style::new().fg(Color::Yellow),
                 ),
             ],
