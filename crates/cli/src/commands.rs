@@ -253,8 +253,8 @@ pub async fn recv(place: &Place, wait: Option<u64>, json: bool) -> anyhow::Resul
         ),
     }
     let mut out = std::io::stdout().lock();
-    // Saved by an earlier run that stopped before printing them.
-    for message in client.store().unseen().await? {
+    // Saved by an earlier run that stopped before printing them (not by one running now).
+    for message in client.store().claim_unseen().await? {
         if stop.asked() {
             break;
         }

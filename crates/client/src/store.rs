@@ -236,6 +236,7 @@ fn migrator() -> Migrator {
             "indexes for arrivals",
             include_str!("../migrations/0006_indexes_for_arrivals.sql"),
         ),
+        migration(7, "saved by", include_str!("../migrations/0007_saved_by.sql")),
     ])
 }
 
@@ -734,16 +735,36 @@ impl Store {
     }
 
     /// Incoming messages saved but not yet shown to the user, oldest first (a `recv` that was
-    /// killed between saving and printing prints them next time).
-    pub async fn unseen(&self) -> Result<Vec<StoredMessage>, StoreError> {
+    /// killed between saving and printing prints them next time), claimed for this process:
+    /// those that a process still running saved are left to it, as it is showing them now.
+    pub async fn claim_unseen(&self) -> Result<Vec<StoredMessage>, StoreError> {
+        let me = i64::from(std::process::id());
+        // One write transaction: two processes starting at once cannot both claim a row.
+        let mut tx = self.begin().await?;
         let rows = sqlx::query(concat!(
             "SELECT ",
             message_columns!(),
-            " FROM messages WHERE outgoing = 0 AND seen = 0 ORDER BY id"
+            ", saved_by FROM messages WHERE outgoing = 0 AND seen = 0 ORDER BY id"
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(rows.iter().map(message_from_row).collect())
+        let mut claimed = Vec::new();
+        for row in &rows {
+            let saved_by: Option<i64> = row.get(9);
+            // A process that is still running shows what it saved itself.
+            if saved_by.is_some_and(|pid| pid != me && process_running(pid)) {
+                continue;
+            }
+            let message = message_from_row(row);
+            sqlx::query("UPDATE messages SET saved_by = $2 WHERE id = $1")
+                .bind(message.id)
+                .bind(me)
+                .execute(&mut *tx)
+                .await?;
+            claimed.push(message);
+        }
+        tx.commit().await?;
+        Ok(claimed)
     }
 
     /// Marks messages shown.
@@ -1114,7 +1135,8 @@ pub async fn insert_message(
 ) -> Result<i64, StoreError> {
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO messages (peer, outgoing, body, counter, sent_at, received_at, client_id, \
-           server_id, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+           server_id, status, saved_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         RETURNING id",
     )
     .bind(&message.peer)
     .bind(i64::from(message.outgoing))
@@ -1125,9 +1147,17 @@ pub async fn insert_message(
     .bind(client_id)
     .bind(message.server_id)
     .bind(&message.status)
+    .bind(i64::from(std::process::id()))
     .fetch_one(tx)
     .await?;
     Ok(id)
+}
+
+/// Whether the process `pid` is running (Linux: its `/proc` entry exists). Elsewhere it is
+/// taken as gone, so at worst a message is shown twice, never not at all. A pid reused by
+/// another process since keeps that run's unprinted messages back until it ends.
+fn process_running(pid: i64) -> bool {
+    cfg!(target_os = "linux") && Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Deletes a used one-time prekey.
@@ -1328,6 +1358,47 @@ pub fn digest_text(digest: &MessageDigest) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two receivers on one store: what one saved while running is its own to show; what a
+    /// run that ended saved unshown is the next run's.
+    #[tokio::test]
+    async fn unseen_messages_saved_by_a_running_process_are_left_to_it() {
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::open(home.path()).await.unwrap();
+        let mut ended = std::process::Command::new("true").spawn().unwrap();
+        ended.wait().unwrap();
+        for (n, pid) in [(1, None), (2, Some(1)), (3, Some(i64::from(ended.id())))] {
+            let mut tx = store.begin().await.unwrap();
+            let message = StoredMessage {
+                id: 0,
+                peer: "alice".into(),
+                outgoing: false,
+                body: Some(format!("message {n}")),
+                counter: Some(n),
+                sent_at: 0,
+                received_at: Some(0),
+                server_id: Some(n as i64),
+                status: "received".into(),
+            };
+            let id = insert_message(&mut tx, &message, None).await.unwrap();
+            sqlx::query("UPDATE messages SET saved_by = $2 WHERE id = $1")
+                .bind(id)
+                .bind(pid)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+        let bodies = |messages: Vec<StoredMessage>| {
+            messages.into_iter().filter_map(|m| m.body).collect::<Vec<_>>()
+        };
+        // Process 1 (init) runs for as long as the machine: its message stays its own.
+        let claimed = bodies(store.claim_unseen().await.unwrap());
+        assert_eq!(claimed, ["message 1", "message 3"]);
+        // Claimed, they are this process's now: claimed again by it (not yet marked seen),
+        // and by nobody else while it runs.
+        assert_eq!(bodies(store.claim_unseen().await.unwrap()), claimed);
+    }
 
     /// A peer's counter is any u64; the last one possible must not overflow the count.
     #[test]
