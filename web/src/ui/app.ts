@@ -94,8 +94,9 @@ export class ChatView {
   readonly #root: HTMLElement;
   #active: string | null = null;
   /**
-   * What the open conversation shows: from its oldest message on screen (so arrivals do not
-   * push messages off the top while someone reads), and at least the newest `atLeast`.
+   * What the open conversation reads: from its oldest message on screen (so arrivals do not
+   * push messages off the top while someone reads), and at least the newest `atLeast`. A reader
+   * at the bottom is shown only the newest page of it (see {@link #renderConversation}).
    */
   #view: { since: number | null; atLeast: number } = { since: null, atLeast: CONVERSATION_PAGE };
   /**
@@ -330,7 +331,8 @@ export class ChatView {
 
   async #renderConversation(peer: string): Promise<void> {
     const asked = this.#viewAsked;
-    const { contact, messages, earlier } = await this.#client.conversation(peer, this.#view);
+    const read = await this.#client.conversation(peer, this.#view);
+    const { contact } = read;
     if (this.#active !== peer || this.#viewAsked !== asked) return;
     const online = this.#client.online.has(peer);
     const back = h('button', { type: 'button', class: 'back', 'aria-label': 'Back to conversations' }, '‹');
@@ -391,6 +393,16 @@ export class ChatView {
 
     const fromBottom = this.#log.scrollHeight - this.#log.scrollTop;
     const atBottom = fromBottom - this.#log.clientHeight < 40;
+    const keepPlace = this.#keepPlaceFor === asked && this.#log.dataset['peer'] === peer;
+    // A reader at the bottom follows the conversation: it goes back to its newest page, or one
+    // left open all day would grow (and re-render) with every arrival. What goes is above the
+    // screen; "Show earlier messages" brings it back. Decided here, on the scroll position of
+    // the moment the log is replaced, not before the read: a reader who scrolled up meanwhile
+    // loses nothing. Not on the render that answers "Show earlier messages", which adds them.
+    const following = !keepPlace && (atBottom || this.#log.dataset['peer'] !== peer);
+    const trimmed = following && read.messages.length > CONVERSATION_PAGE;
+    const messages = trimmed ? read.messages.slice(-CONVERSATION_PAGE) : read.messages;
+    const earlier = read.earlier || trimmed;
     const items = messages.map((m) => this.#messageItem(peer, m));
     if (earlier) {
       const more = h('button', { type: 'button', class: 'link' }, 'Show earlier messages');
@@ -404,11 +416,13 @@ export class ChatView {
     replace(this.#log, ...items);
     if (messages.length === 0) this.#log.append(h('li', { class: 'notice' }, 'No messages yet. Say hello — only you and ' + peer + ' can read what you write.'));
     // Earlier messages added above: what was on screen stays where it was.
-    if (this.#keepPlaceFor === asked && this.#log.dataset['peer'] === peer) this.#log.scrollTop = this.#log.scrollHeight - fromBottom;
-    else if (atBottom || this.#log.dataset['peer'] !== peer) this.#log.scrollTop = this.#log.scrollHeight;
+    if (keepPlace) this.#log.scrollTop = this.#log.scrollHeight - fromBottom;
+    else if (following) this.#log.scrollTop = this.#log.scrollHeight;
     if (this.#keepPlaceFor === asked) this.#keepPlaceFor = null;
     this.#log.dataset['peer'] = peer;
-    this.#view = { ...this.#view, since: messages[0]?.id ?? null };
+    // `since` covers everything on screen from now on, so `atLeast` can go back to a page: the
+    // next read is what is shown plus what arrived, not the pages once asked for.
+    this.#view = { since: messages[0]?.id ?? null, atLeast: CONVERSATION_PAGE };
   }
 
   #messageItem(peer: string, message: Message): HTMLLIElement {

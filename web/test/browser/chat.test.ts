@@ -18,9 +18,12 @@ import Database from 'better-sqlite3';
 import type { Page } from 'playwright-core';
 
 import { toBase64Url } from '../../src/protocol/bytes.js';
-import { generateIdentity } from '../../src/protocol/identity.js';
+import { generateIdentity, type IdentityKeyPair } from '../../src/protocol/identity.js';
 import { generateSignedPrekey, type SignedPrekey } from '../../src/protocol/prekeys.js';
+import { noDigest, textRecord } from '../../src/protocol/record.js';
+import { emptySessionRecord, initiateSession, promoteSession, sessionRecordEncrypt } from '../../src/protocol/session.js';
 import { parseUserId } from '../../src/protocol/userId.js';
+import { decodeBundleJson, envelopeToJson } from '../../src/protocol/wire.js';
 import { RelayConnection } from '../../src/transport/relay.js';
 import { Profile, screenshot } from '../harness/browser.js';
 import { eventually, expect } from '../harness/expect.js';
@@ -29,6 +32,26 @@ import { type Relay, sottoBin, startRelay } from '../harness/relay.js';
 import { bubble, online, openConversation, register, send, startConversation } from '../harness/ui.js';
 
 const run = promisify(execFile);
+
+/** Whether the bubble showing `text` is inside the visible part of the message log. */
+function onScreen(page: Page, text: string): Promise<boolean> {
+  return page.evaluate((wanted) => {
+    const log = document.querySelector('.messages');
+    const item = Array.from(document.querySelectorAll('.messages li.msg')).find((li) => li.textContent?.includes(wanted));
+    if (log === null || item === undefined) return false;
+    const box = log.getBoundingClientRect();
+    const at = item.getBoundingClientRect();
+    return at.bottom > box.top && at.top < box.bottom;
+  }, text);
+}
+
+/** Scrolls the open conversation's message log to its top or its bottom, as a reader would. */
+function scrollLog(page: Page, to: 'top' | 'bottom'): Promise<void> {
+  return page.evaluate((to) => {
+    const log = document.querySelector('.messages');
+    if (log !== null) log.scrollTop = to === 'top' ? 0 : log.scrollHeight;
+  }, to);
+}
 
 describe('web client in Chromium', () => {
   let relay: Relay;
@@ -42,7 +65,7 @@ describe('web client in Chromium', () => {
   };
 
   /** Registers `name` from this process (no browser, no one-time prekeys) and returns its connection. */
-  const registerFromNode = async (name: string): Promise<{ connection: RelayConnection; signed: SignedPrekey }> => {
+  const registerFromNode = async (name: string): Promise<{ connection: RelayConnection; signed: SignedPrekey; identity: IdentityKeyPair }> => {
     const identity = await generateIdentity();
     const signed = await generateSignedPrekey(identity, 1, Math.floor(Date.now() / 1000));
     const connection = new RelayConnection({ url: relay.url, host: relay.host, transports: ['websocket'], reconnect: false });
@@ -51,7 +74,28 @@ describe('web client in Chromium', () => {
     await connected;
     const signedJson = { id: 1, key: toBase64Url(signed.keyPair.publicKey), createdAt: signed.createdAt, signature: toBase64Url(signed.signature) };
     await connection.register(parseUserId(name), identity, signedJson, []);
-    return { connection, signed };
+    return { connection, signed, identity };
+  };
+
+  /**
+   * `name`, registered from this process, writing text records to `to` through the relay (a
+   * session started with `to`'s bundle, counters from 1 as a client numbers them): many
+   * messages in far less time than typing them in a browser.
+   */
+  const writerFromNode = async (name: string, to: string): Promise<{ write(text: string): Promise<void>; close(): void }> => {
+    const { connection, identity } = await registerFromNode(name);
+    const bundle = await decodeBundleJson(await connection.requestBundle(to));
+    let state = promoteSession(emptySessionRecord(), await initiateSession({ userId: parseUserId(name), identity }, parseUserId(to), bundle));
+    let counter = 0n;
+    return {
+      async write(text) {
+        counter++;
+        const sealed = await sessionRecordEncrypt(state, textRecord(text, { sentAt: BigInt(Date.now()), counter, lastReceivedCounter: 0n, lastReceivedDigest: noDigest() }));
+        state = sealed.state;
+        await connection.send({ to, id: `${name}-${counter}`, envelope: envelopeToJson(sealed.envelope) });
+      },
+      close: () => connection.close(),
+    };
   };
 
   beforeEach(async () => {
@@ -202,8 +246,8 @@ describe('web client in Chromium', () => {
     await register(bob, page.origin, 'bob');
     await startConversation(alice, 'bob');
     for (let i = 1; i <= 120; i++) await send(alice, `note ${i}.`);
-    // All of them in before the conversation opens (opened earlier, it would keep every
-    // message from the first on screen: nothing leaves the top of an open conversation).
+    // All of them in before the conversation opens (opened earlier, it would follow them at the
+    // bottom and show the newest page too, but this is about opening).
     await expect(bob.locator('button.conv[data-peer="alice"] .badge'), '120 unread').toContainText('120');
     await openConversation(bob, 'alice');
     await expect(bubble(bob, 'note 120.'), 'the newest').toBeVisible();
@@ -212,24 +256,14 @@ describe('web client in Chromium', () => {
     await expect(shown, 'one page').toHaveCount(100);
     await expect(bubble(bob, 'note 21.'), 'the oldest of the page').toHaveCount(1);
     await expect(bubble(bob, 'note 20.'), 'older ones not shown').toHaveCount(0);
-    // Whether a bubble is inside the visible part of the message log.
-    const onScreen = (text: string): Promise<boolean> =>
-      bob.evaluate((wanted) => {
-        const log = document.querySelector('.messages');
-        const item = Array.from(document.querySelectorAll('.messages li.msg')).find((li) => li.textContent?.includes(wanted));
-        if (log === null || item === undefined) return false;
-        const box = log.getBoundingClientRect();
-        const at = item.getBoundingClientRect();
-        return at.bottom > box.top && at.top < box.bottom;
-      }, text);
     await earlier.click(); // scrolled up to the button first, so the page's oldest is on screen
     await expect(shown, 'all of them').toHaveCount(120);
     await expect(bubble(bob, 'note 1.'), 'the first').toHaveCount(1);
     await expect(earlier, 'nothing earlier left').toHaveCount(0);
     // The 20 earlier ones went in above what the reader was looking at, which stays in place.
-    assert.equal(await onScreen('note 21.'), true, 'the reader keeps their place');
-    assert.equal(await onScreen('note 1.'), false, 'the earlier ones are above, out of view');
-    // Arrivals add at the bottom; nothing leaves the top while the conversation is open.
+    assert.equal(await onScreen(bob, 'note 21.'), true, 'the reader keeps their place');
+    assert.equal(await onScreen(bob, 'note 1.'), false, 'the earlier ones are above, out of view');
+    // Arrivals add at the bottom; nothing leaves the top while the reader is scrolled up.
     await send(alice, 'note 121.');
     await expect(shown, 'still all of them').toHaveCount(121);
     // Opened again, the conversation starts at its newest page again.
@@ -237,6 +271,61 @@ describe('web client in Chromium', () => {
     await online(alice);
     await openConversation(alice, 'bob');
     await expect(alice.locator('.messages li.msg'), 'the sender sees one page too').toHaveCount(100);
+  });
+
+  test('an open conversation followed at the bottom stays at its newest 100 as messages arrive; scrolled up, nothing on screen is taken away', async () => {
+    const bob = await (await profile()).open();
+    await register(bob, page.origin, 'bob');
+    const carol = await writerFromNode('carol', 'bob');
+    await carol.write('carol 1.');
+    await openConversation(bob, 'carol');
+    await expect(bubble(bob, 'carol 1.'), 'the first').toBeVisible();
+    const shown = bob.locator('.messages li.msg');
+    const earlier = bob.getByRole('button', { name: 'Show earlier messages' });
+
+    // The most messages the log ever held, counted on every change of it (not only at the end).
+    await bob.evaluate(() => {
+      const log = document.querySelector('.messages');
+      if (log === null) throw new Error('no message log');
+      const seen = window as unknown as { mostShown: number };
+      seen.mostShown = 0;
+      new MutationObserver(() => {
+        seen.mostShown = Math.max(seen.mostShown, log.querySelectorAll('li.msg').length);
+      }).observe(log, { childList: true });
+    });
+    const mostShown = (): Promise<number> => bob.evaluate(() => (window as unknown as { mostShown: number }).mostShown);
+
+    // A busy conversation, followed at the bottom: 150 more arrive while it is open.
+    for (let i = 2; i <= 151; i++) await carol.write(`carol ${i}.`);
+    await expect(bubble(bob, 'carol 151.'), 'the newest').toBeVisible();
+    assert.equal(await onScreen(bob, 'carol 151.'), true, 'the newest on screen: still following');
+    await expect(shown, 'back to one page').toHaveCount(100);
+    const most = await mostShown();
+    assert.ok(most <= 100 + 5, `at most a page (and a few) at any time, not every arrival: ${most}`);
+    await expect(bubble(bob, 'carol 52.'), 'the oldest of the newest page').toHaveCount(1);
+    await expect(bubble(bob, 'carol 51.'), 'older ones trimmed').toHaveCount(0);
+    await expect(earlier, 'what was trimmed is offered again').toHaveCount(1);
+
+    // Scrolled up to the top of the page: arrivals are added below and take nothing away.
+    await scrollLog(bob, 'top');
+    assert.equal(await onScreen(bob, 'carol 52.'), true, 'reading the oldest of the page');
+    for (let i = 152; i <= 171; i++) await carol.write(`carol ${i}.`);
+    await expect(bubble(bob, 'carol 171.'), 'arrived while scrolled up').toHaveCount(1);
+    await expect(shown, 'nothing taken away').toHaveCount(120);
+    assert.equal(await onScreen(bob, 'carol 52.'), true, 'the reader keeps their place');
+    assert.equal(await onScreen(bob, 'carol 171.'), false, 'no jump to the newest');
+
+    // Back at the bottom, the next arrival trims again.
+    await scrollLog(bob, 'bottom');
+    await carol.write('carol 172.');
+    await expect(bubble(bob, 'carol 172.'), 'the newest').toBeVisible();
+    await expect(shown, 'one page again').toHaveCount(100);
+    await expect(bubble(bob, 'carol 72.'), 'older ones trimmed again').toHaveCount(0);
+    assert.equal(await onScreen(bob, 'carol 172.'), true, 'following again');
+    // What was trimmed is still there for the asking.
+    await earlier.click();
+    await expect(shown, 'the trimmed ones back').toHaveCount(172);
+    carol.close();
   });
 
   test('a message saved but not acknowledged (ack lost) is pushed again and not shown twice', async () => {
