@@ -37,6 +37,8 @@ pub const WINDOW_BYTES: usize = 2 * PUSH_BYTES;
 /// room for a push, and more than a push left unsent is read again later rather than held, so
 /// a catch-up waiting for acknowledgements holds at most one push read ahead.
 const READ: usize = 32;
+/// Acknowledged ids waiting for the catch-up to take them, at most.
+const RECORDED_ACKS: usize = 10_000;
 /// How often a catch-up waiting for acknowledgements checks that its socket is still open.
 const OPEN_CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -50,8 +52,17 @@ pub(crate) struct CatchUpAcks {
 
 impl CatchUpAcks {
     /// Notes acknowledged ids (any ids: those the catch-up did not push are ignored by it).
+    /// At most [`RECORDED_ACKS`] wait to be taken: while the catch-up is busy (a slow read, a
+    /// full socket) a client could otherwise pile up ids without end; an honest one has only
+    /// the window's in flight, and dropping the oldest can only stall a client that floods.
     pub(crate) fn record(&self, ids: &[i64]) {
-        self.ids.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(ids);
+        let mut recorded = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        recorded.extend_from_slice(ids);
+        if recorded.len() > RECORDED_ACKS {
+            let excess = recorded.len() - RECORDED_ACKS;
+            recorded.drain(..excess);
+        }
+        drop(recorded);
         // Stores a permit if the catch-up is not waiting yet, so no acknowledgement is missed.
         self.arrived.notify_one();
     }
@@ -254,6 +265,20 @@ mod tests {
 
     fn ids_of(pushes: Vec<&[QueuedMessage]>) -> Vec<Vec<i64>> {
         pushes.into_iter().map(|p| p.iter().map(|m| m.id).collect()).collect()
+    }
+
+    #[test]
+    fn acknowledgements_waiting_for_a_busy_catch_up_are_bounded() {
+        let acks = CatchUpAcks::default();
+        let flood: Vec<i64> = (0..1_000).collect();
+        for _ in 0..50 {
+            acks.record(&flood);
+        }
+        acks.record(&[7_777_777]);
+        let taken = acks.take();
+        assert_eq!(taken.len(), RECORDED_ACKS);
+        assert_eq!(taken.last(), Some(&7_777_777), "the newest are kept");
+        assert!(acks.take().is_empty());
     }
 
     #[test]

@@ -119,6 +119,12 @@ pub struct Limits {
     /// client that stops reading fills it; the relay then ends the connection, which catches
     /// up from the queue when it reconnects (`delivery::end_socket`).
     pub max_outgoing_packets: usize,
+    /// Bytes of live pushes a connection may leave unacknowledged. Clients acknowledge each
+    /// push once saved, so a healthy one holds a few pushes' worth; one that stopped reading or
+    /// saving would otherwise make the relay hold everything sent to it (in its outgoing
+    /// buffer, up to `max_outgoing_packets` pushes of any size) until its heartbeat fails. Past
+    /// this the relay ends the connection, which catches up, paced, when it reconnects.
+    pub max_unacknowledged_push_bytes: usize,
 }
 
 impl Default for Limits {
@@ -144,6 +150,7 @@ impl Default for Limits {
             registrations_per_hour: 60,
             registrations_burst: 30,
             max_outgoing_packets: 1_024,
+            max_unacknowledged_push_bytes: 4 * 1024 * 1024,
         }
     }
 }

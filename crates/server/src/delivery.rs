@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, SocketRef};
 use tokio::sync::mpsc;
@@ -596,10 +597,30 @@ pub(crate) fn send_page<A: Adapter>(
     Ok(())
 }
 
+/// Bytes a pushed message is charged with besides its envelope (its id, sender and time).
+const PUSH_OVERHEAD: usize = 64;
+
 /// Pushes messages to the sockets of `user` that have caught up with their queue, so live
 /// messages never overtake the backlog. See [`push_to`].
+///
+/// Each socket is charged with what it is pushed until it acknowledges it; one that holds
+/// more than `max_unacknowledged_push_bytes` is ended instead (it stopped reading or saving),
+/// so what the relay keeps for it stays bounded, and it catches up, paced, when it reconnects.
 async fn push_messages<A: Adapter>(relay: &Relay<A>, user: &str, push: &ReceivePush<'_>) -> bool {
-    push_to(relay, user, Audience::Messages, events::MESSAGE_RECEIVE, push).await
+    let charged: SmallVec<[(i64, usize); 8]> = push
+        .messages
+        .iter()
+        .map(|m| (m.id, m.envelope.get().len() + m.from.len() + PUSH_OVERHEAD))
+        .collect();
+    let allowance = relay.limits().max_unacknowledged_push_bytes;
+    let targets = relay.local.take_push(user, &charged, allowance);
+    for socket in targets.too_slow {
+        relay.metrics.slow_connections_ended.inc();
+        tracing::debug!(sid = %socket.id, "too much pushed unacknowledged; disconnecting the socket");
+        end_socket(relay, user, socket);
+    }
+    push_to_sockets(relay, user, targets.take, Audience::Messages, events::MESSAGE_RECEIVE, push)
+        .await
 }
 
 /// Pushes a notice (a receipt, presence, a prekey warning) to every logged-in socket of `user`.
@@ -635,8 +656,21 @@ async fn push_to<A: Adapter, T: serde::Serialize + ?Sized>(
     event: &'static str,
     payload: &T,
 ) -> bool {
+    let sockets = relay.local.sockets(user, audience);
+    push_to_sockets(relay, user, sockets, audience, event, payload).await
+}
+
+/// [`push_to`] with this node's sockets already chosen.
+async fn push_to_sockets<A: Adapter, T: serde::Serialize + ?Sized>(
+    relay: &Relay<A>,
+    user: &str,
+    sockets: SmallVec<[SocketRef<A>; 2]>,
+    audience: Audience,
+    event: &'static str,
+    payload: &T,
+) -> bool {
     let mut delivered = false;
-    for socket in relay.local.sockets(user, audience) {
+    for socket in sockets {
         match socket.emit(event, payload) {
             Ok(()) => delivered = true,
             Err(error) => {

@@ -860,6 +860,8 @@ async fn on_ack<A: Adapter>(
         if let Some(catch_up) = catch_up {
             catch_up.record(&request.ids);
         }
+        // And live pushes stop counting against the socket's allowance.
+        relay.local.acknowledged(&user, socket.id, &request.ids);
         Ok(request.ids.into_iter().map(|id| (user.to_string(), id)).collect::<Vec<_>>())
     };
     let acks = match check() {

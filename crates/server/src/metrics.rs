@@ -50,6 +50,9 @@ pub struct Metrics {
     pub adapter_errors: Counter,
     /// Times the relay gave memory back after a burst (`memory.rs`).
     pub memory_releases: Counter,
+    /// Connections ended because they left too many pushed bytes unacknowledged (a client that
+    /// stopped reading or saving); they catch up, paced, when they reconnect.
+    pub slow_connections_ended: Counter,
     /// Size of the queue writer's batches.
     pub batch_size: Histogram,
     /// Seconds from receiving a message to its stored acknowledgement going out.
@@ -79,6 +82,7 @@ impl Metrics {
             adapter_errors: Counter::default(),
             messages_redelivered: Counter::default(),
             memory_releases: Counter::default(),
+            slow_connections_ended: Counter::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             store_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             push_seconds: Histogram::new(exponential_buckets(0.000_025, 2.0, 16)),
@@ -165,6 +169,11 @@ impl Metrics {
             "memory_releases",
             "Times the relay gave memory back after a burst",
             metrics.memory_releases.clone(),
+        );
+        registry.register(
+            "slow_connections_ended",
+            "Connections ended for leaving too many pushed bytes unacknowledged",
+            metrics.slow_connections_ended.clone(),
         );
         Self { registry, ..metrics }
     }

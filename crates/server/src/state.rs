@@ -63,6 +63,51 @@ struct LocalSocket<A: Adapter> {
     socket: SocketRef<A>,
     /// Whether it has caught up with its queue (and so takes live messages).
     caught_up: bool,
+    /// Live pushes it was sent and has not acknowledged yet.
+    unacknowledged: Unacknowledged,
+}
+
+impl<A: Adapter> LocalSocket<A> {
+    fn new(socket: &SocketRef<A>) -> Self {
+        Self { socket: socket.clone(), caught_up: false, unacknowledged: Unacknowledged::default() }
+    }
+}
+
+/// The live pushes a socket has not acknowledged: message id → bytes pushed.
+#[derive(Debug, Default)]
+struct Unacknowledged {
+    by_id: HashMap<i64, usize>,
+    bytes: usize,
+}
+
+impl Unacknowledged {
+    fn pushed(&mut self, messages: &[(i64, usize)]) {
+        for &(id, bytes) in messages {
+            if self.by_id.insert(id, bytes).is_none() {
+                self.bytes += bytes;
+            }
+        }
+    }
+
+    fn acknowledged(&mut self, ids: &[i64]) {
+        for id in ids {
+            if let Some(bytes) = self.by_id.remove(id) {
+                self.bytes -= bytes;
+            }
+        }
+        if self.by_id.is_empty() {
+            // Give the table's memory back: an idle connection should hold none.
+            self.by_id = HashMap::new();
+        }
+    }
+}
+
+/// Which of a user's sockets take a live push ([`LocalSockets::take_push`]).
+pub(crate) struct PushTargets<A: Adapter> {
+    /// The sockets to push to.
+    pub take: SmallVec<[SocketRef<A>; 2]>,
+    /// The sockets that left more than their allowance unacknowledged: to be ended.
+    pub too_slow: SmallVec<[SocketRef<A>; 1]>,
 }
 
 /// This node's logged-in sockets, by user: a push reaches them without resolving a room
@@ -96,10 +141,7 @@ impl<A: Adapter> LocalSockets<A> {
     /// Adds a socket that has just logged in as `user` (notices reach it from now on, messages
     /// once it has caught up); false, and nothing added, if it has closed.
     pub fn add(&self, user: &Arc<str>, socket: &SocketRef<A>) -> bool {
-        self.lock()
-            .entry(user.clone())
-            .or_default()
-            .push(LocalSocket { socket: socket.clone(), caught_up: false });
+        self.lock().entry(user.clone()).or_default().push(LocalSocket::new(socket));
         if socket.connected() {
             return true;
         }
@@ -131,6 +173,40 @@ impl<A: Adapter> LocalSockets<A> {
             if sockets.is_empty() {
                 by_user.remove(user);
             }
+        }
+    }
+
+    /// The caught-up sockets of `user` for a live push of `messages` (id, bytes): each is
+    /// charged with them, and those that would hold more than `allowance` unacknowledged bytes
+    /// are returned apart, to be ended instead of pushed to.
+    pub fn take_push(
+        &self,
+        user: &str,
+        messages: &[(i64, usize)],
+        allowance: usize,
+    ) -> PushTargets<A> {
+        let mut targets = PushTargets { take: SmallVec::new(), too_slow: SmallVec::new() };
+        let mut by_user = self.lock();
+        let Some(sockets) = by_user.get_mut(user) else { return targets };
+        for entry in sockets.iter_mut().filter(|entry| entry.caught_up) {
+            entry.unacknowledged.pushed(messages);
+            if entry.unacknowledged.bytes > allowance {
+                targets.too_slow.push(entry.socket.clone());
+            } else {
+                targets.take.push(entry.socket.clone());
+            }
+        }
+        targets
+    }
+
+    /// Notes the message ids a socket of `user` acknowledged.
+    pub fn acknowledged(&self, user: &str, id: Sid, ids: &[i64]) {
+        let mut by_user = self.lock();
+        let entry = by_user
+            .get_mut(user)
+            .and_then(|sockets| sockets.iter_mut().find(|entry| entry.socket.id == id));
+        if let Some(entry) = entry {
+            entry.unacknowledged.acknowledged(ids);
         }
     }
 

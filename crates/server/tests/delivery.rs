@@ -535,3 +535,53 @@ async fn stop_reading_and_catch_up(redis_url: Option<String>) {
         assert!(metrics.contains("sotto_adapter_errors_total 0"), "{metrics}");
     }
 }
+
+/// A recipient whose client reads its pushes but stops acknowledging them (it no longer saves
+/// them) is charged with what it was pushed: past its allowance the relay ends the connection,
+/// so what it keeps for that connection stays bounded, and nothing is lost: on reconnecting the
+/// recipient gets every unacknowledged message, in order. One that acknowledges is never ended,
+/// however much it is sent.
+#[tokio::test]
+async fn a_connection_that_leaves_pushes_unacknowledged_is_ended_and_catches_up() {
+    const ALLOWANCE: usize = 64 * 1024;
+    let server = TestServer::start_with(|config| {
+        config.limits.max_unacknowledged_push_bytes = ALLOWANCE;
+        config.limits.pair_messages_per_second = 0;
+        config.limits.events_per_second = 0;
+    })
+    .await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    let big = |n| support::envelope_of_size(n, 8 * 1024 + 16);
+
+    // Acknowledging each push: 40 × 8 KiB, five times the allowance, and bob stays connected.
+    for n in 0..40 {
+        let id = alice.client.send_raw("bob", &client_id(), &big(n)).await.unwrap().id;
+        assert_eq!(bob.messages_acknowledged(1).await[0].id, id);
+    }
+    assert!(bob.client.is_open());
+
+    // Reading without acknowledging: the connection is ended once it holds more than 64 KiB.
+    let mut sent = Vec::new();
+    for n in 100..120 {
+        sent.push(alice.client.send_raw("bob", &client_id(), &big(n)).await.unwrap().id);
+    }
+    let mut received = Vec::new();
+    while let Some(push) = bob.next(Duration::from_secs(2)).await {
+        if let Incoming::Messages(messages) = push {
+            received.extend(messages.iter().map(|m| m.id));
+        }
+    }
+    assert!(!bob.client.is_open(), "the relay ended the connection that kept everything");
+    let pushed_bytes = received.len() * (8 * 1024);
+    assert!(pushed_bytes <= ALLOWANCE, "{} messages pushed unacknowledged", received.len());
+    assert!(received.len() < sent.len());
+    assert_eq!(received, sent[..received.len()], "no gap in what arrived");
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(metrics.contains("sotto_slow_connections_ended_total 1"), "{metrics}");
+
+    // Reconnected, bob gets all of it, in order.
+    bob.reconnect(&server).await;
+    let rest: Vec<i64> = bob.messages_acknowledged(sent.len()).await.iter().map(|m| m.id).collect();
+    assert_eq!(rest, sent);
+}
