@@ -36,6 +36,12 @@ pub const SIGNED_PREKEY_RETENTION: u64 = 30 * 24 * 3600;
 /// How long a one-time prekey the relay handed out is kept for its prekey message, in
 /// seconds: as long as a replaced signed prekey.
 pub const HANDED_OUT_PREKEY_RETENTION: u64 = SIGNED_PREKEY_RETENTION;
+/// One-time prekeys kept here at most, unused and handed out together. A relay decides when
+/// to ask for more and says which it still holds, so one that lies (or strangers fetching
+/// bundles by the thousand, each handed-out key kept a month) could otherwise make the store
+/// grow without end. Past it no more are made: first messages then go without a one-time
+/// prekey, which the protocol allows, until handed-out keys age out.
+pub const LOCAL_PREKEY_CAP: usize = 2_000;
 
 /// Why an operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -373,8 +379,13 @@ impl Client {
             new_signed = Some(prekey);
         }
         let mut fresh = Vec::new();
-        if uploaded < PREKEY_LOW {
-            let count = PREKEY_TARGET - uploaded;
+        let room = if uploaded < PREKEY_LOW {
+            LOCAL_PREKEY_CAP.saturating_sub(self.store.one_time_prekey_count().await?)
+        } else {
+            0
+        };
+        if room > 0 {
+            let count = (PREKEY_TARGET - uploaded).min(room);
             let first = self.store.reserve_prekey_ids(count as u32).await?;
             fresh = {
                 let mut rng = rand::rng();

@@ -171,6 +171,25 @@ async fn queued_low_prekey_warnings_top_up_once() {
     client.close().await;
 }
 
+/// However often a relay asks for more one-time prekeys (here: a relay that keeps every
+/// upload, asked to top up from nothing 25 times), the client keeps at most
+/// `LOCAL_PREKEY_CAP` of them: past it, no more are made or uploaded.
+#[tokio::test]
+async fn a_client_keeps_a_bounded_number_of_one_time_prekeys() {
+    let server = TestServer::start_with(|config| config.limits.max_prekeys_stored = 100_000).await;
+    let TerminalUser { client, relay, .. } = TerminalUser::register(&server, "dora").await;
+    for _ in 0..25 {
+        client.maintain_prekeys(&relay, 0).await.unwrap();
+    }
+    let kept = client.store().one_time_prekey_count().await.unwrap();
+    assert_eq!(kept, sotto_client::client::LOCAL_PREKEY_CAP);
+    let at_relay =
+        server.query_i64("SELECT COUNT(*) FROM one_time_prekeys WHERE user_id = 'dora'").await;
+    assert_eq!(at_relay, 2_000, "what was made was uploaded, and nothing more");
+    relay.close();
+    client.close().await;
+}
+
 /// One-time prekeys the relay handed out but nobody used are not kept for ever: the client
 /// marks them when the relay's lowest id passes them, and forgets them 30 days later. Keys
 /// the relay dropped over its cap are forgotten at once.
