@@ -18,6 +18,7 @@ use sotto_protocol::{
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqliteConnection, SqlitePool};
+use zeroize::Zeroizing;
 
 /// The store's file name inside the home folder.
 pub const DATABASE_FILE: &str = "sotto.db";
@@ -328,8 +329,9 @@ impl Store {
             .await?;
         let Some(row) = row else { return Ok(None) };
         let user = UserId::parse(row.get::<String, _>(0).as_str()).map_err(corrupt)?;
-        let signing: Vec<u8> = row.get(2);
-        let dh: Vec<u8> = row.get(3);
+        // Wiped once the keys are built (SQLite keeps copies of its own; SECURITY.md §7).
+        let signing = Zeroizing::new(row.get::<Vec<u8>, _>(2));
+        let dh = Zeroizing::new(row.get::<Vec<u8>, _>(3));
         let keys = IdentityKeyPair::from_secret_bytes(&signing, &dh).map_err(corrupt)?;
         Ok(Some(LocalIdentity { user, server: row.get(1), keys }))
     }
@@ -416,7 +418,7 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let id = u32::try_from(row.get::<i64, _>(0)).map_err(corrupt)?;
-                let secret: Vec<u8> = row.get(1);
+                let secret = Zeroizing::new(row.get::<Vec<u8>, _>(1));
                 let created = to_u64(row.get(2));
                 let prekey = SignedPrekey::from_secret_bytes(identity, id, created, &secret)
                     .map_err(corrupt)?;
@@ -457,7 +459,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         row.map(|row| {
-            let secret: Vec<u8> = row.get(0);
+            let secret = Zeroizing::new(row.get::<Vec<u8>, _>(0));
             let pair = DhKeyPair::from_secret(DhSecretKey::from_bytes(&secret).map_err(corrupt)?);
             Ok(OneTimePrekey::from_key_pair(id, pair))
         })
@@ -1196,7 +1198,8 @@ pub async fn session(tx: &mut SqliteConnection, peer: &str) -> Result<SessionRec
         .bind(peer)
         .fetch_optional(tx)
         .await?;
-    match record {
+    // Root, chain and skipped message keys: wiped once decoded.
+    match record.map(Zeroizing::new) {
         Some(bytes) => SessionRecord::from_bytes(&bytes).map_err(corrupt),
         None => Ok(SessionRecord::new()),
     }
