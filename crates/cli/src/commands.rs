@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use sotto_client::display::printable;
+use sotto_client::display::{json_line, printable};
 use sotto_client::relay::{RelayClient, RelayError};
 use sotto_client::socketio::Push;
 use sotto_client::{Client, ClientError, Event, Trusted};
@@ -170,7 +170,8 @@ fn print_message(
             sent_at: message.sent_at,
             received_at: message.received_at,
         };
-        writeln!(out, "{}", serde_json::to_string(&line)?)?;
+        // Scripts read it as JSON; a person may still watch it on a terminal.
+        writeln!(out, "{}", json_line(&line)?)?;
     } else {
         // One line per message whatever it holds: control characters, escape sequences and
         // bidirectional controls are written as escapes, so a message cannot move the cursor

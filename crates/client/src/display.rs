@@ -27,6 +27,41 @@ pub fn printable(text: &str) -> String {
     out
 }
 
+/// `value` as one line of JSON that is as safe on a terminal as [`printable`] text: besides
+/// what JSON escapes anyway (the C0 controls, quotes, backslashes), DEL, the C1 controls, the
+/// line and paragraph separators and the bidirectional controls are written as `\uXXXX`
+/// escapes. A JSON reader gets exactly the same strings; a person looking at the line sees
+/// escapes instead of a terminal acting on them.
+pub fn json_line<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, TerminalSafeJson);
+    value.serialize(&mut serializer)?;
+    // serde_json writes only UTF-8, and every escape added here is ASCII.
+    Ok(String::from_utf8(out).unwrap_or_default())
+}
+
+/// serde_json's compact output with the extra escapes of [`json_line`].
+struct TerminalSafeJson;
+
+impl serde_json::ser::Formatter for TerminalSafeJson {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut start = 0;
+        for (at, c) in fragment.char_indices() {
+            if c.is_control() || is_layout_control(c) {
+                writer.write_all(&fragment.as_bytes()[start..at])?;
+                // All of them are in the Basic Multilingual Plane: one \u escape each.
+                write!(writer, "\\u{:04x}", u32::from(c))?;
+                start = at + c.len_utf8();
+            }
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
+    }
+}
+
 /// Characters that change the layout of what follows them without being control characters:
 /// the line and paragraph separators, and the bidirectional marks, embeddings, overrides and
 /// isolates.
@@ -45,7 +80,21 @@ fn is_layout_control(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::printable;
+    use super::{json_line, printable};
+
+    #[test]
+    fn a_json_line_escapes_what_a_terminal_acts_on_and_reads_back_the_same() {
+        let text = "a\u{7f}b\u{85}c\u{9b}d\u{202e}e\u{2028}f\u{1b}[2J ü ✓ \"q\"";
+        let line = json_line(&serde_json::json!({ "text": text })).unwrap();
+        assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
+        assert!(!line.contains('\u{202e}') && !line.contains('\u{2028}'), "{line:?}");
+        assert!(
+            line.contains("\\u007f") && line.contains("\\u202e") && line.contains("ü ✓"),
+            "{line}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["text"], text, "a JSON reader gets exactly the text");
+    }
 
     #[test]
     fn what_moves_the_cursor_or_the_text_is_shown_escaped() {
