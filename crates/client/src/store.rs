@@ -98,8 +98,12 @@ pub struct Counters {
     pub sent: u64,
     /// Every record up to this counter has arrived.
     pub received_contiguous: u64,
-    /// Counters that arrived above the contiguous prefix.
+    /// Counters that arrived above the contiguous prefix, ascending; at most
+    /// [`MAX_RECEIVED_ABOVE`].
     pub received_above: Vec<u64>,
+    /// Records below `received_contiguous` that never arrived and are no longer waited for
+    /// (see [`MAX_RECEIVED_ABOVE`]): still counted by [`Counters::missing`].
+    pub missing_for_good: u64,
     /// The counter and digest of the last record received (what our next record names).
     pub last_counter: u64,
     /// Digest of that record.
@@ -108,19 +112,36 @@ pub struct Counters {
     pub peer_received: u64,
 }
 
+/// How many counters above a gap are remembered. A record that never arrives (withheld, or
+/// lost with a device) would otherwise make every later arrival grow the list for good; past
+/// this many, the gaps below the oldest ones kept are given up on: counted missing for good,
+/// and a record that fills one later no longer withdraws it. The browser client's rule too.
+pub const MAX_RECEIVED_ABOVE: usize = 1_000;
+
 impl Counters {
     /// Records that the peer's record `counter` arrived.
     pub fn note_received(&mut self, counter: u64, digest: MessageDigest) {
-        if counter > self.received_contiguous && !self.received_above.contains(&counter) {
-            self.received_above.push(counter);
-            self.received_above.sort_unstable();
+        let at = self.received_above.partition_point(|&above| above < counter);
+        if counter > self.received_contiguous && self.received_above.get(at) != Some(&counter) {
+            self.received_above.insert(at, counter);
+            let mut first = 0;
+            if self.received_above.len() > MAX_RECEIVED_ABOVE {
+                // Give up on the gaps below the oldest counter kept: what lies between the
+                // contiguous prefix and it, less the records that did arrive, is missing for
+                // good.
+                first = self.received_above.len() - MAX_RECEIVED_ABOVE;
+                let oldest_kept = self.received_above[first];
+                self.missing_for_good += oldest_kept - 1 - self.received_contiguous - first as u64;
+                self.received_contiguous = oldest_kept - 1;
+            }
             // Checked: a peer's counter may be u64::MAX, past which nothing can follow.
             while let Some(next) = self.received_contiguous.checked_add(1)
-                && self.received_above.first() == Some(&next)
+                && self.received_above.get(first) == Some(&next)
             {
-                self.received_above.remove(0);
+                first += 1;
                 self.received_contiguous = next;
             }
+            self.received_above.drain(..first);
         }
         self.last_counter = counter;
         self.last_digest = digest;
@@ -131,6 +152,7 @@ impl Counters {
     pub fn missing(&self) -> u64 {
         let highest = self.received_above.last().copied().unwrap_or(self.received_contiguous);
         highest - self.received_contiguous - self.received_above.len() as u64
+            + self.missing_for_good
     }
 
     /// How many of our records the peer has not confirmed receiving.
@@ -238,6 +260,7 @@ fn migrator() -> Migrator {
             include_str!("../migrations/0006_indexes_for_arrivals.sql"),
         ),
         migration(7, "saved by", include_str!("../migrations/0007_saved_by.sql")),
+        migration(8, "missing for good", include_str!("../migrations/0008_missing_for_good.sql")),
     ])
 }
 
@@ -658,7 +681,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "UPDATE conversations SET received_contiguous = 0, received_above = '' WHERE peer = $1",
+            "UPDATE conversations SET received_contiguous = 0, received_above = '', \
+             missing_for_good = 0 WHERE peer = $1",
         )
         .bind(peer)
         .execute(&mut *tx)
@@ -1072,7 +1096,7 @@ pub async fn see_identity(
 pub async fn counters(tx: &mut SqliteConnection, peer: &str) -> Result<Counters, StoreError> {
     let row = sqlx::query(
         "SELECT sent_counter, received_contiguous, received_above, last_counter, last_digest, \
-         peer_received FROM conversations WHERE peer = $1",
+         peer_received, missing_for_good FROM conversations WHERE peer = $1",
     )
     .bind(peer)
     .fetch_optional(tx)
@@ -1093,6 +1117,7 @@ pub async fn counters(tx: &mut SqliteConnection, peer: &str) -> Result<Counters,
         last_counter: to_u64(row.get(3)),
         last_digest,
         peer_received: to_u64(row.get(5)),
+        missing_for_good: to_u64(row.get(6)),
     })
 }
 
@@ -1107,13 +1132,14 @@ pub async fn save_counters(
     let above = counters.received_above.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     sqlx::query(
         "INSERT INTO conversations (peer, sent_counter, received_contiguous, received_above, \
-           last_counter, last_digest, peer_received, unread, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+           last_counter, last_digest, peer_received, unread, updated_at, missing_for_good) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
          ON CONFLICT (peer) DO UPDATE SET sent_counter = excluded.sent_counter, \
            received_contiguous = excluded.received_contiguous, \
            received_above = excluded.received_above, last_counter = excluded.last_counter, \
            last_digest = excluded.last_digest, peer_received = excluded.peer_received, \
-           unread = conversations.unread + excluded.unread, updated_at = excluded.updated_at",
+           unread = conversations.unread + excluded.unread, updated_at = excluded.updated_at, \
+           missing_for_good = excluded.missing_for_good",
     )
     .bind(peer)
     .bind(to_i64(counters.sent))
@@ -1124,6 +1150,7 @@ pub async fn save_counters(
     .bind(to_i64(counters.peer_received))
     .bind(unread)
     .bind(now)
+    .bind(to_i64(counters.missing_for_good))
     .execute(tx)
     .await?;
     Ok(())
@@ -1401,6 +1428,32 @@ mod tests {
         // Claimed, they are this process's now: claimed again by it (not yet marked seen),
         // and by nobody else while it runs.
         assert_eq!(bodies(store.claim_unseen().await.unwrap()), claimed);
+    }
+
+    /// One record that never comes must not make every later one grow the list for good:
+    /// past the cap the oldest gap is given up on, and still counted missing.
+    #[test]
+    fn counters_above_a_gap_are_capped_and_what_is_given_up_stays_missing() {
+        let mut counters = Counters::default();
+        counters.note_received(1, MessageDigest::NONE);
+        // 2 never comes; 3 to 1,002 do (1,000 above the gap), then one more.
+        for counter in 3..=1_002 {
+            counters.note_received(counter, MessageDigest::NONE);
+        }
+        assert_eq!((counters.received_above.len(), counters.missing()), (1_000, 1));
+        counters.note_received(1_003, MessageDigest::NONE);
+        assert!(counters.received_above.len() <= MAX_RECEIVED_ABOVE);
+        assert_eq!(counters.received_contiguous, 1_003, "given up on 2: the rest is contiguous");
+        assert_eq!((counters.missing_for_good, counters.missing()), (1, 1));
+        // Every other record from here on missing: the list stays bounded, the count exact.
+        for counter in (1_005..=5_003).step_by(2) {
+            counters.note_received(counter, MessageDigest::NONE);
+        }
+        assert!(counters.received_above.len() <= MAX_RECEIVED_ABOVE);
+        assert_eq!(counters.missing(), 1 + 2_000, "2, and 1,004 to 5,002 even");
+        // A record given up on that arrives late changes nothing.
+        counters.note_received(2, MessageDigest::NONE);
+        assert_eq!(counters.missing(), 2_001);
     }
 
     /// A peer's counter is any u64; the last one possible must not overflow the count.
