@@ -355,10 +355,14 @@ async fn admit<A: Adapter>(
     }
     let now = Instant::now();
     let limits = relay.limits();
-    let mut recipients: Vec<&str> = jobs.iter().map(|(m, ..)| m.recipient.as_str()).collect();
-    recipients.sort_unstable();
-    recipients.dedup();
-    if let Err(error) = refresh_recipients(relay, &recipients, now).await {
+    // Senders too: an id the operator released (`sotto admin release-user`, which works on the
+    // database while the relay runs) must stop sending from a connection still logged in
+    // under it, at the latest once its cached entry expires.
+    let mut users: Vec<&str> =
+        jobs.iter().flat_map(|(m, ..)| [m.recipient.as_str(), m.sender.as_str()]).collect();
+    users.sort_unstable();
+    users.dedup();
+    if let Err(error) = refresh_recipients(relay, &users, now).await {
         relay.metrics.storage_errors.inc();
         tracing::warn!(%error, "looking up recipients failed");
         let failure = Failure::new(ErrorCode::StorageUnavailable, "storage unavailable; retry");
@@ -374,6 +378,10 @@ async fn admit<A: Adapter>(
     let mut extra: HashMap<&str, usize> = HashMap::new();
     let recipient_names: Vec<String> = jobs.iter().map(|(m, ..)| m.recipient.clone()).collect();
     for ((message, ack, at), recipient) in jobs.into_iter().zip(&recipient_names) {
+        if !relay.recipients.get(&message.sender, now).is_some_and(|info| info.exists) {
+            refuse(relay, ack, &Failure::new(ErrorCode::UnknownUser, "this user no longer exists"));
+            continue;
+        }
         let info = relay.recipients.get(recipient, now);
         match info {
             Some(info) if info.exists => {

@@ -425,6 +425,11 @@ async fn registering_a_released_id_closes_the_earlier_holders_connections() {
     assert!(storage.release_user("bob").await.unwrap());
     storage.close().await;
     assert!(earlier.client.is_open(), "releasing alone does not reach the relay's connections");
+    // But that connection speaks for nobody: what it sends is refused (once the relay reads
+    // the id again: at once here, within a minute for an id it looked up just before).
+    let error = earlier.client.send_raw("carol", &client_id(), &envelope(2)).await.unwrap_err();
+    assert_eq!(error.code(), Some("unknown_user"), "{error:?}");
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 0);
 
     let mut bob = TestUser::register(&server, "bob").await;
     let deadline = tokio::time::Instant::now() + WAIT;

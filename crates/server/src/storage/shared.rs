@@ -622,7 +622,10 @@ macro_rules! impl_storage {
 
             async fn release_user(&self, user_id: &str) -> Result<bool, StorageError> {
                 let mut tx = self.pool.begin_with($begin).await?;
-                sqlx::query("DELETE FROM messages WHERE recipient = $1")
+                // Both ways: what it sent and nobody took yet was sealed with keys the id no
+                // longer has (or by whoever stole them), and its receipts would go to the
+                // id's next holder.
+                sqlx::query("DELETE FROM messages WHERE recipient = $1 OR sender = $1")
                     .bind(user_id)
                     .execute(&mut *tx)
                     .await?;
