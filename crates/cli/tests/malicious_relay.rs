@@ -731,15 +731,23 @@ async fn reordered_and_delayed_messages_arrive_once_each() {
 
 // ---- delivery the relay keeps quiet about ----------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_from_an_unaccepted_identity_confirms_and_counts_nothing() {
+/// Alice (behind a relay that hides deliveries from her) has sent "did you get this?", and
+/// Bob (direct) has received it.
+async fn quiet_about_a_message_bob_received() -> (LyingRelay, tempfile::TempDir, Person, Person) {
     let relay = LyingRelay::start().await;
     relay.attack(HideDelivery);
     let dir = tempfile::tempdir().unwrap();
     let mut bob = Person::register(&dir.path().join("bob"), &relay.direct, "bob").await;
-    let mut alice = Person::register(&dir.path().join("alice"), &relay.proxied, "alice").await;
+    let alice = Person::register(&dir.path().join("alice"), &relay.proxied, "alice").await;
     alice.send("bob", "did you get this?").await;
-    bob.receive_until(|e| received(e) == 1).await;
+    let events = bob.receive_until(|e| received(e) == 1).await;
+    assert_eq!(received(&events), 1, "{events:?}");
+    (relay, dir, alice, bob)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_from_an_unaccepted_identity_confirms_and_counts_nothing() {
+    let (relay, _dir, mut alice, bob) = quiet_about_a_message_bob_received().await;
     bob.send("alice", "yes").await;
     alice.receive_until(|e| received(e) == 1).await;
     alice.send("bob", "and this one?").await;
@@ -804,15 +812,7 @@ async fn a_record_from_an_unaccepted_identity_confirms_and_counts_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_peers_reply_confirms_a_delivery_the_relay_kept_quiet_about() {
-    let relay = LyingRelay::start().await;
-    relay.attack(HideDelivery);
-    let dir = tempfile::tempdir().unwrap();
-    let mut bob = Person::register(&dir.path().join("bob"), &relay.direct, "bob").await;
-    let mut alice = Person::register(&dir.path().join("alice"), &relay.proxied, "alice").await;
-
-    alice.send("bob", "did you get this?").await;
-    let events = bob.receive_until(|e| received(e) == 1).await;
-    assert_eq!(received(&events), 1, "{events:?}");
+    let (_relay, _dir, mut alice, bob) = quiet_about_a_message_bob_received().await;
     // Bob's device saved it; the relay tells Alice nothing of it, even when asked.
     let events = alice.client.refresh_delivery(&alice.relay).await.unwrap();
     assert!(events.is_empty(), "{events:?}");
