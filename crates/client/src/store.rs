@@ -124,27 +124,36 @@ impl Counters {
         let at = self.received_above.partition_point(|&above| above < counter);
         if counter > self.received_contiguous && self.received_above.get(at) != Some(&counter) {
             self.received_above.insert(at, counter);
-            let mut first = 0;
+            self.advance_contiguous();
+            // Only what is still above a gap once the prefix has advanced counts against the
+            // cap: a record that fills the gap must not push out the one right after it.
             if self.received_above.len() > MAX_RECEIVED_ABOVE {
                 // Give up on the gaps below the oldest counter kept: what lies between the
                 // contiguous prefix and it, less the records that did arrive, is missing for
                 // good.
-                first = self.received_above.len() - MAX_RECEIVED_ABOVE;
+                let first = self.received_above.len() - MAX_RECEIVED_ABOVE;
                 let oldest_kept = self.received_above[first];
                 self.missing_for_good += oldest_kept - 1 - self.received_contiguous - first as u64;
                 self.received_contiguous = oldest_kept - 1;
+                self.received_above.drain(..first);
+                self.advance_contiguous();
             }
-            // Checked: a peer's counter may be u64::MAX, past which nothing can follow.
-            while let Some(next) = self.received_contiguous.checked_add(1)
-                && self.received_above.get(first) == Some(&next)
-            {
-                first += 1;
-                self.received_contiguous = next;
-            }
-            self.received_above.drain(..first);
         }
         self.last_counter = counter;
         self.last_digest = digest;
+    }
+
+    /// Moves the contiguous prefix over the counters that now follow it.
+    fn advance_contiguous(&mut self) {
+        let mut taken = 0;
+        // Checked: a peer's counter may be u64::MAX, past which nothing can follow.
+        while let Some(next) = self.received_contiguous.checked_add(1)
+            && self.received_above.get(taken) == Some(&next)
+        {
+            taken += 1;
+            self.received_contiguous = next;
+        }
+        self.received_above.drain(..taken);
     }
 
     /// How many of the peer's records are missing: counters below the highest one seen that
@@ -1454,6 +1463,16 @@ mod tests {
         // A record given up on that arrives late changes nothing.
         counters.note_received(2, MessageDigest::NONE);
         assert_eq!(counters.missing(), 2_001);
+
+        // Exactly at the cap, the record that fills the gap gives nothing up.
+        let mut counters = Counters::default();
+        counters.note_received(1, MessageDigest::NONE);
+        for counter in 4..=1_003 {
+            counters.note_received(counter, MessageDigest::NONE);
+        }
+        counters.note_received(2, MessageDigest::NONE);
+        counters.note_received(3, MessageDigest::NONE);
+        assert_eq!((counters.missing(), counters.received_contiguous), (0, 1_003));
     }
 
     /// A peer's counter is any u64; the last one possible must not overflow the count.

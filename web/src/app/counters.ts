@@ -77,17 +77,24 @@ export function noteReceived(
   if (counter > contiguous && above[at] !== counter) {
     const grown = [...above.slice(0, at), counter, ...above.slice(at)];
     let first = 0;
-    if (grown.length > MAX_RECEIVED_ABOVE) {
-      // Give up on the gaps below the oldest counter kept: what lies between the contiguous
-      // prefix and it, less the records that did arrive, is missing for good.
-      first = grown.length - MAX_RECEIVED_ABOVE;
-      const oldestKept = grown[first] ?? counter;
-      forGood += oldestKept - 1n - contiguous - BigInt(first);
-      contiguous = oldestKept - 1n;
-    }
     while (grown[first] === contiguous + 1n) {
       first++;
       contiguous += 1n;
+    }
+    // Only what is still above a gap once the prefix has advanced counts against the cap: a
+    // record that fills the gap must not push out the one right after it.
+    if (grown.length - first > MAX_RECEIVED_ABOVE) {
+      // Give up on the gaps below the oldest counter kept: what lies between the contiguous
+      // prefix and it, less the records that did arrive, is missing for good.
+      const skipped = grown.length - first - MAX_RECEIVED_ABOVE;
+      first += skipped;
+      const oldestKept = grown[first] ?? counter;
+      forGood += oldestKept - 1n - contiguous - BigInt(skipped);
+      contiguous = oldestKept - 1n;
+      while (grown[first] === contiguous + 1n) {
+        first++;
+        contiguous += 1n;
+      }
     }
     above = grown.slice(first);
   }

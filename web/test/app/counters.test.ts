@@ -75,6 +75,17 @@ export const tests = suite('app/counters', {
     assertEqual(late.receivedContiguous, 1502n, 'contiguous');
     assertEqual(missing(resetReceived(late)), 0n, 'a new identity starts without it');
   },
+  'the record that fills a gap at the cap gives nothing up': async () => {
+    // Exactly MAX_RECEIVED_ABOVE above the gap of 2 and 3; then both arrive.
+    let c = noteReceived(emptyCounters(), 1n, d, 0n);
+    for (let n = 4n; n < 4n + BigInt(MAX_RECEIVED_ABOVE); n++) c = noteReceived(c, n, d, 0n);
+    assertEqual(missing(c), 2n, 'two missing');
+    c = noteReceived(c, 2n, d, 0n);
+    assertEqual(missing(c), 1n, 'record 3 is still waited for');
+    c = noteReceived(c, 3n, d, 0n);
+    assertEqual(missing(c), 0n, 'everything arrived');
+    assertEqual(c.receivedContiguous, 3n + BigInt(MAX_RECEIVED_ABOVE), 'contiguous to the newest');
+  },
   'every other record missing: the list stays bounded and each arrival counts as before': async () => {
     let c = noteReceived(emptyCounters(), 1n, d, 0n);
     for (let n = 3n; n <= 5001n; n += 2n) {
