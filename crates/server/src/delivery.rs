@@ -797,7 +797,19 @@ pub(crate) async fn run_redelivery<A: Adapter>(relay: Arc<Relay<A>>) {
             }
         }
         for (recipient, messages) in per_recipient {
-            for socket in relay.local.sockets(&recipient, Audience::Messages) {
+            // Charged like live pushes (a message already charged is not charged twice), so a
+            // connection that keeps them all unacknowledged is ended here too.
+            let charged: Vec<(i64, usize)> = messages
+                .iter()
+                .map(|m| (m.id, m.envelope.len() + m.sender.len() + PUSH_OVERHEAD))
+                .collect();
+            let allowance = relay.limits().max_unacknowledged_push_bytes;
+            let targets = relay.local.take_push(&recipient, &charged, allowance);
+            for socket in targets.too_slow {
+                relay.metrics.slow_connections_ended.inc();
+                end_socket(&relay, &recipient, socket);
+            }
+            for socket in targets.take {
                 for page in messages.chunks(PAGE) {
                     if send_page(&relay, &socket, page).is_err() {
                         end_socket(&relay, &recipient, socket.clone());

@@ -849,19 +849,21 @@ async fn on_ack<A: Adapter>(
 ) {
     let check = || {
         let connection = connection(&socket)?;
-        allow_event(&relay, &connection)?;
         let user = logged_in(&connection)?;
         let request = request.map_err(bad_request)?;
         if request.ids.len() > relay.limits().max_ids_per_request {
             return Err(Failure::new(ErrorCode::TooLarge, "too many ids in one request"));
         }
+        // The client has these, whether or not the acknowledgement itself is taken below: live
+        // pushes stop counting against the socket's allowance (a client acknowledging faster
+        // than its event limit must not be ended as if it kept them unread).
+        relay.local.acknowledged(&user, socket.id, &request.ids);
+        allow_event(&relay, &connection)?;
         // A catch-up in progress pushes more once these make room.
         let catch_up = connection.lock().catch_up.clone();
         if let Some(catch_up) = catch_up {
             catch_up.record(&request.ids);
         }
-        // And live pushes stop counting against the socket's allowance.
-        relay.local.acknowledged(&user, socket.id, &request.ids);
         Ok(request.ids.into_iter().map(|id| (user.to_string(), id)).collect::<Vec<_>>())
     };
     let acks = match check() {

@@ -585,3 +585,43 @@ async fn a_connection_that_leaves_pushes_unacknowledged_is_ended_and_catches_up(
     let rest: Vec<i64> = bob.messages_acknowledged(sent.len()).await.iter().map(|m| m.id).collect();
     assert_eq!(rest, sent);
 }
+
+/// An acknowledgement refused by the connection's event limit still tells the relay the client
+/// has the messages: a client acknowledging faster than its limit is not ended as if it kept
+/// them unread.
+#[tokio::test]
+async fn acknowledgements_over_the_event_limit_still_count_against_the_allowance() {
+    const ALLOWANCE: usize = 64 * 1024;
+    let server = TestServer::start_with(|config| {
+        config.limits.max_unacknowledged_push_bytes = ALLOWANCE;
+        config.limits.pair_messages_per_second = 0;
+        config.limits.events_per_second = 1;
+        config.limits.events_burst = 40;
+    })
+    .await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    // Bob spends his burst, so his acknowledgements below are refused `rate_limited`.
+    loop {
+        if let Err(error) = bob.client.status(&[1]).await {
+            assert_eq!(error.code(), Some("rate_limited"), "{error:?}");
+            break;
+        }
+    }
+    let mut acks_refused = 0;
+    for n in 0..20 {
+        let big = support::envelope_of_size(n, 8 * 1024 + 16);
+        let id = alice.client.send_raw("bob", &client_id(), &big).await.unwrap().id;
+        let pushed = bob.messages(1).await;
+        assert_eq!(pushed[0].id, id);
+        // One a second refills: the odd one may be taken.
+        if let Err(error) = bob.client.ack(&[id]).await {
+            assert_eq!(error.code(), Some("rate_limited"), "{error:?}");
+            acks_refused += 1;
+        }
+    }
+    assert!(acks_refused >= 15, "{acks_refused} of 20 refused");
+    assert!(bob.client.is_open(), "20 × 8 KiB taken and acknowledged: not ended");
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(metrics.contains("sotto_slow_connections_ended_total 0"), "{metrics}");
+}
