@@ -138,9 +138,8 @@ struct ServeArgs {
 
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
-    /// Free a user id whose owner lost every device. Its keys and undelivered messages (to it
-    /// and from it) are deleted; whoever registers the id next has new keys, and contacts see
-    /// a key change.
+    /// Free a user id whose owner lost every device. Its keys and the messages queued for it
+    /// are deleted; whoever registers the id next has new keys, and contacts see a key change.
     ReleaseUser {
         /// The user id to free.
         user: String,
@@ -231,9 +230,7 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
             let released = storage.release_user(user.as_str()).await?;
             storage.close().await;
             if released {
-                eprintln!(
-                    "released {user}: its keys and undelivered messages (to it and from it) are deleted"
-                );
+                eprintln!("released {user}: its keys and undelivered messages are deleted");
                 Ok(())
             } else {
                 anyhow::bail!("no user {user} in this database")

@@ -622,10 +622,9 @@ macro_rules! impl_storage {
 
             async fn release_user(&self, user_id: &str) -> Result<bool, StorageError> {
                 let mut tx = self.pool.begin_with($begin).await?;
-                // Both ways: what it sent and nobody took yet was sealed with keys the id no
-                // longer has (or by whoever stole them), and its receipts would go to the
-                // id's next holder.
-                sqlx::query("DELETE FROM messages WHERE recipient = $1 OR sender = $1")
+                // What it sent stays: its recipients can still read it (an owner who lost every
+                // device keeps their last messages).
+                sqlx::query("DELETE FROM messages WHERE recipient = $1")
                     .bind(user_id)
                     .execute(&mut *tx)
                     .await?;
