@@ -361,11 +361,10 @@ export class ChatView {
     const changed = pending !== null;
     this.#warning.hidden = !changed;
     if (pending !== null) {
-      // Accepts the identity this banner was rendered for: if another one became pending
-      // since, the client refuses, and the next render shows the banner for that one.
-      const accept = h('button', { type: 'button', class: 'danger' }, 'Accept new key');
-      accept.addEventListener('click', () => this.#act(() => this.#client.acceptKeyChange(peer, pending), peer));
-      const compare = h('button', { type: 'button', class: 'secondary' }, 'Compare safety numbers');
+      // No accepting from here: the banner shows no number, and a relay can make another
+      // identity pending between the comparison and the click without the banner changing.
+      // The new key is accepted from its safety number, for the identity that number is of.
+      const compare = h('button', { type: 'button', class: 'primary' }, 'Compare safety numbers');
       compare.addEventListener('click', () => this.#act(() => this.#showSafetyNumber(peer), peer));
       this.#warning.setAttribute('role', 'alert');
       replace(
@@ -377,7 +376,7 @@ export class ChatView {
           `This happens when ${peer} reinstalls Sotto or starts using a new browser. It can also mean someone is trying to listen in. `,
           `Sending is paused until you accept the new key. If you can, compare the new safety number with ${peer} in person or on a call first.`,
         ),
-        h('div', { class: 'actions' }, compare, accept),
+        h('div', { class: 'actions' }, compare),
       );
     } else {
       this.#warning.removeAttribute('role');
@@ -510,9 +509,17 @@ export class ChatView {
     const close = h('button', { type: 'button', class: 'secondary' }, 'Close');
     close.addEventListener('click', () => this.#dialog.close());
     const mark = h('button', { type: 'button', class: 'primary' }, verified ? 'Mark as not verified' : 'Mark as verified');
-    mark.disabled = changed;
     mark.addEventListener('click', () => {
       this.#act(() => this.#client.setVerified(peer, !verified).then(() => this.#showSafetyNumber(peer)), peer);
+    });
+    // A changed key is accepted here, for the identity whose number is on screen: if another
+    // one has become pending meanwhile, the client refuses and this dialog shows its number.
+    const accept = h('button', { type: 'button', class: 'danger' }, 'Accept new key');
+    accept.addEventListener('click', () => {
+      this.#act(
+        () => this.#client.acceptKeyChange(peer, identity).then(() => this.#dialog.close()),
+        peer,
+      );
     });
     replace(
       this.#dialog,
@@ -537,10 +544,11 @@ export class ChatView {
             ? `✔ You marked ${peer} as verified.`
             : `${peer} is not verified yet.`,
       ),
-      h('div', { class: 'actions' }, close, mark),
+      h('div', { class: 'actions' }, close, changed ? accept : mark),
     );
     if (!this.#dialog.open) this.#dialog.showModal();
-    mark.focus();
+    // Never the acceptance: a key pressed by habit must not trust a new key.
+    (changed ? close : mark).focus();
   }
 }
 

@@ -397,8 +397,9 @@ describe('web client in Chromium', () => {
     // The new safety number can be compared first; then accept.
     await alice.getByRole('button', { name: 'Compare safety numbers' }).click();
     await expect(alice.getByRole('dialog').locator('.verify-state'), 'new key note').toContainText('new key');
-    await alice.getByRole('button', { name: 'Close' }).click();
-    await alice.getByRole('button', { name: 'Accept new key' }).click();
+    await expect(alice.getByRole('alert').getByRole('button', { name: 'Accept new key' }), 'not from the banner').toHaveCount(0);
+    await alice.getByRole('dialog').getByRole('button', { name: 'Accept new key' }).click();
+    await expect(alice.getByRole('dialog'), 'closed once accepted').toBeHidden();
     await expect(alice.getByLabel('Message', { exact: true }), 'composer unblocked').toBeEnabled();
     await send(alice, 'welcome back, new bob');
     await expect(bubble(bob, 'welcome back, new bob'), 'reply reaches the new identity').toBeVisible();

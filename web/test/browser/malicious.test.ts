@@ -334,9 +334,10 @@ describe('web client against a lying relay', () => {
     await sleep(300);
     assert.equal(mitm.sentBy('alice', 'message:send').length, attempts.length, 'the sealed message is held');
 
-    // Accepting the new key (the person compared numbers, or chose to) seals it again, for
-    // the accepted identity, and sends it.
-    await alice.getByRole('button', { name: 'Accept new key' }).click();
+    // Accepting the new key from its safety number (the person compared numbers, or chose
+    // to) seals it again, for the accepted identity, and sends it.
+    await alice.getByRole('button', { name: 'Compare safety numbers' }).click();
+    await alice.getByRole('dialog').getByRole('button', { name: 'Accept new key' }).click();
     await mitm.waitFor('the held message to be sent', () => mitm.sentBy('alice', 'message:send').length > attempts.length);
     const resent = mitm.sentBy('alice', 'message:send').at(-1);
     assert.ok(isRecord(resent));
@@ -420,7 +421,8 @@ describe('web client against a lying relay', () => {
     }
 
     // Accepted (compared, or not): Mallory's next record, whatever its counter, starts the count.
-    await alice.getByRole('button', { name: 'Accept new key' }).click();
+    await alice.getByRole('button', { name: 'Compare safety numbers' }).click();
+    await alice.getByRole('dialog').getByRole('button', { name: 'Accept new key' }).click();
     await expect(alice.getByRole('alert').filter({ hasText: 'bob’s safety number has changed' }), 'warning gone').toHaveCount(0);
     mitm.link('alice').push([await mallory.write('mallory 5', 5n, 0n)]);
     await expect(bubble(alice, 'mallory 5'), 'her next record').toBeVisible();
