@@ -244,7 +244,7 @@ impl App {
                 }
                 // A chord, not a letter: the warning that leads here opens by itself, often
                 // while the user is typing, and a stray key must never trust a new key.
-                KeyCode::Char('a') if changed && ctrl => {
+                KeyCode::Char('t') if changed && ctrl => {
                     self.overlay = None;
                     Action::Trust { peer, number: groups.concat() }
                 }
@@ -319,7 +319,7 @@ mod tests {
         assert_eq!(app.on_key(key(KeyCode::Enter)), Action::None, "blocking");
         assert_eq!(app.on_key(key(KeyCode::Char('x'))), Action::None, "blocking");
         assert_eq!(app.on_key(key(KeyCode::Char('a'))), Action::None, "no letter accepts here");
-        assert_eq!(app.on_key(ctrl('a')), Action::None, "nor a chord: the number comes first");
+        assert_eq!(app.on_key(ctrl('t')), Action::None, "nor a chord: the number comes first");
         assert_eq!(app.overlay, Some(Overlay::KeyChanged { peer: "bob".into() }));
         assert_eq!(app.on_key(key(KeyCode::Char('s'))), Action::ShowSafetyNumber("bob".into()));
     }
@@ -347,7 +347,7 @@ mod tests {
         );
         app.overlay = Some(number());
         assert_eq!(
-            app.on_key(ctrl('a')),
+            app.on_key(ctrl('t')),
             Action::Trust { peer: "bob".into(), number: groups.concat() },
             "the number shown goes with the acceptance"
         );

@@ -235,6 +235,7 @@ fn draw_overlay(frame: &mut Frame<'_>, overlay: &Overlay) {
                 Line::raw("↑ / ↓        previous / next conversation"),
                 Line::raw("Ctrl-N       new conversation by user id"),
                 Line::raw("Ctrl-S       safety number (verify who you talk to)"),
+                Line::raw("Ctrl-T       on a changed key's number: trust the new key"),
                 Line::raw("Esc          clear the input / close"),
                 Line::raw("? or F1      this help"),
                 Line::raw("Ctrl-Q       quit"),
@@ -244,7 +245,7 @@ fn draw_overlay(frame: &mut Frame<'_>, overlay: &Overlay) {
                 Line::styled("any key to close", Style::new().fg(Color::DarkGray)),
             ],
             62,
-            14,
+            15,
         ),
         Overlay::NewConversation(typed) => (
             " New conversation ".into(),
@@ -269,7 +270,7 @@ fn draw_overlay(frame: &mut Frame<'_>, overlay: &Overlay) {
             lines.push(Line::raw(""));
             lines.push(Line::styled(
                 if *changed {
-                    "NEW number. Ctrl-A: it matches, accept it · any key: close".to_owned()
+                    "NEW number. Ctrl-T: it matches, trust it · any key: close".to_owned()
                 } else if *verified {
                     "✔ verified · any key to close".to_owned()
                 } else {
