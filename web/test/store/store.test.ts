@@ -22,6 +22,29 @@ async function withStore(work: (store: Store, name: string) => Promise<void>): P
   }
 }
 
+/**
+ * A database left by an earlier version of the store: its messages store with the indexes
+ * `fill` gives it (besides the first version's `byPeer`) and the messages it adds. Returns its
+ * name, for the current store to open (and upgrade).
+ */
+async function olderDatabase(version: number, fill: (messages: IDBObjectStore) => void): Promise<string> {
+  const name = `sotto-store-upgrade-${Date.now()}-${opened++}`;
+  await new Promise<void>((resolve, reject) => {
+    const open = indexedDB.open(name, version);
+    open.onupgradeneeded = () => {
+      const messages = open.result.createObjectStore('messages', { keyPath: 'id', autoIncrement: true });
+      messages.createIndex('byPeer', ['peer', 'id']);
+      fill(messages);
+    };
+    open.onsuccess = () => {
+      open.result.close();
+      resolve();
+    };
+    open.onerror = () => reject(open.error ?? new Error('cannot open'));
+  });
+  return name;
+}
+
 function message(peer: string, direction: Message['direction'], counter: number, status: MessageStatus, serverId: number | null = null): Message {
   return {
     peer,
@@ -99,23 +122,12 @@ export const tests = suite('store', {
     });
   },
   'a database of the second version takes a received message under the relay id of one of ours': async () => {
-    const name = `sotto-store-upgrade-${Date.now()}-${opened++}`;
     // Version 2's messages store as it was, holding one of ours under relay id 7.
-    await new Promise<void>((resolve, reject) => {
-      const open = indexedDB.open(name, 2);
-      open.onupgradeneeded = () => {
-        const messages = open.result.createObjectStore('messages', { keyPath: 'id', autoIncrement: true });
-        messages.createIndex('byPeer', ['peer', 'id']);
-        messages.createIndex('byServerId', ['peer', 'serverId'], { unique: true });
-        messages.createIndex('byClientId', 'clientId', { unique: true });
-        messages.createIndex('byStatus', 'status');
-        messages.add(message('bob', 'out', 1, 'stored', 7));
-      };
-      open.onsuccess = () => {
-        open.result.close();
-        resolve();
-      };
-      open.onerror = () => reject(open.error ?? new Error('cannot open'));
+    const name = await olderDatabase(2, (messages) => {
+      messages.createIndex('byServerId', ['peer', 'serverId'], { unique: true });
+      messages.createIndex('byClientId', 'clientId', { unique: true });
+      messages.createIndex('byStatus', 'status');
+      messages.add(message('bob', 'out', 1, 'stored', 7));
     });
     const store = await Store.open(name);
     try {
@@ -128,20 +140,9 @@ export const tests = suite('store', {
     }
   },
   'a database of the first version gains the status index over the messages it holds': async () => {
-    const name = `sotto-store-upgrade-${Date.now()}-${opened++}`;
     // Version 1's messages store as it was created, holding one message waiting for a report.
-    await new Promise<void>((resolve, reject) => {
-      const open = indexedDB.open(name, 1);
-      open.onupgradeneeded = () => {
-        const messages = open.result.createObjectStore('messages', { keyPath: 'id', autoIncrement: true });
-        messages.createIndex('byPeer', ['peer', 'id']);
-        messages.add(message('bob', 'out', 1, 'stored', 42));
-      };
-      open.onsuccess = () => {
-        open.result.close();
-        resolve();
-      };
-      open.onerror = () => reject(open.error ?? new Error('cannot open'));
+    const name = await olderDatabase(1, (messages) => {
+      messages.add(message('bob', 'out', 1, 'stored', 42));
     });
     const store = await Store.open(name);
     try {
