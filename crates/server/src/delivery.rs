@@ -615,11 +615,22 @@ const PUSH_OVERHEAD: usize = 64;
 /// more than `max_unacknowledged_push_bytes` is ended instead (it stopped reading or saving),
 /// so what the relay keeps for it stays bounded, and it catches up, paced, when it reconnects.
 async fn push_messages<A: Adapter>(relay: &Relay<A>, user: &str, push: &ReceivePush<'_>) -> bool {
-    let charged: SmallVec<[(i64, usize); 8]> = push
-        .messages
-        .iter()
-        .map(|m| (m.id, m.envelope.get().len() + m.from.len() + PUSH_OVERHEAD))
-        .collect();
+    let sizes = push.messages.iter().map(|m| (m.id, m.envelope.get().len(), m.from.len()));
+    let sockets = charge_push(relay, user, sizes);
+    push_to_sockets(relay, user, sockets, Audience::Messages, events::MESSAGE_RECEIVE, push).await
+}
+
+/// Charges the caught-up sockets of `user` with a push of messages (id, envelope bytes, sender
+/// bytes), ends those that would then hold more than `max_unacknowledged_push_bytes`
+/// unacknowledged, and returns the others, to push to. A message already charged to a socket
+/// (a re-push) is not charged twice.
+fn charge_push<A: Adapter>(
+    relay: &Relay<A>,
+    user: &str,
+    messages: impl Iterator<Item = (i64, usize, usize)>,
+) -> SmallVec<[SocketRef<A>; 2]> {
+    let charged: SmallVec<[(i64, usize); 8]> =
+        messages.map(|(id, envelope, sender)| (id, envelope + sender + PUSH_OVERHEAD)).collect();
     let allowance = relay.limits().max_unacknowledged_push_bytes;
     let targets = relay.local.take_push(user, &charged, allowance);
     for socket in targets.too_slow {
@@ -627,8 +638,7 @@ async fn push_messages<A: Adapter>(relay: &Relay<A>, user: &str, push: &ReceiveP
         tracing::debug!(sid = %socket.id, "too much pushed unacknowledged; disconnecting the socket");
         end_socket(relay, user, socket);
     }
-    push_to_sockets(relay, user, targets.take, Audience::Messages, events::MESSAGE_RECEIVE, push)
-        .await
+    targets.take
 }
 
 /// Pushes a notice (a receipt, presence, a prekey warning) to every logged-in socket of `user`.
@@ -797,19 +807,10 @@ pub(crate) async fn run_redelivery<A: Adapter>(relay: Arc<Relay<A>>) {
             }
         }
         for (recipient, messages) in per_recipient {
-            // Charged like live pushes (a message already charged is not charged twice), so a
-            // connection that keeps them all unacknowledged is ended here too.
-            let charged: Vec<(i64, usize)> = messages
-                .iter()
-                .map(|m| (m.id, m.envelope.len() + m.sender.len() + PUSH_OVERHEAD))
-                .collect();
-            let allowance = relay.limits().max_unacknowledged_push_bytes;
-            let targets = relay.local.take_push(&recipient, &charged, allowance);
-            for socket in targets.too_slow {
-                relay.metrics.slow_connections_ended.inc();
-                end_socket(&relay, &recipient, socket);
-            }
-            for socket in targets.take {
+            // Charged like live pushes, so a connection that keeps them all unacknowledged is
+            // ended here too.
+            let sizes = messages.iter().map(|m| (m.id, m.envelope.len(), m.sender.len()));
+            for socket in charge_push(&relay, &recipient, sizes) {
                 for page in messages.chunks(PAGE) {
                     if send_page(&relay, &socket, page).is_err() {
                         end_socket(&relay, &recipient, socket.clone());
