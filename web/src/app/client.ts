@@ -661,8 +661,8 @@ export class Client {
   }
 
   /**
-   * Accepts `peer`'s changed identity, `expected`: the pending one the user was shown (its
-   * safety number, the banner). It becomes the trusted one (not verified). Refused with
+   * Accepts `peer`'s changed identity, `expected`: the pending one whose safety number the
+   * user was shown (the safety-number panel is where it is accepted). It becomes the trusted one (not verified). Refused with
    * `key_changed_again` when another identity is pending by now: the relay can swap what is
    * pending between the comparison and the click, and the user accepts what they saw or nothing.
    */
