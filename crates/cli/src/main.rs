@@ -123,6 +123,12 @@ struct ServeArgs {
     /// longer is refused with the retryable `busy`.
     #[arg(long, env = "SOTTO_MAX_SEND_BACKLOG_MS", default_value_t = 250)]
     max_send_backlog_ms: u64,
+    /// How long a message pushed to a connected recipient may wait for its acknowledgement
+    /// before it is written, in milliseconds (acknowledged in time, it is never written; 0:
+    /// store every message before pushing it). Its sender hears "stored" either way only once
+    /// it is on disk or in the recipient's hands.
+    #[arg(long, env = "SOTTO_WRITE_BEHIND_MS", default_value_t = 50)]
+    write_behind_ms: u64,
     /// Registrations per hour from one address (an IPv4 address or an IPv6 /64), after a
     /// burst of half as many (0: unlimited).
     #[arg(long, env = "SOTTO_REGISTRATIONS_PER_HOUR", default_value_t = sotto_server::Limits::default().registrations_per_hour)]
@@ -211,6 +217,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.limits.pair_messages_per_second = args.pair_messages_per_second;
     config.limits.max_queue_per_recipient = args.max_queue;
     config.limits.max_send_backlog = std::time::Duration::from_millis(args.max_send_backlog_ms);
+    config.write_behind = std::time::Duration::from_millis(args.write_behind_ms);
     config.limits.registrations_per_hour = args.registrations_per_hour;
     config.limits.registrations_burst = args.registrations_per_hour.div_ceil(2);
     config.trusted_proxies = args.trusted_proxies;

@@ -27,6 +27,11 @@ pub struct Config {
     pub trusted_proxies: Vec<IpAddr>,
     /// Limits.
     pub limits: Limits,
+    /// How long a message pushed to a connected recipient may stay unwritten, waiting for its
+    /// acknowledgement (write-behind, see `delivery`): acknowledged in time, it is never
+    /// written; otherwise it is stored like any other. Zero stores every message before
+    /// pushing it. Its sender hears "stored" only once it is on disk or acknowledged.
+    pub write_behind: Duration,
     /// Set by [`Config::bind_login_hosts`]: accept the `Host` header a client sent as the name
     /// its login is bound to (no public name was configured for a wildcard address).
     pub(crate) trust_host_header: bool,
@@ -44,6 +49,7 @@ impl Config {
             redis_prefix: "sotto".to_owned(),
             trusted_proxies: Vec::new(),
             limits: Limits::default(),
+            write_behind: Duration::from_millis(50),
             trust_host_header: false,
         }
     }

@@ -39,6 +39,7 @@ use crate::state::{
 use crate::storage::{
     Acknowledged, Committed, Durable, NewMessage, QueueBatch, QueuedMessage, StoreOutcome,
 };
+use crate::unwritten::{Held, Unwritten};
 
 /// Most jobs the writer takes into one batch.
 pub const MAX_BATCH: usize = 512;
@@ -122,18 +123,38 @@ pub(crate) async fn run_writer<A: Adapter>(
     // Acknowledgements held back to ride with the next batch that stores (see `ACKS_WAIT`).
     let mut held: Vec<Job<A>> = Vec::new();
     let mut held_since: Option<Instant> = None;
+    // Messages pushed before they were written (see `crate::unwritten`).
+    let mut unwritten: Unwritten<Ticket<A>> = Unwritten::default();
+    let wait = relay.config.write_behind;
     loop {
-        let received = match held_since {
-            Some(since) => {
-                let deadline = (since + ACKS_WAIT).into();
-                tokio::time::timeout_at(deadline, inbox.recv_many(&mut batch, MAX_BATCH)).await.ok()
+        let deadline = [held_since.map(|since| since + ACKS_WAIT), unwritten.next_due(wait)]
+            .into_iter()
+            .flatten()
+            .min();
+        let received = match deadline {
+            Some(deadline) => {
+                tokio::time::timeout_at(deadline.into(), inbox.recv_many(&mut batch, MAX_BATCH))
+                    .await
+                    .ok()
             }
             None => Some(inbox.recv_many(&mut batch, MAX_BATCH).await),
         };
         let closed = received == Some(0);
         let only_acks = batch.iter().all(|job| matches!(job, Job::Ack { .. }));
         held.append(&mut batch);
-        if received.is_some() && !closed && only_acks && held.len() < MAX_BATCH {
+        // Acknowledgements of held messages need no write: they go at once, so that their
+        // messages are not written meanwhile.
+        let acknowledges_unwritten = !unwritten.is_empty()
+            && held.iter().any(|job| match job {
+                Job::Ack { acks, .. } => acks.iter().any(|(_, id)| unwritten.holds(*id)),
+                _ => false,
+            });
+        if received.is_some()
+            && !closed
+            && only_acks
+            && held.len() < MAX_BATCH
+            && !acknowledges_unwritten
+        {
             held_since.get_or_insert_with(Instant::now);
             continue;
         }
@@ -152,8 +173,9 @@ pub(crate) async fn run_writer<A: Adapter>(
         }
         if !held.is_empty() {
             relay.metrics.batch_size.observe(held.len() as f64);
-            process(&relay, std::mem::take(&mut held), &after_flush).await;
         }
+        // Also with no job: held messages may be due to be written.
+        process(&relay, std::mem::take(&mut held), &mut unwritten, closed, &after_flush).await;
         if closed {
             break;
         }
@@ -228,6 +250,8 @@ async fn answer_when_durable<A: Adapter>(
 async fn process<A: Adapter>(
     relay: &Arc<Relay<A>>,
     jobs: Vec<Job<A>>,
+    unwritten: &mut Unwritten<Ticket<A>>,
+    closing: bool,
     after_flush: &mpsc::UnboundedSender<AfterFlush<A>>,
 ) {
     let mut stores = Vec::new();
@@ -247,16 +271,26 @@ async fn process<A: Adapter>(
         }
     }
     let (messages, tickets) = admit(relay, stores).await;
-    // Acknowledgements of messages this node stored recently are matched here; the rest are
-    // matched by the database.
+    // Acknowledgements of held messages (never written: nothing to delete, and their senders
+    // are answered now) and of messages this node stored recently are matched here; the rest
+    // are matched by the database.
+    let mut answers = Vec::new();
     let mut known = Vec::new();
     let mut unknown = Vec::new();
+    let mut never_written = Vec::new();
     {
         let mut recent = relay.recent.lock().unwrap_or_else(|e| e.into_inner());
         for (recipient, id) in acks {
-            match recent.get(&id) {
+            if let Some(held) = unwritten.acknowledge(&recipient, id) {
+                let NewMessage { sender, client_id, .. } = held.message;
+                let (ack, received) = held.ticket;
+                answers.push((ack, received, SendAnswer { ok: true, id, duplicate: false }));
+                never_written.push(Acknowledged { id, sender, client_id, recipient });
+                continue;
+            }
+            match recent.get(id) {
                 Some(entry) if entry.recipient == recipient => {
-                    if let Some(entry) = recent.remove(&id) {
+                    if let Some(entry) = recent.remove(id) {
                         known.push(Acknowledged {
                             id,
                             sender: entry.sender,
@@ -270,22 +304,44 @@ async fn process<A: Adapter>(
             }
         }
     }
+    relay.metrics.messages_never_written.inc_by(never_written.len() as u64);
+    let (mut late, fresh, fresh_tickets) =
+        push_before_writing(relay, unwritten, messages, tickets).await;
+    // Held messages are written once due, and all of them before a shutdown flush answers.
+    if closing || !flushes.is_empty() {
+        late.extend(unwritten.take_all());
+    } else {
+        late.extend(unwritten.take_due(Instant::now(), relay.config.write_behind));
+    }
+    let late_count = late.len();
+    let late_recipients: Vec<String> = late.iter().map(|h| h.message.recipient.clone()).collect();
+    let (late_messages, late_tickets): (Vec<NewMessage>, Vec<(Ticket<A>, u64)>) =
+        late.into_iter().map(|held| (held.message, (held.ticket, held.send))).unzip();
     let deletes: Vec<i64> = known.iter().map(|a| a.id).collect();
-    let batch = QueueBatch { stores: messages, deletes, acks: unknown };
+    let mut stores = late_messages;
+    stores.extend(fresh);
+    let batch = QueueBatch { stores, deletes, acks: unknown };
     let mut after =
-        AfterFlush { durable: Durable::now(), answers: Vec::new(), receipts: Vec::new(), flushes };
-    if !batch.is_empty() {
+        AfterFlush { durable: Durable::now(), answers, receipts: never_written, flushes };
+    if batch.is_empty() {
+        for answer in ack_answers {
+            let _ = answer.send(&crate::events::Done::OK);
+        }
+    } else {
         let (messages, acks) = (batch.stores.len(), batch.deletes.len() + batch.acks.len());
         // One transaction for the whole batch: the group commit.
         match relay.storage.commit_batch(batch).await {
-            Ok(Committed { stores, outcomes, acknowledged, durable }) => {
+            Ok(Committed { mut stores, mut outcomes, acknowledged, durable }) => {
                 // A lost deletion only brings a message back, which its recipient drops.
                 for answer in ack_answers {
                     let _ = answer.send(&crate::events::Done::OK);
                 }
-                after.answers = stored(relay, stores, tickets, &outcomes).await;
-                known.extend(acknowledged);
-                after.receipts = known;
+                let fresh = stores.split_off(late_count);
+                let fresh_outcomes = outcomes.split_off(late_count);
+                after.answers.extend(written_late(relay, stores, late_tickets, &outcomes));
+                after.answers.extend(stored(relay, fresh, fresh_tickets, &fresh_outcomes).await);
+                after.receipts.extend(known);
+                after.receipts.extend(acknowledged);
                 after.durable = durable;
             }
             Err(error) => {
@@ -295,7 +351,16 @@ async fn process<A: Adapter>(
                     ErrorCode::StorageUnavailable,
                     "storage unavailable; nothing stored; retry",
                 );
-                for (ack, _) in tickets {
+                // The held messages were counted as queued; now nobody holds them (their
+                // senders send them again).
+                relay.metrics.queue_depth.dec_by(late_count as i64);
+                for recipient in &late_recipients {
+                    relay.recipients.add_pending(recipient, -1);
+                }
+                for ((ack, _), _) in late_tickets {
+                    refuse(relay, ack, &failure);
+                }
+                for (ack, _) in fresh_tickets {
                     refuse(relay, ack, &failure);
                 }
                 // Unrecorded acknowledgements leave their messages queued: they are pushed
@@ -307,12 +372,167 @@ async fn process<A: Adapter>(
         }
     }
     for (socket, user, after) in attaches {
-        attach(relay, socket, &user, after).await;
+        attach(relay, unwritten, socket, &user, after).await;
     }
     if !after.is_empty() {
         // Only fails once the answering task is gone, which outlives the writer.
         let _ = after_flush.send(after);
     }
+}
+
+/// The write-behind (see [`crate::unwritten`]): pushes the admitted messages of recipients
+/// connected here at once and holds them, under ids taken before storing, waiting for their
+/// acknowledgement. Returns what must be written now, in this order: held messages that must
+/// go first (older messages of a recipient whose new ones are written now), then the messages
+/// to store and push the usual way, with their senders.
+///
+/// A recipient's messages of the batch are stored first, the usual way, when any of them may
+/// be a resend of a message still held or recently stored (a resend is answered with its
+/// first copy's id and never pushed twice), when the recipient has no socket caught up here
+/// to take the push, or when the relay is clustered (PostgreSQL numbers messages as it
+/// stores them, and another node's sockets must read them from the queue).
+async fn push_before_writing<A: Adapter>(
+    relay: &Arc<Relay<A>>,
+    unwritten: &mut Unwritten<Ticket<A>>,
+    messages: Vec<NewMessage>,
+    tickets: Vec<Ticket<A>>,
+) -> (Vec<Held<Ticket<A>>>, Vec<NewMessage>, Vec<Ticket<A>>) {
+    if relay.config.write_behind.is_zero() || relay.clustered() || messages.is_empty() {
+        return (Vec::new(), messages, tickets);
+    }
+    // Each recipient's messages of the batch, in order, with their send keys.
+    let sends: Vec<u64> =
+        messages.iter().map(|m| relay.send_key(&m.sender, &m.client_id)).collect();
+    let mut careful: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    {
+        let recent = relay.recent.lock().unwrap_or_else(|e| e.into_inner());
+        for (message, send) in messages.iter().zip(&sends) {
+            if unwritten.holds_send(*send) || recent.holds_send(*send) {
+                careful.insert(message.recipient.as_str());
+            }
+        }
+    }
+    let eligible: Vec<bool> = messages
+        .iter()
+        .map(|m| !careful.contains(m.recipient.as_str()) && relay.is_caught_up(&m.recipient))
+        .collect();
+    drop(careful);
+    let wanted = eligible.iter().filter(|e| **e).count();
+    let Some(mut ids) = (wanted > 0).then(|| relay.storage.take_message_ids(wanted)).flatten()
+    else {
+        return (held_first(unwritten, &messages), messages, tickets);
+    };
+    // Numbered in the batch's order, so each recipient's ids keep the order they were sent in.
+    let mut fresh = Vec::new();
+    let mut fresh_tickets = Vec::new();
+    // Per recipient: (message, its sender's ticket, its send key), in order.
+    type Group<A> = Vec<(NewMessage, Ticket<A>, u64)>;
+    let mut groups: Vec<(String, Group<A>)> = Vec::new();
+    for (((mut message, ticket), send), eligible) in
+        messages.into_iter().zip(tickets).zip(sends).zip(eligible)
+    {
+        if !eligible {
+            fresh.push(message);
+            fresh_tickets.push(ticket);
+            continue;
+        }
+        message.id = ids.next();
+        match groups.iter_mut().find(|(recipient, _)| *recipient == message.recipient) {
+            Some((_, group)) => group.push((message, ticket, send)),
+            None => groups.push((message.recipient.clone(), vec![(message, ticket, send)])),
+        }
+    }
+    let pushes = groups.iter().map(|(recipient, group)| async move {
+        let push = ReceivePush {
+            messages: group
+                .iter()
+                .map(|(message, ..)| ReceivedMessage {
+                    id: message.id.unwrap_or_default(),
+                    from: &message.sender,
+                    received_at: message.created_at,
+                    envelope: &message.envelope,
+                })
+                .collect(),
+        };
+        push_messages(relay, recipient, &push).await
+    });
+    let pushed = join_all(pushes).await;
+    let now = Instant::now();
+    let mut new_contacts = Vec::new();
+    for ((recipient, group), delivered) in groups.into_iter().zip(pushed) {
+        if !delivered {
+            // Nobody took it after all (the socket was ended): stored now, numbered already,
+            // so still in order.
+            for (message, ticket, _) in group {
+                fresh.push(message);
+                fresh_tickets.push(ticket);
+            }
+            continue;
+        }
+        relay.metrics.messages_delivered.inc_by(group.len() as u64);
+        relay.metrics.queue_depth.inc_by(group.len() as i64);
+        relay.recipients.add_pending(&recipient, group.len() as isize);
+        for (message, ticket, send) in group {
+            relay.metrics.push_seconds.observe(ticket.1.elapsed().as_secs_f64());
+            let key = relay.pair_key(&message.sender, &message.recipient);
+            let new_pair =
+                relay.known_contacts.lock().map(|mut known| known.insert(key)).unwrap_or(false);
+            if new_pair {
+                new_contacts.push((message.sender.clone(), message.recipient.clone()));
+            }
+            unwritten.hold(Held { message, ticket, pushed: now, send });
+        }
+    }
+    if !new_contacts.is_empty() {
+        record_contacts(relay, new_contacts).await;
+    }
+    (held_first(unwritten, &fresh), fresh, fresh_tickets)
+}
+
+/// Takes the held messages of the recipients of `fresh`, to be written with it and before it:
+/// what is stored for a recipient must be the oldest of their messages, or a socket catching
+/// up past the newest stored one would skip the older held ones.
+fn held_first<T>(unwritten: &mut Unwritten<T>, fresh: &[NewMessage]) -> Vec<Held<T>> {
+    let mut late = Vec::new();
+    for message in fresh {
+        if unwritten.is_empty() {
+            break;
+        }
+        late.extend(unwritten.take_recipient(&message.recipient));
+    }
+    late
+}
+
+/// After the commit: held messages written because no acknowledgement came in time (pushed
+/// already, counted as queued already). Returns their senders' answers, to be given once the
+/// batch is on disk.
+fn written_late<A: Adapter>(
+    relay: &Relay<A>,
+    messages: Vec<NewMessage>,
+    tickets: Vec<(Ticket<A>, u64)>,
+    outcomes: &[StoreOutcome],
+) -> Vec<(AckSender<A>, Instant, SendAnswer)> {
+    let mut answers = Vec::with_capacity(tickets.len());
+    let mut recent = relay.recent.lock().unwrap_or_else(|e| e.into_inner());
+    for ((message, ((ack, received), send)), outcome) in
+        messages.into_iter().zip(tickets).zip(outcomes)
+    {
+        let duplicate = matches!(outcome, StoreOutcome::Duplicate(_));
+        answers.push((ack, received, SendAnswer { ok: true, id: outcome.id(), duplicate }));
+        if duplicate {
+            // A resend of a message stored before this node remembers (its first copy is
+            // queued and counted): this copy was pushed for nothing, and its recipient drops
+            // it by its ratchet key.
+            relay.metrics.queue_depth.dec();
+            relay.recipients.add_pending(&message.recipient, -1);
+            continue;
+        }
+        relay.metrics.messages_stored.inc();
+        let NewMessage { recipient, sender, client_id, .. } = message;
+        recent.insert(outcome.id(), RecentMessage { recipient, sender, client_id, send });
+    }
+    recent.trim(RECENT_LIMIT);
+    answers
 }
 
 fn refuse<A: Adapter>(relay: &Relay<A>, ack: AckSender<A>, failure: &Failure) {
@@ -477,13 +697,12 @@ async fn stored<A: Adapter>(
     let mut recent = relay.recent.lock().unwrap_or_else(|e| e.into_inner());
     for (message, outcome) in messages.into_iter().zip(outcomes) {
         if let StoreOutcome::Stored(id) = outcome {
+            let send = relay.send_key(&message.sender, &message.client_id);
             let NewMessage { recipient, sender, client_id, .. } = message;
-            recent.insert(*id, RecentMessage { recipient, sender, client_id });
+            recent.insert(*id, RecentMessage { recipient, sender, client_id, send });
         }
     }
-    while recent.len() > RECENT_LIMIT {
-        recent.pop_first();
-    }
+    recent.trim(RECENT_LIMIT);
     answers
 }
 
@@ -547,7 +766,16 @@ async fn delivered<A: Adapter>(relay: &Relay<A>, acknowledged: &[Acknowledged]) 
     join_all(pushes).await;
 }
 
-async fn attach<A: Adapter>(relay: &Arc<Relay<A>>, socket: SocketRef<A>, user: &str, after: i64) {
+/// Marks a socket caught up and pushes what was stored for it since its catch-up read the
+/// queue, then the messages held unwritten for its user (all newer than anything stored for
+/// them, see `crate::unwritten`).
+async fn attach<A: Adapter>(
+    relay: &Arc<Relay<A>>,
+    unwritten: &Unwritten<Ticket<A>>,
+    socket: SocketRef<A>,
+    user: &str,
+    after: i64,
+) {
     if !relay.add_caught_up(user, &socket) {
         return;
     }
@@ -561,7 +789,7 @@ async fn attach<A: Adapter>(relay: &Arc<Relay<A>>, socket: SocketRef<A>, user: &
                 if let Err(error) = send_page(relay, &socket, &messages) {
                     tracing::debug!(%error, "socket cannot take its backlog; disconnecting it");
                     end_socket(relay, user, socket);
-                    break;
+                    return;
                 }
                 if !full_page {
                     break;
@@ -572,9 +800,29 @@ async fn attach<A: Adapter>(relay: &Arc<Relay<A>>, socket: SocketRef<A>, user: &
                 relay.metrics.storage_errors.inc();
                 tracing::warn!(%error, "catching a socket up failed; disconnecting it");
                 end_socket(relay, user, socket);
-                break;
+                return;
             }
         }
+    }
+    let held: Vec<&Held<Ticket<A>>> = unwritten.for_recipient(user, after).collect();
+    for page in held.chunks(PAGE) {
+        let push = ReceivePush {
+            messages: page
+                .iter()
+                .map(|held| ReceivedMessage {
+                    id: held.message.id.unwrap_or_default(),
+                    from: &held.message.sender,
+                    received_at: held.message.created_at,
+                    envelope: &held.message.envelope,
+                })
+                .collect(),
+        };
+        if let Err(error) = socket.emit(events::MESSAGE_RECEIVE, &push) {
+            tracing::debug!(%error, "socket cannot take its backlog; disconnecting it");
+            end_socket(relay, user, socket);
+            return;
+        }
+        relay.metrics.messages_delivered.inc_by(page.len() as u64);
     }
 }
 

@@ -820,6 +820,7 @@ fn enqueue_send<A: Adapter>(
             .check(&relay.pair_key(&sender, recipient.as_str()), Instant::now())
             .map_err(rate_limited)?;
         Ok(NewMessage {
+            id: None,
             recipient: recipient.to_string(),
             sender: sender.to_string(),
             client_id: request.id,

@@ -37,6 +37,7 @@ mod limits;
 mod memory;
 mod registrar;
 mod state;
+mod unwritten;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub messages_delivered: Counter,
     /// Messages acknowledged by their recipient.
     pub messages_acknowledged: Counter,
+    /// Messages acknowledged before they were written (write-behind), so never written.
+    pub messages_never_written: Counter,
     /// Messages dropped undelivered after their time to live.
     pub messages_expired: Counter,
     /// Messages waiting for their recipient.
@@ -76,6 +78,7 @@ impl Metrics {
             messages_stored: Counter::default(),
             messages_delivered: Counter::default(),
             messages_acknowledged: Counter::default(),
+            messages_never_written: Counter::default(),
             messages_expired: Counter::default(),
             queue_depth: Gauge::default(),
             storage_errors: Counter::default(),
@@ -124,6 +127,11 @@ impl Metrics {
             "messages_acknowledged",
             "Messages acknowledged by their recipient",
             metrics.messages_acknowledged.clone(),
+        );
+        registry.register(
+            "messages_never_written",
+            "Messages acknowledged by their recipient before they were written, so never written",
+            metrics.messages_never_written.clone(),
         );
         registry.register(
             "messages_expired",
@@ -214,11 +222,13 @@ mod tests {
         metrics.messages_redelivered.inc();
         metrics.adapter_errors.inc();
         metrics.memory_releases.inc();
+        metrics.messages_never_written.inc();
         let text = metrics.render();
         for line in [
             "sotto_messages_redelivered_total 1",
             "sotto_adapter_errors_total 1",
             "sotto_memory_releases_total 1",
+            "sotto_messages_never_written_total 1",
             "sotto_connections_accepted_total 0",
             "sotto_messages_acknowledged_total 0",
         ] {

@@ -199,6 +199,11 @@ impl<A: Adapter> LocalSockets<A> {
         targets
     }
 
+    /// Whether `user` has a socket here that live messages reach (caught up with its queue).
+    pub fn has_caught_up(&self, user: &str) -> bool {
+        self.lock().get(user).is_some_and(|sockets| sockets.iter().any(|entry| entry.caught_up))
+    }
+
     /// Notes the message ids a socket of `user` acknowledged.
     pub fn acknowledged(&self, user: &str, id: Sid, ids: &[i64]) {
         let mut by_user = self.lock();
@@ -298,6 +303,73 @@ pub(crate) struct RecentMessage {
     pub sender: String,
     /// The sender's own id for it.
     pub client_id: String,
+    /// [`Relay::send_key`] of the sender and client id.
+    pub send: u64,
+}
+
+/// How many held messages each send (a [`Relay::send_key`] of sender and client id) names, so
+/// a resend of a message still held is recognised without reading the database. A hash
+/// collision only makes a message look like a resend, which sends it the careful way.
+#[derive(Debug, Default)]
+pub(crate) struct SendCounts(HashMap<u64, u32>);
+
+impl SendCounts {
+    pub(crate) fn add(&mut self, send: u64) {
+        *self.0.entry(send).or_default() += 1;
+    }
+
+    pub(crate) fn remove(&mut self, send: u64) {
+        if let std::collections::hash_map::Entry::Occupied(mut count) = self.0.entry(send) {
+            *count.get_mut() -= 1;
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
+    }
+
+    pub(crate) fn contains(&self, send: u64) -> bool {
+        self.0.contains_key(&send)
+    }
+}
+
+/// Messages this node stored recently, by id (see [`Relay::recent`]).
+#[derive(Debug, Default)]
+pub(crate) struct RecentMessages {
+    by_id: std::collections::BTreeMap<i64, RecentMessage>,
+    sends: SendCounts,
+}
+
+impl RecentMessages {
+    pub(crate) fn get(&self, id: i64) -> Option<&RecentMessage> {
+        self.by_id.get(&id)
+    }
+
+    pub(crate) fn remove(&mut self, id: i64) -> Option<RecentMessage> {
+        let message = self.by_id.remove(&id)?;
+        self.sends.remove(message.send);
+        Some(message)
+    }
+
+    pub(crate) fn insert(&mut self, id: i64, message: RecentMessage) {
+        self.sends.add(message.send);
+        if let Some(replaced) = self.by_id.insert(id, message) {
+            self.sends.remove(replaced.send);
+        }
+    }
+
+    /// Forgets the oldest beyond `limit`.
+    pub(crate) fn trim(&mut self, limit: usize) {
+        while self.by_id.len() > limit {
+            if let Some((_, message)) = self.by_id.pop_first() {
+                self.sends.remove(message.send);
+            }
+        }
+    }
+
+    /// Whether one of them is this send (sender and client id, [`Relay::send_key`]).
+    pub(crate) fn holds_send(&self, send: u64) -> bool {
+        self.sends.contains(send)
+    }
 }
 
 /// Most recently stored messages remembered; older ones are looked up when acknowledged.
@@ -340,7 +412,7 @@ pub struct Relay<A: Adapter> {
     pub(crate) recipients: RecipientCache,
     /// Messages this node stored recently, by id, so their acknowledgements are matched and
     /// answered without reading them back.
-    pub(crate) recent: Mutex<std::collections::BTreeMap<i64, RecentMessage>>,
+    pub(crate) recent: Mutex<RecentMessages>,
     /// Keys the pair hashes; random per process.
     hasher: RandomState,
     /// After an adapter failure, pushes skip the adapter until then (each failed publish costs
@@ -386,7 +458,7 @@ impl<A: Adapter> Relay<A> {
             online: Mutex::new(HashMap::new()),
             known_contacts: Mutex::new(HashSet::new()),
             recipients: RecipientCache::default(),
-            recent: Mutex::new(std::collections::BTreeMap::new()),
+            recent: Mutex::new(RecentMessages::default()),
             hasher: RandomState::new(),
             adapter_down_until: Mutex::new(None),
             registrar: crate::registrar::Registrar::start(storage.clone()),
@@ -419,6 +491,12 @@ impl<A: Adapter> Relay<A> {
         first.hash(&mut hasher);
         second.hash(&mut hasher);
         std::hash::Hasher::finish(&hasher)
+    }
+
+    /// A hash naming one send: its sender and the sender's id for the message (a resend has
+    /// the same).
+    pub(crate) fn send_key(&self, sender: &str, client_id: &str) -> u64 {
+        self.pair_key(sender, client_id)
     }
 
     /// Whether pushes should go through the adapter now (not within 2 s of a failure).
@@ -481,6 +559,11 @@ impl<A: Adapter> Relay<A> {
     pub(crate) fn online_users(&self) -> Vec<Arc<str>> {
         let online = self.online.lock().unwrap_or_else(|e| e.into_inner());
         online.iter().filter(|(_, count)| **count > 0).map(|(user, _)| user.clone()).collect()
+    }
+
+    /// Whether the user has a socket on this node that live messages reach.
+    pub(crate) fn is_caught_up(&self, user: &str) -> bool {
+        self.local.has_caught_up(user)
     }
 
     /// Whether the user has an authenticated socket on this node.

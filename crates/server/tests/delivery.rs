@@ -625,3 +625,151 @@ async fn acknowledgements_over_the_event_limit_still_count_against_the_allowance
     let (_, metrics) = server.get("/metrics").await;
     assert!(metrics.contains("sotto_slow_connections_ended_total 0"), "{metrics}");
 }
+
+/// The write-behind's wait in the tests below: long enough that nothing they hold is written
+/// on its own while they run.
+const HOLD: Duration = Duration::from_secs(20);
+
+/// A metric's value from `/metrics` (0 when absent).
+async fn metric(server: &TestServer, name: &str) -> u64 {
+    let (_, text) = server.get("/metrics").await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until a user who has just logged in is caught up with their (empty) queue: only then
+/// do live pushes reach them, and only messages for a recipient caught up here are pushed
+/// before they are written. Their catch-up is one read of the queue.
+async fn caught_up() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// Sends from a task, so a test can watch what happens while the sender waits for its answer.
+fn send_in_background(
+    user: &TestUser,
+    to: &'static str,
+    id: String,
+    n: u32,
+) -> tokio::task::JoinHandle<Result<sotto_client::relay::SendAnswer, sotto_client::relay::RelayError>>
+{
+    let client = user.client.clone();
+    tokio::spawn(async move { client.send_raw(to, &id, &envelope(n)).await })
+}
+
+#[tokio::test]
+async fn a_message_acknowledged_before_it_is_written_is_never_written() {
+    let server = TestServer::start_with(|config| config.write_behind = HOLD).await;
+    let mut alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    caught_up().await;
+    let send = send_in_background(&alice, "bob", client_id(), 1);
+    let got = bob.messages(1).await;
+    // Pushed first; not written, and the sender not answered, while it waits.
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!send.is_finished(), "answered before it was stored or acknowledged");
+
+    bob.client.ack(&[got[0].id]).await.unwrap();
+    let sent = send.await.unwrap().unwrap();
+    assert_eq!((sent.id, sent.duplicate), (got[0].id, false));
+    let receipt = loop {
+        match alice.next(support::WAIT).await.expect("a receipt") {
+            Incoming::Delivered(receipts) => break receipts,
+            _ => continue,
+        }
+    };
+    assert_eq!((receipt[0].id, receipt[0].to.as_str()), (sent.id, "bob"));
+    assert_eq!(alice.client.status(&[sent.id]).await.unwrap(), vec![(sent.id, "delivered".into())]);
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 0);
+    assert_eq!(metric(&server, "sotto_messages_never_written_total").await, 1);
+    assert_eq!(metric(&server, "sotto_messages_stored_total").await, 0);
+}
+
+#[tokio::test]
+async fn a_pushed_message_not_acknowledged_in_time_is_stored_and_then_answered() {
+    let server =
+        TestServer::start_with(|config| config.write_behind = Duration::from_millis(200)).await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    caught_up().await;
+    let send = send_in_background(&alice, "bob", client_id(), 1);
+    let got = bob.messages(1).await;
+    let sent = send.await.unwrap().unwrap();
+    assert_eq!(sent.id, got[0].id);
+    // "Stored" means on disk: the answer came once it was written.
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 1);
+    assert_eq!(server.query_i64("SELECT MIN(id) FROM messages").await, sent.id);
+    bob.no_messages(Duration::from_millis(300)).await;
+    // Acknowledged once written: deleted as usual.
+    bob.client.ack(&[sent.id]).await.unwrap();
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 0);
+    assert_eq!(metric(&server, "sotto_messages_never_written_total").await, 0);
+}
+
+#[tokio::test]
+async fn held_messages_reach_a_recipient_that_reconnects_in_order_and_once() {
+    let server = TestServer::start_with(|config| config.write_behind = HOLD).await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    caught_up().await;
+    let sends: Vec<_> = (0..3).map(|n| send_in_background(&alice, "bob", client_id(), n)).collect();
+    let first = bob.messages(3).await;
+    let ids: Vec<i64> = first.iter().map(|m| m.id).collect();
+    assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+    // Bob loses his connection before acknowledging: the held messages follow his catch-up.
+    bob.reconnect(&server).await;
+    let again = bob.messages_acknowledged(3).await;
+    assert_eq!(again.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+    for send in sends {
+        assert!(ids.contains(&send.await.unwrap().unwrap().id));
+    }
+    bob.no_messages(Duration::from_millis(300)).await;
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 0);
+    assert_eq!(metric(&server, "sotto_messages_never_written_total").await, 3);
+}
+
+#[tokio::test]
+async fn a_recipient_that_leaves_has_its_held_messages_stored_before_newer_ones() {
+    let server = TestServer::start_with(|config| config.write_behind = HOLD).await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    caught_up().await;
+    let held: Vec<_> = (0..2).map(|n| send_in_background(&alice, "bob", client_id(), n)).collect();
+    assert_eq!(bob.messages(2).await.len(), 2);
+    bob.client.close();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Bob is gone: this one is stored at once, and the two held before it with it.
+    let newer = alice.client.send_raw("bob", &client_id(), &envelope(2)).await.unwrap();
+    let mut ids = Vec::new();
+    for send in held {
+        ids.push(send.await.unwrap().unwrap().id);
+    }
+    ids.sort_unstable();
+    ids.push(newer.id);
+    assert!(ids[1] < newer.id, "{ids:?}");
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 3);
+    let answer = bob.reconnect(&server).await;
+    assert_eq!(answer.queued, 3);
+    let got = bob.messages_acknowledged(3).await;
+    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+    bob.no_messages(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_resend_of_a_held_message_is_stored_once_and_pushed_once() {
+    let server = TestServer::start_with(|config| config.write_behind = HOLD).await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    caught_up().await;
+    let id = client_id();
+    let first = send_in_background(&alice, "bob", id.clone(), 1);
+    let pushed = bob.messages(1).await;
+    // The sender, unanswered, sends it again: the held copy is stored, the resend matches it.
+    let again = alice.client.send_raw("bob", &id, &envelope(1)).await.unwrap();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!((first.id, first.duplicate), (pushed[0].id, false));
+    assert_eq!((again.id, again.duplicate), (pushed[0].id, true));
+    bob.no_messages(Duration::from_millis(300)).await;
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 1);
+}

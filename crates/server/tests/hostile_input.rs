@@ -156,8 +156,12 @@ async fn per_connection_and_per_pair_rate_limits() {
     TestUser::register(&server, "bob").await;
     TestUser::register(&server, "carol").await;
     let mut limited = 0;
-    for n in 0..15 {
-        match alice.client.send_raw("bob", &client_id(), &envelope(n)).await {
+    // All at once: an answer may take as long as the recipient's acknowledgement (or the
+    // write-behind's wait), long enough for the allowance to refill between sends one by one.
+    let sends: Vec<(String, _)> = (0..15).map(|n| (client_id(), envelope(n))).collect();
+    let sends = sends.iter().map(|(id, body)| alice.client.send_raw("bob", id, body));
+    for result in futures_util::future::join_all(sends).await {
+        match result {
             Ok(_) => {}
             Err(error) => {
                 assert_eq!(error.code(), Some("rate_limited"));

@@ -75,6 +75,7 @@ fn user(name: &str) -> NewUser {
 
 fn message(from: &str, to: &str, client_id: &str) -> NewMessage {
     NewMessage {
+        id: None,
         recipient: to.to_owned(),
         sender: from.to_owned(),
         client_id: client_id.to_owned(),

@@ -138,6 +138,10 @@ pub struct PrekeyUpload {
 /// A message to queue.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
+    /// Its id when the relay took one before storing it ([`Storage::take_message_ids`]: the
+    /// message was pushed to its recipient first, see `delivery`'s write-behind); `None`
+    /// lets the commit give it the next id. Only a backend that hands out ids is given one.
+    pub id: Option<i64>,
     /// The recipient's user id.
     pub recipient: String,
     /// The authenticated sender.
@@ -360,6 +364,16 @@ pub trait Storage: Send + Sync + 'static {
         acks: &[(String, i64)],
         now: i64,
     ) -> Result<Vec<Acknowledged>, StorageError>;
+
+    /// Hands out `count` message ids, in order and above every id handed out before, without
+    /// storing anything, so that a message can be pushed before it is written (and, once its
+    /// recipient acknowledges it, never written at all). `None` when the backend cannot do it
+    /// at this instant without waiting (or at all: only the SQLite queue can); the messages
+    /// are then stored first, as always. Ids are never handed out twice, even across a crash.
+    fn take_message_ids(&self, count: usize) -> Option<std::ops::Range<i64>> {
+        let _ = count;
+        None
+    }
 
     /// The status of messages the caller sent.
     async fn message_status(

@@ -96,6 +96,12 @@ impl PostgresStorage {
     /// Nothing to release: PostgreSQL's caches are the database server's.
     async fn release_queue_memory(&self) {}
 
+    /// None: the sequence hands ids out inside the commit that stores them, and several nodes
+    /// share it, so a message is always stored before it is pushed.
+    fn take_queue_ids(&self, _count: usize) -> Option<std::ops::Range<i64>> {
+        None
+    }
+
     /// Inserts fresh messages and returns their ids in the chunk's order (rows come back over
     /// the connection, which costs little here).
     async fn insert_chunk(

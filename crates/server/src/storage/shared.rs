@@ -49,6 +49,9 @@ macro_rules! impl_storage {
                 tx: &mut sqlx::Transaction<'_, $db>,
                 batch: &[NewMessage],
             ) -> Result<Vec<StoreOutcome>, StorageError> {
+                // Ids taken before storing come only from the SQLite queue's own connection
+                // (`take_message_ids`), whose commits never come here.
+                debug_assert!(batch.iter().all(|m| m.id.is_none()), "a pool commit was given ids");
                 let mut queued: HashMap<(&str, &str), i64> = HashMap::new();
                 for chunk in fixed_chunks(batch) {
                     let mut select =
@@ -643,6 +646,10 @@ macro_rules! impl_storage {
 
             async fn release_memory(&self) {
                 self.release_queue_memory().await;
+            }
+
+            fn take_message_ids(&self, count: usize) -> Option<std::ops::Range<i64>> {
+                self.take_queue_ids(count)
             }
 
             async fn close(&self) {

@@ -82,6 +82,12 @@ impl SqliteStorage {
         }
     }
 
+    /// Message ids handed out before storing: the queue connection's (see
+    /// [`QueueThread::take_ids`]); none without one (an in-memory database).
+    fn take_queue_ids(&self, count: usize) -> Option<std::ops::Range<i64>> {
+        self.queue.as_ref()?.take_ids(count)
+    }
+
     /// Releases the queue connection's page cache, off the runtime (it waits for a running
     /// commit).
     async fn release_queue_memory(&self) {

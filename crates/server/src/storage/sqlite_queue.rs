@@ -40,7 +40,8 @@ use super::{Acknowledged, Committed, Durable, QueueBatch, StorageError, StoreOut
 /// How far message ids jump each time the queue opens. Ids handed out but not yet flushed
 /// when the power went are forgotten by SQLite; the jump makes sure none of them is ever
 /// handed out again (a client drops a second message under an id it already has). It must
-/// exceed the ids that can be waiting for a flush, which [`MAX_UNFLUSHED`] bounds.
+/// exceed the ids that can be waiting for a flush, which [`MAX_UNFLUSHED`] bounds, plus the
+/// ids of one block handed out before storing ([`QueueThread::take_ids`]).
 pub(crate) const ID_JUMP_ON_OPEN: i64 = 1 << 20;
 /// Ids the queue connection reserves at a time in `message_ids` (one row update per block instead
 /// of AUTOINCREMENT's read and write of `sqlite_sequence` per message). A power cut can lose a
@@ -259,6 +260,42 @@ impl QueueThread {
             }
             Err(error) => Ok(Err(error.into())),
         }
+    }
+
+    /// Hands out `count` ids from the reserved block without storing anything (the writer
+    /// pushes such messages before writing them), or `None` when the block has too few left or
+    /// a commit holds the connection: then the messages are stored first, and that commit
+    /// reserves the next block. Ids come in order, above every id handed out before, from a
+    /// block whose reservation is committed; if a crash loses that commit before it is
+    /// flushed, [`ID_JUMP_ON_OPEN`] still puts the next opening past them.
+    pub(crate) fn take_ids(&self, count: usize) -> Option<std::ops::Range<i64>> {
+        let count = i64::try_from(count).ok().filter(|count| *count <= ID_BLOCK)?;
+        let mut writer = self.writer.try_lock().ok()?;
+        if writer.ids.end - writer.ids.next < count {
+            // A new block, in a transaction of its own, if SQLite's write lock is free now.
+            let Writer { connection, ids, .. } = &mut *writer;
+            let reserved = connection.busy_timeout(Duration::ZERO).and_then(|()| {
+                let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let mut block = IdBlock::default();
+                block.take(&tx)?;
+                tx.commit()?;
+                block.untake();
+                Ok(block)
+            });
+            match reserved {
+                Ok(block) => *ids = block,
+                Err(error) => {
+                    if !is_busy(&error) {
+                        tracing::warn!(%error, "reserving message ids failed");
+                    }
+                    return None;
+                }
+            }
+        }
+        let ids = &mut writer.ids;
+        let first = ids.next;
+        ids.next += count;
+        Some(first..ids.next)
     }
 
     /// Whether the log could not be flushed once: from then on every batch is refused as not
@@ -505,7 +542,10 @@ fn commit_in_transaction(
         let mut first_copy =
             tx.prepare_cached("SELECT id FROM messages WHERE sender = ?1 AND client_id = ?2")?;
         for message in &batch.stores {
-            let id = block.take(&tx)?;
+            let id = match message.id {
+                Some(id) => id,
+                None => block.take(&tx)?,
+            };
             let inserted = insert.execute(params![
                 id,
                 message.recipient,
@@ -517,7 +557,9 @@ fn commit_in_transaction(
             outcomes.push(if inserted == 1 {
                 StoreOutcome::Stored(id)
             } else {
-                block.untake();
+                if message.id.is_none() {
+                    block.untake();
+                }
                 StoreOutcome::Duplicate(
                     first_copy
                         .query_row(params![message.sender, message.client_id], |row| row.get(0))?,
@@ -572,6 +614,7 @@ mod tests {
 
     fn message(client_id: &str) -> NewMessage {
         NewMessage {
+            id: None,
             recipient: "bob".into(),
             sender: "alice".into(),
             client_id: client_id.into(),
