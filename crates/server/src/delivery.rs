@@ -6,11 +6,16 @@
 //! order; the `message:send` extractor therefore enqueues here synchronously, in wire order),
 //! and it turns many small writes into few transactions: the writer takes every job waiting,
 //! commits them together (group commit), then pushes to the recipients at once and answers
-//! the senders once the batch is on disk. A sender's ack therefore always means "on disk";
-//! a recipient may have the message a little before that (with SQLite the disk flush runs
-//! beside the next commits; see `storage::sqlite_queue`). If the relay's copy is then lost
-//! in a power cut, the sender, never told "stored", sends it again and the recipient's
-//! client drops the copy as a duplicate (its ratchet key is spent).
+//! the senders once the batch is on disk. A recipient may have the message a little before
+//! that (with SQLite the disk flush runs beside the next commits; see
+//! `storage::sqlite_queue`). If the relay's copy is then lost in a power cut, the sender,
+//! never told "stored", sends it again and the recipient's client drops the copy as a
+//! duplicate (its ratchet key is spent).
+//!
+//! With SQLite on one node, a message for a recipient caught up here is pushed before it is
+//! written and held by the writer (`crate::unwritten`, `Config::write_behind`): acknowledged
+//! in time, it is never written, and its sender is answered then. A sender's answer therefore
+//! always means "on disk, or in the recipient's hands".
 //!
 //! A socket that logs in first reads its backlog outside the writer (`crate::catch_up`, paced by
 //! its acknowledgements), then sends an `Attach` job: the writer marks it caught up (live
@@ -400,24 +405,33 @@ async fn push_before_writing<A: Adapter>(
     if relay.config.write_behind.is_zero() || relay.clustered() || messages.is_empty() {
         return (Vec::new(), messages, tickets);
     }
-    // Each recipient's messages of the batch, in order, with their send keys.
+    // The batch's recipients in order of first appearance, and each message's among them.
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let recipient_of: Vec<usize> = messages
+        .iter()
+        .map(|m| {
+            let next = index.len();
+            *index.entry(m.recipient.as_str()).or_insert(next)
+        })
+        .collect();
     let sends: Vec<u64> =
         messages.iter().map(|m| relay.send_key(&m.sender, &m.client_id)).collect();
-    let mut careful: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut eligible = vec![true; index.len()];
     {
         let recent = relay.recent.lock().unwrap_or_else(|e| e.into_inner());
-        for (message, send) in messages.iter().zip(&sends) {
+        for (send, recipient) in sends.iter().zip(&recipient_of) {
             if unwritten.holds_send(*send) || recent.holds_send(*send) {
-                careful.insert(message.recipient.as_str());
+                eligible[*recipient] = false;
             }
         }
     }
-    let eligible: Vec<bool> = messages
-        .iter()
-        .map(|m| !careful.contains(m.recipient.as_str()) && relay.is_caught_up(&m.recipient))
-        .collect();
-    drop(careful);
-    let wanted = eligible.iter().filter(|e| **e).count();
+    for (recipient, at) in &index {
+        if eligible[*at] && !relay.is_caught_up(recipient) {
+            eligible[*at] = false;
+        }
+    }
+    drop(index);
+    let wanted = recipient_of.iter().filter(|at| eligible[**at]).count();
     let Some(mut ids) = (wanted > 0).then(|| relay.storage.take_message_ids(wanted)).flatten()
     else {
         return (held_first(unwritten, &messages), messages, tickets);
@@ -427,22 +441,21 @@ async fn push_before_writing<A: Adapter>(
     let mut fresh_tickets = Vec::new();
     // Per recipient: (message, its sender's ticket, its send key), in order.
     type Group<A> = Vec<(NewMessage, Ticket<A>, u64)>;
-    let mut groups: Vec<(String, Group<A>)> = Vec::new();
-    for (((mut message, ticket), send), eligible) in
-        messages.into_iter().zip(tickets).zip(sends).zip(eligible)
+    let mut groups: Vec<Group<A>> = eligible.iter().map(|_| Vec::new()).collect();
+    for (((mut message, ticket), send), at) in
+        messages.into_iter().zip(tickets).zip(sends).zip(recipient_of)
     {
-        if !eligible {
+        if !eligible[at] {
             fresh.push(message);
             fresh_tickets.push(ticket);
             continue;
         }
         message.id = ids.next();
-        match groups.iter_mut().find(|(recipient, _)| *recipient == message.recipient) {
-            Some((_, group)) => group.push((message, ticket, send)),
-            None => groups.push((message.recipient.clone(), vec![(message, ticket, send)])),
-        }
+        groups[at].push((message, ticket, send));
     }
-    let pushes = groups.iter().map(|(recipient, group)| async move {
+    groups.retain(|group| !group.is_empty());
+    let pushes = groups.iter().map(|group| async move {
+        let recipient = group.first().map_or("", |(message, ..)| message.recipient.as_str());
         let push = ReceivePush {
             messages: group
                 .iter()
@@ -459,28 +472,30 @@ async fn push_before_writing<A: Adapter>(
     let pushed = join_all(pushes).await;
     let now = Instant::now();
     let mut new_contacts = Vec::new();
-    for ((recipient, group), delivered) in groups.into_iter().zip(pushed) {
-        if !delivered {
-            // Nobody took it after all (the socket was ended): stored now, numbered already,
-            // so still in order.
-            for (message, ticket, _) in group {
-                fresh.push(message);
-                fresh_tickets.push(ticket);
+    {
+        let mut known = relay.known_contacts.lock().unwrap_or_else(|e| e.into_inner());
+        for (group, delivered) in groups.into_iter().zip(pushed) {
+            if !delivered {
+                // Nobody took it after all (the socket was ended): stored now, numbered already,
+                // so still in order.
+                for (message, ticket, _) in group {
+                    fresh.push(message);
+                    fresh_tickets.push(ticket);
+                }
+                continue;
             }
-            continue;
-        }
-        relay.metrics.messages_delivered.inc_by(group.len() as u64);
-        relay.metrics.queue_depth.inc_by(group.len() as i64);
-        relay.recipients.add_pending(&recipient, group.len() as isize);
-        for (message, ticket, send) in group {
-            relay.metrics.push_seconds.observe(ticket.1.elapsed().as_secs_f64());
-            let key = relay.pair_key(&message.sender, &message.recipient);
-            let new_pair =
-                relay.known_contacts.lock().map(|mut known| known.insert(key)).unwrap_or(false);
-            if new_pair {
-                new_contacts.push((message.sender.clone(), message.recipient.clone()));
+            relay.metrics.messages_delivered.inc_by(group.len() as u64);
+            relay.metrics.queue_depth.inc_by(group.len() as i64);
+            if let Some((message, ..)) = group.first() {
+                relay.recipients.add_pending(&message.recipient, group.len() as isize);
             }
-            unwritten.hold(Held { message, ticket, pushed: now, send });
+            for (message, ticket, send) in group {
+                relay.metrics.push_seconds.observe(ticket.1.elapsed().as_secs_f64());
+                if known.insert(relay.pair_key(&message.sender, &message.recipient)) {
+                    new_contacts.push((message.sender.clone(), message.recipient.clone()));
+                }
+                unwritten.hold(Held { message, ticket, pushed: now, send });
+            }
         }
     }
     if !new_contacts.is_empty() {

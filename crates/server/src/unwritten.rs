@@ -14,7 +14,7 @@
 //! only while every earlier one is held or written, so what is written of them is always the
 //! oldest part, and a socket that catches up reads the queue and then the held rest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::state::SendCounts;
@@ -54,11 +54,19 @@ pub(crate) struct Unwritten<T> {
     messages: BTreeMap<i64, Held<T>>,
     bytes: usize,
     sends: SendCounts,
+    /// How many are held for each recipient, so that looking for a recipient's messages costs
+    /// nothing when there are none (the usual case for a message stored the usual way).
+    per_recipient: HashMap<String, usize>,
 }
 
 impl<T> Default for Unwritten<T> {
     fn default() -> Self {
-        Self { messages: BTreeMap::new(), bytes: 0, sends: SendCounts::default() }
+        Self {
+            messages: BTreeMap::new(),
+            bytes: 0,
+            sends: SendCounts::default(),
+            per_recipient: HashMap::new(),
+        }
     }
 }
 
@@ -78,6 +86,12 @@ impl<T> Unwritten<T> {
     pub(crate) fn hold(&mut self, held: Held<T>) {
         self.bytes += held.bytes();
         self.sends.add(held.send);
+        match self.per_recipient.get_mut(held.message.recipient.as_str()) {
+            Some(count) => *count += 1,
+            None => {
+                self.per_recipient.insert(held.message.recipient.clone(), 1);
+            }
+        }
         if let Some(replaced) = self.messages.insert(held.id(), held) {
             self.forget(&replaced);
         }
@@ -86,6 +100,13 @@ impl<T> Unwritten<T> {
     fn forget(&mut self, held: &Held<T>) {
         self.bytes -= held.bytes();
         self.sends.remove(held.send);
+        let recipient = held.message.recipient.as_str();
+        if let Some(count) = self.per_recipient.get_mut(recipient) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_recipient.remove(recipient);
+            }
+        }
     }
 
     fn remove(&mut self, id: i64) -> Option<Held<T>> {
@@ -116,6 +137,9 @@ impl<T> Unwritten<T> {
     /// Takes every message held for `recipient`, oldest first (to be written before anything
     /// newer for them).
     pub(crate) fn take_recipient(&mut self, recipient: &str) -> Vec<Held<T>> {
+        if !self.per_recipient.contains_key(recipient) {
+            return Vec::new();
+        }
         let ids: Vec<i64> = self
             .messages
             .values()
@@ -147,6 +171,7 @@ impl<T> Unwritten<T> {
         let all = std::mem::take(&mut self.messages);
         self.bytes = 0;
         self.sends = SendCounts::default();
+        self.per_recipient.clear();
         all.into_values().collect()
     }
 
@@ -161,8 +186,10 @@ impl<T> Unwritten<T> {
         recipient: &str,
         after: i64,
     ) -> impl Iterator<Item = &Held<T>> {
-        self.messages
-            .range(after.saturating_add(1)..)
+        let any = self.per_recipient.contains_key(recipient);
+        any.then(|| self.messages.range(after.saturating_add(1)..))
+            .into_iter()
+            .flatten()
             .map(|(_, held)| held)
             .filter(move |held| held.message.recipient == recipient)
     }
@@ -204,6 +231,8 @@ mod tests {
         assert!(!unwritten.holds_send(11));
         assert!(unwritten.is_empty());
         assert_eq!(unwritten.bytes, 0);
+        assert!(unwritten.per_recipient.is_empty());
+        assert!(unwritten.take_recipient("bob").is_empty());
     }
 
     #[test]
@@ -253,5 +282,7 @@ mod tests {
         assert!(unwritten.holds_send(6) && !unwritten.holds_send(5));
         assert_eq!(unwritten.take_all().len(), 1);
         assert!(unwritten.is_empty() && !unwritten.holds_send(6));
+        assert!(unwritten.per_recipient.is_empty());
+        assert_eq!(unwritten.for_recipient("carol", 0).count(), 0);
     }
 }
