@@ -41,7 +41,7 @@ enum Command {
         /// The user id to claim.
         user: String,
     },
-    /// Send one message; exits 0 once the relay has stored it.
+    /// Send one message; exits 0 once the relay has stored it or the recipient has it.
     Send {
         /// The recipient.
         user: String,
