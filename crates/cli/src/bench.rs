@@ -28,7 +28,7 @@ use hdrhistogram::Histogram;
 use rand::Rng;
 use serde_json::{Value, json};
 use sotto_client::relay::{Incoming, RelayClient, RelayError};
-use sotto_client::socketio::Push;
+use sotto_client::socketio::{Push, TransportError};
 use sotto_protocol::prekeys::SignedPrekey;
 use sotto_protocol::wire::b64;
 use sotto_protocol::{IdentityKeyPair, UserId};
@@ -275,6 +275,9 @@ struct PairState {
     received: Vec<AtomicBool>,
     /// In-flight permits (throughput mode).
     window: Semaphore,
+    /// The sender's connection closed (the relay ends a connection that stops reading, as an
+    /// overloaded bench may): its sender stops, instead of spinning through refused sends.
+    sender_closed: AtomicBool,
 }
 
 const RING: usize = 1 << 16;
@@ -429,7 +432,7 @@ async fn sender(
                 go_on = &mut slot => break go_on,
             }
         };
-        if !go_on {
+        if !go_on || pair.sender_closed.load(Relaxed) {
             break;
         }
         let now = now_us(start);
@@ -457,7 +460,6 @@ async fn sender(
         let throughput = period.is_none();
         let window_slots = pair.clone();
         in_flight.push(async move {
-            let window_slots = &window_slots.window;
             let started = Instant::now();
             match client.send_raw(&to, &id, &raw).await {
                 Ok(_) => {
@@ -475,7 +477,10 @@ async fn sender(
                         totals.sent_in_window.fetch_sub(1, Relaxed);
                     }
                     if throughput {
-                        window_slots.add_permits(1);
+                        window_slots.window.add_permits(1);
+                    }
+                    if matches!(error, RelayError::Transport(TransportError::Closed)) {
+                        window_slots.sender_closed.store(true, Relaxed);
                     }
                     errors.record(format!("send: {}", error.code().unwrap_or("transport")))
                 }
@@ -537,6 +542,7 @@ async fn run_pairs(servers: &[String], args: BenchArgs) -> anyhow::Result<Value>
             sent_at: (0..RING).map(|_| AtomicU64::new(0)).collect(),
             received: (0..RING).map(|_| AtomicBool::new(false)).collect(),
             window: Semaphore::new(if throughput { args.window } else { 0 }),
+            sender_closed: AtomicBool::new(false),
         });
         receiving_clients.push(receive_client.clone());
         receivers.push(tokio::spawn(receiver(
