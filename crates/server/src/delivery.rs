@@ -217,37 +217,63 @@ fn refuse_stale<A: Adapter>(relay: &Relay<A>, jobs: &mut Vec<Job<A>>) -> usize {
     count
 }
 
+/// Most batches whose receipts go out together (see [`answer_when_durable`]).
+const RECEIPT_BATCHES: usize = 64;
+
 /// Answers each committed batch's senders once it is on disk, in commit order. The channel
 /// stays short: the SQLite queue stops committing while too many batches wait for the disk.
+///
+/// Batches that are waiting when it gets to them are answered together and their receipts go
+/// out as one `message:delivered` push per sender instead of one per batch: under load the
+/// writer commits small batches quickly (acknowledged messages need no write), and a sender's
+/// connection would otherwise get a receipt packet per batch, filling its outgoing buffer
+/// (the relay ends a connection whose buffer is full) and costing a frame each.
 async fn answer_when_durable<A: Adapter>(
     relay: Arc<Relay<A>>,
     mut batches: mpsc::UnboundedReceiver<AfterFlush<A>>,
 ) {
-    while let Some(batch) = batches.recv().await {
-        match batch.durable.wait().await {
-            Ok(()) => {
-                for (ack, received, answer) in batch.answers {
-                    let _ = ack.send(&answer);
-                    relay.metrics.store_seconds.observe(received.elapsed().as_secs_f64());
-                }
-            }
-            Err(error) => {
-                // The batch is committed and was pushed, but may not survive a power cut:
-                // the senders retry, and a resend is answered with the same id.
-                relay.metrics.storage_errors.inc();
-                tracing::warn!(%error, messages = batch.answers.len(), "a batch may not be on disk");
-                let failure = Failure::new(
-                    ErrorCode::StorageUnavailable,
-                    "storage unavailable; retry (a resend is never stored twice)",
-                );
-                for (ack, ..) in batch.answers {
-                    refuse(&relay, ack, &failure);
-                }
+    let mut waiting = Vec::with_capacity(RECEIPT_BATCHES);
+    while batches.recv_many(&mut waiting, RECEIPT_BATCHES).await > 0 {
+        let mut receipts = Vec::new();
+        let mut flushes = Vec::new();
+        for batch in waiting.drain(..) {
+            answer_batch(&relay, batch.durable, batch.answers).await;
+            receipts.extend(batch.receipts);
+            flushes.extend(batch.flushes);
+        }
+        // After every answer of the group, so a sender hears "stored" before "delivered".
+        delivered(&relay, &receipts).await;
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Gives a committed batch's senders their answers once it is on disk.
+async fn answer_batch<A: Adapter>(
+    relay: &Relay<A>,
+    durable: Durable,
+    answers: Vec<(AckSender<A>, Instant, SendAnswer)>,
+) {
+    match durable.wait().await {
+        Ok(()) => {
+            for (ack, received, answer) in answers {
+                let _ = ack.send(&answer);
+                relay.metrics.store_seconds.observe(received.elapsed().as_secs_f64());
             }
         }
-        delivered(&relay, &batch.receipts).await;
-        for done in batch.flushes {
-            let _ = done.send(());
+        Err(error) => {
+            // The batch is committed and was pushed, but may not survive a power cut:
+            // the senders retry, and a resend is answered with the same id.
+            relay.metrics.storage_errors.inc();
+            tracing::warn!(%error, messages = answers.len(), "a batch may not be on disk");
+            let failure = Failure::new(
+                ErrorCode::StorageUnavailable,
+                "storage unavailable; retry (a resend is never stored twice)",
+            );
+            for (ack, ..) in answers {
+                refuse(relay, ack, &failure);
+            }
         }
     }
 }
