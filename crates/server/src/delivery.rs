@@ -76,6 +76,12 @@ pub(crate) enum Job<A: Adapter> {
     },
     /// Answer once every job before this one is done (graceful shutdown).
     Flush(tokio::sync::oneshot::Sender<()>),
+    /// A user id was registered anew: messages held for its earlier holder are dropped, as
+    /// the registration deleted those stored for them (they were sealed for other keys).
+    Forget {
+        /// The id.
+        user: String,
+    },
     /// A logged-in socket has caught up to `after`: mark it so (live messages reach it from
     /// then on) and push the rest.
     Attach {
@@ -131,6 +137,7 @@ pub(crate) async fn run_writer<A: Adapter>(
     // Messages pushed before they were written (see `crate::unwritten`).
     let mut unwritten: Unwritten<Ticket<A>> = Unwritten::default();
     let wait = relay.config.write_behind;
+    let mut acknowledges_unwritten = false;
     loop {
         let deadline = [held_since.map(|since| since + ACKS_WAIT), unwritten.next_due(wait)]
             .into_iter()
@@ -146,14 +153,15 @@ pub(crate) async fn run_writer<A: Adapter>(
         };
         let closed = received == Some(0);
         let only_acks = batch.iter().all(|job| matches!(job, Job::Ack { .. }));
-        held.append(&mut batch);
         // Acknowledgements of held messages need no write: they go at once, so that their
-        // messages are not written meanwhile.
-        let acknowledges_unwritten = !unwritten.is_empty()
-            && held.iter().any(|job| match job {
-                Job::Ack { acks, .. } => acks.iter().any(|(_, id)| unwritten.holds(*id)),
+        // messages are not written meanwhile (only the new jobs are looked at: those held
+        // back were looked at when they came).
+        acknowledges_unwritten |= !unwritten.is_empty()
+            && batch.iter().any(|job| match job {
+                Job::Ack { acks, .. } => acks.iter().any(|(user, id)| unwritten.holds(user, *id)),
                 _ => false,
             });
+        held.append(&mut batch);
         if received.is_some()
             && !closed
             && only_acks
@@ -164,6 +172,7 @@ pub(crate) async fn run_writer<A: Adapter>(
             continue;
         }
         held_since = None;
+        acknowledges_unwritten = false;
         // Messages that waited too long are refused, and the batch is topped up with younger
         // ones, so that an overloaded database still commits full batches.
         while refuse_stale(&relay, &mut held) > 0 {
@@ -290,9 +299,11 @@ async fn process<A: Adapter>(
     let mut ack_answers = Vec::new();
     let mut attaches = Vec::new();
     let mut flushes = Vec::new();
+    let mut forgotten = Vec::new();
     for job in jobs {
         match job {
             Job::Flush(done) => flushes.push(done),
+            Job::Forget { user } => forgotten.push(user),
             Job::Store { message, ack, received } => stores.push((message, ack, received)),
             Job::Ack { acks: more, answer } => {
                 acks.extend(more);
@@ -301,11 +312,17 @@ async fn process<A: Adapter>(
             Job::Attach { socket, user, after } => attaches.push((socket, user, after)),
         }
     }
-    let (messages, tickets) = admit(relay, stores).await;
+    for user in forgotten {
+        forget_held(relay, unwritten, &user);
+    }
+    let (messages, tickets) = admit(relay, unwritten, stores).await;
+    // Which messages may be resends of one held or stored recently, looked at before this
+    // batch's acknowledgements take their first copies out of view.
+    let resends = possible_resends(relay, unwritten, &messages);
     // Acknowledgements of held messages (never written: nothing to delete, and their senders
     // are answered now) and of messages this node stored recently are matched here; the rest
     // are matched by the database.
-    let mut answers = Vec::new();
+    let mut answers: Vec<(AckSender<A>, Instant, SendAnswer)> = Vec::new();
     let mut known = Vec::new();
     let mut unknown = Vec::new();
     let mut never_written = Vec::new();
@@ -336,8 +353,20 @@ async fn process<A: Adapter>(
         }
     }
     relay.metrics.messages_never_written.inc_by(never_written.len() as u64);
+    if !answers.is_empty() {
+        // On their own, ahead of this round's commit: they depend on no write, so a failed
+        // commit or flush must not turn them into refusals after their receipts.
+        let early = AfterFlush {
+            durable: Durable::now(),
+            answers,
+            receipts: never_written,
+            flushes: Vec::new(),
+        };
+        // Only fails once the answering task is gone, which outlives the writer.
+        let _ = after_flush.send(early);
+    }
     let (mut late, fresh, fresh_tickets) =
-        push_before_writing(relay, unwritten, messages, tickets).await;
+        push_before_writing(relay, unwritten, messages, tickets, &resends).await;
     // Held messages are written once due, and all of them before a shutdown flush answers.
     if closing || !flushes.is_empty() {
         late.extend(unwritten.take_all());
@@ -353,7 +382,7 @@ async fn process<A: Adapter>(
     stores.extend(fresh);
     let batch = QueueBatch { stores, deletes, acks: unknown };
     let mut after =
-        AfterFlush { durable: Durable::now(), answers, receipts: never_written, flushes };
+        AfterFlush { durable: Durable::now(), answers: Vec::new(), receipts: Vec::new(), flushes };
     if batch.is_empty() {
         for answer in ack_answers {
             let _ = answer.send(&crate::events::Done::OK);
@@ -427,10 +456,11 @@ async fn push_before_writing<A: Adapter>(
     unwritten: &mut Unwritten<Ticket<A>>,
     messages: Vec<NewMessage>,
     tickets: Vec<Ticket<A>>,
+    resends: &Resends,
 ) -> (Vec<Held<Ticket<A>>>, Vec<NewMessage>, Vec<Ticket<A>>) {
-    if relay.config.write_behind.is_zero() || relay.clustered() || messages.is_empty() {
-        return (Vec::new(), messages, tickets);
-    }
+    let Some((sends, suspect)) = resends else {
+        return (held_first(unwritten, &messages), messages, tickets);
+    };
     // The batch's recipients in order of first appearance, and each message's among them.
     let mut index: HashMap<&str, usize> = HashMap::new();
     let recipient_of: Vec<usize> = messages
@@ -440,15 +470,10 @@ async fn push_before_writing<A: Adapter>(
             *index.entry(m.recipient.as_str()).or_insert(next)
         })
         .collect();
-    let sends: Vec<u64> =
-        messages.iter().map(|m| relay.send_key(&m.sender, &m.client_id)).collect();
     let mut eligible = vec![true; index.len()];
-    {
-        let recent = relay.recent.lock().unwrap_or_else(|e| e.into_inner());
-        for (send, recipient) in sends.iter().zip(&recipient_of) {
-            if unwritten.holds_send(*send) || recent.holds_send(*send) {
-                eligible[*recipient] = false;
-            }
+    for (suspect, recipient) in suspect.iter().zip(&recipient_of) {
+        if *suspect {
+            eligible[*recipient] = false;
         }
     }
     for (recipient, at) in &index {
@@ -469,7 +494,7 @@ async fn push_before_writing<A: Adapter>(
     type Group<A> = Vec<(NewMessage, Ticket<A>, u64)>;
     let mut groups: Vec<Group<A>> = eligible.iter().map(|_| Vec::new()).collect();
     for (((mut message, ticket), send), at) in
-        messages.into_iter().zip(tickets).zip(sends).zip(recipient_of)
+        messages.into_iter().zip(tickets).zip(sends.iter().copied()).zip(recipient_of)
     {
         if !eligible[at] {
             fresh.push(message);
@@ -530,6 +555,49 @@ async fn push_before_writing<A: Adapter>(
     (held_first(unwritten, &fresh), fresh, fresh_tickets)
 }
 
+/// Each admitted message's send key, and whether it may be a resend (see
+/// [`possible_resends`]); `None` when the write-behind is off here.
+type Resends = Option<(Vec<u64>, Vec<bool>)>;
+
+/// For the write-behind: each message's send key (sender and client id) and whether it may be
+/// a resend of a message still held, stored recently, or earlier in the same batch; such a
+/// message is stored first, so it is answered with its first copy's id and pushed once.
+fn possible_resends<A: Adapter>(
+    relay: &Relay<A>,
+    unwritten: &Unwritten<Ticket<A>>,
+    messages: &[NewMessage],
+) -> Resends {
+    let off = relay.config.write_behind.is_zero()
+        || relay.clustered()
+        || !relay.storage.takes_message_ids();
+    if off || messages.is_empty() {
+        return None;
+    }
+    let sends: Vec<u64> =
+        messages.iter().map(|m| relay.send_key(&m.sender, &m.client_id)).collect();
+    let mut seen = std::collections::HashSet::with_capacity(sends.len());
+    let recent = relay.recent.lock().unwrap_or_else(|e| e.into_inner());
+    let suspect = sends
+        .iter()
+        .map(|send| !seen.insert(*send) || unwritten.holds_send(*send) || recent.holds_send(*send))
+        .collect();
+    Some((sends, suspect))
+}
+
+/// Drops the messages held for `user`, whose id was just registered anew: their senders are
+/// told the recipient is gone, as for any message to an id that no longer exists.
+fn forget_held<A: Adapter>(relay: &Relay<A>, unwritten: &mut Unwritten<Ticket<A>>, user: &str) {
+    let dropped = unwritten.take_recipient(user);
+    if dropped.is_empty() {
+        return;
+    }
+    relay.metrics.queue_depth.dec_by(dropped.len() as i64);
+    let failure = Failure::new(ErrorCode::UnknownUser, "the recipient's id was registered anew");
+    for held in dropped {
+        refuse(relay, held.ticket.0, &failure);
+    }
+}
+
 /// Takes the held messages of the recipients of `fresh`, to be written with it and before it:
 /// what is stored for a recipient must be the oldest of their messages, or a socket catching
 /// up past the newest stored one would skip the older held ones.
@@ -585,6 +653,7 @@ fn refuse<A: Adapter>(relay: &Relay<A>, ack: AckSender<A>, failure: &Failure) {
 /// Looks up recipients the cache does not know, in two queries for the whole batch.
 async fn refresh_recipients<A: Adapter>(
     relay: &Relay<A>,
+    unwritten: &Unwritten<Ticket<A>>,
     recipients: &[&str],
     now: Instant,
 ) -> Result<(), crate::storage::StorageError> {
@@ -598,6 +667,8 @@ async fn refresh_recipients<A: Adapter>(
     }
     let found = relay.storage.recipients(&unknown).await?;
     for (user, (exists, pending)) in unknown.into_iter().zip(found) {
+        // The database does not count what the write-behind holds.
+        let pending = pending + unwritten.held_for(user);
         relay.recipients.put(user, RecipientInfo { exists, pending, read_at: now });
     }
     Ok(())
@@ -609,6 +680,7 @@ type Ticket<A> = (AckSender<A>, Instant);
 /// Admits what fits: known recipients with room in their queue. The others are refused now.
 async fn admit<A: Adapter>(
     relay: &Arc<Relay<A>>,
+    unwritten: &Unwritten<Ticket<A>>,
     jobs: Vec<(NewMessage, AckSender<A>, Instant)>,
 ) -> (Vec<NewMessage>, Vec<Ticket<A>>) {
     if jobs.is_empty() {
@@ -623,7 +695,7 @@ async fn admit<A: Adapter>(
         jobs.iter().flat_map(|(m, ..)| [m.recipient.as_str(), m.sender.as_str()]).collect();
     users.sort_unstable();
     users.dedup();
-    if let Err(error) = refresh_recipients(relay, &users, now).await {
+    if let Err(error) = refresh_recipients(relay, unwritten, &users, now).await {
         relay.metrics.storage_errors.inc();
         tracing::warn!(%error, "looking up recipients failed");
         let failure = Failure::new(ErrorCode::StorageUnavailable, "storage unavailable; retry");

@@ -580,6 +580,9 @@ async fn register<A: Adapter>(
     }
     supersede(relay, user.as_str()).await;
     relay.recipients.forget(user.as_str());
+    // Messages held unwritten for an earlier holder of the id go as its stored ones just did;
+    // ahead of this connection's catch-up, whose hand-over to the writer comes later.
+    let _ = relay.writer.send(Job::Forget { user: user.to_string() }).await;
     // The id may have been released (its contacts deleted) and taken again: forget which pairs
     // are known to be recorded, so the next message of any pair records it again. Cheap: a
     // known pair costs one `INSERT … ON CONFLICT DO NOTHING` to learn again.

@@ -120,9 +120,14 @@ impl<T> Unwritten<T> {
         self.sends.contains(send)
     }
 
-    /// Whether `id` is held (for anyone).
-    pub(crate) fn holds(&self, id: i64) -> bool {
-        self.messages.contains_key(&id)
+    /// Whether `id` is held for `recipient` (whose acknowledgement would take it).
+    pub(crate) fn holds(&self, recipient: &str, id: i64) -> bool {
+        self.messages.get(&id).is_some_and(|held| held.message.recipient == recipient)
+    }
+
+    /// How many are held for `recipient`.
+    pub(crate) fn held_for(&self, recipient: &str) -> usize {
+        self.per_recipient.get(recipient).copied().unwrap_or(0)
     }
 
     /// Takes the message `id` if it is held for `recipient`: its acknowledgement. Someone
@@ -226,7 +231,8 @@ mod tests {
         unwritten.hold(held(1, "bob", 11, now));
         assert!(unwritten.holds_send(11));
         assert!(unwritten.acknowledge("carol", 1).is_none());
-        assert!(unwritten.holds(1));
+        assert!(unwritten.holds("bob", 1) && !unwritten.holds("carol", 1));
+        assert_eq!((unwritten.held_for("bob"), unwritten.held_for("carol")), (1, 0));
         assert_eq!(unwritten.acknowledge("bob", 1).unwrap().message.id, Some(1));
         assert!(!unwritten.holds_send(11));
         assert!(unwritten.is_empty());

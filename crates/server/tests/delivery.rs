@@ -640,9 +640,10 @@ async fn metric(server: &TestServer, name: &str) -> u64 {
 
 /// Waits until a user who has just logged in is caught up with their (empty) queue: only then
 /// do live pushes reach them, and only messages for a recipient caught up here are pushed
-/// before they are written. Their catch-up is one read of the queue.
+/// before they are written. Their catch-up is one read of the queue. (Were it slower still on
+/// a loaded machine, the message would be stored first and the test fail, never pass wrongly.)
 async fn caught_up() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
 /// Sends from a task, so a test can watch what happens while the sender waits for its answer.
@@ -689,12 +690,15 @@ async fn a_message_acknowledged_before_it_is_written_is_never_written() {
 #[tokio::test]
 async fn a_pushed_message_not_acknowledged_in_time_is_stored_and_then_answered() {
     let server =
-        TestServer::start_with(|config| config.write_behind = Duration::from_millis(200)).await;
+        TestServer::start_with(|config| config.write_behind = Duration::from_secs(1)).await;
     let alice = TestUser::register(&server, "alice").await;
     let mut bob = TestUser::register(&server, "bob").await;
     caught_up().await;
     let send = send_in_background(&alice, "bob", client_id(), 1);
     let got = bob.messages(1).await;
+    // Held first: pushed, not written, not answered.
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 0);
+    assert!(!send.is_finished());
     let sent = send.await.unwrap().unwrap();
     assert_eq!(sent.id, got[0].id);
     // "Stored" means on disk: the answer came once it was written.
@@ -772,4 +776,61 @@ async fn a_resend_of_a_held_message_is_stored_once_and_pushed_once() {
     assert_eq!((again.id, again.duplicate), (pushed[0].id, true));
     bob.no_messages(Duration::from_millis(300)).await;
     assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 1);
+}
+
+#[tokio::test]
+async fn only_the_recipient_acknowledges_a_held_message() {
+    let server = TestServer::start_with(|config| config.write_behind = HOLD).await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    let carol = TestUser::register(&server, "carol").await;
+    caught_up().await;
+    let send = send_in_background(&alice, "bob", client_id(), 1);
+    let pushed = bob.messages(1).await;
+    // Carol names Bob's message: nothing happens to it.
+    carol.client.ack(&[pushed[0].id]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!send.is_finished(), "someone else's acknowledgement counted");
+    assert_eq!(metric(&server, "sotto_messages_never_written_total").await, 0);
+    bob.client.ack(&[pushed[0].id]).await.unwrap();
+    assert_eq!(send.await.unwrap().unwrap().id, pushed[0].id);
+    assert_eq!(metric(&server, "sotto_messages_never_written_total").await, 1);
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_writes_what_is_held() {
+    let server = TestServer::start_with(|config| config.write_behind = HOLD).await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    caught_up().await;
+    let send = send_in_background(&alice, "bob", client_id(), 1);
+    let pushed = bob.messages(1).await;
+    let server = server.restart().await;
+    // Written and answered while the sender was still connected.
+    assert_eq!(send.await.unwrap().unwrap().id, pushed[0].id);
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 1);
+    assert_eq!(bob.reconnect(&server).await.queued, 1);
+    assert_eq!(bob.messages_acknowledged(1).await[0].id, pushed[0].id);
+}
+
+/// An id released and registered anew while a message to its earlier holder is held: the
+/// message goes as the stored ones do (its sender is told), never to the new holder.
+#[tokio::test]
+async fn messages_held_for_an_id_registered_anew_never_reach_its_new_holder() {
+    let server = TestServer::start_with(|config| config.write_behind = HOLD).await;
+    let carol = TestUser::register(&server, "carol").await;
+    let mut earlier = TestUser::register(&server, "bob").await;
+    // What `sotto admin release-user` opens, beside the running relay.
+    let storage = sotto_server::storage::open(&server.database_url).await.unwrap();
+    caught_up().await;
+    let send = send_in_background(&carol, "bob", client_id(), 1);
+    assert_eq!(earlier.messages(1).await.len(), 1);
+    // The operator releases bob; then someone takes the id.
+    assert!(storage.release_user("bob").await.unwrap());
+    storage.close().await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    let error = send.await.unwrap().expect_err("the held message was not dropped");
+    assert_eq!(error.code(), Some("unknown_user"), "{error:?}");
+    bob.no_messages(Duration::from_millis(500)).await;
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 0);
 }

@@ -375,6 +375,11 @@ pub trait Storage: Send + Sync + 'static {
         None
     }
 
+    /// Whether [`Storage::take_message_ids`] can ever hand out ids here.
+    fn takes_message_ids(&self) -> bool {
+        false
+    }
+
     /// The status of messages the caller sent.
     async fn message_status(
         &self,

@@ -102,6 +102,11 @@ impl PostgresStorage {
         None
     }
 
+    /// No queue connection of its own: the pool's.
+    fn has_own_queue(&self) -> bool {
+        false
+    }
+
     /// Inserts fresh messages and returns their ids in the chunk's order (rows come back over
     /// the connection, which costs little here).
     async fn insert_chunk(

@@ -652,6 +652,10 @@ macro_rules! impl_storage {
                 self.take_queue_ids(count)
             }
 
+            fn takes_message_ids(&self) -> bool {
+                self.has_own_queue()
+            }
+
             async fn close(&self) {
                 self.close_queue().await;
                 self.pool.close().await;

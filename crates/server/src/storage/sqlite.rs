@@ -88,6 +88,11 @@ impl SqliteStorage {
         self.queue.as_ref()?.take_ids(count)
     }
 
+    /// Whether the queue has its own connection (a file database), which hands out ids.
+    fn has_own_queue(&self) -> bool {
+        self.queue.is_some()
+    }
+
     /// Releases the queue connection's page cache, off the runtime (it waits for a running
     /// commit).
     async fn release_queue_memory(&self) {

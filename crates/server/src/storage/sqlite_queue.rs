@@ -41,7 +41,8 @@ use super::{Acknowledged, Committed, Durable, QueueBatch, StorageError, StoreOut
 /// when the power went are forgotten by SQLite; the jump makes sure none of them is ever
 /// handed out again (a client drops a second message under an id it already has). It must
 /// exceed the ids that can be waiting for a flush, which [`MAX_UNFLUSHED`] bounds, plus the
-/// ids of one block handed out before storing ([`QueueThread::take_ids`]).
+/// ids of the one block handed out before storing whose reservation may not be flushed yet
+/// ([`QueueThread::take_ids`]).
 pub(crate) const ID_JUMP_ON_OPEN: i64 = 1 << 20;
 /// Ids the queue connection reserves at a time in `message_ids` (one row update per block instead
 /// of AUTOINCREMENT's read and write of `sqlite_sequence` per message). A power cut can lose a
@@ -106,6 +107,11 @@ struct Writer {
     ids: IdBlock,
     /// Pages in the log after the last commit (0 after a checkpoint, until the next commit).
     log_pages: u32,
+    /// When the last block reserved by [`QueueThread::take_ids`] is on disk. Ids handed out
+    /// without storing anything ask for no flush of their own, so the next block is reserved
+    /// only once this one's reservation is flushed: a power cut can then lose at most the
+    /// current block's reservation, which [`ID_JUMP_ON_OPEN`] covers.
+    reservation_flushed: Option<oneshot::Receiver<Result<(), ErrorKind>>>,
 }
 
 impl Writer {
@@ -187,8 +193,12 @@ impl QueueThread {
         connection.wal_hook(Some(note_log_pages));
 
         let flusher = Arc::new(Flusher::default());
-        let writer =
-            Arc::new(Mutex::new(Writer { connection, ids: IdBlock::default(), log_pages: 0 }));
+        let writer = Arc::new(Mutex::new(Writer {
+            connection,
+            ids: IdBlock::default(),
+            log_pages: 0,
+            reservation_flushed: None,
+        }));
         let wal = write_ahead_log(path);
         let (requests, inbox) = mpsc::channel::<Request>();
         let queue_flusher = flusher.clone();
@@ -272,6 +282,17 @@ impl QueueThread {
         let count = i64::try_from(count).ok().filter(|count| *count <= ID_BLOCK)?;
         let mut writer = self.writer.try_lock().ok()?;
         if writer.ids.end - writer.ids.next < count {
+            // The last reservation must be on disk before the next (see `reservation_flushed`),
+            // and the flusher must have room for this one's flush.
+            if let Some(flushed) = writer.reservation_flushed.as_mut() {
+                match flushed.try_recv() {
+                    Ok(Ok(())) => writer.reservation_flushed = None,
+                    _ => return None,
+                }
+            }
+            if !self.flusher.has_room() {
+                return None;
+            }
             // A new block, in a transaction of its own, if SQLite's write lock is free now.
             let Writer { connection, ids, .. } = &mut *writer;
             let reserved = connection.busy_timeout(Duration::ZERO).and_then(|()| {
@@ -283,7 +304,10 @@ impl QueueThread {
                 Ok(block)
             });
             match reserved {
-                Ok(block) => *ids = block,
+                Ok(block) => {
+                    *ids = block;
+                    writer.reservation_flushed = Some(self.flusher.request());
+                }
                 Err(error) => {
                     if !is_busy(&error) {
                         tracing::warn!(%error, "reserving message ids failed");
