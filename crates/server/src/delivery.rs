@@ -353,18 +353,14 @@ async fn process<A: Adapter>(
         }
     }
     relay.metrics.messages_never_written.inc_by(never_written.len() as u64);
-    if !answers.is_empty() {
-        // On their own, ahead of this round's commit: they depend on no write, so a failed
-        // commit or flush must not turn them into refusals after their receipts.
-        let early = AfterFlush {
-            durable: Durable::now(),
-            answers,
-            receipts: never_written,
-            flushes: Vec::new(),
-        };
-        // Only fails once the answering task is gone, which outlives the writer.
-        let _ = after_flush.send(early);
+    // Answered here and now, not behind earlier batches waiting for their flush: they depend
+    // on no write (so a failed commit or flush cannot contradict them), and held back behind a
+    // slow flush they went out in bursts that overfilled their senders' connections.
+    for (ack, received, answer) in answers {
+        let _ = ack.send(&answer);
+        relay.metrics.store_seconds.observe(received.elapsed().as_secs_f64());
     }
+    delivered(relay, &never_written).await;
     let (mut late, fresh, fresh_tickets) =
         push_before_writing(relay, unwritten, messages, tickets, &resends).await;
     // Held messages are written once due, and all of them before a shutdown flush answers.
