@@ -506,12 +506,7 @@ async fn push_before_writing<A: Adapter>(
         let push = ReceivePush {
             messages: group
                 .iter()
-                .map(|(message, ..)| ReceivedMessage {
-                    id: message.id.unwrap_or_default(),
-                    from: &message.sender,
-                    received_at: message.created_at,
-                    envelope: &message.envelope,
-                })
+                .map(|(message, ..)| as_received(message.id.unwrap_or_default(), message))
                 .collect(),
         };
         push_messages(relay, recipient, &push).await
@@ -774,15 +769,7 @@ async fn stored<A: Adapter>(
     }
     let pushes = per_recipient.iter().map(|(recipient, messages)| async move {
         let push = ReceivePush {
-            messages: messages
-                .iter()
-                .map(|(id, message, _)| ReceivedMessage {
-                    id: *id,
-                    from: &message.sender,
-                    received_at: message.created_at,
-                    envelope: &message.envelope,
-                })
-                .collect(),
+            messages: messages.iter().map(|(id, message, _)| as_received(*id, message)).collect(),
         };
         push_messages(relay, recipient, &push).await
     });
@@ -918,12 +905,7 @@ async fn attach<A: Adapter>(
         let push = ReceivePush {
             messages: page
                 .iter()
-                .map(|held| ReceivedMessage {
-                    id: held.message.id.unwrap_or_default(),
-                    from: &held.message.sender,
-                    received_at: held.message.created_at,
-                    envelope: &held.message.envelope,
-                })
+                .map(|held| as_received(held.message.id.unwrap_or_default(), &held.message))
                 .collect(),
         };
         if let Err(error) = socket.emit(events::MESSAGE_RECEIVE, &push) {
@@ -932,6 +914,16 @@ async fn attach<A: Adapter>(
             return;
         }
         relay.metrics.messages_delivered.inc_by(page.len() as u64);
+    }
+}
+
+/// A message not yet read back from the queue, as pushed under `id`.
+fn as_received(id: i64, message: &NewMessage) -> ReceivedMessage<'_> {
+    ReceivedMessage {
+        id,
+        from: &message.sender,
+        received_at: message.created_at,
+        envelope: &message.envelope,
     }
 }
 
