@@ -239,10 +239,19 @@ impl SocketIoClient {
             // and the `pingTimeout` is dead (a laptop that slept, a NAT that forgot the
             // connection), even though no FIN ever came. Ending it here ends the pushes, and
             // the caller reconnects.
-            while let Ok(Some(Ok(message))) =
-                tokio::time::timeout(silence_limit, stream.next()).await
-            {
+            // One timer pushed back at each frame (a later deadline only updates the entry),
+            // rather than a timer made and removed per frame.
+            let silence = tokio::time::sleep(silence_limit);
+            tokio::pin!(silence);
+            loop {
+                let message = tokio::select! {
+                    biased;
+                    message = stream.next() => message,
+                    () = &mut silence => break,
+                };
+                let Some(Ok(message)) = message else { break };
                 let arrived = Instant::now();
+                silence.as_mut().reset((arrived + silence_limit).into());
                 let Message::Text(text) = message else {
                     if matches!(message, Message::Close(_)) {
                         break;
@@ -371,10 +380,12 @@ fn handle_packet(
                 if let Ok(args) = serde_json::from_str::<Vec<&RawValue>>(body)
                     && let Some(Ok(event)) = args.first().map(|e| serde_json::from_str(e.get()))
                 {
-                    let data = args.get(1).map_or("null", |d| d.get());
-                    if let Ok(data) = RawValue::from_string(data.to_owned()) {
-                        let _ = pushes.send(Push { event, data, arrived });
-                    }
+                    // Already checked by the parse above: copied, not parsed again.
+                    let data = match args.get(1) {
+                        Some(data) => (*data).to_owned(),
+                        None => RawValue::NULL.to_owned(),
+                    };
+                    let _ = pushes.send(Push { event, data, arrived });
                 }
                 true
             }

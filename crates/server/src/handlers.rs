@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use axum::extract::ConnectInfo;
 use futures_util::StreamExt;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use socketioxide::SocketIo;
 use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
-use socketioxide::handler::{ConnectHandler, FromMessageParts, Value};
+use socketioxide::handler::{ConnectHandler, FromMessageParts, MessageHandler, Value};
 use socketioxide::socket::Socket;
 use sotto_protocol::UserId;
 use sotto_protocol::wire::{
@@ -127,8 +128,8 @@ async fn set_up_connection<A: Adapter>(
     socket.on(events::REGISTER_KEY, on_register::<A>);
     socket.on(events::REQUEST_KEY, on_request_key::<A>);
     socket.on(events::IDENTITY, on_identity::<A>);
-    socket.on(events::MESSAGE_SEND, async |_: QueuedSend| {});
-    socket.on(events::MESSAGE_ACK, on_ack::<A>);
+    socket.on(events::MESSAGE_SEND, Inline(on_send::<A>));
+    socket.on(events::MESSAGE_ACK, Inline(on_ack::<A>));
     socket.on(events::MESSAGE_STATUS, on_status::<A>);
     socket.on_fallback(on_unknown_event::<A>);
     socket.on_disconnect(on_disconnect::<A>);
@@ -754,30 +755,55 @@ async fn on_identity<A: Adapter>(
 
 // ---- messages ------------------------------------------------------------------------------
 
-/// The `message:send` extractor. It does the whole job synchronously, in the socket's read
-/// loop and therefore in the order the client sent: check, rate-limit and enqueue for the
-/// writer, or answer with the reason it cannot. The handler it feeds has nothing left to do.
-pub(crate) struct QueuedSend;
+/// A handler socketioxide calls in the socket's read loop, in the order the client sent its
+/// events, rather than as a task of its own. socketioxide spawns a task for every call of an
+/// async handler; for the two events every message brings (`message:send` from its sender,
+/// `message:ack` from its recipient), whose handlers never wait (they check, then hand the job
+/// to the writer), that task was an allocation, a trip through the scheduler and a poll each.
+/// An inline handler must not wait, block or register handlers (socketioxide calls it with the
+/// socket's handler table locked for reading).
+struct Inline<F>(F);
 
-impl<A: Adapter> FromMessageParts<A> for QueuedSend {
-    type Error = Infallible;
+/// The marker socketioxide's `on` needs to tell handler kinds apart.
+enum InlineCall {}
 
-    fn from_message_parts(
-        socket: &Arc<Socket<A>>,
-        value: &mut Value,
-        ack_id: &Option<i64>,
-    ) -> Result<Self, Infallible> {
-        let TryData(request) = TryData::<SendRequest>::from_message_parts(socket, value, ack_id)?;
-        let ack = AckSender::<A>::from_message_parts(socket, value, ack_id)?;
-        let Ok(State(relay)) = State::<Arc<Relay<A>>>::from_message_parts(socket, value, ack_id)
-        else {
-            return Ok(QueuedSend);
-        };
-        if let Err((ack, failure)) = enqueue_send(&relay, socket, request, ack) {
-            relay.metrics.reject(failure.error.as_str());
-            let _ = ack.send(&failure);
-        }
-        Ok(QueuedSend)
+impl<A, F> MessageHandler<A, InlineCall> for Inline<F>
+where
+    A: Adapter,
+    F: Fn(&Arc<Socket<A>>, Value, Option<i64>) + Send + Sync + 'static,
+{
+    fn call(&self, socket: Arc<Socket<A>>, value: Value, ack_id: Option<i64>) {
+        (self.0)(&socket, value, ack_id);
+    }
+}
+
+/// What an inline handler starts from: the decoded request (or why it is malformed), the
+/// answer, and the relay (absent only while the server shuts down).
+type InlineParts<A, T> =
+    (Result<T, socketioxide::ParserError>, AckSender<A>, Option<Arc<Relay<A>>>);
+
+fn inline_parts<A: Adapter, T: DeserializeOwned>(
+    socket: &Arc<Socket<A>>,
+    mut value: Value,
+    ack_id: Option<i64>,
+) -> InlineParts<A, T> {
+    let Ok(TryData(request)) = TryData::<T>::from_message_parts(socket, &mut value, &ack_id);
+    let Ok(ack) = AckSender::<A>::from_message_parts(socket, &mut value, &ack_id);
+    let relay = State::<Arc<Relay<A>>>::from_message_parts(socket, &mut value, &ack_id)
+        .ok()
+        .map(|State(relay)| relay);
+    (request, ack, relay)
+}
+
+/// `message:send`: check, rate-limit and enqueue for the writer, or answer with the reason it
+/// cannot; inline, so a client's messages reach the writer in the order it sent them.
+fn on_send<A: Adapter>(socket: &Arc<Socket<A>>, value: Value, ack_id: Option<i64>) {
+    let (request, ack, Some(relay)) = inline_parts::<A, SendRequest>(socket, value, ack_id) else {
+        return;
+    };
+    if let Err((ack, failure)) = enqueue_send(&relay, socket, request, ack) {
+        relay.metrics.reject(failure.error.as_str());
+        let _ = ack.send(&failure);
     }
 }
 
@@ -845,14 +871,14 @@ fn enqueue_send<A: Adapter>(
     }
 }
 
-async fn on_ack<A: Adapter>(
-    socket: SocketRef<A>,
-    TryData(request): TryData<IdsRequest>,
-    ack: AckSender<A>,
-    State(relay): State<Arc<Relay<A>>>,
-) {
+/// `message:ack`: inline, like `message:send`; answered by the writer once the
+/// acknowledgements are committed.
+fn on_ack<A: Adapter>(socket: &Arc<Socket<A>>, value: Value, ack_id: Option<i64>) {
+    let (request, ack, Some(relay)) = inline_parts::<A, IdsRequest>(socket, value, ack_id) else {
+        return;
+    };
     let check = || {
-        let connection = connection(&socket)?;
+        let connection = connection(socket)?;
         let user = logged_in(&connection)?;
         let request = request.map_err(bad_request)?;
         if request.ids.len() > relay.limits().max_ids_per_request {
