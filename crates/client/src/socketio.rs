@@ -251,7 +251,7 @@ impl SocketIoClient {
                 };
                 let Some(Ok(message)) = message else { break };
                 let arrived = Instant::now();
-                silence.as_mut().reset((arrived + silence_limit).into());
+                silence.as_mut().reset(tokio::time::Instant::now() + silence_limit);
                 let Message::Text(text) = message else {
                     if matches!(message, Message::Close(_)) {
                         break;

@@ -773,12 +773,21 @@ where
     F: Fn(&Arc<Socket<A>>, Value, Option<i64>) + Send + Sync + 'static,
 {
     fn call(&self, socket: Arc<Socket<A>>, value: Value, ack_id: Option<i64>) {
-        (self.0)(&socket, value, ack_id);
+        // A spawned handler that panicked took only its own task down; this one runs in the
+        // connection's read loop, which must not unwind (engineioxide would skip closing the
+        // session). No client input is known to reach a panic here; if one does, the
+        // connection is ended and the relay carries on.
+        let call = std::panic::AssertUnwindSafe(|| (self.0)(&socket, value, ack_id));
+        if std::panic::catch_unwind(call).is_err() {
+            tracing::error!(sid = %socket.id, "an event handler panicked; closing the connection");
+            let _ = socket.clone().disconnect();
+        }
     }
 }
 
 /// What an inline handler starts from: the decoded request (or why it is malformed), the
-/// answer, and the relay (absent only while the server shuts down).
+/// answer, and the relay (always there: `serve` hands it to socketioxide as its state; were it
+/// missing, the event would go unanswered, as with socketioxide's own extractors).
 type InlineParts<A, T> =
     (Result<T, socketioxide::ParserError>, AckSender<A>, Option<Arc<Relay<A>>>);
 
