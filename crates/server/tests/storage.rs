@@ -419,6 +419,73 @@ async fn sqlite_queue_thread_commits_with_the_pool_and_refuses_after_close() {
     assert!(closed.is_err(), "a closed store refuses the batch");
 }
 
+/// The SQLite queue's end of the message ids it has reserved, read through a connection of
+/// its own (so only what is committed counts).
+async fn reserved_end(url: &str) -> i64 {
+    let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+    let (end,): (i64,) =
+        sqlx::query_as("SELECT reserved_end FROM message_ids").fetch_one(&pool).await.unwrap();
+    pool.close().await;
+    end
+}
+
+/// Ids handed out ahead of storing (the write-behind's) come from a block whose reservation is
+/// already committed, in order and never twice, and a reopened store (after a crash, say)
+/// numbers past all of them even though none of those messages was ever written.
+#[tokio::test]
+async fn sqlite_ids_taken_ahead_are_reserved_on_disk_and_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("ids.db").display());
+    let store = storage::open(&url).await.unwrap();
+    assert!(store.takes_message_ids());
+    let mut taken: Vec<std::ops::Range<i64>> = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // Past two block boundaries (a block is 4,096 ids), 1,000 ids at a time.
+    while taken.iter().map(|range| range.end - range.start).sum::<i64>() < 10_000 {
+        assert!(std::time::Instant::now() < deadline, "ids could not be taken: {taken:?}");
+        let Some(range) = store.take_message_ids(1_000) else {
+            // The next block waits until the last one's reservation is flushed.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            continue;
+        };
+        assert_eq!(range.end - range.start, 1_000);
+        if let Some(last) = taken.last() {
+            assert!(range.start >= last.end, "in order, never twice: {last:?} then {range:?}");
+        }
+        let end = reserved_end(&url).await;
+        assert!(range.end <= end, "ids {range:?} handed out past the committed reservation {end}");
+        taken.push(range);
+    }
+    let highest = taken.last().unwrap().end - 1;
+    store.close().await;
+    drop(store);
+
+    let reopened = storage::open(&url).await.unwrap();
+    for name in ["alice", "bob"] {
+        reopened.register_user(&user(name)).await.unwrap();
+    }
+    let stored = reopened
+        .commit_batch(QueueBatch {
+            stores: vec![message("alice", "bob", "after")],
+            ..QueueBatch::default()
+        })
+        .await
+        .unwrap();
+    let [StoreOutcome::Stored(id)] = stored.outcomes[..] else {
+        panic!("stored: {:?}", stored.outcomes);
+    };
+    assert!(id > highest, "a message stored after reopening got id {id}, not past {highest}");
+    let ahead = loop {
+        if let Some(range) = reopened.take_message_ids(1) {
+            break range;
+        }
+        assert!(std::time::Instant::now() < deadline, "no id could be taken after reopening");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    assert!(ahead.start > id, "an id taken after reopening ({ahead:?}) is past {id}");
+    reopened.close().await;
+}
+
 #[tokio::test]
 async fn sqlite_in_memory_backend() {
     run_suite(storage::open("sqlite::memory:").await.unwrap()).await;
