@@ -129,6 +129,10 @@ struct ServeArgs {
     /// it is on disk or in the recipient's hands.
     #[arg(long, env = "SOTTO_WRITE_BEHIND_MS", default_value_t = 50)]
     write_behind_ms: u64,
+    /// Logged-in connections one user may hold at once (on each node; 0: unlimited): past it a
+    /// login is refused with `too_many_connections` until one of them closes.
+    #[arg(long, env = "SOTTO_MAX_CONNECTIONS_PER_USER", default_value_t = sotto_server::Limits::default().max_connections_per_user)]
+    max_connections_per_user: usize,
     /// Registrations per hour from one address (an IPv4 address or an IPv6 /64), after a
     /// burst of half as many (0: unlimited).
     #[arg(long, env = "SOTTO_REGISTRATIONS_PER_HOUR", default_value_t = sotto_server::Limits::default().registrations_per_hour)]
@@ -218,6 +222,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.limits.max_queue_per_recipient = args.max_queue;
     config.limits.max_send_backlog = std::time::Duration::from_millis(args.max_send_backlog_ms);
     config.write_behind = std::time::Duration::from_millis(args.write_behind_ms);
+    config.limits.max_connections_per_user = args.max_connections_per_user;
     config.limits.registrations_per_hour = args.registrations_per_hour;
     config.limits.registrations_burst = args.registrations_per_hour.div_ceil(2);
     config.trusted_proxies = args.trusted_proxies;

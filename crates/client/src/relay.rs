@@ -74,6 +74,11 @@ impl Refusal {
                 wait_in_words(self.retry_after_ms.unwrap_or(1000))
             ),
             "queue_full" => "the recipient has too many undelivered messages".to_owned(),
+            "too_many_connections" => {
+                "this user has too many connections to the relay open; close one (another \
+                 terminal, browser tab or device) and try again"
+                    .to_owned()
+            }
             "too_large" => "the message is too large".to_owned(),
             "authentication_failed" => {
                 "the relay does not recognise this identity (was the user id released?)".to_owned()

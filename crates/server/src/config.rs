@@ -131,6 +131,12 @@ pub struct Limits {
     /// buffer, up to `max_outgoing_packets` pushes of any size) until its heartbeat fails. Past
     /// this the relay ends the connection, which catches up, paced, when it reconnects.
     pub max_unacknowledged_push_bytes: usize,
+    /// Logged-in connections one user may hold on this relay at once (on each node, when
+    /// clustered; 0: unlimited). Each holds about 23 KB and is pushed everything sent to the
+    /// user, so a client that logs in again and again without closing its connections must
+    /// not grow the relay without bound; past this a login is refused with
+    /// `too_many_connections` until one of them closes.
+    pub max_connections_per_user: usize,
 }
 
 impl Default for Limits {
@@ -157,6 +163,7 @@ impl Default for Limits {
             registrations_burst: 30,
             max_outgoing_packets: 1_024,
             max_unacknowledged_push_bytes: 4 * 1024 * 1024,
+            max_connections_per_user: 32,
         }
     }
 }

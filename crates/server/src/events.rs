@@ -68,6 +68,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The recipient's queue is full.
     QueueFull,
+    /// The user already holds as many logged-in connections to this relay as it allows; one
+    /// must close first.
+    TooManyConnections,
     /// The relay is overloaded; retry shortly.
     Busy,
     /// The database is unavailable; retry shortly. Nothing was stored.
@@ -97,6 +100,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::QueueFull => "queue_full",
+            ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::Busy => "busy",
             ErrorCode::StorageUnavailable => "storage_unavailable",
         }

@@ -378,13 +378,23 @@ struct Bound {
     first: bool,
 }
 
-/// Marks the connection as `user`'s and counts the user online. The connection's lock is
-/// held throughout, so that [`unbind_user`] undoes all of it or none.
+/// Marks the connection as `user`'s and counts the user online, or refuses it when the user
+/// already holds `max_connections_per_user` connections here. The connection's lock is held
+/// throughout, so that [`unbind_user`] undoes all of it or none.
 fn bind_user<A: Adapter>(relay: &Relay<A>, connection: &Connection, user: &UserId) -> Reply<Bound> {
     let mut state = connection.lock();
     if state.user.is_some() {
         // Two logins raced on one connection; only the first counts.
         return Err(Failure::new(ErrorCode::AlreadyAuthenticated, "already logged in"));
+    }
+    let mut online = relay.online.lock().unwrap_or_else(|e| e.into_inner());
+    let limit = relay.limits().max_connections_per_user;
+    let held = online.get(user.as_str()).copied().unwrap_or(0);
+    if limit != 0 && held >= limit {
+        return Err(Failure::new(
+            ErrorCode::TooManyConnections,
+            format!("{user} already has {held} connections to this relay; close one first"),
+        ));
     }
     let user: Arc<str> = Arc::from(user.as_str());
     state.user = Some(user.clone());
@@ -394,7 +404,6 @@ fn bind_user<A: Adapter>(relay: &Relay<A>, connection: &Connection, user: &UserI
     }
     relay.metrics.logins.inc();
     relay.metrics.authenticated.inc();
-    let mut online = relay.online.lock().unwrap_or_else(|e| e.into_inner());
     let count = online.entry(user.clone()).or_default();
     *count += 1;
     Ok(Bound { first: *count == 1, user })

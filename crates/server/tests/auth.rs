@@ -488,3 +488,48 @@ async fn a_terminal_registration_whose_answer_was_lost_finishes_on_the_next_try(
     relay.close();
     client.close().await;
 }
+
+/// A user holds at most `max_connections_per_user` logged-in connections: one more login is
+/// refused clearly (and binds nothing: the refused connection can log in once another closes),
+/// while other users are unaffected.
+#[tokio::test]
+async fn logins_past_the_per_user_connection_limit_are_refused_until_one_closes() {
+    let server = TestServer::start_with(|config| config.limits.max_connections_per_user = 3).await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut others = Vec::new();
+    for _ in 0..2 {
+        let client = connect(&server).await;
+        client.login(&alice.id, &alice.identity).await.unwrap();
+        others.push(client);
+    }
+    let refused = connect(&server).await;
+    let error = refused.login(&alice.id, &alice.identity).await.unwrap_err();
+    assert_eq!(error.code(), Some("too_many_connections"), "{error}");
+    // Refused, the connection is still anonymous: it may not send.
+    let send = refused.send_raw("alice", &client_id(), &envelope(1)).await.unwrap_err();
+    assert_eq!(send.code(), Some("unauthenticated"));
+    // Another user is not limited by alice's connections.
+    TestUser::register(&server, "bob").await;
+
+    others.pop().unwrap().close();
+    let mut login = None;
+    for _ in 0..100 {
+        match refused.login(&alice.id, &alice.identity).await {
+            Ok(answer) => {
+                login = Some(answer);
+                break;
+            }
+            // The relay may not have seen the close yet.
+            Err(error) if error.code() == Some("too_many_connections") => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("{error}"),
+        }
+    }
+    assert_eq!(login.expect("a login once a connection closed").user_id, "alice");
+    let metrics = server.get("/metrics").await.1;
+    assert!(
+        metrics.contains(r#"sotto_rejections_total{reason="too_many_connections"} 1"#),
+        "refusals are counted: {metrics}"
+    );
+}

@@ -405,7 +405,9 @@ export class Client {
         return;
       }
       // A timeout or a busy relay: drop the connection and try again later (a client-side
-      // disconnect turns socket.io-client's own reconnection off).
+      // disconnect turns socket.io-client's own reconnection off). Too many connections of
+      // this user is shown, as only the person can close one of them.
+      if (isRelayError(error, 'too_many_connections')) this.#problem(error, null);
       this.#relay.close();
       this.#reconnectLater();
       return;

@@ -75,6 +75,8 @@ export function explain(error: unknown, peer?: string): string {
       }
       case 'queue_full':
         return `${who} has too many undelivered messages. Try again once they have been online.`;
+      case 'too_many_connections':
+        return 'This user id has too many windows or devices connected to the relay. Close one; Sotto keeps retrying.';
       case 'authentication_failed':
         return 'The relay no longer recognises the identity kept in this browser (was the user id released?).';
       case 'busy':

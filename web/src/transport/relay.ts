@@ -40,6 +40,7 @@ export const RELAY_ERROR_CODES = [
   'too_large',
   'rate_limited',
   'queue_full',
+  'too_many_connections',
   'busy',
   'storage_unavailable',
   // Ours:
