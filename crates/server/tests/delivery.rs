@@ -646,6 +646,16 @@ async fn caught_up() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
+/// A relay holding messages for `HOLD` before writing them, with alice and bob registered and
+/// bob caught up (so messages for him are pushed before they are written).
+async fn holding_relay_with_alice_and_bob() -> (TestServer, TestUser, TestUser) {
+    let server = TestServer::start_with(|config| config.write_behind = HOLD).await;
+    let alice = TestUser::register(&server, "alice").await;
+    let bob = TestUser::register(&server, "bob").await;
+    caught_up().await;
+    (server, alice, bob)
+}
+
 /// Sends from a task, so a test can watch what happens while the sender waits for its answer.
 fn send_in_background(
     user: &TestUser,
@@ -660,10 +670,7 @@ fn send_in_background(
 
 #[tokio::test]
 async fn a_message_acknowledged_before_it_is_written_is_never_written() {
-    let server = TestServer::start_with(|config| config.write_behind = HOLD).await;
-    let mut alice = TestUser::register(&server, "alice").await;
-    let mut bob = TestUser::register(&server, "bob").await;
-    caught_up().await;
+    let (server, mut alice, mut bob) = holding_relay_with_alice_and_bob().await;
     let send = send_in_background(&alice, "bob", client_id(), 1);
     let got = bob.messages(1).await;
     // Pushed first; not written, and the sender not answered, while it waits.
@@ -713,10 +720,7 @@ async fn a_pushed_message_not_acknowledged_in_time_is_stored_and_then_answered()
 
 #[tokio::test]
 async fn held_messages_reach_a_recipient_that_reconnects_in_order_and_once() {
-    let server = TestServer::start_with(|config| config.write_behind = HOLD).await;
-    let alice = TestUser::register(&server, "alice").await;
-    let mut bob = TestUser::register(&server, "bob").await;
-    caught_up().await;
+    let (server, alice, mut bob) = holding_relay_with_alice_and_bob().await;
     let sends: Vec<_> = (0..3).map(|n| send_in_background(&alice, "bob", client_id(), n)).collect();
     let first = bob.messages(3).await;
     let ids: Vec<i64> = first.iter().map(|m| m.id).collect();
@@ -735,10 +739,7 @@ async fn held_messages_reach_a_recipient_that_reconnects_in_order_and_once() {
 
 #[tokio::test]
 async fn a_recipient_that_leaves_has_its_held_messages_stored_before_newer_ones() {
-    let server = TestServer::start_with(|config| config.write_behind = HOLD).await;
-    let alice = TestUser::register(&server, "alice").await;
-    let mut bob = TestUser::register(&server, "bob").await;
-    caught_up().await;
+    let (server, alice, mut bob) = holding_relay_with_alice_and_bob().await;
     let held: Vec<_> = (0..2).map(|n| send_in_background(&alice, "bob", client_id(), n)).collect();
     assert_eq!(bob.messages(2).await.len(), 2);
     bob.client.close();
@@ -762,10 +763,7 @@ async fn a_recipient_that_leaves_has_its_held_messages_stored_before_newer_ones(
 
 #[tokio::test]
 async fn a_resend_of_a_held_message_is_stored_once_and_pushed_once() {
-    let server = TestServer::start_with(|config| config.write_behind = HOLD).await;
-    let alice = TestUser::register(&server, "alice").await;
-    let mut bob = TestUser::register(&server, "bob").await;
-    caught_up().await;
+    let (server, alice, mut bob) = holding_relay_with_alice_and_bob().await;
     let id = client_id();
     let first = send_in_background(&alice, "bob", id.clone(), 1);
     let pushed = bob.messages(1).await;
@@ -799,10 +797,7 @@ async fn only_the_recipient_acknowledges_a_held_message() {
 
 #[tokio::test]
 async fn a_graceful_shutdown_writes_what_is_held() {
-    let server = TestServer::start_with(|config| config.write_behind = HOLD).await;
-    let alice = TestUser::register(&server, "alice").await;
-    let mut bob = TestUser::register(&server, "bob").await;
-    caught_up().await;
+    let (server, alice, mut bob) = holding_relay_with_alice_and_bob().await;
     let send = send_in_background(&alice, "bob", client_id(), 1);
     let pushed = bob.messages(1).await;
     let server = server.restart().await;
