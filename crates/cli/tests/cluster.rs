@@ -190,6 +190,15 @@ impl Node {
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("{name} not in the metrics"))
     }
+
+    /// Waits until every connection logged in to the node has caught up with its queue.
+    async fn wait_caught_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.metric("sotto_connections_catching_up") != 0.0 {
+            assert!(Instant::now() < deadline, "logins never caught up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 impl Drop for Node {
@@ -729,7 +738,10 @@ async fn pushes_to_many_recipients_on_another_node_do_not_wait_for_each_other() 
         senders.push(Peer::register(&sending.url, &format!("s{k}")).await);
         recipients.push(Peer::register(&receiving.url, &format!("r{k}")).await);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Live pushes reach a connection once it has caught up.
+    for node in [&sending, &receiving] {
+        node.wait_caught_up().await;
+    }
     let started = Instant::now();
     let receiving_tasks: Vec<_> = recipients
         .into_iter()

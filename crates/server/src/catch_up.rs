@@ -25,6 +25,7 @@ use socketioxide::{SendError, SocketError};
 use tokio::sync::Notify;
 
 use crate::delivery::{self, Job};
+use crate::metrics::CatchingUp;
 use crate::state::{Connection, Relay};
 use crate::storage::QueuedMessage;
 
@@ -138,7 +139,12 @@ fn pushes(page: &[QueuedMessage]) -> impl Iterator<Item = &[QueuedMessage]> {
 /// Pushes the socket's backlog, then hands the socket to the writer for the rest and for live
 /// delivery. Ends early (the socket closed, or it is disconnected to try again at its next
 /// login) when the socket goes or the queue cannot be read.
-pub(crate) async fn run<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, user: Arc<str>) {
+pub(crate) async fn run<A: Adapter>(
+    relay: Arc<Relay<A>>,
+    socket: SocketRef<A>,
+    user: Arc<str>,
+    catching_up: CatchingUp,
+) {
     let Some(connection) = socket.extensions.get::<Arc<Connection>>() else {
         return;
     };
@@ -149,7 +155,7 @@ pub(crate) async fn run<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, 
     let Some(after) = pushed else {
         return;
     };
-    let job = Job::Attach { socket: socket.clone(), user: user.clone(), after };
+    let job = Job::Attach { socket: socket.clone(), user: user.clone(), after, catching_up };
     if relay.writer.send(job).await.is_err() {
         delivery::end_socket(&relay, &user, socket);
     }

@@ -32,6 +32,8 @@ pub struct Config {
     /// written; otherwise it is stored like any other. Zero stores every message before
     /// pushing it. Its sender hears "stored" only once it is on disk or acknowledged.
     pub write_behind: Duration,
+    /// How often expired messages are purged and the queue-depth gauge is counted afresh.
+    pub housekeeping_every: Duration,
     /// Set by [`Config::bind_login_hosts`]: accept the `Host` header a client sent as the name
     /// its login is bound to (no public name was configured for a wildcard address).
     pub(crate) trust_host_header: bool,
@@ -50,6 +52,7 @@ impl Config {
             trusted_proxies: Vec::new(),
             limits: Limits::default(),
             write_behind: Duration::from_millis(50),
+            housekeeping_every: Duration::from_secs(60),
             trust_host_header: false,
         }
     }

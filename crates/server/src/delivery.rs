@@ -25,6 +25,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
@@ -38,6 +39,7 @@ use crate::events::{
     self, DeliveredPush, ErrorCode, Failure, PresencePush, Receipt, ReceivePush, ReceivedMessage,
     SendAnswer,
 };
+use crate::metrics::CatchingUp;
 use crate::state::{
     Audience, RECENT_LIMIT, RecentMessage, RecipientInfo, Relay, notice_room, user_room,
 };
@@ -91,6 +93,8 @@ pub(crate) enum Job<A: Adapter> {
         user: Arc<str>,
         /// The last message id it was sent.
         after: i64,
+        /// Stops counting it as catching up once it is attached.
+        catching_up: CatchingUp,
     },
 }
 
@@ -190,6 +194,7 @@ pub(crate) async fn run_writer<A: Adapter>(
         }
         // Also with no job: held messages may be due to be written.
         process(&relay, std::mem::take(&mut held), &mut unwritten, closed, &after_flush).await;
+        relay.held_unwritten.store(unwritten.len(), Ordering::Relaxed);
         if closed {
             break;
         }
@@ -309,7 +314,9 @@ async fn process<A: Adapter>(
                 acks.extend(more);
                 ack_answers.push(answer);
             }
-            Job::Attach { socket, user, after } => attaches.push((socket, user, after)),
+            Job::Attach { socket, user, after, catching_up } => {
+                attaches.push((socket, user, after, catching_up));
+            }
         }
     }
     for user in forgotten {
@@ -427,8 +434,9 @@ async fn process<A: Adapter>(
             }
         }
     }
-    for (socket, user, after) in attaches {
+    for (socket, user, after, catching_up) in attaches {
         attach(relay, unwritten, socket, &user, after).await;
+        drop(catching_up);
     }
     if !after.is_empty() {
         // Only fails once the answering task is gone, which outlives the writer.
@@ -1190,8 +1198,12 @@ pub(crate) async fn run_housekeeping<A: Adapter>(relay: Arc<Relay<A>>, every: Du
                 tracing::warn!(%error, "purging the queue failed");
             }
         }
-        if let Ok(pending) = relay.storage.total_pending().await {
-            relay.metrics.queue_depth.set(i64::try_from(pending).unwrap_or(i64::MAX));
+        // Held messages count as queued too. Read first: one written in between is counted
+        // twice until the next round rather than not at all.
+        let held = relay.held_unwritten.load(Ordering::Relaxed) as u64;
+        if let Ok(stored) = relay.storage.total_pending().await {
+            let depth = stored.saturating_add(held);
+            relay.metrics.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
         }
         let now = Instant::now();
         relay.pair_limiter.sweep(now);

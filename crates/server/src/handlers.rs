@@ -35,6 +35,7 @@ use crate::events::{
     LoginAnswer, LoginRequest, PrekeysLowPush, PresencePush, RegisterRequest, RequestKeyRequest,
     SendRequest, StatusAnswer, StatusEntry, UploadAnswer,
 };
+use crate::metrics::CatchingUp;
 use crate::state::{Audience, Connection, Relay, notice_room};
 use crate::storage::{MessageStatus, NewMessage, NewUser, RegisterError};
 
@@ -376,6 +377,8 @@ struct Bound {
     /// Whether this is the user's only connection to this relay (their contacts are told
     /// they joined).
     first: bool,
+    /// Counts the connection as catching up until the writer has attached it.
+    catching_up: CatchingUp,
 }
 
 /// Marks the connection as `user`'s and counts the user online, or refuses it when the user
@@ -406,7 +409,7 @@ fn bind_user<A: Adapter>(relay: &Relay<A>, connection: &Connection, user: &UserI
     relay.metrics.authenticated.inc();
     let count = online.entry(user.clone()).or_default();
     *count += 1;
-    Ok(Bound { first: *count == 1, user })
+    Ok(Bound { first: *count == 1, user, catching_up: CatchingUp::start(&relay.metrics) })
 }
 
 /// A user taken off a connection by [`unbind_user`].
@@ -465,7 +468,7 @@ const PRESENCE_LOOKUPS_AT_ONCE: usize = 16;
 
 /// After the login answer went out: presence, then the backlog, then live delivery.
 async fn after_login<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, bound: Bound) {
-    let Bound { user, first } = bound;
+    let Bound { user, first, catching_up } = bound;
     // Receipts and presence reach the socket from now on (nothing that could cause one can
     // have happened since the answer went out: this runs before the task first yields);
     // messages only once it has caught up (the writer marks it so then).
@@ -493,7 +496,7 @@ async fn after_login<A: Adapter>(relay: Arc<Relay<A>>, socket: SocketRef<A>, bou
             }
         }
     }
-    tokio::spawn(catch_up::run(relay, socket, user));
+    tokio::spawn(catch_up::run(relay, socket, user, catching_up));
 }
 
 // ---- registration and prekeys --------------------------------------------------------------

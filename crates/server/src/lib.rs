@@ -75,8 +75,6 @@ const WRITER_INBOX: usize = 65_536;
 /// larger frame grows the buffer as it arrives, and throughput did not change measurably
 /// (docs/PERFORMANCE.md).
 const WS_READ_BUFFER: usize = 1_024;
-/// How often the queue is purged and the gauges refreshed.
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// Runs the relay on `listener` until `shutdown` resolves, then stops gracefully: sockets are
 /// closed, every message already received is stored and acknowledged, the database is closed.
@@ -174,8 +172,8 @@ impl<A: Adapter> Parts<A> {
     ) -> Result<(), ServeError> {
         let Self { relay, storage, metrics, inbox, .. } = self;
         let writer_task = tokio::spawn(delivery::run_writer(relay.clone(), inbox));
-        let housekeeping =
-            tokio::spawn(delivery::run_housekeeping(relay.clone(), HOUSEKEEPING_EVERY));
+        let every = relay.config.housekeeping_every;
+        let housekeeping = tokio::spawn(delivery::run_housekeeping(relay.clone(), every));
         let redelivery =
             relay.clustered().then(|| tokio::spawn(delivery::run_redelivery(relay.clone())));
         let releasing =

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub connections_total: Counter,
     /// Authenticated connections open now.
     pub authenticated: Gauge,
+    /// Logged-in connections still being sent their backlog (live messages reach them once it
+    /// is done): high after a restart, when every client reconnects at once.
+    pub catching_up: Gauge,
     /// Successful logins and registrations.
     pub logins: Counter,
     /// Failed authentications, by reason.
@@ -72,6 +75,7 @@ impl Metrics {
             connections: Gauge::default(),
             connections_total: Counter::default(),
             authenticated: Gauge::default(),
+            catching_up: Gauge::default(),
             logins: Counter::default(),
             auth_failures: Family::default(),
             rejections: Family::default(),
@@ -101,6 +105,11 @@ impl Metrics {
             "authenticated_connections",
             "Authenticated connections open",
             metrics.authenticated.clone(),
+        );
+        registry.register(
+            "connections_catching_up",
+            "Logged-in connections still being sent their backlog",
+            metrics.catching_up.clone(),
         );
         registry.register("logins", "Successful logins and registrations", metrics.logins.clone());
         registry.register(
@@ -202,6 +211,25 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// One connection counted in [`Metrics::catching_up`] from its login until it has caught up or
+/// is gone, whichever way that happens: dropping the guard is the one place it stops counting.
+#[derive(Debug)]
+pub struct CatchingUp(Gauge);
+
+impl CatchingUp {
+    /// Counts a connection that has just logged in.
+    pub fn start(metrics: &Metrics) -> Self {
+        metrics.catching_up.inc();
+        Self(metrics.catching_up.clone())
+    }
+}
+
+impl Drop for CatchingUp {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

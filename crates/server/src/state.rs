@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -413,6 +414,9 @@ pub struct Relay<A: Adapter> {
     /// Messages this node stored recently, by id, so their acknowledgements are matched and
     /// answered without reading them back.
     pub(crate) recent: Mutex<RecentMessages>,
+    /// Messages the writer holds unwritten (pushed, waiting for their acknowledgement; see
+    /// `crate::unwritten`), as of its last batch: queued, but not in the database's count.
+    pub(crate) held_unwritten: AtomicUsize,
     /// Keys the pair hashes; random per process.
     hasher: RandomState,
     /// After an adapter failure, pushes skip the adapter until then (each failed publish costs
@@ -459,6 +463,7 @@ impl<A: Adapter> Relay<A> {
             known_contacts: Mutex::new(HashSet::new()),
             recipients: RecipientCache::default(),
             recent: Mutex::new(RecentMessages::default()),
+            held_unwritten: AtomicUsize::new(0),
             hasher: RandomState::new(),
             adapter_down_until: Mutex::new(None),
             registrar: crate::registrar::Registrar::start(storage.clone()),

@@ -72,7 +72,6 @@ impl<T> Default for Unwritten<T> {
 
 impl<T> Unwritten<T> {
     /// How many are held.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.messages.len()
     }

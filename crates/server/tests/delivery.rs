@@ -176,6 +176,46 @@ async fn a_catch_up_waits_for_acknowledgements_to_push_more() {
     bob.no_messages(Duration::from_millis(300)).await;
 }
 
+/// `sotto_connections_catching_up` counts a logged-in connection from its login until its
+/// backlog is pushed and live messages reach it, and stops counting one that closes midway.
+#[tokio::test]
+async fn a_connection_counts_as_catching_up_until_its_backlog_is_pushed_or_it_closes() {
+    let server = TestServer::start_with(|config| config.limits.pair_messages_per_second = 0).await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    caught_up(&server).await;
+    bob.client.close();
+    for n in 0..300 {
+        alice.client.send_raw("bob", &client_id(), &envelope(n)).await.unwrap();
+    }
+
+    // Logged in, sent a window, waiting for an acknowledgement: catching up.
+    bob.reconnect(&server).await;
+    let first = until_quiet(&mut bob).await;
+    assert!(!first.is_empty() && first.len() < 300, "{} of 300 before any ack", first.len());
+    assert_eq!(metric(&server, "sotto_connections_catching_up").await, 1);
+    // Gone midway: no longer counted.
+    bob.client.close();
+    caught_up(&server).await;
+
+    // Back: counted while it has windows to go (300 messages are more than one), and no
+    // longer once it has acknowledged them all.
+    bob.reconnect(&server).await;
+    let mut got = 0;
+    while got < 300 {
+        let window = until_quiet(&mut bob).await;
+        assert!(!window.is_empty(), "stalled at {got} of 300");
+        if got == 0 {
+            assert_eq!(metric(&server, "sotto_connections_catching_up").await, 1);
+        }
+        got += window.len();
+        bob.client.ack(&window.iter().map(|m| m.id).collect::<Vec<_>>()).await.unwrap();
+    }
+    caught_up(&server).await;
+    let live = alice.client.send_raw("bob", &client_id(), &envelope(300)).await.unwrap().id;
+    assert_eq!(bob.messages_acknowledged(1).await[0].id, live);
+}
+
 #[tokio::test]
 async fn a_catch_up_pushes_a_message_larger_than_its_window_alone() {
     let server = TestServer::start().await;
@@ -638,12 +678,16 @@ async fn metric(server: &TestServer, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits until a user who has just logged in is caught up with their (empty) queue: only then
-/// do live pushes reach them, and only messages for a recipient caught up here are pushed
-/// before they are written. Their catch-up is one read of the queue. (Were it slower still on
-/// a loaded machine, the message would be stored first and the test fail, never pass wrongly.)
-async fn caught_up() {
-    tokio::time::sleep(Duration::from_millis(500)).await;
+/// Waits until every connection that has logged in is caught up with its queue: only then do
+/// live pushes reach it, and only messages for a recipient caught up here are pushed before
+/// they are written. A connection counts as catching up from before its login is answered, so
+/// once the gauge reads 0 after the logins, each of them is attached.
+async fn caught_up(server: &TestServer) {
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    while metric(server, "sotto_connections_catching_up").await != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "a login never caught up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// A relay holding messages for `HOLD` before writing them, with alice and bob registered and
@@ -652,7 +696,7 @@ async fn holding_relay_with_alice_and_bob() -> (TestServer, TestUser, TestUser) 
     let server = TestServer::start_with(|config| config.write_behind = HOLD).await;
     let alice = TestUser::register(&server, "alice").await;
     let bob = TestUser::register(&server, "bob").await;
-    caught_up().await;
+    caught_up(&server).await;
     (server, alice, bob)
 }
 
@@ -694,13 +738,37 @@ async fn a_message_acknowledged_before_it_is_written_is_never_written() {
     assert_eq!(metric(&server, "sotto_messages_stored_total").await, 0);
 }
 
+/// A message pushed and held unwritten is queued: the queue-depth gauge, counted afresh from
+/// the database every round of housekeeping, counts it until it is acknowledged.
+#[tokio::test]
+async fn the_queue_depth_counts_messages_held_unwritten() {
+    let server = TestServer::start_with(|config| {
+        config.write_behind = HOLD;
+        config.housekeeping_every = Duration::from_millis(50);
+    })
+    .await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    caught_up(&server).await;
+    let send = send_in_background(&alice, "bob", client_id(), 1);
+    let got = bob.messages(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 0, "held, not written");
+    assert_eq!(metric(&server, "sotto_queue_depth").await, 1);
+
+    bob.client.ack(&[got[0].id]).await.unwrap();
+    send.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(metric(&server, "sotto_queue_depth").await, 0);
+}
+
 #[tokio::test]
 async fn a_pushed_message_not_acknowledged_in_time_is_stored_and_then_answered() {
     let server =
         TestServer::start_with(|config| config.write_behind = Duration::from_secs(1)).await;
     let alice = TestUser::register(&server, "alice").await;
     let mut bob = TestUser::register(&server, "bob").await;
-    caught_up().await;
+    caught_up(&server).await;
     let send = send_in_background(&alice, "bob", client_id(), 1);
     let got = bob.messages(1).await;
     // Held first: pushed, not written, not answered.
@@ -782,7 +850,7 @@ async fn only_the_recipient_acknowledges_a_held_message() {
     let alice = TestUser::register(&server, "alice").await;
     let mut bob = TestUser::register(&server, "bob").await;
     let carol = TestUser::register(&server, "carol").await;
-    caught_up().await;
+    caught_up(&server).await;
     let send = send_in_background(&alice, "bob", client_id(), 1);
     let pushed = bob.messages(1).await;
     // Carol names Bob's message: nothing happens to it.
@@ -817,7 +885,7 @@ async fn messages_held_for_an_id_registered_anew_never_reach_its_new_holder() {
     let mut earlier = TestUser::register(&server, "bob").await;
     // What `sotto admin release-user` opens, beside the running relay.
     let storage = sotto_server::storage::open(&server.database_url).await.unwrap();
-    caught_up().await;
+    caught_up(&server).await;
     let send = send_in_background(&carol, "bob", client_id(), 1);
     assert_eq!(earlier.messages(1).await.len(), 1);
     // The operator releases bob; then someone takes the id.
