@@ -133,6 +133,11 @@ struct ServeArgs {
     /// login is refused with `too_many_connections` until one of them closes.
     #[arg(long, env = "SOTTO_MAX_CONNECTIONS_PER_USER", default_value_t = sotto_server::Limits::default().max_connections_per_user)]
     max_connections_per_user: usize,
+    /// Connections the relay holds open at once; past it new ones are closed as they arrive
+    /// (0: the open-file limit, raised to its hard value, less a reserve for the relay's own
+    /// files).
+    #[arg(long, env = "SOTTO_MAX_CONNECTIONS", default_value_t = 0)]
+    max_connections: usize,
     /// Registrations per hour from one address (an IPv4 address or an IPv6 /64), after a
     /// burst of half as many (0: unlimited).
     #[arg(long, env = "SOTTO_REGISTRATIONS_PER_HOUR", default_value_t = sotto_server::Limits::default().registrations_per_hour)]
@@ -223,6 +228,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.limits.max_send_backlog = std::time::Duration::from_millis(args.max_send_backlog_ms);
     config.write_behind = std::time::Duration::from_millis(args.write_behind_ms);
     config.limits.max_connections_per_user = args.max_connections_per_user;
+    config.limits.max_connections = args.max_connections;
     config.limits.registrations_per_hour = args.registrations_per_hour;
     config.limits.registrations_burst = args.registrations_per_hour.div_ceil(2);
     config.trusted_proxies = args.trusted_proxies;

@@ -140,6 +140,10 @@ pub struct Limits {
     /// not grow the relay without bound; past this a login is refused with
     /// `too_many_connections` until one of them closes.
     pub max_connections_per_user: usize,
+    /// Connections (TCP) the relay holds open at once; past it a new one is closed as soon as
+    /// it is accepted (`listener.rs`). 0: the open-file limit less a reserve for the relay's
+    /// own files, so that its database and Redis connections never run out of descriptors.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -167,6 +171,7 @@ impl Default for Limits {
             max_outgoing_packets: 1_024,
             max_unacknowledged_push_bytes: 4 * 1024 * 1024,
             max_connections_per_user: 32,
+            max_connections: 0,
         }
     }
 }

@@ -34,6 +34,7 @@ mod delivery;
 mod handlers;
 mod http;
 mod limits;
+mod listener;
 mod memory;
 mod registrar;
 mod state;
@@ -178,13 +179,14 @@ impl<A: Adapter> Parts<A> {
             relay.clustered().then(|| tokio::spawn(delivery::run_redelivery(relay.clone())));
         let releasing =
             tokio::spawn(memory::run_release_when_quiet(metrics.clone(), storage.clone()));
+        let listener = capped(listener, relay.limits().max_connections, metrics.clone());
         let app = http::routes(http::HttpState { storage: storage.clone(), metrics })
             .layer(layer)
             .layer(axum::middleware::map_request(http::trim_request_head));
-        tracing::info!(address = %listener.local_addr()?, "relay listening");
+        tracing::info!(address = %axum::serve::Listener::local_addr(&listener)?, "relay listening");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         // The peer's address goes into every request (per-address limits, `address.rs`).
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let app = app.into_make_service_with_connect_info::<listener::PeerAddress>();
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = stop_rx.await;
         });
@@ -213,4 +215,31 @@ impl<A: Adapter> Parts<A> {
         tracing::info!("relay stopped");
         Ok(())
     }
+}
+
+/// Caps `listener` at `configured` connections, or at what the open-file limit allows when 0.
+fn capped(
+    listener: TcpListener,
+    configured: usize,
+    metrics: Arc<Metrics>,
+) -> listener::CappedListener {
+    let allowed = listener::default_capacity();
+    let capacity = match (configured, allowed) {
+        (0, Some(allowed)) => allowed,
+        (0, None) => usize::MAX,
+        (configured, Some(allowed)) if configured > allowed => {
+            tracing::warn!(
+                configured,
+                allowed,
+                "--max-connections is above what the open-file limit leaves (raise `ulimit -n`); \
+                 past it the relay's own files may fail to open"
+            );
+            configured
+        }
+        (configured, _) => configured,
+    };
+    if capacity != usize::MAX {
+        tracing::info!(max_connections = capacity, "connections are capped");
+    }
+    listener::CappedListener::new(listener, capacity, metrics)
 }

@@ -214,3 +214,57 @@ async fn a_full_recipient_queue_refuses_more() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     alice.client.send_raw("bob", &client_id(), &envelope(10)).await.unwrap();
 }
+
+/// `/healthz` over a connection of its own: the status, or `None` when the relay closed the
+/// connection without answering.
+async fn health_over_new_connection(addr: std::net::SocketAddr) -> Option<u16> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.ok()?.ok()?;
+    String::from_utf8_lossy(&response).split(' ').nth(1)?.parse().ok()
+}
+
+/// Past `max_connections` open connections a new one is closed as soon as it is accepted
+/// (counted as `connection_limit`); those already open go on, and once one closes the next
+/// connection is served.
+#[tokio::test]
+async fn connections_past_the_cap_are_closed_at_the_door_until_one_closes() {
+    let server = TestServer::start_with(|config| config.limits.max_connections = 3).await;
+    // Three connections that have sent nothing yet hold every place.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(health_over_new_connection(server.addr).await, None, "a fourth was served");
+    assert_eq!(health_over_new_connection(server.addr).await, None, "a fifth was served");
+
+    // One leaves: its place is given to the next connection.
+    drop(idle.pop());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while health_over_new_connection(server.addr).await != Some(200) {
+        assert!(tokio::time::Instant::now() < deadline, "the freed place was never given");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, metrics) = server.get("/metrics").await;
+    let refused = metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("sotto_rejections_total{reason=\"connection_limit\"} ")?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert!(refused >= 2, "{refused} refusals counted:\n{metrics}");
+    // The idle connections still there are still served.
+    let mut held = idle.pop().unwrap();
+    held.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    held.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    // And a client can log in in the place it left.
+    let alice = TestUser::register(&server, "alice").await;
+    assert!(alice.client.is_open());
+}

@@ -1,0 +1,203 @@
+//! The relay's listening socket, with a cap on open connections.
+//!
+//! Every connection holds a file descriptor, and so does everything else the relay opens: its
+//! SQLite files, its pool's connections to PostgreSQL, Redis. Past the process's open-file
+//! limit every one of them fails with `EMFILE` (axum's accept loop then sleeps a second per
+//! failure, and a queue commit or a pool connection can fail in between). So the relay keeps
+//! connections below the limit, leaving [`reserved_files`] for itself, and refuses the rest at
+//! the door: a connection past the cap is accepted and closed at once, so its client sees it
+//! end and retries with its backoff instead of waiting in the kernel's backlog, and the relay
+//! goes on serving the connections it has.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::Metrics;
+
+/// The rejection reason counted for a connection refused at the door.
+pub(crate) const CONNECTION_LIMIT: &str = "connection_limit";
+/// At most one warning about refused connections per this long (a flood would otherwise be a
+/// flood of log lines too).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Open-file descriptors kept for the relay's own files out of `limit`: a quarter of a small
+/// limit, at most 256. The relay itself holds a few dozen (its database files and pool
+/// connections, Redis, the runtime's own); the rest is room for a pool that grows under load.
+pub(crate) fn reserved_files(limit: u64) -> u64 {
+    (limit / 4).min(256)
+}
+
+/// Connections the relay may hold at once when no cap is configured: the open-file limit,
+/// raised first from its soft value to its hard one (as servers commonly do at start), less
+/// [`reserved_files`]. `None` when the limit is unknown or unlimited.
+pub(crate) fn default_capacity() -> Option<usize> {
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum)
+        && soft < hard
+    {
+        let raised = Rlimit { current: Some(hard), maximum: Some(hard) };
+        if let Err(error) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(%error, soft, hard, "could not raise the open-file limit");
+        }
+    }
+    let soft = getrlimit(Resource::Nofile).current?;
+    usize::try_from(soft.saturating_sub(reserved_files(soft))).ok()
+}
+
+/// A TCP listener that holds at most a given number of connections open.
+#[derive(Debug)]
+pub(crate) struct CappedListener {
+    listener: TcpListener,
+    open: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    /// Refused since the last warning, and when that was.
+    refused_unreported: u64,
+    last_warning: Option<Instant>,
+}
+
+impl CappedListener {
+    /// Caps `listener` at `capacity` open connections.
+    pub(crate) fn new(listener: TcpListener, capacity: usize, metrics: Arc<Metrics>) -> Self {
+        let capacity = capacity.min(Semaphore::MAX_PERMITS);
+        Self {
+            listener,
+            open: Arc::new(Semaphore::new(capacity)),
+            metrics,
+            refused_unreported: 0,
+            last_warning: None,
+        }
+    }
+
+    fn refuse(&mut self, stream: TcpStream, address: SocketAddr) {
+        drop(stream);
+        self.metrics.reject(CONNECTION_LIMIT);
+        self.refused_unreported += 1;
+        let now = Instant::now();
+        if self.last_warning.is_none_or(|last| now.duration_since(last) >= WARN_EVERY) {
+            tracing::warn!(
+                refused = self.refused_unreported,
+                last_from = %address.ip(),
+                "connection limit reached (--max-connections); refusing new connections"
+            );
+            self.refused_unreported = 0;
+            self.last_warning = Some(now);
+        }
+    }
+}
+
+impl Listener for CappedListener {
+    type Io = CountedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, address) = Listener::accept(&mut self.listener).await;
+            match self.open.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    // Frames are small and each is written whole: Nagle's algorithm would
+                    // hold one back until the peer acknowledged the one before, a round trip
+                    // of latency for nothing (clients turn it off on their side too).
+                    if let Err(error) = stream.set_nodelay(true) {
+                        tracing::debug!(%error, "could not set TCP_NODELAY");
+                    }
+                    return (CountedStream { stream, _open: permit }, address);
+                }
+                Err(_) => self.refuse(stream, address),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+/// The address a connection came from, as the listener saw it (a proxy's, behind one; see
+/// `address.rs`), in every request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PeerAddress(pub(crate) SocketAddr);
+
+impl Connected<IncomingStream<'_, CappedListener>> for PeerAddress {
+    fn connect_info(stream: IncomingStream<'_, CappedListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+/// An accepted connection, counted against the cap until it is dropped (for a WebSocket,
+/// hyper hands the stream on to it at the upgrade, so it counts for the socket's whole life).
+#[derive(Debug)]
+pub(crate) struct CountedStream {
+    stream: TcpStream,
+    _open: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for CountedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reserve_is_a_quarter_of_a_small_limit_and_at_most_256() {
+        assert_eq!(reserved_files(100), 25);
+        assert_eq!(reserved_files(1_024), 256);
+        assert_eq!(reserved_files(20_000), 256);
+        assert_eq!(reserved_files(1_048_576), 256);
+    }
+
+    #[test]
+    fn the_default_capacity_leaves_the_reserve_below_the_open_file_limit() {
+        let capacity = default_capacity().expect("a finite open-file limit") as u64;
+        let soft = getrlimit(Resource::Nofile).current.expect("a finite open-file limit");
+        assert_eq!(capacity, soft - reserved_files(soft));
+    }
+}
