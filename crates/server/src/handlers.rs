@@ -232,6 +232,13 @@ async fn log_out<A: Adapter>(relay: &Relay<A>, connection: &Connection) {
 async fn announce<A: Adapter>(relay: &Relay<A>, user: &str) {
     let contacts = match relay.storage.written_to(user).await {
         Ok(contacts) => contacts,
+        // A connection that closed while the relay stops (socketioxide runs disconnect
+        // handlers as tasks of their own and does not wait for them before the database is
+        // closed): not a failure to count or to warn about once per connection.
+        Err(error) if error.is_closed() => {
+            tracing::debug!("the relay is stopping; presence not announced");
+            return;
+        }
         Err(error) => {
             relay.metrics.storage_errors.inc();
             tracing::warn!(%error, "loading contacts for presence failed");

@@ -416,7 +416,12 @@ async fn sqlite_queue_thread_commits_with_the_pool_and_refuses_after_close() {
             ..QueueBatch::default()
         })
         .await;
-    assert!(closed.is_err(), "a closed store refuses the batch");
+    let closed = closed.expect_err("a closed store refuses the batch");
+    assert!(closed.is_closed(), "{closed:?}");
+    // Reads through the pool too (a disconnect handler's presence lookup, while the relay
+    // stops): said to be closed, which the relay takes as moot rather than a failure.
+    let closed = store.written_to("alice").await.expect_err("a closed store refuses reads");
+    assert!(closed.is_closed(), "{closed:?}");
 }
 
 /// The SQLite queue's end of the message ids it has reserved, read through a connection of

@@ -44,6 +44,14 @@ pub enum StorageError {
     UnsupportedUrl(String),
 }
 
+impl StorageError {
+    /// Whether the storage was closed under the caller: the relay is stopping, so what needed
+    /// it is moot rather than failed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Self::Closed | Self::Database(sqlx::Error::PoolClosed))
+    }
+}
+
 /// Why a registration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
