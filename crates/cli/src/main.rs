@@ -133,7 +133,8 @@ struct ServeArgs {
     /// login is refused with `too_many_connections` until one of them closes.
     #[arg(long, env = "SOTTO_MAX_CONNECTIONS_PER_USER", default_value_t = sotto_server::Limits::default().max_connections_per_user)]
     max_connections_per_user: usize,
-    /// Connections the relay holds open at once; past it new ones are closed as they arrive
+    /// Connections the relay holds open at once; past it new ones are answered 503 and closed
+    /// as they arrive
     /// (0: the open-file limit, raised to its hard value, less a reserve for the relay's own
     /// files).
     #[arg(long, env = "SOTTO_MAX_CONNECTIONS", default_value_t = 0)]

@@ -188,7 +188,7 @@ impl SocketIoClient {
         install_tls_provider();
         let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
             .await
-            .map_err(|e| TransportError::Connect(e.to_string()))?;
+            .map_err(|error| TransportError::Connect(handshake_failure(&error)))?;
         let (mut sink, mut stream) = socket.split();
 
         // Engine.IO open, then Socket.IO connect on "/".
@@ -408,6 +408,24 @@ fn handle_packet(
     }
 }
 
+/// Why the WebSocket handshake failed, in words: an HTTP answer instead of the upgrade is
+/// given with its status and the start of its text (a relay at its connection limit answers
+/// 503 and says so).
+fn handshake_failure(error: &tokio_tungstenite::tungstenite::Error) -> String {
+    let tokio_tungstenite::tungstenite::Error::Http(response) = error else {
+        return error.to_string();
+    };
+    let text = response
+        .body()
+        .as_deref()
+        .map(|body| String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_owned())
+        .unwrap_or_default();
+    if text.is_empty() {
+        format!("the server answered {}", response.status())
+    } else {
+        format!("the server answered {}: {text}", response.status())
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,9 +5,9 @@
 //! limit every one of them fails with `EMFILE` (axum's accept loop then sleeps a second per
 //! failure, and a queue commit or a pool connection can fail in between). So the relay keeps
 //! connections below the limit, leaving [`reserved_files`] for itself, and refuses the rest at
-//! the door: a connection past the cap is accepted and closed at once, so its client sees it
-//! end and retries with its backoff instead of waiting in the kernel's backlog, and the relay
-//! goes on serving the connections it has.
+//! the door: a connection past the cap is accepted, answered with a 503 that says the relay is
+//! full, and closed, so its client knows why and retries with its backoff instead of waiting
+//! in the kernel's backlog, and the relay goes on serving the connections it has.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -27,6 +27,17 @@ use crate::metrics::Metrics;
 
 /// The rejection reason counted for a connection refused at the door.
 pub(crate) const CONNECTION_LIMIT: &str = "connection_limit";
+/// What a connection refused at the door is told, before it has said anything: HTTP clients
+/// (a browser's WebSocket, the terminal client) then report that the relay is full, rather
+/// than a connection that broke.
+const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n\
+    Content-Type: text/plain; charset=utf-8\r\nContent-Length: 41\r\nConnection: close\r\n\r\n\
+    the relay is full (too many connections)\n";
+/// Refused connections being told so at a time, at most; past it (a flood) they are closed
+/// without a word, which costs nothing.
+const TELLING_AT_ONCE: usize = 64;
+/// Longest a refused connection is kept to be told (its answer written, what it sent read).
+const TELLING_FOR: Duration = Duration::from_secs(1);
 /// At most one warning about refused connections per this long (a flood would otherwise be a
 /// flood of log lines too).
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -60,6 +71,8 @@ pub(crate) fn default_capacity() -> Option<usize> {
 pub(crate) struct CappedListener {
     listener: TcpListener,
     open: Arc<Semaphore>,
+    /// Refused connections being told so now (see [`TELLING_AT_ONCE`]).
+    telling: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     /// Refused since the last warning, and when that was.
     refused_unreported: u64,
@@ -73,6 +86,7 @@ impl CappedListener {
         Self {
             listener,
             open: Arc::new(Semaphore::new(capacity)),
+            telling: Arc::new(Semaphore::new(TELLING_AT_ONCE)),
             metrics,
             refused_unreported: 0,
             last_warning: None,
@@ -80,7 +94,12 @@ impl CappedListener {
     }
 
     fn refuse(&mut self, stream: TcpStream) {
-        drop(stream);
+        if let Ok(telling) = self.telling.clone().try_acquire_owned() {
+            tokio::spawn(async move {
+                tell_full(stream).await;
+                drop(telling);
+            });
+        }
         self.metrics.reject(CONNECTION_LIMIT);
         self.refused_unreported += 1;
         let now = Instant::now();
@@ -120,6 +139,20 @@ impl Listener for CappedListener {
     fn local_addr(&self) -> io::Result<Self::Addr> {
         self.listener.local_addr()
     }
+}
+
+/// Answers a refused connection with [`FULL`] and closes it, within [`TELLING_FOR`].
+async fn tell_full(mut stream: TcpStream) {
+    let telling = async {
+        stream.write_all(FULL).await?;
+        stream.shutdown().await?;
+        // Closed with its request unread, the connection would be reset, and a reset can
+        // destroy the answer before the client reads it: read until the client closes.
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), io::Error>(())
+    };
+    let _ = tokio::time::timeout(TELLING_FOR, telling).await;
 }
 
 /// The address a connection came from, as the listener saw it (a proxy's, behind one; see
@@ -184,6 +217,15 @@ impl AsyncWrite for CountedStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_full_answer_is_well_formed_http() {
+        let text = std::str::from_utf8(FULL).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{head}");
+        assert!(head.contains("\r\nContent-Length: 41\r\n"), "{head}");
+        assert_eq!(body.len(), 41, "{body:?}");
+    }
 
     #[test]
     fn the_reserve_is_a_quarter_of_a_small_limit_and_at_most_256() {

@@ -216,7 +216,7 @@ async fn a_full_recipient_queue_refuses_more() {
 }
 
 /// `/healthz` over a connection of its own: the status, or `None` when the relay closed the
-/// connection without answering.
+/// connection without answering HTTP.
 async fn health_over_new_connection(addr: std::net::SocketAddr) -> Option<u16> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -238,8 +238,15 @@ async fn connections_past_the_cap_are_closed_at_the_door_until_one_closes() {
         idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(health_over_new_connection(server.addr).await, None, "a fourth was served");
-    assert_eq!(health_over_new_connection(server.addr).await, None, "a fifth was served");
+    // Refused: told so over HTTP (503) and closed, before it had sent anything.
+    assert_eq!(health_over_new_connection(server.addr).await, Some(503), "a fourth was served");
+    assert_eq!(health_over_new_connection(server.addr).await, Some(503), "a fifth was served");
+    // A client is told the relay is full, not that the connection broke.
+    let Err(error) = RelayClient::connect(&server.url, WAIT).await else {
+        panic!("a client got past the cap");
+    };
+    assert!(error.to_string().contains("503"), "{error}");
+    assert!(error.to_string().contains("the relay is full"), "{error}");
 
     // One leaves: its place is given to the next connection.
     drop(idle.pop());
@@ -257,7 +264,7 @@ async fn connections_past_the_cap_are_closed_at_the_door_until_one_closes() {
                 .ok()
         })
         .unwrap_or(0);
-    assert!(refused >= 2, "{refused} refusals counted:\n{metrics}");
+    assert!(refused >= 3, "{refused} refusals counted:\n{metrics}");
     // The idle connections still there are still served.
     let mut held = idle.pop().unwrap();
     held.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
