@@ -141,8 +141,9 @@ pub struct Limits {
     /// `too_many_connections` until one of them closes.
     pub max_connections_per_user: usize,
     /// Connections (TCP) the relay holds open at once; past it a new one is answered 503 and
-    /// closed as soon as it is accepted (`listener.rs`). 0: the open-file limit less a reserve for the relay's
-    /// own files, so that its database and Redis connections never run out of descriptors.
+    /// closed as soon as it is accepted (`listener.rs`). 0: the open-file limit less a reserve
+    /// for the relay's own files, so that its database and Redis connections never run out of
+    /// descriptors.
     pub max_connections: usize,
 }
 
