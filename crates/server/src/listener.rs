@@ -23,6 +23,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::metrics::Metrics;
 
 /// The rejection reason counted for a connection refused at the door.
@@ -83,6 +85,7 @@ impl CappedListener {
     /// Caps `listener` at `capacity` open connections.
     pub(crate) fn new(listener: TcpListener, capacity: usize, metrics: Arc<Metrics>) -> Self {
         let capacity = capacity.min(Semaphore::MAX_PERMITS);
+        metrics.connection_limit.set(i64::try_from(capacity).unwrap_or(i64::MAX));
         Self {
             listener,
             open: Arc::new(Semaphore::new(capacity)),
@@ -129,7 +132,12 @@ impl Listener for CappedListener {
                     if let Err(error) = stream.set_nodelay(true) {
                         tracing::debug!(%error, "could not set TCP_NODELAY");
                     }
-                    return (CountedStream { stream, _open: permit }, address);
+                    self.metrics.tcp_connections.inc();
+                    let open = OpenConnection {
+                        _permit: permit,
+                        gauge: self.metrics.tcp_connections.clone(),
+                    };
+                    return (CountedStream { stream, _open: open }, address);
                 }
                 Err(_) => self.refuse(stream),
             }
@@ -171,7 +179,21 @@ impl Connected<IncomingStream<'_, CappedListener>> for PeerAddress {
 #[derive(Debug)]
 pub(crate) struct CountedStream {
     stream: TcpStream,
-    _open: OwnedSemaphorePermit,
+    _open: OpenConnection,
+}
+
+/// A connection's place under the cap and in the open-connections gauge, both given back when
+/// it is dropped.
+#[derive(Debug)]
+struct OpenConnection {
+    _permit: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 impl AsyncRead for CountedStream {

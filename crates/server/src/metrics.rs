@@ -24,6 +24,12 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Connections accepted since start.
     pub connections_total: Counter,
+    /// TCP connections open now, whatever they carry (WebSocket, long-polling, plain HTTP),
+    /// counted against [`Metrics::connection_limit`].
+    pub tcp_connections: Gauge,
+    /// TCP connections the relay holds at most (`--max-connections`, or what the open-file
+    /// limit leaves); past it new ones are refused.
+    pub connection_limit: Gauge,
     /// Authenticated connections open now.
     pub authenticated: Gauge,
     /// Logged-in connections still being sent their backlog (live messages reach them once it
@@ -74,6 +80,8 @@ impl Metrics {
         let metrics = Self {
             connections: Gauge::default(),
             connections_total: Counter::default(),
+            tcp_connections: Gauge::default(),
+            connection_limit: Gauge::default(),
             authenticated: Gauge::default(),
             catching_up: Gauge::default(),
             logins: Counter::default(),
@@ -105,6 +113,16 @@ impl Metrics {
             "authenticated_connections",
             "Authenticated connections open",
             metrics.authenticated.clone(),
+        );
+        registry.register(
+            "tcp_connections",
+            "TCP connections open now (WebSocket, long-polling or plain HTTP)",
+            metrics.tcp_connections.clone(),
+        );
+        registry.register(
+            "connection_limit",
+            "TCP connections held at most; past it new ones are refused",
+            metrics.connection_limit.clone(),
         );
         registry.register(
             "connections_catching_up",

@@ -226,9 +226,9 @@ async fn health_over_new_connection(addr: std::net::SocketAddr) -> Option<u16> {
     String::from_utf8_lossy(&response).split(' ').nth(1)?.parse().ok()
 }
 
-/// Past `max_connections` open connections a new one is closed as soon as it is accepted
-/// (counted as `connection_limit`); those already open go on, and once one closes the next
-/// connection is served.
+/// Past `max_connections` open connections a new one is answered 503 and closed as soon as it
+/// is accepted (counted as `connection_limit`); those already open go on, and once one closes
+/// the next connection is served. The open connections and the cap are in the metrics.
 #[tokio::test]
 async fn connections_past_the_cap_are_closed_at_the_door_until_one_closes() {
     let server = TestServer::start_with(|config| config.limits.max_connections = 3).await;
@@ -255,7 +255,14 @@ async fn connections_past_the_cap_are_closed_at_the_door_until_one_closes() {
         assert!(tokio::time::Instant::now() < deadline, "the freed place was never given");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (_, metrics) = server.get("/metrics").await;
+    // The health check's connection may not be given back yet: a refusal is answered 503.
+    let metrics = loop {
+        match server.get("/metrics").await {
+            (200, metrics) => break metrics,
+            (status, _) => assert_eq!(status, 503),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the metrics were never served");
+    };
     let refused = metrics
         .lines()
         .find_map(|line| {
@@ -265,13 +272,19 @@ async fn connections_past_the_cap_are_closed_at_the_door_until_one_closes() {
         })
         .unwrap_or(0);
     assert!(refused >= 3, "{refused} refusals counted:\n{metrics}");
+    // Two idle connections and the one reading the metrics, of three.
+    assert!(metrics.contains("\nsotto_tcp_connections 3\n"), "{metrics}");
+    assert!(metrics.contains("\nsotto_connection_limit 3\n"), "{metrics}");
     // The idle connections still there are still served.
     let mut held = idle.pop().unwrap();
     held.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut response = String::new();
     held.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    // And a client can log in in the place it left.
+    // And a client can log in once a place is free (the last idle one leaves, so there is
+    // one even while the connections just served are still being given back).
+    drop(held);
+    drop(idle);
     let alice = TestUser::register(&server, "alice").await;
     assert!(alice.client.is_open());
 }
