@@ -670,8 +670,8 @@ async fn acknowledgements_over_the_event_limit_still_count_against_the_allowance
 /// on its own while they run.
 const HOLD: Duration = Duration::from_secs(20);
 
-/// A metric's value from `/metrics` (0 when absent).
-async fn metric(server: &TestServer, name: &str) -> u64 {
+/// A metric's value from `/metrics` (0 when absent; signed, so a gauge gone below zero shows).
+async fn metric(server: &TestServer, name: &str) -> i64 {
     let (_, text) = server.get("/metrics").await;
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
