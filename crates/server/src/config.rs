@@ -145,6 +145,9 @@ pub struct Limits {
     /// for the relay's own files, so that its database and Redis connections never run out of
     /// descriptors.
     pub max_connections: usize,
+    /// How long a new connection may stay silent (not a byte sent) before it is closed, so
+    /// that connecting and saying nothing cannot hold places under `max_connections`.
+    pub first_byte_within: Duration,
 }
 
 impl Default for Limits {
@@ -173,6 +176,7 @@ impl Default for Limits {
             max_unacknowledged_push_bytes: 4 * 1024 * 1024,
             max_connections_per_user: 32,
             max_connections: 0,
+            first_byte_within: Duration::from_secs(10),
         }
     }
 }

@@ -179,7 +179,7 @@ impl<A: Adapter> Parts<A> {
             relay.clustered().then(|| tokio::spawn(delivery::run_redelivery(relay.clone())));
         let releasing =
             tokio::spawn(memory::run_release_when_quiet(metrics.clone(), storage.clone()));
-        let listener = capped(listener, relay.limits().max_connections, metrics.clone());
+        let listener = capped(listener, relay.limits(), metrics.clone());
         let app = http::routes(http::HttpState { storage: storage.clone(), metrics })
             .layer(layer)
             .layer(axum::middleware::map_request(http::trim_request_head));
@@ -220,9 +220,10 @@ impl<A: Adapter> Parts<A> {
 /// Caps `listener` at `configured` connections, or at what the open-file limit allows when 0.
 fn capped(
     listener: TcpListener,
-    configured: usize,
+    limits: &Limits,
     metrics: Arc<Metrics>,
 ) -> listener::CappedListener {
+    let configured = limits.max_connections;
     let allowed = listener::default_capacity();
     let capacity = match (configured, allowed) {
         (0, Some(allowed)) => allowed,
@@ -241,5 +242,5 @@ fn capped(
     if capacity != usize::MAX {
         tracing::info!(max_connections = capacity, "connections are capped");
     }
-    listener::CappedListener::new(listener, capacity, metrics)
+    listener::CappedListener::new(listener, capacity, limits.first_byte_within, metrics)
 }

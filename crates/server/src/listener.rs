@@ -9,6 +9,7 @@
 //! full, and closed, so its client knows why and retries with its backoff instead of waiting
 //! in the kernel's backlog, and the relay goes on serving the connections it has.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -76,14 +77,22 @@ pub(crate) struct CappedListener {
     /// Refused connections being told so now (see [`TELLING_AT_ONCE`]).
     telling: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    /// How long a new connection may stay silent before it is closed.
+    first_byte_within: Duration,
     /// Refused since the last warning, and when that was.
     refused_unreported: u64,
     last_warning: Option<Instant>,
 }
 
 impl CappedListener {
-    /// Caps `listener` at `capacity` open connections.
-    pub(crate) fn new(listener: TcpListener, capacity: usize, metrics: Arc<Metrics>) -> Self {
+    /// Caps `listener` at `capacity` open connections, closing any that sends nothing within
+    /// `first_byte_within` of connecting.
+    pub(crate) fn new(
+        listener: TcpListener,
+        capacity: usize,
+        first_byte_within: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let capacity = capacity.min(Semaphore::MAX_PERMITS);
         metrics.connection_limit.set(i64::try_from(capacity).unwrap_or(i64::MAX));
         Self {
@@ -91,6 +100,7 @@ impl CappedListener {
             open: Arc::new(Semaphore::new(capacity)),
             telling: Arc::new(Semaphore::new(TELLING_AT_ONCE)),
             metrics,
+            first_byte_within,
             refused_unreported: 0,
             last_warning: None,
         }
@@ -137,7 +147,8 @@ impl Listener for CappedListener {
                         _permit: permit,
                         gauge: self.metrics.tcp_connections.clone(),
                     };
-                    return (CountedStream { stream, _open: open }, address);
+                    let silent_until = Some(Box::pin(tokio::time::sleep(self.first_byte_within)));
+                    return (CountedStream { stream, silent_until, _open: open }, address);
                 }
                 Err(_) => self.refuse(stream),
             }
@@ -179,6 +190,10 @@ impl Connected<IncomingStream<'_, CappedListener>> for PeerAddress {
 #[derive(Debug)]
 pub(crate) struct CountedStream {
     stream: TcpStream,
+    /// Until the client's first byte: when the connection is given up. Without it a client
+    /// could hold places under the cap by connecting and saying nothing (hyper has no header
+    /// timeout without a timer, which axum's `serve` does not give it).
+    silent_until: Option<Pin<Box<tokio::time::Sleep>>>,
     _open: OpenConnection,
 }
 
@@ -202,7 +217,29 @@ impl AsyncRead for CountedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.silent_until = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let silent_too_long = this
+                    .silent_until
+                    .as_mut()
+                    .is_some_and(|until| until.as_mut().poll(cx).is_ready());
+                if silent_too_long {
+                    let error =
+                        io::Error::new(io::ErrorKind::TimedOut, "nothing sent after connecting");
+                    return Poll::Ready(Err(error));
+                }
+                Poll::Pending
+            }
+            failed => failed,
+        }
     }
 }
 

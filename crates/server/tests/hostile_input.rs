@@ -297,3 +297,35 @@ async fn connections_past_the_cap_are_closed_at_the_door_until_one_closes() {
     let alice = TestUser::register(&server, "alice").await;
     assert!(alice.client.is_open());
 }
+
+/// A connection that sends nothing after connecting is closed once `first_byte_within` has
+/// passed, and its place under the cap is given back: connecting and saying nothing cannot
+/// hold the relay's places.
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_and_gives_its_place_back() {
+    let server = TestServer::start_with(|config| {
+        config.limits.max_connections = 2;
+        config.limits.first_byte_within = Duration::from_millis(300);
+    })
+    .await;
+    // Two silent connections take both places.
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    for stream in &mut silent {
+        let mut byte = [0u8; 1];
+        let ended = tokio::time::timeout(WAIT, stream.read(&mut byte)).await.expect("never closed");
+        assert!(matches!(ended, Ok(0) | Err(_)), "{ended:?}");
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while health_over_new_connection(server.addr).await != Some(200) {
+        assert!(tokio::time::Instant::now() < deadline, "the place was never given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A client that speaks at once is not cut off by the deadline later on.
+    let alice = TestUser::register(&server, "alice").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(alice.client.is_open());
+    alice.client.status(&[1]).await.unwrap();
+}
