@@ -10,7 +10,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ConnectInfo;
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -34,8 +33,8 @@ use crate::events::{
     LoginAnswer, LoginRequest, PrekeysLowPush, PresencePush, RegisterRequest, RequestKeyRequest,
     SendRequest, StatusAnswer, StatusEntry, UploadAnswer,
 };
-use crate::listener::PeerAddress;
 use crate::metrics::CatchingUp;
+use crate::serving::PeerAddress;
 use crate::state::{Audience, Connection, Relay, notice_room};
 use crate::storage::{MessageStatus, NewMessage, NewUser, RegisterError};
 
@@ -121,7 +120,7 @@ async fn set_up_connection<A: Adapter>(
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let peer = request.extensions.get::<ConnectInfo<PeerAddress>>().map(|info| info.0.0);
+    let peer = request.extensions.get::<PeerAddress>().map(|peer| peer.0);
     let address = client_address(peer, &request.headers, &relay.config.trusted_proxies);
     socket.extensions.insert(Arc::new(Connection::new(host, address)));
     socket.on(events::AUTH_CHALLENGE, on_challenge::<A>);

@@ -37,6 +37,7 @@ mod limits;
 mod listener;
 mod memory;
 mod registrar;
+mod serving;
 mod state;
 mod unwritten;
 
@@ -183,14 +184,12 @@ impl<A: Adapter> Parts<A> {
         let app = http::routes(http::HttpState { storage: storage.clone(), metrics })
             .layer(layer)
             .layer(axum::middleware::map_request(http::trim_request_head));
-        tracing::info!(address = %axum::serve::Listener::local_addr(&listener)?, "relay listening");
+        tracing::info!(address = %listener.local_addr()?, "relay listening");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        // The peer's address goes into every request (per-address limits, `address.rs`).
-        let app = app.into_make_service_with_connect_info::<listener::PeerAddress>();
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let request_head_within = relay.limits().request_head_within;
+        let server = tokio::spawn(serving::serve(listener, app, request_head_within, async move {
             let _ = stop_rx.await;
-        });
-        let server = tokio::spawn(async move { server.await });
+        }));
 
         shutdown.await;
         tracing::info!("shutting down: draining the queue writer, closing sockets");
@@ -208,9 +207,7 @@ impl<A: Adapter> Parts<A> {
         flush_writer(&relay).await;
         writer_task.abort();
         let _ = stop_tx.send(());
-        if let Ok(result) = server.await {
-            result?;
-        }
+        let _ = server.await;
         storage.close().await;
         tracing::info!("relay stopped");
         Ok(())
@@ -224,7 +221,7 @@ fn capped(
     metrics: Arc<Metrics>,
 ) -> listener::CappedListener {
     let configured = limits.max_connections;
-    let allowed = listener::default_capacity();
+    let allowed = listener::open_file_capacity((configured > 0).then_some(configured));
     let capacity = match (configured, allowed) {
         (0, Some(allowed)) => allowed,
         (0, None) => usize::MAX,
@@ -242,5 +239,5 @@ fn capped(
     if capacity != usize::MAX {
         tracing::info!(max_connections = capacity, "connections are capped");
     }
-    listener::CappedListener::new(listener, capacity, limits.first_byte_within, metrics)
+    listener::CappedListener::new(listener, capacity, metrics)
 }

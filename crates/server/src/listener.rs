@@ -9,16 +9,13 @@
 //! full, and closed, so its client knows why and retries with its backoff instead of waiting
 //! in the kernel's backlog, and the relay goes on serving the connections it has.
 
-use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -52,12 +49,18 @@ pub(crate) fn reserved_files(limit: u64) -> u64 {
     (limit / 4).min(256)
 }
 
-/// Connections the relay may hold at once when no cap is configured: the open-file limit,
-/// raised first from its soft value to its hard one (as servers commonly do at start), less
-/// [`reserved_files`]. `None` when the limit is unknown or unlimited.
-pub(crate) fn default_capacity() -> Option<usize> {
+/// Connections the open-file limit lets the relay hold at once: the limit less
+/// [`reserved_files`]. When that is below `wanted` (`None`: as many as possible), the soft limit
+/// is raised to the hard one first, as servers commonly do at start; a relay capped lower
+/// leaves its limit as it found it. `None` when the limit is unknown or unlimited.
+pub(crate) fn open_file_capacity(wanted: Option<usize>) -> Option<usize> {
+    let capacity = |soft: u64| usize::try_from(soft.saturating_sub(reserved_files(soft))).ok();
     let limit = getrlimit(Resource::Nofile);
-    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum)
+    let enough = match (wanted, limit.current.and_then(capacity)) {
+        (Some(wanted), Some(now)) => now >= wanted,
+        _ => false,
+    };
+    if let (false, Some(soft), Some(hard)) = (enough, limit.current, limit.maximum)
         && soft < hard
     {
         let raised = Rlimit { current: Some(hard), maximum: Some(hard) };
@@ -65,8 +68,7 @@ pub(crate) fn default_capacity() -> Option<usize> {
             tracing::debug!(%error, soft, hard, "could not raise the open-file limit");
         }
     }
-    let soft = getrlimit(Resource::Nofile).current?;
-    usize::try_from(soft.saturating_sub(reserved_files(soft))).ok()
+    getrlimit(Resource::Nofile).current.and_then(capacity)
 }
 
 /// A TCP listener that holds at most a given number of connections open.
@@ -77,22 +79,33 @@ pub(crate) struct CappedListener {
     /// Refused connections being told so now (see [`TELLING_AT_ONCE`]).
     telling: Arc<Semaphore>,
     metrics: Arc<Metrics>,
-    /// How long a new connection may stay silent before it is closed.
-    first_byte_within: Duration,
-    /// Refused since the last warning, and when that was.
-    refused_unreported: u64,
+    /// Refusals, and the warnings about them.
+    refusals: Arc<Mutex<RefusalLog>>,
+}
+
+/// Refused connections not yet reported in a warning, and when the last warning was.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    unreported: u64,
     last_warning: Option<Instant>,
+    /// A task will report what is still unreported once [`WARN_EVERY`] has passed.
+    report_due: bool,
+}
+
+impl RefusalLog {
+    fn warn(&mut self, now: Instant) {
+        tracing::warn!(
+            refused = self.unreported,
+            "connection limit reached (--max-connections); refusing new connections"
+        );
+        self.unreported = 0;
+        self.last_warning = Some(now);
+    }
 }
 
 impl CappedListener {
-    /// Caps `listener` at `capacity` open connections, closing any that sends nothing within
-    /// `first_byte_within` of connecting.
-    pub(crate) fn new(
-        listener: TcpListener,
-        capacity: usize,
-        first_byte_within: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// Caps `listener` at `capacity` open connections.
+    pub(crate) fn new(listener: TcpListener, capacity: usize, metrics: Arc<Metrics>) -> Self {
         let capacity = capacity.min(Semaphore::MAX_PERMITS);
         metrics.connection_limit.set(i64::try_from(capacity).unwrap_or(i64::MAX));
         Self {
@@ -100,9 +113,7 @@ impl CappedListener {
             open: Arc::new(Semaphore::new(capacity)),
             telling: Arc::new(Semaphore::new(TELLING_AT_ONCE)),
             metrics,
-            first_byte_within,
-            refused_unreported: 0,
-            last_warning: None,
+            refusals: Arc::default(),
         }
     }
 
@@ -114,26 +125,52 @@ impl CappedListener {
             });
         }
         self.metrics.reject(CONNECTION_LIMIT);
-        self.refused_unreported += 1;
+        let mut log = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        log.unreported += 1;
         let now = Instant::now();
-        if self.last_warning.is_none_or(|last| now.duration_since(last) >= WARN_EVERY) {
-            tracing::warn!(
-                refused = self.refused_unreported,
-                "connection limit reached (--max-connections); refusing new connections"
-            );
-            self.refused_unreported = 0;
-            self.last_warning = Some(now);
+        match log.last_warning {
+            Some(last) if now.duration_since(last) < WARN_EVERY => {
+                // Counted into the next warning, which a task makes when the quiet time ends:
+                // refusals at the end of a flood are logged even when none follows them.
+                if !log.report_due {
+                    log.report_due = true;
+                    let refusals = self.refusals.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until((last + WARN_EVERY).into()).await;
+                        let mut log = refusals.lock().unwrap_or_else(|e| e.into_inner());
+                        log.report_due = false;
+                        if log.unreported > 0 {
+                            log.warn(Instant::now());
+                        }
+                    });
+                }
+            }
+            _ => log.warn(now),
         }
     }
-}
 
-impl Listener for CappedListener {
-    type Io = CountedStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+    /// The next connection under the cap; those past it are refused meanwhile. An error
+    /// accepting (the open-file limit reached after all, the kernel out of memory) is retried
+    /// after a pause rather than ending the relay.
+    pub(crate) async fn accept(&mut self) -> (CountedStream, SocketAddr) {
         loop {
-            let (stream, address) = Listener::accept(&mut self.listener).await;
+            let (stream, address) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                // A client that gave up before it was accepted: nothing to do.
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a connection failed; retrying in a second");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
             match self.open.clone().try_acquire_owned() {
                 Ok(permit) => {
                     // Frames are small and each is written whole: Nagle's algorithm would
@@ -147,15 +184,14 @@ impl Listener for CappedListener {
                         _permit: permit,
                         gauge: self.metrics.tcp_connections.clone(),
                     };
-                    let silent_until = Some(Box::pin(tokio::time::sleep(self.first_byte_within)));
-                    return (CountedStream { stream, silent_until, _open: open }, address);
+                    return (CountedStream { stream, _open: open }, address);
                 }
                 Err(_) => self.refuse(stream),
             }
         }
     }
 
-    fn local_addr(&self) -> io::Result<Self::Addr> {
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 }
@@ -174,26 +210,11 @@ async fn tell_full(mut stream: TcpStream) {
     let _ = tokio::time::timeout(TELLING_FOR, telling).await;
 }
 
-/// The address a connection came from, as the listener saw it (a proxy's, behind one; see
-/// `address.rs`), in every request's extensions.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct PeerAddress(pub(crate) SocketAddr);
-
-impl Connected<IncomingStream<'_, CappedListener>> for PeerAddress {
-    fn connect_info(stream: IncomingStream<'_, CappedListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
 /// An accepted connection, counted against the cap until it is dropped (for a WebSocket,
 /// hyper hands the stream on to it at the upgrade, so it counts for the socket's whole life).
 #[derive(Debug)]
 pub(crate) struct CountedStream {
     stream: TcpStream,
-    /// Until the client's first byte: when the connection is given up. Without it a client
-    /// could hold places under the cap by connecting and saying nothing (hyper has no header
-    /// timeout without a timer, which axum's `serve` does not give it).
-    silent_until: Option<Pin<Box<tokio::time::Sleep>>>,
     _open: OpenConnection,
 }
 
@@ -217,29 +238,7 @@ impl AsyncRead for CountedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let before = buf.filled().len();
-        match Pin::new(&mut this.stream).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    this.silent_until = None;
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending => {
-                let silent_too_long = this
-                    .silent_until
-                    .as_mut()
-                    .is_some_and(|until| until.as_mut().poll(cx).is_ready());
-                if silent_too_long {
-                    let error =
-                        io::Error::new(io::ErrorKind::TimedOut, "nothing sent after connecting");
-                    return Poll::Ready(Err(error));
-                }
-                Poll::Pending
-            }
-            failed => failed,
-        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
@@ -295,9 +294,16 @@ mod tests {
     }
 
     #[test]
-    fn the_default_capacity_leaves_the_reserve_below_the_open_file_limit() {
-        // Read after: the capacity is taken once the soft limit is raised to the hard one.
-        let capacity = default_capacity().map(|capacity| capacity as u64);
+    fn the_capacity_leaves_the_reserve_below_the_open_file_limit_raised_only_when_needed() {
+        let before = getrlimit(Resource::Nofile).current;
+        // A cap the current limit already allows: the limit is left as it is.
+        if let Some(soft) = before.filter(|soft| *soft > 8) {
+            let capacity = open_file_capacity(Some(1)).map(|capacity| capacity as u64);
+            assert_eq!(capacity, Some(soft - reserved_files(soft)));
+            assert_eq!(getrlimit(Resource::Nofile).current, before, "raised for a small cap");
+        }
+        // As many as possible: raised to the hard limit first.
+        let capacity = open_file_capacity(None).map(|capacity| capacity as u64);
         let soft = getrlimit(Resource::Nofile).current;
         assert_eq!(capacity, soft.map(|soft| soft - reserved_files(soft)));
         if let Some(hard) = getrlimit(Resource::Nofile).maximum {

@@ -298,34 +298,69 @@ async fn connections_past_the_cap_are_closed_at_the_door_until_one_closes() {
     assert!(alice.client.is_open());
 }
 
-/// A connection that sends nothing after connecting is closed once `first_byte_within` has
-/// passed, and its place under the cap is given back: connecting and saying nothing cannot
-/// hold the relay's places.
+/// Reads until the relay closes `stream`, or fails the test after `WAIT`.
+async fn until_closed<R: tokio::io::AsyncRead + Unpin>(stream: &mut R, what: &str) {
+    let mut chunk = [0u8; 1024];
+    let closed = async {
+        while let Ok(n) = stream.read(&mut chunk).await {
+            if n == 0 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, closed).await.unwrap_or_else(|_| panic!("{what} was never closed"));
+}
+
+/// A client has `request_head_within` to send a whole request head, from connecting and
+/// again after each answer on a kept-alive connection; past it the connection is closed and
+/// its place under the cap given back. So neither saying nothing, nor trickling a head a byte
+/// at a time (slowloris), nor an idle keep-alive connection can hold the relay's places.
 #[tokio::test]
-async fn a_connection_that_sends_nothing_is_closed_and_gives_its_place_back() {
+async fn connections_that_do_not_send_a_request_head_in_time_are_closed_and_give_their_place_back()
+{
     let server = TestServer::start_with(|config| {
-        config.limits.max_connections = 2;
-        config.limits.first_byte_within = Duration::from_millis(300);
+        config.limits.max_connections = 3;
+        config.limits.request_head_within = Duration::from_secs(1);
     })
     .await;
-    // Two silent connections take both places.
-    let mut silent = Vec::new();
-    for _ in 0..2 {
-        silent.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
-    }
-    for stream in &mut silent {
-        let mut byte = [0u8; 1];
-        let ended = tokio::time::timeout(WAIT, stream.read(&mut byte)).await.expect("never closed");
-        assert!(matches!(ended, Ok(0) | Err(_)), "{ended:?}");
-    }
+    let silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let trickling = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut kept_alive = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // The kept-alive one is answered, then says nothing more.
+    kept_alive.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = [0u8; 512];
+    let read = tokio::time::timeout(WAIT, kept_alive.read(&mut answer)).await.unwrap().unwrap();
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"), "{:?}", &answer[..read]);
+    // Every place is taken.
+    assert_eq!(health_over_new_connection(server.addr).await, Some(503));
+
+    // The trickler sends a byte of a header every 50 ms and never ends it: it is cut off all
+    // the same, though it never stops sending.
+    let (mut trickle_read, mut trickle_write) = trickling.into_split();
+    let trickle = tokio::spawn(async move {
+        let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+        if trickle_write.write_all(head).await.is_err() {
+            return;
+        }
+        while trickle_write.write_all(b"a").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    until_closed(&mut trickle_read, "the trickling connection").await;
+    trickle.abort();
+    let mut silent = silent;
+    until_closed(&mut silent, "the silent connection").await;
+    until_closed(&mut kept_alive, "the idle kept-alive connection").await;
+
+    // Their places serve again.
     let deadline = tokio::time::Instant::now() + WAIT;
     while health_over_new_connection(server.addr).await != Some(200) {
-        assert!(tokio::time::Instant::now() < deadline, "the place was never given back");
+        assert!(tokio::time::Instant::now() < deadline, "the places were never given back");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A client that speaks at once is not cut off by the deadline later on.
     let alice = TestUser::register(&server, "alice").await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(alice.client.is_open());
     alice.client.status(&[1]).await.unwrap();
 }

@@ -1,0 +1,123 @@
+//! HTTP/1.1 on the capped listener's connections, with a deadline on every request head.
+//!
+//! axum's `serve` gives hyper no timer, and without one hyper waits for a request head for
+//! ever: a client that connects and trickles a byte now and then (slowloris), or an idle
+//! keep-alive connection, would hold its place under the connection cap for good. Here each
+//! connection is served by hyper with a timer and `header_read_timeout`, which hyper starts
+//! whenever it waits for a request head: on a new connection, and again on a kept-alive one
+//! after each answer. A connection upgraded to a WebSocket leaves hyper at the upgrade, so
+//! the deadline never applies to a chat connection (Engine.IO's heartbeat watches those).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use crate::listener::{CappedListener, CountedStream};
+
+/// The address a connection came from, as the listener saw it (a proxy's, behind one; see
+/// `address.rs`), in every request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PeerAddress(pub(crate) SocketAddr);
+
+/// Serves `app` on `listener` until `stop` resolves; then stops accepting, lets every
+/// connection finish the request it is in (closing it once answered), and returns when all
+/// have. WebSockets already upgraded are not waited for: the relay closes them itself.
+pub(crate) async fn serve(
+    mut listener: CappedListener,
+    app: Router,
+    request_head_within: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    // Dropping `stopping` tells every connection to finish; every connection holds a clone of
+    // `finished`'s receiver, so `finished.closed()` resolves once all have ended.
+    let (stopping, stop_seen) = watch::channel(());
+    let (finished, finished_seen) = watch::channel(());
+    let mut stop = pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stop => break,
+        };
+        let connection = serve_connection(stream, peer, app.clone(), request_head_within);
+        let stop_seen = stop_seen.clone();
+        let finished_seen = finished_seen.clone();
+        tokio::spawn(async move {
+            connection_until_stopped(connection, stop_seen).await;
+            drop(finished_seen);
+        });
+    }
+    drop(listener);
+    drop(stop_seen);
+    drop(stopping);
+    drop(finished_seen);
+    finished.closed().await;
+}
+
+/// One connection's HTTP/1.1 service, upgrades (WebSockets) included.
+fn serve_connection(
+    stream: CountedStream,
+    peer: SocketAddr,
+    app: Router,
+    request_head_within: Duration,
+) -> http1::UpgradeableConnection<TokioIo<CountedStream>, impl HttpService> {
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let mut request = request.map(axum::body::Body::new);
+        request.extensions_mut().insert(PeerAddress(peer));
+        app.clone().oneshot(request)
+    });
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(request_head_within);
+    builder.serve_connection(TokioIo::new(stream), service).with_upgrades()
+}
+
+/// The service type [`serve_connection`] builds, named for its return type.
+trait HttpService:
+    hyper::service::Service<
+        hyper::Request<Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send,
+    > + Send
+{
+}
+
+impl<S> HttpService for S where
+    S: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send,
+        > + Send
+{
+}
+
+/// Drives `connection` to its end; once the relay stops, asks it to finish the request it is
+/// in and close.
+async fn connection_until_stopped(
+    connection: http1::UpgradeableConnection<TokioIo<CountedStream>, impl HttpService>,
+    mut stop_seen: watch::Receiver<()>,
+) {
+    let mut connection = pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                // A client that went away, or missed the head deadline: routine.
+                tracing::trace!(%error, "connection ended");
+            }
+            return;
+        }
+        _ = stop_seen.changed() => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    if let Err(error) = connection.await {
+        tracing::trace!(%error, "connection ended while stopping");
+    }
+}
