@@ -782,3 +782,61 @@ async fn pushes_to_many_recipients_on_another_node_do_not_wait_for_each_other() 
     drop((sending, receiving));
     database.drop_now().await;
 }
+
+/// Presence pushes reaching `peer` within `wait`: `(joined, user)` in order of arrival.
+async fn presence_within(peer: &mut Peer, wait: Duration) -> Vec<(bool, String)> {
+    let deadline = Instant::now() + wait;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some(push)) = tokio::time::timeout(left, peer.pushes.recv()).await else {
+            return seen;
+        };
+        match Incoming::from_push(push) {
+            Incoming::Joined(user) => seen.push((true, user)),
+            Incoming::Left(user) => seen.push((false, user)),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_connected_to_two_nodes_leaves_only_when_both_connections_close() {
+    let database = Database::create().await;
+    let redis = Redis::start();
+    let prefix = format!("t{}", rand::random::<u32>());
+    let (first, second) = (
+        Node::start(&database.url, &redis.url(), &prefix),
+        Node::start(&database.url, &redis.url(), &prefix),
+    );
+    let mut bob = Peer::register(&second.url, "bob").await;
+    let alice = Peer::register(&first.url, "alice").await;
+    // Alice writes to Bob, so Bob is told when she comes and goes.
+    alice.client.send_raw("bob", "hello", &envelope("alice-1")).await.unwrap();
+    // Her second device, on the other node.
+    let (elsewhere, _elsewhere_pushes) = RelayClient::connect(&second.url, WAIT).await.unwrap();
+    elsewhere.login(&alice.id, &alice.identity).await.unwrap();
+    for node in [&first, &second] {
+        node.wait_caught_up().await;
+    }
+    let before = presence_within(&mut bob, Duration::from_millis(500)).await;
+    assert!(!before.contains(&(false, "alice".to_owned())), "{before:?}");
+
+    // One of her connections closes; she is still online on the other node.
+    alice.client.close();
+    let after_one = presence_within(&mut bob, Duration::from_millis(1_500)).await;
+    assert!(
+        !after_one.contains(&(false, "alice".to_owned())),
+        "Bob was told Alice left while she was still connected: {after_one:?}"
+    );
+    // The other closes: now she has left.
+    elsewhere.close();
+    let after_both = presence_within(&mut bob, Duration::from_secs(3)).await;
+    assert_eq!(
+        after_both.last(),
+        Some(&(false, "alice".to_owned())),
+        "Bob was not told Alice left: {after_both:?}"
+    );
+    drop((first, second));
+    database.drop_now().await;
+}

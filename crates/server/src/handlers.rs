@@ -203,6 +203,11 @@ async fn on_disconnect<A: Adapter>(socket: SocketRef<A>, State(relay): State<Arc
     let Ok(connection) = connection(&socket) else {
         return;
     };
+    // Out of its rooms now rather than after this handler (socketioxide's order): clustered,
+    // another node asking whether the user is still online must not count this socket, or two
+    // of a user's connections closing on two nodes at once could each count the other and
+    // neither announce that the user left.
+    socket.leave_all();
     if connection.counted.swap(false, std::sync::atomic::Ordering::SeqCst) {
         relay.metrics.connections.dec();
     }
@@ -223,8 +228,8 @@ async fn log_out<A: Adapter>(relay: &Relay<A>, connection: &Connection) {
     }
 }
 
-/// Tells the online users `user` has written to whether `user` is online here. Called when a
-/// user's first connection logs in or last one closes; what is pushed is the state once the
+/// Tells the online users `user` has written to whether `user` is online (on any node). Called
+/// when a user's first connection on this node logs in or last one closes; what is pushed is the state once the
 /// contacts are loaded, not the event that caused the call, so that when a login and a
 /// disconnect race, the announcement made last tells the truth (and one made early may be a
 /// repeat, which clients take as a no-op).
@@ -244,7 +249,10 @@ async fn announce<A: Adapter>(relay: &Relay<A>, user: &str) {
             return;
         }
     };
-    let event = if relay.is_online(user) { events::USER_JOINED } else { events::USER_LEFT };
+    // Clustered, a user whose last connection here closed may still be connected to another
+    // node: they have not left.
+    let online = relay.online_anywhere(user).await;
+    let event = if online { events::USER_JOINED } else { events::USER_LEFT };
     delivery::push_presence(relay, event, contacts.iter().map(|contact| (contact.as_str(), user)))
         .await;
 }

@@ -553,10 +553,14 @@ impl<A: Adapter> Relay<A> {
         let (true, Some(io)) = (self.clustered(), self.io()) else {
             return false;
         };
+        // This node's own sockets are known here (`is_online`); the room still holds one whose
+        // disconnect handler is running (socketioxide removes it from its rooms afterwards),
+        // which must not count as the user being online.
+        let this_node = io.config().server_id;
         let remote = io.to(notice_room(user)).fetch_sockets();
         matches!(
             tokio::time::timeout(Duration::from_secs(1), remote).await,
-            Ok(Ok(sockets)) if !sockets.is_empty()
+            Ok(Ok(sockets)) if sockets.iter().any(|socket| socket.data().server_id != this_node)
         )
     }
 
