@@ -783,8 +783,13 @@ async fn pushes_to_many_recipients_on_another_node_do_not_wait_for_each_other() 
     database.drop_now().await;
 }
 
-/// Presence pushes reaching `peer` within `wait`: `(joined, user)` in order of arrival.
-async fn presence_within(peer: &mut Peer, wait: Duration) -> Vec<(bool, String)> {
+/// Presence pushes reaching `peer` within `wait`, or until `until` arrives: `(joined, user)`
+/// in order of arrival.
+async fn presence_within(
+    peer: &mut Peer,
+    wait: Duration,
+    until: Option<&(bool, String)>,
+) -> Vec<(bool, String)> {
     let deadline = Instant::now() + wait;
     let mut seen = Vec::new();
     loop {
@@ -795,7 +800,10 @@ async fn presence_within(peer: &mut Peer, wait: Duration) -> Vec<(bool, String)>
         match Incoming::from_push(push) {
             Incoming::Joined(user) => seen.push((true, user)),
             Incoming::Left(user) => seen.push((false, user)),
-            _ => {}
+            _ => continue,
+        }
+        if until.is_some_and(|until| seen.last() == Some(until)) {
+            return seen;
         }
     }
 }
@@ -819,24 +827,21 @@ async fn a_user_connected_to_two_nodes_leaves_only_when_both_connections_close()
     for node in [&first, &second] {
         node.wait_caught_up().await;
     }
-    let before = presence_within(&mut bob, Duration::from_millis(500)).await;
-    assert!(!before.contains(&(false, "alice".to_owned())), "{before:?}");
+    let alice_left = (false, "alice".to_owned());
+    let before = presence_within(&mut bob, Duration::from_millis(500), None).await;
+    assert!(!before.contains(&alice_left), "{before:?}");
 
     // One of her connections closes; she is still online on the other node.
     alice.client.close();
-    let after_one = presence_within(&mut bob, Duration::from_millis(1_500)).await;
+    let after_one = presence_within(&mut bob, Duration::from_millis(1_500), None).await;
     assert!(
-        !after_one.contains(&(false, "alice".to_owned())),
+        !after_one.contains(&alice_left),
         "Bob was told Alice left while she was still connected: {after_one:?}"
     );
     // The other closes: now she has left.
     elsewhere.close();
-    let after_both = presence_within(&mut bob, Duration::from_secs(3)).await;
-    assert_eq!(
-        after_both.last(),
-        Some(&(false, "alice".to_owned())),
-        "Bob was not told Alice left: {after_both:?}"
-    );
+    let after_both = presence_within(&mut bob, WAIT, Some(&alice_left)).await;
+    assert_eq!(after_both.last(), Some(&alice_left), "Bob was not told Alice left: {after_both:?}");
     drop((first, second));
     database.drop_now().await;
 }

@@ -145,10 +145,15 @@ pub struct Limits {
     /// for the relay's own files, so that its database and Redis connections never run out of
     /// descriptors.
     pub max_connections: usize,
+    /// How long a new connection may stay silent (not a byte sent) before it is closed, so
+    /// that connecting and saying nothing cannot hold places under `max_connections`.
+    pub first_byte_within: Duration,
     /// How long a client has to send a whole request head: from connecting, and on a kept-alive
     /// connection from the answer to its last request. Past it the connection is closed, so
-    /// that connecting and saying nothing, trickling a head a byte at a time, or keeping an
-    /// idle connection open cannot hold places under `max_connections` (`serving.rs`).
+    /// that trickling a head a byte at a time or keeping an idle connection open cannot hold
+    /// places under `max_connections` for ever (`serving.rs`). Longer than the idle timeout of
+    /// a reverse proxy's pooled connections to the relay (nginx: 60 s), or the relay could
+    /// close one just as the proxy sends a request on it.
     pub request_head_within: Duration,
 }
 
@@ -178,7 +183,8 @@ impl Default for Limits {
             max_unacknowledged_push_bytes: 4 * 1024 * 1024,
             max_connections_per_user: 32,
             max_connections: 0,
-            request_head_within: Duration::from_secs(10),
+            first_byte_within: Duration::from_secs(10),
+            request_head_within: Duration::from_secs(75),
         }
     }
 }

@@ -78,6 +78,9 @@ const WRITER_INBOX: usize = 65_536;
 /// (docs/PERFORMANCE.md).
 const WS_READ_BUFFER: usize = 1_024;
 
+/// How long a stop waits for HTTP requests under way to finish.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs the relay on `listener` until `shutdown` resolves, then stops gracefully: sockets are
 /// closed, every message already received is stored and acknowledged, the database is closed.
 /// With `config.redis_url` set, the socketioxide Redis adapter carries pushes and presence
@@ -196,6 +199,9 @@ impl<A: Adapter> Parts<A> {
         // Everything received so far is committed, flushed and answered while its senders are
         // still connected, so they hear "stored" rather than resending after the restart.
         flush_writer(&relay).await;
+        // No new connections from here; an HTTP request under way is finished, and closing the
+        // sockets below answers the long-polls waiting on them.
+        let _ = stop_tx.send(());
         io.close().await;
         housekeeping.abort();
         releasing.abort();
@@ -206,8 +212,11 @@ impl<A: Adapter> Parts<A> {
         // recognised).
         flush_writer(&relay).await;
         writer_task.abort();
-        let _ = stop_tx.send(());
-        let _ = server.await;
+        // A client that stalls a request (a body sent a byte at a time, an answer it does not
+        // read) holds its connection's task; the relay does not wait on it for long.
+        if tokio::time::timeout(STOP_GRACE, server).await.is_err() {
+            tracing::warn!("HTTP requests still under way after {STOP_GRACE:?}; stopping anyway");
+        }
         storage.close().await;
         tracing::info!("relay stopped");
         Ok(())
@@ -239,5 +248,5 @@ fn capped(
     if capacity != usize::MAX {
         tracing::info!(max_connections = capacity, "connections are capped");
     }
-    listener::CappedListener::new(listener, capacity, metrics)
+    listener::CappedListener::new(listener, capacity, limits.first_byte_within, metrics)
 }

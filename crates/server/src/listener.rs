@@ -9,6 +9,7 @@
 //! full, and closed, so its client knows why and retries with its backoff instead of waiting
 //! in the kernel's backlog, and the relay goes on serving the connections it has.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -79,6 +80,8 @@ pub(crate) struct CappedListener {
     /// Refused connections being told so now (see [`TELLING_AT_ONCE`]).
     telling: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    /// How long a new connection may stay silent before it is closed.
+    first_byte_within: Duration,
     /// Refusals, and the warnings about them.
     refusals: Arc<Mutex<RefusalLog>>,
 }
@@ -104,8 +107,14 @@ impl RefusalLog {
 }
 
 impl CappedListener {
-    /// Caps `listener` at `capacity` open connections.
-    pub(crate) fn new(listener: TcpListener, capacity: usize, metrics: Arc<Metrics>) -> Self {
+    /// Caps `listener` at `capacity` open connections, closing any that sends nothing within
+    /// `first_byte_within` of connecting.
+    pub(crate) fn new(
+        listener: TcpListener,
+        capacity: usize,
+        first_byte_within: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let capacity = capacity.min(Semaphore::MAX_PERMITS);
         metrics.connection_limit.set(i64::try_from(capacity).unwrap_or(i64::MAX));
         Self {
@@ -113,6 +122,7 @@ impl CappedListener {
             open: Arc::new(Semaphore::new(capacity)),
             telling: Arc::new(Semaphore::new(TELLING_AT_ONCE)),
             metrics,
+            first_byte_within,
             refusals: Arc::default(),
         }
     }
@@ -135,14 +145,7 @@ impl CappedListener {
                 if !log.report_due {
                     log.report_due = true;
                     let refusals = self.refusals.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep_until((last + WARN_EVERY).into()).await;
-                        let mut log = refusals.lock().unwrap_or_else(|e| e.into_inner());
-                        log.report_due = false;
-                        if log.unreported > 0 {
-                            log.warn(Instant::now());
-                        }
-                    });
+                    tokio::spawn(report_when_quiet(refusals, last + WARN_EVERY));
                 }
             }
             _ => log.warn(now),
@@ -184,7 +187,8 @@ impl CappedListener {
                         _permit: permit,
                         gauge: self.metrics.tcp_connections.clone(),
                     };
-                    return (CountedStream { stream, _open: open }, address);
+                    let silent_until = Some(Box::pin(tokio::time::sleep(self.first_byte_within)));
+                    return (CountedStream { stream, silent_until, _open: open }, address);
                 }
                 Err(_) => self.refuse(stream),
             }
@@ -193,6 +197,26 @@ impl CappedListener {
 
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+}
+
+/// Warns of the refusals [`CappedListener::refuse`] left unreported, at `due` or, if a warning
+/// was made meanwhile, [`WARN_EVERY`] after that one.
+async fn report_when_quiet(refusals: Arc<Mutex<RefusalLog>>, mut due: Instant) {
+    loop {
+        tokio::time::sleep_until(due.into()).await;
+        let mut log = refusals.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match log.last_warning {
+            Some(last) if now.duration_since(last) < WARN_EVERY => due = last + WARN_EVERY,
+            _ => {
+                log.report_due = false;
+                if log.unreported > 0 {
+                    log.warn(now);
+                }
+                return;
+            }
+        }
     }
 }
 
@@ -215,6 +239,10 @@ async fn tell_full(mut stream: TcpStream) {
 #[derive(Debug)]
 pub(crate) struct CountedStream {
     stream: TcpStream,
+    /// Until the client's first byte: when the connection is given up. hyper's deadline on
+    /// request heads (`serving.rs`) is long enough for a proxy's pooled connections to idle
+    /// within it; a client that connects and says nothing at all is closed sooner.
+    silent_until: Option<Pin<Box<tokio::time::Sleep>>>,
     _open: OpenConnection,
 }
 
@@ -238,7 +266,29 @@ impl AsyncRead for CountedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.silent_until = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let silent_too_long = this
+                    .silent_until
+                    .as_mut()
+                    .is_some_and(|until| until.as_mut().poll(cx).is_ready());
+                if silent_too_long {
+                    let error =
+                        io::Error::new(io::ErrorKind::TimedOut, "nothing sent after connecting");
+                    return Poll::Ready(Err(error));
+                }
+                Poll::Pending
+            }
+            failed => failed,
+        }
     }
 }
 

@@ -1,12 +1,16 @@
 //! HTTP/1.1 on the capped listener's connections, with a deadline on every request head.
 //!
 //! axum's `serve` gives hyper no timer, and without one hyper waits for a request head for
-//! ever: a client that connects and trickles a byte now and then (slowloris), or an idle
-//! keep-alive connection, would hold its place under the connection cap for good. Here each
-//! connection is served by hyper with a timer and `header_read_timeout`, which hyper starts
-//! whenever it waits for a request head: on a new connection, and again on a kept-alive one
-//! after each answer. A connection upgraded to a WebSocket leaves hyper at the upgrade, so
-//! the deadline never applies to a chat connection (Engine.IO's heartbeat watches those).
+//! ever: a client that trickles a head a byte at a time (slowloris), or an idle keep-alive
+//! connection, would hold its place under the connection cap for good. Here each connection is
+//! served by hyper with a timer and `header_read_timeout` (`Limits::request_head_within`),
+//! which hyper starts whenever it waits for a request head: on a new connection, and again on
+//! a kept-alive one after each answer (a connection that sends nothing at all is closed sooner,
+//! by the listener: `Limits::first_byte_within`). A connection upgraded to a WebSocket leaves
+//! hyper at the upgrade, so the deadline never applies to a chat connection (Engine.IO's
+//! heartbeat watches those). Not bounded here: a request body sent slowly, or an answer the
+//! client does not read (a long-poll body is small, and Engine.IO's heartbeat ends a polling
+//! session whose client stops taking part).
 
 use std::future::Future;
 use std::net::SocketAddr;

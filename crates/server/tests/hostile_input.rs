@@ -298,6 +298,38 @@ async fn connections_past_the_cap_are_closed_at_the_door_until_one_closes() {
     assert!(alice.client.is_open());
 }
 
+/// A connection that sends nothing after connecting is closed once `first_byte_within` has
+/// passed, and its place under the cap is given back: connecting and saying nothing cannot
+/// hold the relay's places.
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_and_gives_its_place_back() {
+    let server = TestServer::start_with(|config| {
+        config.limits.max_connections = 2;
+        config.limits.first_byte_within = Duration::from_millis(300);
+    })
+    .await;
+    // Two silent connections take both places.
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    for stream in &mut silent {
+        let mut byte = [0u8; 1];
+        let ended = tokio::time::timeout(WAIT, stream.read(&mut byte)).await.expect("never closed");
+        assert!(matches!(ended, Ok(0) | Err(_)), "{ended:?}");
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while health_over_new_connection(server.addr).await != Some(200) {
+        assert!(tokio::time::Instant::now() < deadline, "the place was never given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A client that speaks at once is not cut off by the deadline later on.
+    let alice = TestUser::register(&server, "alice").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(alice.client.is_open());
+    alice.client.status(&[1]).await.unwrap();
+}
+
 /// Reads until the relay closes `stream`, or fails the test after `WAIT`.
 async fn until_closed<R: tokio::io::AsyncRead + Unpin>(stream: &mut R, what: &str) {
     let mut chunk = [0u8; 1024];
@@ -320,7 +352,7 @@ async fn connections_that_do_not_send_a_request_head_in_time_are_closed_and_give
 {
     let server = TestServer::start_with(|config| {
         config.limits.max_connections = 3;
-        config.limits.request_head_within = Duration::from_secs(1);
+        config.limits.request_head_within = Duration::from_secs(2);
     })
     .await;
     let silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -360,7 +392,7 @@ async fn connections_that_do_not_send_a_request_head_in_time_are_closed_and_give
     }
     // A client that speaks at once is not cut off by the deadline later on.
     let alice = TestUser::register(&server, "alice").await;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert!(alice.client.is_open());
     alice.client.status(&[1]).await.unwrap();
 }
