@@ -318,16 +318,7 @@ async fn a_connection_that_sends_nothing_is_closed_and_gives_its_place_back() {
         let ended = tokio::time::timeout(WAIT, stream.read(&mut byte)).await.expect("never closed");
         assert!(matches!(ended, Ok(0) | Err(_)), "{ended:?}");
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while health_over_new_connection(server.addr).await != Some(200) {
-        assert!(tokio::time::Instant::now() < deadline, "the place was never given back");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // A client that speaks at once is not cut off by the deadline later on.
-    let alice = TestUser::register(&server, "alice").await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(alice.client.is_open());
-    alice.client.status(&[1]).await.unwrap();
+    served_again_and_outlived_by_a_client(&server, Duration::from_millis(600)).await;
 }
 
 /// Reads until the relay closes `stream`, or fails the test after `WAIT`.
@@ -384,15 +375,19 @@ async fn connections_that_do_not_send_a_request_head_in_time_are_closed_and_give
     until_closed(&mut silent, "the silent connection").await;
     until_closed(&mut kept_alive, "the idle kept-alive connection").await;
 
-    // Their places serve again.
+    served_again_and_outlived_by_a_client(&server, Duration::from_millis(2_500)).await;
+}
+
+/// Once closed connections have given their places back, the relay serves again; and a client
+/// that speaks at once (logs in over a WebSocket) is still served `later`, past the deadlines.
+async fn served_again_and_outlived_by_a_client(server: &TestServer, later: Duration) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while health_over_new_connection(server.addr).await != Some(200) {
         assert!(tokio::time::Instant::now() < deadline, "the places were never given back");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // A client that speaks at once is not cut off by the deadline later on.
-    let alice = TestUser::register(&server, "alice").await;
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let alice = TestUser::register(server, "alice").await;
+    tokio::time::sleep(later).await;
     assert!(alice.client.is_open());
     alice.client.status(&[1]).await.unwrap();
 }
