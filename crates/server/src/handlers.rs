@@ -229,10 +229,10 @@ async fn log_out<A: Adapter>(relay: &Relay<A>, connection: &Connection) {
 }
 
 /// Tells the online users `user` has written to whether `user` is online (on any node). Called
-/// when a user's first connection on this node logs in or last one closes; what is pushed is the state once the
-/// contacts are loaded, not the event that caused the call, so that when a login and a
-/// disconnect race, the announcement made last tells the truth (and one made early may be a
-/// repeat, which clients take as a no-op).
+/// when a user's first connection on this node logs in or last one closes; what is pushed is
+/// the state once the contacts are loaded, not the event that caused the call, so that when a
+/// login and a disconnect race, the announcement made last tells the truth (and one made early
+/// may be a repeat, which clients take as a no-op).
 async fn announce<A: Adapter>(relay: &Relay<A>, user: &str) {
     let contacts = match relay.storage.written_to(user).await {
         Ok(contacts) => contacts,

@@ -553,9 +553,9 @@ impl<A: Adapter> Relay<A> {
         let (true, Some(io)) = (self.clustered(), self.io()) else {
             return false;
         };
-        // This node's own sockets are known here (`is_online`); the room still holds one whose
-        // disconnect handler is running (socketioxide removes it from its rooms afterwards),
-        // which must not count as the user being online.
+        // This node's own sockets are known here (`is_online`, which a login or a logout
+        // updates at once); the room may still hold one that is closing, so only other nodes'
+        // sockets count.
         let this_node = io.config().server_id;
         let remote = io.to(notice_room(user)).fetch_sockets();
         matches!(
