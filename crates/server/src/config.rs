@@ -155,6 +155,17 @@ pub struct Limits {
     /// a reverse proxy's pooled connections to the relay (nginx: 60 s), or the relay could
     /// close one just as the proxy sends a request on it.
     pub request_head_within: Duration,
+    /// How long a request may take from the end of its head to the start of its answer, its
+    /// body included: past it the client is answered 408 and the connection closed, so that a
+    /// body sent a byte at a time cannot hold a place under `max_connections` (`serving.rs`).
+    /// Engine.IO's long-polls wait for something to answer at most a ping interval (25 s);
+    /// a WebSocket upgrade is answered at once, and the WebSocket after it is not a request.
+    pub request_within: Duration,
+    /// How long a connection's writes may make no progress before it is closed: a client that
+    /// reads nothing (an answer or pushes left unread, a link that stalled) cannot hold a place
+    /// under `max_connections`, nor the relay's buffers, until its heartbeat fails
+    /// (`listener.rs`). What was pushed and not acknowledged reaches it when it reconnects.
+    pub stalled_write_within: Duration,
 }
 
 impl Default for Limits {
@@ -185,6 +196,8 @@ impl Default for Limits {
             max_connections: 0,
             first_byte_within: Duration::from_secs(10),
             request_head_within: Duration::from_secs(75),
+            request_within: Duration::from_secs(60),
+            stalled_write_within: Duration::from_secs(30),
         }
     }
 }

@@ -189,8 +189,11 @@ impl<A: Adapter> Parts<A> {
             .layer(axum::middleware::map_request(http::trim_request_head));
         tracing::info!(address = %listener.local_addr()?, "relay listening");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let request_head_within = relay.limits().request_head_within;
-        let server = tokio::spawn(serving::serve(listener, app, request_head_within, async move {
+        let deadlines = serving::Deadlines {
+            request_head_within: relay.limits().request_head_within,
+            request_within: relay.limits().request_within,
+        };
+        let server = tokio::spawn(serving::serve(listener, app, deadlines, async move {
             let _ = stop_rx.await;
         }));
 
@@ -213,7 +216,8 @@ impl<A: Adapter> Parts<A> {
         flush_writer(&relay).await;
         writer_task.abort();
         // A client that stalls a request (a body sent a byte at a time, an answer it does not
-        // read) holds its connection's task; the relay does not wait on it for long.
+        // read) holds its connection's task until its deadline ends it (`request_within`,
+        // `stalled_write_within`); the relay does not wait that long.
         if tokio::time::timeout(STOP_GRACE, server).await.is_err() {
             tracing::warn!("HTTP requests still under way after {STOP_GRACE:?}; stopping anyway");
         }
@@ -248,5 +252,11 @@ fn capped(
     if capacity != usize::MAX {
         tracing::info!(max_connections = capacity, "connections are capped");
     }
-    listener::CappedListener::new(listener, capacity, limits.first_byte_within, metrics)
+    listener::CappedListener::new(
+        listener,
+        capacity,
+        limits.first_byte_within,
+        limits.stalled_write_within,
+        metrics,
+    )
 }

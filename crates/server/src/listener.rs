@@ -8,6 +8,12 @@
 //! the door: a connection past the cap is accepted, answered with a 503 that says the relay is
 //! full, and closed, so its client knows why and retries with its backoff instead of waiting
 //! in the kernel's backlog, and the relay goes on serving the connections it has.
+//!
+//! A connection's place is given back when it closes, so a connection must not be able to
+//! keep one by doing nothing: one that sends nothing after connecting is closed after
+//! `first_byte_within`, and one whose writes make no progress for `stalled_write_within` (its
+//! client reads nothing: an answer or pushes left unread) is cut off. The deadlines on request
+//! heads and whole requests are hyper's side of the same rule (`serving.rs`).
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -17,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use rustix::net::{Shutdown, shutdown, sockopt};
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -82,6 +89,8 @@ pub(crate) struct CappedListener {
     metrics: Arc<Metrics>,
     /// How long a new connection may stay silent before it is closed.
     first_byte_within: Duration,
+    /// How long a connection's writes may make no progress before it is closed.
+    stalled_write_within: Duration,
     /// Refusals, and the warnings about them.
     refusals: Arc<Mutex<RefusalLog>>,
 }
@@ -108,11 +117,13 @@ impl RefusalLog {
 
 impl CappedListener {
     /// Caps `listener` at `capacity` open connections, closing any that sends nothing within
-    /// `first_byte_within` of connecting.
+    /// `first_byte_within` of connecting, or whose writes make no progress for
+    /// `stalled_write_within`.
     pub(crate) fn new(
         listener: TcpListener,
         capacity: usize,
         first_byte_within: Duration,
+        stalled_write_within: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         let capacity = capacity.min(Semaphore::MAX_PERMITS);
@@ -123,6 +134,7 @@ impl CappedListener {
             telling: Arc::new(Semaphore::new(TELLING_AT_ONCE)),
             metrics,
             first_byte_within,
+            stalled_write_within,
             refusals: Arc::default(),
         }
     }
@@ -188,7 +200,14 @@ impl CappedListener {
                         gauge: self.metrics.tcp_connections.clone(),
                     };
                     let silent_until = Some(Box::pin(tokio::time::sleep(self.first_byte_within)));
-                    return (CountedStream { stream, silent_until, _open: open }, address);
+                    let counted = CountedStream {
+                        stream,
+                        silent_until,
+                        stalled_write_within: self.stalled_write_within,
+                        write_stalled_until: None,
+                        _open: open,
+                    };
+                    return (counted, address);
                 }
                 Err(_) => self.refuse(stream),
             }
@@ -243,7 +262,53 @@ pub(crate) struct CountedStream {
     /// request heads (`serving.rs`) is long enough for a proxy's pooled connections to idle
     /// within it; a client that connects and says nothing at all is closed sooner.
     silent_until: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// How long a write may wait for the client to make room.
+    stalled_write_within: Duration,
+    /// While a write waits (the socket's buffer is full: the client reads nothing, or its link
+    /// stalled): when the connection is given up. Allocated only then, dropped once it goes on.
+    write_stalled_until: Option<Pin<Box<tokio::time::Sleep>>>,
     _open: OpenConnection,
+}
+
+impl CountedStream {
+    /// Passes a write's outcome on, watching how long it waits: past `stalled_write_within`
+    /// the connection is given up ([`Self::give_up`]) and the write fails.
+    fn watch_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        outcome: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if !outcome.is_pending() {
+            self.write_stalled_until = None;
+            return outcome;
+        }
+        let within = self.stalled_write_within;
+        let until =
+            self.write_stalled_until.get_or_insert_with(|| Box::pin(tokio::time::sleep(within)));
+        if until.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.give_up();
+        let error = io::Error::new(io::ErrorKind::TimedOut, "the client read nothing for too long");
+        Poll::Ready(Err(error))
+    }
+
+    /// Ends a connection whose client stopped reading. Failing the write alone would not do:
+    /// engineioxide's WebSocket writer logs a failed write and goes on to the next, and its
+    /// reader waits for the client; shut down both ways, the socket wakes both with an error
+    /// or the end of the stream, and the connection's tasks end. What the client never read is
+    /// thrown away with a reset at close (no lingering in the kernel for a peer that does not
+    /// read); the messages in it are still queued or held until acknowledged, and reach the
+    /// client when it reconnects.
+    fn give_up(&self) {
+        if let Err(error) = sockopt::set_socket_linger(&self.stream, Some(Duration::ZERO)) {
+            tracing::debug!(%error, "could not set SO_LINGER on a stalled connection");
+        }
+        if let Err(error) = shutdown(&self.stream, Shutdown::Both) {
+            tracing::debug!(%error, "could not shut a stalled connection down");
+        }
+        tracing::debug!("closed a connection whose client read nothing for too long");
+    }
 }
 
 /// A connection's place under the cap and in the open-connections gauge, both given back when
@@ -298,7 +363,9 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let this = &mut *self;
+        let outcome = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.watch_write(cx, outcome)
     }
 
     fn poll_write_vectored(
@@ -306,7 +373,9 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let outcome = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.watch_write(cx, outcome)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -1,4 +1,5 @@
-//! HTTP/1.1 on the capped listener's connections, with a deadline on every request head.
+//! HTTP/1.1 on the capped listener's connections, with deadlines on request heads and on
+//! whole requests.
 //!
 //! axum's `serve` gives hyper no timer, and without one hyper waits for a request head for
 //! ever: a client that trickles a head a byte at a time (slowloris), or an idle keep-alive
@@ -6,11 +7,12 @@
 //! served by hyper with a timer and `header_read_timeout` (`Limits::request_head_within`),
 //! which hyper starts whenever it waits for a request head: on a new connection, and again on
 //! a kept-alive one after each answer (a connection that sends nothing at all is closed sooner,
-//! by the listener: `Limits::first_byte_within`). A connection upgraded to a WebSocket leaves
-//! hyper at the upgrade, so the deadline never applies to a chat connection (Engine.IO's
-//! heartbeat watches those). Not bounded here: a request body sent slowly, or an answer the
-//! client does not read (a long-poll body is small, and Engine.IO's heartbeat ends a polling
-//! session whose client stops taking part).
+//! by the listener: `Limits::first_byte_within`). Once the head is in, the request has
+//! `Limits::request_within` to be answered, its body included, or it is answered 408 and the
+//! connection closed: a body trickled a byte at a time is cut off too. An answer the client
+//! does not read is the listener's to end (`Limits::stalled_write_within`). A connection
+//! upgraded to a WebSocket leaves hyper at the upgrade, so these deadlines never apply to a
+//! chat connection (Engine.IO's heartbeat and the stalled-write deadline watch those).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use std::pin::pin;
 use std::time::Duration;
 
 use axum::Router;
+use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -31,13 +34,22 @@ use crate::listener::{CappedListener, CountedStream};
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PeerAddress(pub(crate) SocketAddr);
 
+/// How long a client has for the parts of a request (`config::Limits`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadlines {
+    /// For a whole request head: from connecting, and from the last answer when kept alive.
+    pub(crate) request_head_within: Duration,
+    /// From the end of the head to the start of the answer, the body included.
+    pub(crate) request_within: Duration,
+}
+
 /// Serves `app` on `listener` until `stop` resolves; then stops accepting, lets every
 /// connection finish the request it is in (closing it once answered), and returns when all
 /// have. WebSockets already upgraded are not waited for: the relay closes them itself.
 pub(crate) async fn serve(
     mut listener: CappedListener,
     app: Router,
-    request_head_within: Duration,
+    deadlines: Deadlines,
     stop: impl Future<Output = ()>,
 ) {
     // Dropping `stopping` tells every connection to finish; every connection holds a clone of
@@ -50,7 +62,7 @@ pub(crate) async fn serve(
             accepted = listener.accept() => accepted,
             () = &mut stop => break,
         };
-        let connection = serve_connection(stream, peer, app.clone(), request_head_within);
+        let connection = serve_connection(stream, peer, app.clone(), deadlines);
         let stop_seen = stop_seen.clone();
         let finished_seen = finished_seen.clone();
         tokio::spawn(async move {
@@ -70,16 +82,29 @@ fn serve_connection(
     stream: CountedStream,
     peer: SocketAddr,
     app: Router,
-    request_head_within: Duration,
+    deadlines: Deadlines,
 ) -> http1::UpgradeableConnection<TokioIo<CountedStream>, impl HttpService> {
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let mut request = request.map(axum::body::Body::new);
         request.extensions_mut().insert(PeerAddress(peer));
-        app.clone().oneshot(request)
+        let answer = app.clone().oneshot(request);
+        async move {
+            match tokio::time::timeout(deadlines.request_within, answer).await {
+                Ok(answered) => answered,
+                Err(_) => Ok(too_slow()),
+            }
+        }
     });
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(request_head_within);
+    builder.timer(TokioTimer::new()).header_read_timeout(deadlines.request_head_within);
     builder.serve_connection(TokioIo::new(stream), service).with_upgrades()
+}
+
+/// The answer to a request not completed within `Limits::request_within`; the connection is
+/// closed after it (hyper would not reuse it anyway with the body unread).
+fn too_slow() -> axum::response::Response {
+    let close = [(hyper::header::CONNECTION, "close")];
+    (hyper::StatusCode::REQUEST_TIMEOUT, close, "request not received in time\n").into_response()
 }
 
 /// The service type [`serve_connection`] builds, named for its return type.

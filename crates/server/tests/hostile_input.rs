@@ -1,5 +1,6 @@
-//! Malformed payloads for every event, oversized frames on both transports, rate limits: each
-//! gets a clear error or a closed connection, and the relay carries on.
+//! Malformed payloads for every event, oversized frames on both transports, rate limits,
+//! connections that hold a place without taking part (silent, trickling a head or a body,
+//! reading nothing): each gets a clear error or a closed connection, and the relay carries on.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
@@ -8,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sotto_client::relay::RelayClient;
+use sotto_client::relay::{Incoming, RelayClient};
 use sotto_client::socketio::SocketIoClient;
 use support::{TestServer, TestUser, WAIT, client_id, envelope, envelope_of_size};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -321,17 +322,21 @@ async fn a_connection_that_sends_nothing_is_closed_and_gives_its_place_back() {
     served_again_and_outlived_by_a_client(&server, Duration::from_millis(600)).await;
 }
 
-/// Reads until the relay closes `stream`, or fails the test after `WAIT`.
-async fn until_closed<R: tokio::io::AsyncRead + Unpin>(stream: &mut R, what: &str) {
+/// Reads until the relay closes `stream` and returns what it read, or fails the test after
+/// `WAIT`.
+async fn until_closed<R: tokio::io::AsyncRead + Unpin>(stream: &mut R, what: &str) -> Vec<u8> {
     let mut chunk = [0u8; 1024];
+    let mut read = Vec::new();
     let closed = async {
         while let Ok(n) = stream.read(&mut chunk).await {
             if n == 0 {
                 return;
             }
+            read.extend_from_slice(&chunk[..n]);
         }
     };
     tokio::time::timeout(WAIT, closed).await.unwrap_or_else(|_| panic!("{what} was never closed"));
+    read
 }
 
 /// A client has `request_head_within` to send a whole request head, from connecting and
@@ -376,6 +381,104 @@ async fn connections_that_do_not_send_a_request_head_in_time_are_closed_and_give
     until_closed(&mut kept_alive, "the idle kept-alive connection").await;
 
     served_again_and_outlived_by_a_client(&server, Duration::from_millis(2_500)).await;
+}
+
+/// Once its head is in, a request has `request_within` to be answered, its body included: a
+/// body trickled a byte at a time is answered 408 and its connection closed, though it never
+/// stops sending, and the connection's place is given back.
+#[tokio::test]
+async fn a_request_body_sent_too_slowly_is_answered_408_and_gives_its_place_back() {
+    let server = TestServer::start_with(|config| {
+        config.limits.max_connections = 2;
+        config.limits.request_within = Duration::from_secs(1);
+    })
+    .await;
+    let sid = polling_session(server.addr).await;
+    let (mut answer, mut body) =
+        tokio::net::TcpStream::connect(server.addr).await.unwrap().into_split();
+    let head = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: {}\r\n\
+         Content-Type: text/plain\r\nContent-Length: 10000\r\n\r\n",
+        server.addr
+    );
+    body.write_all(head.as_bytes()).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        while body.write_all(b"4").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let answer = until_closed(&mut answer, "the connection trickling a body").await;
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    served_again_and_outlived_by_a_client(&server, Duration::from_millis(1_500)).await;
+}
+
+/// A client that stops reading (a frozen tab, a link that stalled) leaves the relay's writes
+/// to it waiting; past `stalled_write_within` without progress the relay closes the connection
+/// (its place and buffers given back) rather than waiting for its heartbeat to fail, and
+/// nothing is lost: reconnected, the client gets everything, in order.
+#[tokio::test]
+async fn a_connection_whose_client_reads_nothing_is_closed_and_catches_up_later() {
+    const MESSAGES: u32 = 400;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_host = listener.local_addr().unwrap().to_string();
+    let server = TestServer::start_with(|config| {
+        config.limits.stalled_write_within = Duration::from_secs(1);
+        // Neither the allowance of unacknowledged pushes nor the outgoing buffer ends the
+        // connection first: 400 pushes of 16 KiB fit in both.
+        config.limits.max_unacknowledged_push_bytes = 64 * 1024 * 1024;
+        config.limits.pair_messages_per_second = 0;
+        config.limits.events_per_second = 0;
+        // Bob logs in through the proxy, so his login is signed for the proxy's address.
+        config.public_hosts.push(proxy_host);
+    })
+    .await;
+    let alice = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    let proxy = support::PausingProxy::start(listener, server.addr);
+    bob.client.close();
+    let (client, pushes) = RelayClient::connect(&proxy.url, WAIT).await.unwrap();
+    client.login(&bob.id, &bob.identity).await.unwrap();
+    (bob.client, bob.pushes) = (client, pushes);
+    let first = alice.client.send_raw("bob", &client_id(), &envelope(0)).await.unwrap().id;
+    assert_eq!(bob.messages_acknowledged(1).await[0].id, first);
+
+    // Bob reads nothing more: 6.4 MB of pushes are more than the relay's socket (4 MiB at
+    // most) and the proxy's hold, so the relay's writes to him stop making progress.
+    proxy.pause();
+    let mut sent = Vec::new();
+    for n in 1..=MESSAGES {
+        let big = envelope_of_size(n, 16 * 1024 + 16);
+        sent.push(alice.client.send_raw("bob", &client_id(), &big).await.unwrap().id);
+    }
+    // The relay gives bob's connection up: left open are alice's and the one asking.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, metrics) = server.get("/metrics").await;
+        if metrics.contains("\nsotto_tcp_connections 2\n") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "bob's connection was kept:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // What reaches bob before the end is the start of what alice sent, with no gap.
+    proxy.resume();
+    let mut received = Vec::new();
+    while let Some(push) = bob.next(WAIT).await {
+        if let Incoming::Messages(messages) = push {
+            received.extend(messages.iter().map(|m| m.id));
+        }
+    }
+    assert!(!bob.client.is_open(), "the relay closed the connection that read nothing");
+    assert!(received.len() < sent.len(), "{} of {} pushes arrived", received.len(), sent.len());
+    assert_eq!(received, sent[..received.len()], "no message overtook a missed one");
+    // Reconnected, bob gets everything, in order; alice was served throughout.
+    bob.reconnect(&server).await;
+    let rest: Vec<i64> = bob.messages_acknowledged(sent.len()).await.iter().map(|m| m.id).collect();
+    assert_eq!(rest, sent, "everything alice sent, in order");
+    assert!(alice.client.is_open());
 }
 
 /// Once closed connections have given their places back, the relay serves again; and a client
