@@ -45,6 +45,7 @@ use crate::state::{
 };
 use crate::storage::{
     Acknowledged, Committed, Durable, NewMessage, QueueBatch, QueuedMessage, StoreOutcome,
+    earlier_holder_mark, sent_by_earlier_holder,
 };
 use crate::unwritten::{Held, Unwritten};
 
@@ -79,10 +80,14 @@ pub(crate) enum Job<A: Adapter> {
     /// Answer once every job before this one is done (graceful shutdown).
     Flush(tokio::sync::oneshot::Sender<()>),
     /// A user id was registered anew: messages held for its earlier holder are dropped, as
-    /// the registration deleted those stored for them (they were sealed for other keys).
+    /// the registration deleted those stored for them (they were sealed for other keys), and
+    /// those held from it are marked as the registration marked the stored ones
+    /// ([`crate::storage::earlier_holder_mark`]).
     Forget {
         /// The id.
         user: String,
+        /// When it was registered.
+        registered_at: i64,
     },
     /// A logged-in socket has caught up to `after`: mark it so (live messages reach it from
     /// then on) and push the rest.
@@ -299,7 +304,7 @@ async fn process<A: Adapter>(
     closing: bool,
     after_flush: &mpsc::UnboundedSender<AfterFlush<A>>,
 ) {
-    let mut stores = Vec::new();
+    let mut stores: Vec<(NewMessage, AckSender<A>, Instant)> = Vec::new();
     let mut acks: Vec<(String, i64)> = Vec::new();
     let mut ack_answers = Vec::new();
     let mut attaches = Vec::new();
@@ -308,7 +313,15 @@ async fn process<A: Adapter>(
     for job in jobs {
         match job {
             Job::Flush(done) => flushes.push(done),
-            Job::Forget { user } => forgotten.push(user),
+            Job::Forget { user, registered_at } => {
+                // Sent before the registration (the new holder's come after it): the earlier
+                // holder's, marked like the ones stored and held.
+                let mark = earlier_holder_mark(registered_at);
+                for (message, ..) in stores.iter_mut().filter(|(m, ..)| m.sender == user) {
+                    message.client_id.insert_str(0, &mark);
+                }
+                forgotten.push((user, mark));
+            }
             Job::Store { message, ack, received } => stores.push((message, ack, received)),
             Job::Ack { acks: more, answer } => {
                 acks.extend(more);
@@ -319,8 +332,9 @@ async fn process<A: Adapter>(
             }
         }
     }
-    for user in forgotten {
+    for (user, mark) in forgotten {
         forget_held(relay, unwritten, &user);
+        unwritten.mark_sender(&user, &mark);
     }
     let (messages, tickets) = admit(relay, unwritten, stores).await;
     // Which messages may be resends of one held or stored recently, looked at before this
@@ -394,7 +408,7 @@ async fn process<A: Adapter>(
         let (messages, acks) = (batch.stores.len(), batch.deletes.len() + batch.acks.len());
         // One transaction for the whole batch: the group commit.
         match relay.storage.commit_batch(batch).await {
-            Ok(Committed { mut stores, mut outcomes, acknowledged, durable }) => {
+            Ok(Committed { mut stores, mut outcomes, acknowledged, withheld, durable }) => {
                 // A lost deletion only brings a message back, which its recipient drops.
                 for answer in ack_answers {
                     let _ = answer.send(&crate::events::Done::OK);
@@ -403,6 +417,7 @@ async fn process<A: Adapter>(
                 let fresh_outcomes = outcomes.split_off(late_count);
                 after.answers.extend(written_late(relay, stores, late_tickets, &outcomes));
                 after.answers.extend(stored(relay, fresh, fresh_tickets, &fresh_outcomes).await);
+                withhold_receipts(&mut known, &withheld);
                 after.receipts.extend(known);
                 after.receipts.extend(acknowledged);
                 after.durable = durable;
@@ -849,7 +864,21 @@ pub(crate) async fn push_presence<'a, A: Adapter>(
     join_all(pushes).await;
 }
 
-/// After the commit: count the acknowledgements and tell the senders.
+/// Marks the acknowledgements the database said nobody is to be told of
+/// ([`Committed::withheld`]) as it marks an earlier holder's messages, which
+/// [`delivered`] tells nobody of.
+fn withhold_receipts(known: &mut [Acknowledged], withheld: &[i64]) {
+    if withheld.is_empty() {
+        return;
+    }
+    let mark = earlier_holder_mark(0);
+    for done in known.iter_mut().filter(|done| withheld.contains(&done.id)) {
+        done.client_id.insert_str(0, &mark);
+    }
+}
+
+/// After the commit: count the acknowledgements and tell the senders, but not of messages an
+/// earlier holder of the sender's id sent (`crate::storage::earlier_holder_mark`).
 async fn delivered<A: Adapter>(relay: &Relay<A>, acknowledged: &[Acknowledged]) {
     if acknowledged.is_empty() {
         return;
@@ -860,6 +889,9 @@ async fn delivered<A: Adapter>(relay: &Relay<A>, acknowledged: &[Acknowledged]) 
     let mut per_sender: HashMap<&str, Vec<Receipt<'_>>> = HashMap::new();
     for done in acknowledged {
         relay.recipients.add_pending(&done.recipient, -1);
+        if sent_by_earlier_holder(&done.client_id) {
+            continue;
+        }
         let receipt = Receipt { id: done.id, client_id: &done.client_id, to: &done.recipient };
         per_sender.entry(&done.sender).or_default().push(receipt);
     }

@@ -598,6 +598,7 @@ async fn register<A: Adapter>(
         one_time_prekeys,
         now: now_ms(),
     };
+    let registered_at = new_user.now;
     match relay.registrar.register(new_user).await {
         Ok(()) => {}
         Err(RegisterError::Taken) => {
@@ -607,9 +608,10 @@ async fn register<A: Adapter>(
     }
     supersede(relay, user.as_str()).await;
     relay.recipients.forget(user.as_str());
-    // Messages held unwritten for an earlier holder of the id go as its stored ones just did;
-    // ahead of this connection's catch-up, whose hand-over to the writer comes later.
-    let _ = relay.writer.send(Job::Forget { user: user.to_string() }).await;
+    // Messages held unwritten for an earlier holder of the id go as its stored ones just did,
+    // and those held from it are marked as its stored ones were; ahead of this connection's
+    // catch-up, whose hand-over to the writer comes later.
+    let _ = relay.writer.send(Job::Forget { user: user.to_string(), registered_at }).await;
     // The id may have been released (its contacts deleted) and taken again: forget which pairs
     // are known to be recorded, so the next message of any pair records it again. Cheap: a
     // known pair costs one `INSERT … ON CONFLICT DO NOTHING` to learn again.

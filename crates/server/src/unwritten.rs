@@ -153,6 +153,16 @@ impl<T> Unwritten<T> {
         ids.into_iter().filter_map(|id| self.remove(id)).collect()
     }
 
+    /// Marks the client ids of the messages held from `sender` with `mark`: its id has been
+    /// registered anew, and what its earlier holder sent is not the new holder's
+    /// (`crate::storage::earlier_holder_mark`). Their send keys stay: a send of the new holder
+    /// with the same client id only looks like a possible resend, and is stored the careful way.
+    pub(crate) fn mark_sender(&mut self, sender: &str, mark: &str) {
+        for held in self.messages.values_mut().filter(|held| held.message.sender == sender) {
+            held.message.client_id.insert_str(0, mark);
+        }
+    }
+
     /// Takes, oldest first, the messages held `wait` or longer at `now`, and the oldest beyond
     /// [`MAX_HELD`] and [`MAX_HELD_BYTES`].
     pub(crate) fn take_due(&mut self, now: Instant, wait: Duration) -> Vec<Held<T>> {

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use sotto_client::relay::RelayClient;
+use sotto_client::relay::{Incoming, RelayClient};
 use sotto_protocol::signing::authentication_message;
 use sotto_protocol::wire::{self, OneTimePrekeyJson, PublicIdentityJson, SignedPrekeyJson};
 use sotto_protocol::{IdentityKeyPair, UserId};
@@ -443,6 +443,66 @@ async fn registering_a_released_id_closes_the_earlier_holders_connections() {
     carol.client.send_raw(to.as_str(), &client_id(), &envelope(1)).await.unwrap();
     assert_eq!(bob.messages(1).await.len(), 1, "the new holder gets the message");
     earlier.no_messages(Duration::from_millis(300)).await;
+}
+
+/// What an id's earlier holder sent and is still queued when the id is released and
+/// registered anew still reaches its recipients, but tells the new holder nothing: no receipt
+/// when it is acknowledged (matched from the relay's memory of recent messages, or from the
+/// database after a restart), and a status request answers as for a message never sent.
+/// Otherwise the new holder would learn whom the earlier holder wrote to.
+#[tokio::test]
+async fn an_earlier_holders_queued_messages_tell_the_ids_new_holder_nothing() {
+    let server = TestServer::start().await;
+    let earlier = TestUser::register(&server, "alice").await;
+    let mut bob = TestUser::register(&server, "bob").await;
+    bob.client.close();
+    let mut sent = Vec::new();
+    for n in 0..2 {
+        sent.push(earlier.client.send_raw("bob", &client_id(), &envelope(n)).await.unwrap().id);
+    }
+    // `sotto admin release-user alice`, beside the running relay; then someone takes the id.
+    let storage = sotto_server::storage::open(&server.database_url).await.unwrap();
+    assert!(storage.release_user("alice").await.unwrap());
+    storage.close().await;
+    let mut alice = TestUser::register(&server, "alice").await;
+    let statuses = alice.client.status(&sent).await.unwrap();
+    assert!(statuses.iter().all(|(_, status)| status == "delivered"), "{statuses:?}");
+
+    // Bob gets both, from "alice". The first is acknowledged now: the relay stored it moments
+    // ago and matches it from memory.
+    bob.reconnect(&server).await;
+    let received = bob.messages(2).await;
+    assert_eq!(received.iter().map(|m| m.id).collect::<Vec<_>>(), sent);
+    assert!(received.iter().all(|m| m.from == "alice"));
+    bob.client.ack(&sent[..1]).await.unwrap();
+    assert_only_own_receipt(&mut alice, &mut bob).await;
+    // The second after a restart, matched by the database.
+    let server = server.restart().await;
+    alice.reconnect(&server).await;
+    bob.reconnect(&server).await;
+    assert_eq!(bob.messages(1).await[0].id, sent[1]);
+    bob.client.ack(&sent[1..]).await.unwrap();
+    assert_only_own_receipt(&mut alice, &mut bob).await;
+    assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 0);
+}
+
+/// Alice sends bob a message, which he acknowledges: the first receipt alice is told of is
+/// its own (receipts go out in the order of the acknowledgements, so one for a message bob
+/// acknowledged before would come first).
+async fn assert_only_own_receipt(alice: &mut TestUser, bob: &mut TestUser) {
+    let own = alice.client.send_raw("bob", &client_id(), &envelope(9)).await.unwrap().id;
+    assert_eq!(bob.messages_acknowledged(1).await[0].id, own);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let receipts = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match alice.next(left).await {
+            Some(Incoming::Delivered(receipts)) => break receipts,
+            Some(_) => {}
+            None => panic!("alice was never told her own message was delivered"),
+        }
+    };
+    let told: Vec<i64> = receipts.iter().map(|receipt| receipt.id).collect();
+    assert_eq!(told, [own], "the new holder was told of the earlier holder's messages");
 }
 
 /// The terminal client saves its identity before registering it. When the relay's answer is

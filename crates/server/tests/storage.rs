@@ -287,7 +287,7 @@ async fn run_suite(store: Arc<dyn Storage>) {
 
     // Releasing a user drops its keys and its queue; what it sent stays for its recipients.
     store.store_messages(&[message("bob", "alice", "late")]).await.unwrap();
-    store.store_messages(&[message("alice", "carol", "unread")]).await.unwrap();
+    let unread = store.store_messages(&[message("alice", "carol", "unread")]).await.unwrap()[0];
     assert!(store.release_user("alice").await.unwrap());
     assert_eq!(store.pending_count("carol").await.unwrap(), 1, "what alice sent stays");
     assert!(!store.release_user("alice").await.unwrap());
@@ -297,6 +297,30 @@ async fn run_suite(store: Arc<dyn Storage>) {
     assert!(store.written_by("alice").await.unwrap().is_empty());
     assert!(!store.written_to("bob").await.unwrap().contains(&"alice".to_owned()));
     store.register_user(&user("alice")).await.unwrap();
+    // Registered anew: what the earlier alice sent stays for carol, but is not the new
+    // alice's. A status request answers as for a message never sent, a send under the same
+    // client id is a new message, and deleting the earlier one withholds its receipt.
+    let unread = unread.id();
+    assert_eq!(
+        store.message_status("alice", &[unread]).await.unwrap(),
+        [(unread, MessageStatus::Delivered)]
+    );
+    let own = store.store_messages(&[message("alice", "carol", "unread")]).await.unwrap()[0];
+    assert!(matches!(own, StoreOutcome::Stored(id) if id != unread), "{own:?}");
+    assert_eq!(
+        store.message_status("alice", &[own.id()]).await.unwrap(),
+        [(own.id(), MessageStatus::Pending)]
+    );
+    assert_eq!(store.pending_count("carol").await.unwrap(), 2);
+    let deletes = vec![unread, own.id(), own.id() + 1_000];
+    let committed =
+        store.commit_batch(QueueBatch { deletes, ..QueueBatch::default() }).await.unwrap();
+    assert_eq!(
+        committed.withheld,
+        [unread, own.id() + 1_000],
+        "the earlier holder's, and a gone one"
+    );
+    assert_eq!(store.pending_count("carol").await.unwrap(), 0);
     store.close().await;
 }
 

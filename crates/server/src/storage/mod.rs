@@ -180,6 +180,23 @@ impl StoreOutcome {
     }
 }
 
+/// What the client id of a queued message starts with once its sender's id has been
+/// registered anew (`sotto admin release-user`, then a new registration): the message stays
+/// for its recipient, but it is not the new holder's, who must learn nothing of it. Nobody is
+/// told of its delivery, and a status request for it answers as for a message never sent. A
+/// client id a sender gives is base64url, so it never starts with `~`; the rest of the mark is
+/// the registration's time, so marks made for different holders never collide on the
+/// (sender, client id) key. The SQL that looks for it spells it `'~%'`.
+pub(crate) fn earlier_holder_mark(registered_at: i64) -> String {
+    format!("~{registered_at}~")
+}
+
+/// Whether a message's client id says an earlier holder of its sender's id sent it
+/// ([`earlier_holder_mark`]).
+pub fn sent_by_earlier_holder(client_id: &str) -> bool {
+    client_id.starts_with('~')
+}
+
 /// One group commit of the queue writer: messages to store, acknowledged messages to delete.
 #[derive(Debug, Default)]
 pub struct QueueBatch {
@@ -208,6 +225,11 @@ pub struct Committed {
     pub outcomes: Vec<StoreOutcome>,
     /// The acknowledgements of `acks` that matched a queued message of their recipient.
     pub acknowledged: Vec<Acknowledged>,
+    /// Of `deletes`, those whose sender must not be told of the delivery: gone already
+    /// (expired, or deleted with their recipient's id when it was registered anew), or sent by
+    /// an earlier holder of the sender's id ([`sent_by_earlier_holder`]). The writer matched
+    /// them from memory, which cannot know either.
+    pub withheld: Vec<i64>,
     /// When the batch is on disk. The batch is visible (readable, deliverable) as soon as it
     /// is committed; a sender may only hear "stored" once this resolves.
     pub durable: Durable,

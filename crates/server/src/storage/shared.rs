@@ -104,20 +104,30 @@ macro_rules! impl_storage {
             }
 
             /// Deletes acknowledged messages the writer already matched to their recipients.
+            /// Returns those whose receipt is withheld ([`Committed::withheld`]).
             async fn delete_in(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 ids: &[i64],
-            ) -> Result<(), StorageError> {
+            ) -> Result<Vec<i64>, StorageError> {
+                let mut withheld = Vec::new();
                 for chunk in fixed_chunks(ids) {
                     let mut delete = QueryBuilder::<$db>::new("DELETE FROM messages WHERE id IN (");
                     let mut list = delete.separated(", ");
                     for id in chunk {
                         list.push_bind(*id);
                     }
-                    delete.push(")");
-                    delete.build().execute(&mut **tx).await?;
+                    delete.push(") RETURNING id, client_id");
+                    let told: std::collections::HashSet<i64> = delete
+                        .build()
+                        .fetch_all(&mut **tx)
+                        .await?
+                        .iter()
+                        .filter(|row| !$crate::storage::sent_by_earlier_holder(row.get(1)))
+                        .map(|row| row.get(0))
+                        .collect();
+                    withheld.extend(chunk.iter().filter(|id| !told.contains(id)));
                 }
-                Ok(())
+                Ok(withheld)
             }
 
             /// Deletes acknowledged messages inside a transaction: only each recipient's own.
@@ -177,10 +187,16 @@ macro_rules! impl_storage {
                 batch: QueueBatch,
             ) -> Result<Committed, StorageError> {
                 let outcomes = Self::store_in(&mut tx, &batch.stores).await?;
-                Self::delete_in(&mut tx, &batch.deletes).await?;
+                let withheld = Self::delete_in(&mut tx, &batch.deletes).await?;
                 let acknowledged = Self::acknowledge_in(&mut tx, &batch.acks).await?;
                 tx.commit().await?;
-                Ok(Committed { stores: batch.stores, outcomes, acknowledged, durable: $crate::storage::Durable::now() })
+                Ok(Committed {
+                    stores: batch.stores,
+                    outcomes,
+                    acknowledged,
+                    withheld,
+                    durable: $crate::storage::Durable::now(),
+                })
             }
 
             /// Claims one user id inside `tx`: false if it is taken.
@@ -220,6 +236,16 @@ macro_rules! impl_storage {
                     .bind(&user.user_id)
                     .execute(&mut **tx)
                     .await?;
+                // What an earlier holder sent stays for its recipients, marked as not this
+                // holder's: its receipts and its status must not reach them.
+                sqlx::query(
+                    "UPDATE messages SET client_id = $2 || client_id \
+                     WHERE sender = $1 AND client_id NOT LIKE '~%'",
+                )
+                .bind(&user.user_id)
+                .bind($crate::storage::earlier_holder_mark(user.now))
+                .execute(&mut **tx)
+                .await?;
                 Ok(true)
             }
 
@@ -542,7 +568,8 @@ macro_rules! impl_storage {
                     let mut select =
                         QueryBuilder::<$db>::new("SELECT id FROM messages WHERE sender = ");
                     select.push_bind(sender);
-                    select.push(" AND id IN (");
+                    // An earlier holder's messages are not the asker's.
+                    select.push(" AND client_id NOT LIKE '~%' AND id IN (");
                     let mut list = select.separated(", ");
                     for id in chunk {
                         list.push_bind(*id);

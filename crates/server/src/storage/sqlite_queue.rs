@@ -35,7 +35,10 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::{Acknowledged, Committed, Durable, QueueBatch, StorageError, StoreOutcome};
+use super::{
+    Acknowledged, Committed, Durable, QueueBatch, StorageError, StoreOutcome,
+    sent_by_earlier_holder,
+};
 
 /// How far message ids jump each time the queue opens. Ids handed out but not yet flushed
 /// when the power went are forgotten by SQLite; the jump makes sure none of them is ever
@@ -116,10 +119,7 @@ struct Writer {
 
 impl Writer {
     /// Commits `batch` in one transaction (see [`commit_in_transaction`]).
-    fn commit(
-        &mut self,
-        batch: &QueueBatch,
-    ) -> rusqlite::Result<(Vec<StoreOutcome>, Vec<Acknowledged>)> {
+    fn commit(&mut self, batch: &QueueBatch) -> rusqlite::Result<Applied> {
         LOG_PAGES.set(None);
         let committed = commit_in_transaction(&mut self.connection, batch, &mut self.ids)?;
         if let Some(pages) = LOG_PAGES.take() {
@@ -265,9 +265,7 @@ impl QueueThread {
         match result {
             // The write lock was taken: nothing was applied (the transaction rolled back).
             Err(error) if is_busy(&error) => Err(batch),
-            Ok((outcomes, acknowledged)) => {
-                Ok(Ok(committed(batch, outcomes, acknowledged, &self.flusher)))
-            }
+            Ok(applied) => Ok(Ok(committed(batch, applied, &self.flusher))),
             Err(error) => Ok(Err(error.into())),
         }
     }
@@ -394,19 +392,15 @@ fn is_busy(error: &rusqlite::Error) -> bool {
 }
 
 /// A committed batch, with when it will be on disk.
-fn committed(
-    batch: QueueBatch,
-    outcomes: Vec<StoreOutcome>,
-    acknowledged: Vec<Acknowledged>,
-    flusher: &Flusher,
-) -> Committed {
+fn committed(batch: QueueBatch, applied: Applied, flusher: &Flusher) -> Committed {
     // A batch that only deletes needs no flush of its own: losing it brings acknowledged
     // messages back, which clients drop by id, and the next batch that stores flushes it
     // anyway. A batch that stores, even only duplicates (whose first copy may still be
     // waiting), is durable after the next flush.
     let durable =
         if batch.stores.is_empty() { Durable::now() } else { Durable::after(flusher.request()) };
-    Committed { stores: batch.stores, outcomes, acknowledged, durable }
+    let Applied { outcomes, acknowledged, withheld } = applied;
+    Committed { stores: batch.stores, outcomes, acknowledged, withheld, durable }
 }
 
 /// The queue thread: one batch at a time, until every sender is gone; then it lets the
@@ -418,7 +412,7 @@ fn serve(writer: &Mutex<Writer>, inbox: &mpsc::Receiver<Request>, flusher: &Flus
             .connection
             .busy_timeout(BUSY_TIMEOUT)
             .and_then(|()| writer.commit(&batch))
-            .map(|(outcomes, acknowledged)| committed(batch, outcomes, acknowledged, flusher))
+            .map(|applied| committed(batch, applied, flusher))
             .map_err(StorageError::from);
         // The writer may have given up waiting (shutdown); the commit stands either way.
         let _ = reply.send(result);
@@ -546,16 +540,24 @@ fn lower_this_threads_priority() {
     }
 }
 
+/// What a batch's transaction did (see [`Committed`]).
+struct Applied {
+    outcomes: Vec<StoreOutcome>,
+    acknowledged: Vec<Acknowledged>,
+    withheld: Vec<i64>,
+}
+
 /// One transaction for the whole batch; on any error it rolls back and nothing is applied.
 fn commit_in_transaction(
     connection: &mut Connection,
     batch: &QueueBatch,
     ids: &mut IdBlock,
-) -> rusqlite::Result<(Vec<StoreOutcome>, Vec<Acknowledged>)> {
+) -> rusqlite::Result<Applied> {
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut block = *ids;
     let mut outcomes = Vec::with_capacity(batch.stores.len());
     let mut acknowledged = Vec::with_capacity(batch.acks.len());
+    let mut withheld = Vec::new();
     {
         // A resend (same sender and client id) hits the unique index and inserts nothing; its
         // first copy's id is looked up, which only happens for duplicates.
@@ -590,9 +592,14 @@ fn commit_in_transaction(
                 )
             });
         }
-        let mut delete = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
+        // Matched from memory by the writer: the row says whether the sender is to be told.
+        let mut delete =
+            tx.prepare_cached("DELETE FROM messages WHERE id = ?1 RETURNING client_id")?;
         for id in &batch.deletes {
-            delete.execute([id])?;
+            let client_id: Option<String> = delete.query_row([id], |row| row.get(0)).optional()?;
+            if client_id.is_none_or(|client_id| sent_by_earlier_holder(&client_id)) {
+                withheld.push(*id);
+            }
         }
         // Only the recipient's own messages: an acknowledgement of someone else's id is a no-op.
         let mut acknowledge = tx.prepare_cached(
@@ -614,7 +621,7 @@ fn commit_in_transaction(
     }
     tx.commit()?;
     *ids = block;
-    Ok((outcomes, acknowledged))
+    Ok(Applied { outcomes, acknowledged, withheld })
 }
 
 #[cfg(test)]
