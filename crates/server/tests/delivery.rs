@@ -897,3 +897,35 @@ async fn messages_held_for_an_id_registered_anew_never_reach_its_new_holder() {
     bob.no_messages(Duration::from_millis(500)).await;
     assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 0);
 }
+
+/// A message held from an id's earlier holder when the id is registered anew still reaches
+/// its recipient, but its acknowledgement tells the new holder nothing, as for the stored ones
+/// (`an_earlier_holders_queued_messages_tell_the_ids_new_holder_nothing`, auth.rs): the
+/// receipt would name whom the earlier holder wrote to.
+#[tokio::test]
+async fn messages_held_from_an_id_registered_anew_tell_its_new_holder_nothing() {
+    let (server, earlier, mut bob) = holding_relay_with_alice_and_bob().await;
+    let storage = sotto_server::storage::open(&server.database_url).await.unwrap();
+    let _held = send_in_background(&earlier, "bob", client_id(), 1);
+    let pushed = bob.messages(1).await[0].id;
+    // The operator releases alice; someone takes the id while the message is held.
+    assert!(storage.release_user("alice").await.unwrap());
+    storage.close().await;
+    let mut alice = TestUser::register(&server, "alice").await;
+    caught_up(&server).await;
+    bob.client.ack(&[pushed]).await.unwrap();
+    // The new holder's own message, acknowledged after: its receipt is the first she gets.
+    let own = send_in_background(&alice, "bob", client_id(), 2);
+    let own_id = bob.messages(1).await[0].id;
+    bob.client.ack(&[own_id]).await.unwrap();
+    assert_eq!(own.await.unwrap().unwrap().id, own_id);
+    let receipts = loop {
+        match alice.next(support::WAIT).await.expect("a receipt") {
+            Incoming::Delivered(receipts) => break receipts,
+            _ => continue,
+        }
+    };
+    let told: Vec<i64> = receipts.iter().map(|receipt| receipt.id).collect();
+    assert_eq!(told, [own_id], "the new holder was told of the earlier holder's message");
+    assert_eq!(metric(&server, "sotto_messages_never_written_total").await, 2);
+}
