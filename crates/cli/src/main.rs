@@ -106,6 +106,11 @@ struct ServeArgs {
     /// Prefix of this deployment's Redis channels.
     #[arg(long, env = "SOTTO_REDIS_PREFIX", default_value = "sotto")]
     redis_prefix: String,
+    /// With --redis: how long a node's presence lease lasts, in milliseconds. Once a node's
+    /// lease lapses (killed, cut off), another node announces that its users left (unless
+    /// they are connected elsewhere).
+    #[arg(long, env = "SOTTO_NODE_LEASE_MS", default_value_t = 15_000)]
+    node_lease_ms: u64,
     /// Offer only the WebSocket transport (no HTTP long-polling), e.g. behind a load balancer
     /// without sticky sessions.
     #[arg(long, env = "SOTTO_WEBSOCKET_ONLY")]
@@ -223,6 +228,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.allow_polling = !args.websocket_only;
     config.redis_url = args.redis;
     config.redis_prefix = args.redis_prefix;
+    config.node_lease = std::time::Duration::from_millis(args.node_lease_ms.max(3));
     config.limits.events_per_second = args.events_per_second;
     config.limits.pair_messages_per_second = args.pair_messages_per_second;
     config.limits.max_queue_per_recipient = args.max_queue;

@@ -144,6 +144,11 @@ struct Node {
 
 impl Node {
     fn start(database: &str, redis: &str, prefix: &str) -> Self {
+        Self::start_with(database, redis, prefix, &[])
+    }
+
+    /// A node with `extra` arguments after the usual ones.
+    fn start_with(database: &str, redis: &str, prefix: &str, extra: &[&str]) -> Self {
         let port = free_port();
         let child = Command::new(SOTTO)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database", database])
@@ -151,6 +156,7 @@ impl Node {
             .args(["--events-per-second", "0", "--pair-messages-per-second", "0"])
             // One test registers 80 users from 127.0.0.1.
             .args(["--registrations-per-hour", "0"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -843,5 +849,47 @@ async fn a_user_connected_to_two_nodes_leaves_only_when_both_connections_close()
     let after_both = presence_within(&mut bob, WAIT, Some(&alice_left)).await;
     assert_eq!(after_both.last(), Some(&alice_left), "Bob was not told Alice left: {after_both:?}");
     drop((first, second));
+    database.drop_now().await;
+}
+
+/// A node killed with SIGKILL tells nobody that its users left. The other nodes see its
+/// presence lease lapse and announce them for it: a user connected only to the dead node is
+/// announced gone, one still connected to another node is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_users_of_a_killed_node_are_announced_gone_by_the_others() {
+    let database = Database::create().await;
+    let redis = Redis::start();
+    let prefix = format!("t{}", rand::random::<u32>());
+    let lease = ["--node-lease-ms", "1500"];
+    let mut doomed = Node::start_with(&database.url, &redis.url(), &prefix, &lease);
+    let survivor = Node::start_with(&database.url, &redis.url(), &prefix, &lease);
+    let mut bob = Peer::register(&survivor.url, "bob").await;
+    let alice = Peer::register(&doomed.url, "alice").await;
+    let carol = Peer::register(&doomed.url, "carol").await;
+    // Both write to Bob, so Bob is told when they come and go.
+    alice.client.send_raw("bob", "hello", &envelope("alice-1")).await.unwrap();
+    carol.client.send_raw("bob", "hello", &envelope("carol-1")).await.unwrap();
+    // Carol's second device, on the node that survives.
+    let (elsewhere, _elsewhere_pushes) = RelayClient::connect(&survivor.url, WAIT).await.unwrap();
+    elsewhere.login(&carol.id, &carol.identity).await.unwrap();
+    for node in [&doomed, &survivor] {
+        node.wait_caught_up().await;
+    }
+    let before = presence_within(&mut bob, Duration::from_millis(500), None).await;
+    assert!(before.iter().all(|(joined, _)| *joined), "{before:?}");
+
+    let killed = Instant::now();
+    doomed.kill9();
+    let alice_left = (false, "alice".to_owned());
+    let mut after = presence_within(&mut bob, WAIT, Some(&alice_left)).await;
+    assert_eq!(after.last(), Some(&alice_left), "Bob was not told Alice left: {after:?}");
+    let announced_in = killed.elapsed();
+    after.extend(presence_within(&mut bob, Duration::from_millis(1_000), None).await);
+    assert!(
+        !after.contains(&(false, "carol".to_owned())),
+        "Bob was told Carol left while her other device was connected: {after:?}"
+    );
+    eprintln!("a killed node's user announced gone {announced_in:?} after the kill (lease 1.5 s)");
+    drop((alice, carol, elsewhere, survivor));
     database.drop_now().await;
 }

@@ -7,13 +7,19 @@
 //! catches up (on login, and whenever its socket is found too slow). When Redis is down, pushes
 //! fall back to this node's own sockets and the error is counted; fred reconnects on its own, and
 //! [`Connected::keep_subscribed`] re-subscribes the adapter's channels.
+//!
+//! Redis also holds each node's presence lease ([`NodeLease`]): a key the node renews, and the
+//! set of users logged in to it. A node that dies cannot say that its users left; the others
+//! see its lease lapse and say it for it.
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use fred::clients::SubscriberClient;
-use fred::interfaces::{EventInterface, PubsubInterface};
+use fred::interfaces::{EventInterface, KeysInterface, PubsubInterface, SetsInterface};
 use fred::prelude::{Builder, Config as RedisConfig, ReconnectPolicy};
-use fred::types::RespVersion;
+use fred::types::{Expiration, RespVersion, SetOptions};
 use socketioxide::adapter::Emitter;
 use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
 
@@ -56,6 +62,128 @@ impl Connected {
                 tracing::info!("reconnected to Redis; channels re-subscribed");
             }
         });
+    }
+}
+
+/// Users added to a node's set per command, so that a node with many users sends several
+/// moderate commands rather than one huge one.
+const USERS_PER_COMMAND: usize = 1_000;
+
+/// A node's presence lease in Redis, and what it takes to act for a node whose lease lapsed.
+///
+/// Every node renews `PREFIX:node:ID:lease` (it expires after the lease time) a few times per
+/// lease time, rewriting `PREFIX:node:ID:users` with the users logged in to it each time, and
+/// is a member of `PREFIX:nodes`. A node whose lease has lapsed (killed, cut off, stopped) is
+/// taken over by whichever node first claims `PREFIX:node:ID:sweep`: that node announces each
+/// of its users afresh (`user:left` unless they are connected elsewhere; an announcement tells
+/// the state when it is made, so one made for a user still online is a harmless repeat), then
+/// forgets the node. A node whose own lease lapsed (Redis was away) writes its set again at its
+/// next renewal; if another node swept it meanwhile, its users were announced as they are.
+#[derive(Clone, Debug)]
+pub(crate) struct NodeLease {
+    client: SubscriberClient,
+    prefix: Arc<str>,
+    node: Arc<str>,
+    lease: Duration,
+}
+
+impl NodeLease {
+    /// The lease of the node `node` (this one), lasting `lease`.
+    pub(crate) fn new(connected: &Connected, prefix: &str, node: String, lease: Duration) -> Self {
+        Self { client: connected.client.clone(), prefix: prefix.into(), node: node.into(), lease }
+    }
+
+    /// How often the lease is renewed: three times per lease time, so one renewal lost to a
+    /// slow round trip does not let it lapse.
+    pub(crate) fn renew_every(&self) -> Duration {
+        self.lease / 3
+    }
+
+    fn key(&self, node: &str, what: &str) -> String {
+        format!("{}:node:{node}:{what}", self.prefix)
+    }
+
+    fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX).max(1)
+    }
+
+    /// Renews this node's lease and rewrites its set of users with `users` (those logged in to
+    /// it now). The lease comes first: a node sweeps another only once its lease has lapsed, so
+    /// nobody reads the set while it is being rewritten.
+    pub(crate) async fn renew(&self, users: &[Arc<str>]) -> Result<(), fred::error::Error> {
+        let lease = self.key(&self.node, "lease");
+        let users_key = self.key(&self.node, "users");
+        self.client
+            .set::<(), _, _>(&lease, 1, Some(Expiration::PX(self.lease_ms())), None, false)
+            .await?;
+        self.client.sadd::<(), _, _>(self.nodes_key(), self.node.as_ref()).await?;
+        self.client.del::<(), _>(&users_key).await?;
+        for chunk in users.chunks(USERS_PER_COMMAND) {
+            let members: Vec<&str> = chunk.iter().map(AsRef::as_ref).collect();
+            self.client.sadd::<(), _, _>(&users_key, members).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds `user` to this node's set at once (a login), so that a node dying before its next
+    /// renewal still has its newest users announced.
+    pub(crate) async fn add(&self, user: &str) -> Result<(), fred::error::Error> {
+        self.client.sadd::<(), _, _>(self.key(&self.node, "users"), user).await
+    }
+
+    /// Other nodes whose lease has lapsed.
+    pub(crate) async fn lapsed(&self) -> Result<Vec<String>, fred::error::Error> {
+        let nodes: Vec<String> = self.client.smembers(self.nodes_key()).await?;
+        let mut lapsed = Vec::new();
+        for node in nodes.into_iter().filter(|node| *node != *self.node) {
+            let live: i64 = self.client.exists(self.key(&node, "lease")).await?;
+            if live == 0 {
+                lapsed.push(node);
+            }
+        }
+        Ok(lapsed)
+    }
+
+    /// Claims the lapsed `node` for this one to sweep; its users if the claim is this node's
+    /// (`None`: another node has it, or its lease was renewed meanwhile).
+    pub(crate) async fn claim(
+        &self,
+        node: &str,
+    ) -> Result<Option<Vec<String>>, fred::error::Error> {
+        let claimed: Option<String> = self
+            .client
+            .set(
+                self.key(node, "sweep"),
+                self.node.as_ref(),
+                Some(Expiration::PX(self.lease_ms())),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await?;
+        if claimed.is_none() {
+            return Ok(None);
+        }
+        let live: i64 = self.client.exists(self.key(node, "lease")).await?;
+        if live > 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.client.smembers(self.key(node, "users")).await?))
+    }
+
+    /// Forgets a node that has been swept.
+    pub(crate) async fn forget(&self, node: &str) -> Result<(), fred::error::Error> {
+        self.client.del::<(), _>(self.key(node, "users")).await?;
+        self.client.srem::<(), _, _>(self.nodes_key(), node).await
+    }
+
+    /// Gives this node's lease up (a graceful stop): the others sweep it at their next renewal
+    /// rather than once it would have lapsed.
+    pub(crate) async fn give_up(&self) -> Result<(), fred::error::Error> {
+        self.client.del::<(), _>(self.key(&self.node, "lease")).await
     }
 }
 

@@ -34,6 +34,11 @@ pub struct Config {
     pub write_behind: Duration,
     /// How often expired messages are purged and the queue-depth gauge is counted afresh.
     pub housekeeping_every: Duration,
+    /// Clustered: how long a node's presence lease in Redis lasts without renewal (it renews
+    /// it three times as often). Once a node's lease has lapsed (it was killed, or cut off from
+    /// Redis), another node announces its users' departures for it (`lease.rs`), so their
+    /// contacts stop seeing them online within about this long.
+    pub node_lease: Duration,
     /// Set by [`Config::bind_login_hosts`]: accept the `Host` header a client sent as the name
     /// its login is bound to (no public name was configured for a wildcard address).
     pub(crate) trust_host_header: bool,
@@ -53,6 +58,7 @@ impl Config {
             limits: Limits::default(),
             write_behind: Duration::from_millis(50),
             housekeeping_every: Duration::from_secs(60),
+            node_lease: Duration::from_secs(15),
             trust_host_header: false,
         }
     }

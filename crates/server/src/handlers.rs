@@ -233,7 +233,7 @@ async fn log_out<A: Adapter>(relay: &Relay<A>, connection: &Connection) {
 /// the state once the contacts are loaded, not the event that caused the call, so that when a
 /// login and a disconnect race, the announcement made last tells the truth (and one made early
 /// may be a repeat, which clients take as a no-op).
-async fn announce<A: Adapter>(relay: &Relay<A>, user: &str) {
+pub(crate) async fn announce<A: Adapter>(relay: &Relay<A>, user: &str) {
     let contacts = match relay.storage.written_to(user).await {
         Ok(contacts) => contacts,
         // A connection that closed while the relay stops (socketioxide runs disconnect
@@ -255,6 +255,15 @@ async fn announce<A: Adapter>(relay: &Relay<A>, user: &str) {
     let event = if online { events::USER_JOINED } else { events::USER_LEFT };
     delivery::push_presence(relay, event, contacts.iter().map(|contact| (contact.as_str(), user)))
         .await;
+    // A login on this node: in its presence lease at once, so that the user is announced
+    // gone if the node dies before its next renewal (`lease.rs`).
+    if let Some(lease) = relay.node_lease()
+        && relay.is_online(user)
+        && let Err(error) = lease.add(user).await
+    {
+        relay.metrics.adapter_errors.inc();
+        tracing::debug!(%error, "adding a user to this node's presence lease failed");
+    }
 }
 
 // ---- authentication ----------------------------------------------------------------------

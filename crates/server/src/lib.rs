@@ -33,6 +33,7 @@ mod cluster;
 mod delivery;
 mod handlers;
 mod http;
+mod lease;
 mod limits;
 mod listener;
 mod memory;
@@ -114,10 +115,13 @@ pub async fn serve(
         }
         Some(url) => {
             let (constructor, redis) = cluster::adapter(&url, &config.redis_prefix).await?;
+            let (prefix, node_lease) = (config.redis_prefix.clone(), config.node_lease);
             let builder = SocketIo::builder().with_adapter::<cluster::Adapter>(constructor);
             let (parts, layer, io) = Parts::new(config, storage, metrics, builder);
             handlers::register_cluster_namespace(&io).await?;
             redis.keep_subscribed();
+            let node = io.config().server_id.to_string();
+            parts.relay.attach_lease(cluster::NodeLease::new(&redis, &prefix, node, node_lease));
             parts.run(layer, io, listener, shutdown).await
         }
     }
@@ -183,6 +187,8 @@ impl<A: Adapter> Parts<A> {
             relay.clustered().then(|| tokio::spawn(delivery::run_redelivery(relay.clone())));
         let releasing =
             tokio::spawn(memory::run_release_when_quiet(metrics.clone(), storage.clone()));
+        let leasing =
+            relay.node_lease().map(|lease| tokio::spawn(lease::keep(relay.clone(), lease.clone())));
         let listener = capped(listener, relay.limits(), metrics.clone());
         let app = http::routes(http::HttpState { storage: storage.clone(), metrics })
             .layer(layer)
@@ -208,6 +214,14 @@ impl<A: Adapter> Parts<A> {
         io.close().await;
         housekeeping.abort();
         releasing.abort();
+        if let (Some(leasing), Some(lease)) = (leasing, relay.node_lease()) {
+            leasing.abort();
+            // The other nodes announce this one's users at their next renewal, not once the
+            // lease would have lapsed.
+            if let Err(error) = lease.give_up().await {
+                tracing::debug!(%error, "could not give this node's presence lease up");
+            }
+        }
         if let Some(redelivery) = redelivery {
             redelivery.abort();
         }

@@ -388,6 +388,8 @@ pub struct Relay<A: Adapter> {
     /// The Socket.IO server, for pushes; set once the layer is built (it holds the relay as
     /// its state, so the two are made one after the other).
     io: OnceLock<SocketIo<A>>,
+    /// This node's presence lease in Redis (clustered only).
+    node_lease: OnceLock<crate::cluster::NodeLease>,
     /// The queue writer's inbox.
     pub(crate) writer: mpsc::Sender<Job<A>>,
     /// Registrations, committed in groups.
@@ -471,6 +473,7 @@ impl<A: Adapter> Relay<A> {
             storage,
             metrics,
             io: OnceLock::new(),
+            node_lease: OnceLock::new(),
             writer,
         }
     }
@@ -478,6 +481,16 @@ impl<A: Adapter> Relay<A> {
     /// Gives the relay its Socket.IO handle.
     pub(crate) fn attach_io(&self, io: SocketIo<A>) {
         let _ = self.io.set(io);
+    }
+
+    /// Gives the relay its presence lease (clustered).
+    pub(crate) fn attach_lease(&self, lease: crate::cluster::NodeLease) {
+        let _ = self.node_lease.set(lease);
+    }
+
+    /// This node's presence lease (clustered only).
+    pub(crate) fn node_lease(&self) -> Option<&crate::cluster::NodeLease> {
+        self.node_lease.get()
     }
 
     /// The Socket.IO handle (none only before start-up finished).
