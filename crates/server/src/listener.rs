@@ -29,12 +29,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use prometheus_client::metrics::gauge::Gauge;
-
 use crate::metrics::Metrics;
 
 /// The rejection reason counted for a connection refused at the door.
 pub(crate) const CONNECTION_LIMIT: &str = "connection_limit";
+/// The rejection reason counted for a connection closed because its writes stalled.
+pub(crate) const STALLED_WRITES: &str = "stalled_writes";
 /// What a connection refused at the door is told, before it has said anything: HTTP clients
 /// (a browser's WebSocket, the terminal client) then report that the relay is full, rather
 /// than a connection that broke.
@@ -195,16 +195,14 @@ impl CappedListener {
                         tracing::debug!(%error, "could not set TCP_NODELAY");
                     }
                     self.metrics.tcp_connections.inc();
-                    let open = OpenConnection {
-                        _permit: permit,
-                        gauge: self.metrics.tcp_connections.clone(),
-                    };
+                    let open = OpenConnection { _permit: permit, metrics: self.metrics.clone() };
                     let silent_until = Some(Box::pin(tokio::time::sleep(self.first_byte_within)));
                     let counted = CountedStream {
                         stream,
                         silent_until,
                         stalled_write_within: self.stalled_write_within,
                         write_stalled_until: None,
+                        given_up: false,
                         _open: open,
                     };
                     return (counted, address);
@@ -216,6 +214,11 @@ impl CappedListener {
 
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The relay's metrics.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 }
 
@@ -267,6 +270,9 @@ pub(crate) struct CountedStream {
     /// While a write waits (the socket's buffer is full: the client reads nothing, or its link
     /// stalled): when the connection is given up. Allocated only then, dropped once it goes on.
     write_stalled_until: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the connection was given up ([`CountedStream::give_up`]): every later write
+    /// that would wait fails at once.
+    given_up: bool,
     _open: OpenConnection,
 }
 
@@ -288,7 +294,10 @@ impl CountedStream {
         if until.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        self.give_up();
+        if !self.given_up {
+            self.given_up = true;
+            self.give_up();
+        }
         let error = io::Error::new(io::ErrorKind::TimedOut, "the client read nothing for too long");
         Poll::Ready(Err(error))
     }
@@ -301,6 +310,7 @@ impl CountedStream {
     /// read); the messages in it are still queued or held until acknowledged, and reach the
     /// client when it reconnects.
     fn give_up(&self) {
+        self._open.metrics.reject(STALLED_WRITES);
         if let Err(error) = sockopt::set_socket_linger(&self.stream, Some(Duration::ZERO)) {
             tracing::debug!(%error, "could not set SO_LINGER on a stalled connection");
         }
@@ -316,12 +326,12 @@ impl CountedStream {
 #[derive(Debug)]
 struct OpenConnection {
     _permit: OwnedSemaphorePermit,
-    gauge: Gauge,
+    metrics: Arc<Metrics>,
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.gauge.dec();
+        self.metrics.tcp_connections.dec();
     }
 }
 

@@ -17,6 +17,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -28,6 +29,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::listener::{CappedListener, CountedStream};
+use crate::metrics::Metrics;
 
 /// The address a connection came from, as the listener saw it (a proxy's, behind one; see
 /// `address.rs`), in every request's extensions.
@@ -62,7 +64,8 @@ pub(crate) async fn serve(
             accepted = listener.accept() => accepted,
             () = &mut stop => break,
         };
-        let connection = serve_connection(stream, peer, app.clone(), deadlines);
+        let metrics = listener.metrics().clone();
+        let connection = serve_connection(stream, peer, app.clone(), deadlines, metrics);
         let stop_seen = stop_seen.clone();
         let finished_seen = finished_seen.clone();
         tokio::spawn(async move {
@@ -83,15 +86,20 @@ fn serve_connection(
     peer: SocketAddr,
     app: Router,
     deadlines: Deadlines,
+    metrics: Arc<Metrics>,
 ) -> http1::UpgradeableConnection<TokioIo<CountedStream>, impl HttpService> {
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let mut request = request.map(axum::body::Body::new);
         request.extensions_mut().insert(PeerAddress(peer));
         let answer = app.clone().oneshot(request);
+        let metrics = metrics.clone();
         async move {
             match tokio::time::timeout(deadlines.request_within, answer).await {
                 Ok(answered) => answered,
-                Err(_) => Ok(too_slow()),
+                Err(_) => {
+                    metrics.reject(REQUEST_TIMEOUT);
+                    Ok(too_slow())
+                }
             }
         }
     });
@@ -100,8 +108,13 @@ fn serve_connection(
     builder.serve_connection(TokioIo::new(stream), service).with_upgrades()
 }
 
+/// The rejection reason counted for a request not completed in time.
+const REQUEST_TIMEOUT: &str = "request_timeout";
+
 /// The answer to a request not completed within `Limits::request_within`; the connection is
-/// closed after it (hyper would not reuse it anyway with the body unread).
+/// closed after it (hyper would not reuse it anyway with the body unread). With the body's rest
+/// unread, the close is a reset, which can reach the client before it has read the answer: a
+/// client this slow was hostile or broken.
 fn too_slow() -> axum::response::Response {
     let close = [(hyper::header::CONNECTION, "close")];
     (hyper::StatusCode::REQUEST_TIMEOUT, close, "request not received in time\n").into_response()

@@ -394,6 +394,9 @@ async fn a_request_body_sent_too_slowly_is_answered_408_and_gives_its_place_back
     })
     .await;
     let sid = polling_session(server.addr).await;
+    // A silent connection holds one place (its own deadline is 10 s away), the trickler the
+    // other.
+    let silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let (mut answer, mut body) =
         tokio::net::TcpStream::connect(server.addr).await.unwrap().into_split();
     let head = format!(
@@ -407,10 +410,23 @@ async fn a_request_body_sent_too_slowly_is_answered_408_and_gives_its_place_back
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
+    assert_eq!(health_over_new_connection(server.addr).await, Some(503), "a place was free");
     let answer = until_closed(&mut answer, "the connection trickling a body").await;
     trickle.abort();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    // The trickler's place is given back: served while the silent one still holds the other.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let metrics = loop {
+        if let Some((200, metrics)) = get_over_new_connection(server.addr, "/metrics").await {
+            break metrics;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the trickler's place was kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let counted = "sotto_rejections_total{reason=\"request_timeout\"} 1\n";
+    assert!(metrics.contains(counted), "{metrics}");
+    drop(silent);
     served_again_and_outlived_by_a_client(&server, Duration::from_millis(1_500)).await;
 }
 
@@ -463,6 +479,8 @@ async fn a_connection_whose_client_reads_nothing_is_closed_and_catches_up_later(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(metrics.contains("sotto_rejections_total{reason=\"stalled_writes\"} 1\n"), "{metrics}");
     // What reaches bob before the end is the start of what alice sent, with no gap.
     proxy.resume();
     let mut received = Vec::new();
