@@ -314,13 +314,14 @@ async fn process<A: Adapter>(
         match job {
             Job::Flush(done) => flushes.push(done),
             Job::Forget { user, registered_at } => {
-                // Sent before the registration (the new holder's come after it): the earlier
-                // holder's, marked like the ones stored and held.
+                // Received before the registration: the earlier holder's, marked like the ones
+                // stored and held.
                 let mark = earlier_holder_mark(registered_at);
-                for (message, ..) in stores.iter_mut().filter(|(m, ..)| m.sender == user) {
+                let earlier = |m: &NewMessage| m.sender == user && m.created_at < registered_at;
+                for (message, ..) in stores.iter_mut().filter(|(m, ..)| earlier(m)) {
                     message.client_id.insert_str(0, &mark);
                 }
-                forgotten.push((user, mark));
+                forgotten.push((user, registered_at));
             }
             Job::Store { message, ack, received } => stores.push((message, ack, received)),
             Job::Ack { acks: more, answer } => {
@@ -332,9 +333,9 @@ async fn process<A: Adapter>(
             }
         }
     }
-    for (user, mark) in forgotten {
-        forget_held(relay, unwritten, &user);
-        unwritten.mark_sender(&user, &mark);
+    for (user, registered_at) in &forgotten {
+        forget_held(relay, unwritten, user);
+        unwritten.mark_sender(user, *registered_at);
     }
     let (messages, tickets) = admit(relay, unwritten, stores).await;
     // Which messages may be resends of one held or stored recently, looked at before this
@@ -397,7 +398,7 @@ async fn process<A: Adapter>(
     let deletes: Vec<i64> = known.iter().map(|a| a.id).collect();
     let mut stores = late_messages;
     stores.extend(fresh);
-    let batch = QueueBatch { stores, deletes, acks: unknown };
+    let batch = QueueBatch { stores, deletes, acks: unknown, earlier_holders: forgotten };
     let mut after =
         AfterFlush { durable: Durable::now(), answers: Vec::new(), receipts: Vec::new(), flushes };
     if batch.is_empty() {

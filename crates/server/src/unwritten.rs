@@ -153,13 +153,18 @@ impl<T> Unwritten<T> {
         ids.into_iter().filter_map(|id| self.remove(id)).collect()
     }
 
-    /// Marks the client ids of the messages held from `sender` with `mark`: its id has been
-    /// registered anew, and what its earlier holder sent is not the new holder's
-    /// (`crate::storage::earlier_holder_mark`). Their send keys stay: a send of the new holder
-    /// with the same client id only looks like a possible resend, and is stored the careful way.
-    pub(crate) fn mark_sender(&mut self, sender: &str, mark: &str) {
-        for held in self.messages.values_mut().filter(|held| held.message.sender == sender) {
-            held.message.client_id.insert_str(0, mark);
+    /// Marks the client ids of the messages held from `sender` received before
+    /// `registered_at`: its id has been registered anew then, and what its earlier holder sent
+    /// is not the new holder's (`crate::storage::earlier_holder_mark`). Their send keys stay: a
+    /// send of the new holder with the same client id only looks like a possible resend, and
+    /// is stored the careful way.
+    pub(crate) fn mark_sender(&mut self, sender: &str, registered_at: i64) {
+        let mark = crate::storage::earlier_holder_mark(registered_at);
+        let earlier = |held: &&mut Held<T>| {
+            held.message.sender == sender && held.message.created_at < registered_at
+        };
+        for held in self.messages.values_mut().filter(earlier) {
+            held.message.client_id.insert_str(0, &mark);
         }
     }
 

@@ -321,6 +321,22 @@ async fn run_suite(store: Arc<dyn Storage>) {
         "the earlier holder's, and a gone one"
     );
     assert_eq!(store.pending_count("carol").await.unwrap(), 0);
+    // The queue writer marks what an earlier holder sent before the registration and the
+    // writer committed after it: only what was received before the registration.
+    let before = store.store_messages(&[message("alice", "carol", "raced")]).await.unwrap()[0];
+    let after = NewMessage { created_at: 3_000, ..message("alice", "carol", "fresh") };
+    let after = store.store_messages(&[after]).await.unwrap()[0];
+    let marking =
+        QueueBatch { earlier_holders: vec![("alice".into(), 2_000)], ..QueueBatch::default() };
+    store.commit_batch(marking).await.unwrap();
+    assert_eq!(
+        store.message_status("alice", &[before.id(), after.id()]).await.unwrap(),
+        [(before.id(), MessageStatus::Delivered), (after.id(), MessageStatus::Pending)]
+    );
+    let deletes = vec![before.id(), after.id()];
+    let committed =
+        store.commit_batch(QueueBatch { deletes, ..QueueBatch::default() }).await.unwrap();
+    assert_eq!(committed.withheld, [before.id()]);
     store.close().await;
 }
 
@@ -421,6 +437,7 @@ async fn sqlite_queue_thread_commits_with_the_pool_and_refuses_after_close() {
             stores: vec![message("alice", "bob", "a"), message("bob", "alice", "c")],
             deletes: vec![a],
             acks: vec![("alice".into(), b), ("bob".into(), b)],
+            earlier_holders: Vec::new(),
         })
         .await
         .unwrap();

@@ -187,7 +187,7 @@ impl StoreOutcome {
 /// client id a sender gives is base64url, so it never starts with `~`; the rest of the mark is
 /// the registration's time, so marks made for different holders never collide on the
 /// (sender, client id) key. The SQL that looks for it spells it `'~%'`.
-pub(crate) fn earlier_holder_mark(registered_at: i64) -> String {
+pub fn earlier_holder_mark(registered_at: i64) -> String {
     format!("~{registered_at}~")
 }
 
@@ -206,12 +206,20 @@ pub struct QueueBatch {
     pub deletes: Vec<i64>,
     /// `(recipient, id)` acknowledgements still to match, as [`Storage::acknowledge`] does.
     pub acks: Vec<(String, i64)>,
+    /// `(sender, registered_at)` of ids registered anew: what the sender's earlier holder sent
+    /// before then and is still queued is marked ([`earlier_holder_mark`]). The registration
+    /// marked what was committed before it; this, in the queue writer's order, marks what the
+    /// writer committed between the registration and hearing of it.
+    pub earlier_holders: Vec<(String, i64)>,
 }
 
 impl QueueBatch {
     /// Whether there is nothing to commit.
     pub fn is_empty(&self) -> bool {
-        self.stores.is_empty() && self.deletes.is_empty() && self.acks.is_empty()
+        self.stores.is_empty()
+            && self.deletes.is_empty()
+            && self.acks.is_empty()
+            && self.earlier_holders.is_empty()
     }
 }
 

@@ -116,13 +116,17 @@ macro_rules! impl_storage {
                     for id in chunk {
                         list.push_bind(*id);
                     }
-                    delete.push(") RETURNING id, client_id");
+                    // The mark, tested in SQL (`sent_by_earlier_holder`); an integer, which
+                    // both databases return alike.
+                    delete.push(
+                        ") RETURNING id, CASE WHEN client_id LIKE '~%' THEN 1 ELSE 0 END",
+                    );
                     let told: std::collections::HashSet<i64> = delete
                         .build()
                         .fetch_all(&mut **tx)
                         .await?
                         .iter()
-                        .filter(|row| !$crate::storage::sent_by_earlier_holder(row.get(1)))
+                        .filter(|row| row.get::<i32, _>(1) == 0)
                         .map(|row| row.get(0))
                         .collect();
                     withheld.extend(chunk.iter().filter(|id| !told.contains(id)));
@@ -187,6 +191,17 @@ macro_rules! impl_storage {
                 batch: QueueBatch,
             ) -> Result<Committed, StorageError> {
                 let outcomes = Self::store_in(&mut tx, &batch.stores).await?;
+                for (sender, registered_at) in &batch.earlier_holders {
+                    sqlx::query(
+                        "UPDATE messages SET client_id = $2 || client_id \
+                         WHERE sender = $1 AND created_at < $3 AND client_id NOT LIKE '~%'",
+                    )
+                    .bind(sender)
+                    .bind($crate::storage::earlier_holder_mark(*registered_at))
+                    .bind(*registered_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 let withheld = Self::delete_in(&mut tx, &batch.deletes).await?;
                 let acknowledged = Self::acknowledge_in(&mut tx, &batch.acks).await?;
                 tx.commit().await?;

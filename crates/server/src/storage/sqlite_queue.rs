@@ -36,8 +36,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use tokio::sync::oneshot;
 
 use super::{
-    Acknowledged, Committed, Durable, QueueBatch, StorageError, StoreOutcome,
-    sent_by_earlier_holder,
+    Acknowledged, Committed, Durable, QueueBatch, StorageError, StoreOutcome, earlier_holder_mark,
 };
 
 /// How far message ids jump each time the queue opens. Ids handed out but not yet flushed
@@ -244,7 +243,10 @@ impl QueueThread {
         &self,
         batch: QueueBatch,
     ) -> Result<Result<Committed, StorageError>, QueueBatch> {
-        let jobs = batch.stores.len() + batch.acks.len() + batch.deletes.len();
+        let jobs = batch.stores.len()
+            + batch.acks.len()
+            + batch.deletes.len()
+            + batch.earlier_holders.len();
         if jobs > INLINE_MAX_JOBS || !self.flusher.has_room() {
             return Err(batch);
         }
@@ -592,12 +594,20 @@ fn commit_in_transaction(
                 )
             });
         }
-        // Matched from memory by the writer: the row says whether the sender is to be told.
+        let mut mark = tx.prepare_cached(
+            "UPDATE messages SET client_id = ?2 || client_id \
+             WHERE sender = ?1 AND created_at < ?3 AND client_id NOT LIKE '~%'",
+        )?;
+        for (sender, registered_at) in &batch.earlier_holders {
+            mark.execute(params![sender, earlier_holder_mark(*registered_at), registered_at])?;
+        }
+        // Matched from memory by the writer: the row says whether the sender is to be told
+        // (`sent_by_earlier_holder`, in SQL).
         let mut delete =
-            tx.prepare_cached("DELETE FROM messages WHERE id = ?1 RETURNING client_id")?;
+            tx.prepare_cached("DELETE FROM messages WHERE id = ?1 RETURNING client_id LIKE '~%'")?;
         for id in &batch.deletes {
-            let client_id: Option<String> = delete.query_row([id], |row| row.get(0)).optional()?;
-            if client_id.is_none_or(|client_id| sent_by_earlier_holder(&client_id)) {
+            let earlier: Option<bool> = delete.query_row([id], |row| row.get(0)).optional()?;
+            if earlier.is_none_or(|earlier| earlier) {
                 withheld.push(*id);
             }
         }
