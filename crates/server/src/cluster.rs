@@ -65,20 +65,23 @@ impl Connected {
     }
 }
 
-/// Users added to a node's set per command, so that a node with many users sends several
-/// moderate commands rather than one huge one.
+/// Users sent to Redis per command, so that a node with many users sends several moderate
+/// commands rather than one huge one.
 const USERS_PER_COMMAND: usize = 1_000;
+
+/// The shortest lease: renewals go three times per lease, and each may take up to fred's 1 s
+/// command timeout.
+const SHORTEST_LEASE: Duration = Duration::from_secs(1);
 
 /// A node's presence lease in Redis, and what it takes to act for a node whose lease lapsed.
 ///
-/// Every node renews `PREFIX:node:ID:lease` (it expires after the lease time) a few times per
-/// lease time, rewriting `PREFIX:node:ID:users` with the users logged in to it each time, and
-/// is a member of `PREFIX:nodes`. A node whose lease has lapsed (killed, cut off, stopped) is
-/// taken over by whichever node first claims `PREFIX:node:ID:sweep`: that node announces each
-/// of its users afresh (`user:left` unless they are connected elsewhere; an announcement tells
-/// the state when it is made, so one made for a user still online is a harmless repeat), then
-/// forgets the node. A node whose own lease lapsed (Redis was away) writes its set again at its
-/// next renewal; if another node swept it meanwhile, its users were announced as they are.
+/// Every node renews `PREFIX:node:ID:lease` (it expires after the lease time) three times per
+/// lease time, keeps `PREFIX:node:ID:users` up to date with the users logged in to it, and is a
+/// member of `PREFIX:nodes`; the set and the list of nodes expire three lease times after the
+/// last renewal, so nothing stays in Redis for long once every node is gone. A node whose lease
+/// has lapsed (killed, its machine lost, cut off from Redis) is taken over by whichever node
+/// first claims `PREFIX:node:ID:sweep`: that node tells the contacts of each of its users who is
+/// in no live node's set that the user left (see `lease.rs`), then forgets the node.
 #[derive(Clone, Debug)]
 pub(crate) struct NodeLease {
     client: SubscriberClient,
@@ -88,8 +91,9 @@ pub(crate) struct NodeLease {
 }
 
 impl NodeLease {
-    /// The lease of the node `node` (this one), lasting `lease`.
+    /// The lease of the node `node` (this one), lasting `lease` (at least a second).
     pub(crate) fn new(connected: &Connected, prefix: &str, node: String, lease: Duration) -> Self {
+        let lease = lease.max(SHORTEST_LEASE);
         Self { client: connected.client.clone(), prefix: prefix.into(), node: node.into(), lease }
     }
 
@@ -107,26 +111,49 @@ impl NodeLease {
         format!("{}:nodes", self.prefix)
     }
 
-    fn lease_ms(&self) -> i64 {
-        i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX).max(1)
+    fn ms(duration: Duration) -> i64 {
+        i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// Renews this node's lease and rewrites its set of users with `users` (those logged in to
-    /// it now). The lease comes first: a node sweeps another only once its lease has lapsed, so
-    /// nobody reads the set while it is being rewritten.
-    pub(crate) async fn renew(&self, users: &[Arc<str>]) -> Result<(), fred::error::Error> {
-        let lease = self.key(&self.node, "lease");
-        let users_key = self.key(&self.node, "users");
-        self.client
-            .set::<(), _, _>(&lease, 1, Some(Expiration::PX(self.lease_ms())), None, false)
-            .await?;
+    /// How long the set of users and the list of nodes outlive the last renewal.
+    fn kept_ms(&self) -> i64 {
+        Self::ms(self.lease * 3)
+    }
+
+    /// Renews this node's lease. Returns whether it was still held: false on the first
+    /// renewal, and after a lapse (Redis was unreachable, or lost its data), when another node
+    /// may have swept this one and told its users' contacts that they left.
+    pub(crate) async fn renew(&self) -> Result<bool, fred::error::Error> {
+        let expires = Some(Expiration::PX(Self::ms(self.lease)));
+        let held: Option<String> =
+            self.client.set(self.key(&self.node, "lease"), 1, expires, None, true).await?;
         self.client.sadd::<(), _, _>(self.nodes_key(), self.node.as_ref()).await?;
-        self.client.del::<(), _>(&users_key).await?;
-        for chunk in users.chunks(USERS_PER_COMMAND) {
-            let members: Vec<&str> = chunk.iter().map(AsRef::as_ref).collect();
-            self.client.sadd::<(), _, _>(&users_key, members).await?;
+        self.client.pexpire::<(), _>(self.nodes_key(), self.kept_ms(), None).await?;
+        Ok(held.is_some())
+    }
+
+    /// Replaces this node's set of users with `users`. Not atomic: a node killed in the
+    /// middle leaves part of its set, and a login added meanwhile is left out until the next
+    /// renewal; it runs only on the first renewal and after a lapse.
+    pub(crate) async fn rewrite_users(&self, users: &[&str]) -> Result<(), fred::error::Error> {
+        self.client.del::<(), _>(self.key(&self.node, "users")).await?;
+        self.update_users(users, &[]).await
+    }
+
+    /// Adds `added` to this node's set of users and removes `removed`.
+    pub(crate) async fn update_users(
+        &self,
+        added: &[&str],
+        removed: &[&str],
+    ) -> Result<(), fred::error::Error> {
+        let users = self.key(&self.node, "users");
+        for chunk in added.chunks(USERS_PER_COMMAND) {
+            self.client.sadd::<(), _, _>(&users, chunk.to_vec()).await?;
         }
-        Ok(())
+        for chunk in removed.chunks(USERS_PER_COMMAND) {
+            self.client.srem::<(), _, _>(&users, chunk.to_vec()).await?;
+        }
+        self.client.pexpire::<(), _>(&users, self.kept_ms(), None).await
     }
 
     /// Adds `user` to this node's set at once (a login), so that a node dying before its next
@@ -135,17 +162,17 @@ impl NodeLease {
         self.client.sadd::<(), _, _>(self.key(&self.node, "users"), user).await
     }
 
-    /// Other nodes whose lease has lapsed.
-    pub(crate) async fn lapsed(&self) -> Result<Vec<String>, fred::error::Error> {
+    /// The other nodes: those whose lease is held, and those whose lease has lapsed.
+    pub(crate) async fn other_nodes(
+        &self,
+    ) -> Result<(Vec<String>, Vec<String>), fred::error::Error> {
         let nodes: Vec<String> = self.client.smembers(self.nodes_key()).await?;
-        let mut lapsed = Vec::new();
+        let (mut live, mut lapsed) = (Vec::new(), Vec::new());
         for node in nodes.into_iter().filter(|node| *node != *self.node) {
-            let live: i64 = self.client.exists(self.key(&node, "lease")).await?;
-            if live == 0 {
-                lapsed.push(node);
-            }
+            let held: i64 = self.client.exists(self.key(&node, "lease")).await?;
+            if held > 0 { live.push(node) } else { lapsed.push(node) }
         }
-        Ok(lapsed)
+        Ok((live, lapsed))
     }
 
     /// Claims the lapsed `node` for this one to sweep; its users if the claim is this node's
@@ -159,23 +186,46 @@ impl NodeLease {
             .set(
                 self.key(node, "sweep"),
                 self.node.as_ref(),
-                Some(Expiration::PX(self.lease_ms())),
+                Some(Expiration::PX(Self::ms(self.lease))),
                 Some(SetOptions::NX),
                 false,
             )
             .await?;
-        if claimed.is_none() {
-            return Ok(None);
-        }
-        let live: i64 = self.client.exists(self.key(node, "lease")).await?;
-        if live > 0 {
+        if claimed.is_none() || self.client.exists::<i64, _>(self.key(node, "lease")).await? > 0 {
             return Ok(None);
         }
         Ok(Some(self.client.smembers(self.key(node, "users")).await?))
     }
 
-    /// Forgets a node that has been swept.
+    /// Which of `users` are in the set of one of the `live` nodes. Asked of Redis rather than
+    /// of the nodes themselves: the adapter's questions wait for every node it counts, and a
+    /// node whose machine vanished stays counted until Redis notices the dead connection.
+    pub(crate) async fn online_on(
+        &self,
+        live: &[String],
+        users: &[String],
+    ) -> Result<std::collections::HashSet<String>, fred::error::Error> {
+        let mut online = std::collections::HashSet::new();
+        for node in live {
+            for chunk in users.chunks(USERS_PER_COMMAND) {
+                let members: Vec<bool> =
+                    self.client.smismember(self.key(node, "users"), chunk.to_vec()).await?;
+                for (user, member) in chunk.iter().zip(members) {
+                    if member {
+                        online.insert(user.clone());
+                    }
+                }
+            }
+        }
+        Ok(online)
+    }
+
+    /// Forgets a node that has been swept, unless it renewed its lease meanwhile (it then
+    /// rewrites its set, and announces its users again, at its next renewal).
     pub(crate) async fn forget(&self, node: &str) -> Result<(), fred::error::Error> {
+        if self.client.exists::<i64, _>(self.key(node, "lease")).await? > 0 {
+            return Ok(());
+        }
         self.client.del::<(), _>(self.key(node, "users")).await?;
         self.client.srem::<(), _, _>(self.nodes_key(), node).await
     }

@@ -234,21 +234,7 @@ async fn log_out<A: Adapter>(relay: &Relay<A>, connection: &Connection) {
 /// login and a disconnect race, the announcement made last tells the truth (and one made early
 /// may be a repeat, which clients take as a no-op).
 pub(crate) async fn announce<A: Adapter>(relay: &Relay<A>, user: &str) {
-    let contacts = match relay.storage.written_to(user).await {
-        Ok(contacts) => contacts,
-        // A connection that closed while the relay stops (socketioxide runs disconnect
-        // handlers as tasks of their own and does not wait for them before the database is
-        // closed): not a failure to count or to warn about once per connection.
-        Err(error) if error.is_closed() => {
-            tracing::debug!("the relay is stopping; presence not announced");
-            return;
-        }
-        Err(error) => {
-            relay.metrics.storage_errors.inc();
-            tracing::warn!(%error, "loading contacts for presence failed");
-            return;
-        }
-    };
+    let Some(contacts) = contacts_to_tell(relay, user).await else { return };
     // Clustered, a user whose last connection here closed may still be connected to another
     // node: they have not left.
     let online = relay.online_anywhere(user).await;
@@ -263,6 +249,34 @@ pub(crate) async fn announce<A: Adapter>(relay: &Relay<A>, user: &str) {
     {
         relay.metrics.adapter_errors.inc();
         tracing::debug!(%error, "adding a user to this node's presence lease failed");
+    }
+}
+
+/// Tells the online users `user` has written to that `user` left, for a node that died
+/// holding `user`'s last connection (`lease.rs`, which has checked that no live node holds one).
+pub(crate) async fn announce_left<A: Adapter>(relay: &Relay<A>, user: &str) {
+    let Some(contacts) = contacts_to_tell(relay, user).await else { return };
+    let about = contacts.iter().map(|contact| (contact.as_str(), user));
+    delivery::push_presence(relay, events::USER_LEFT, about).await;
+}
+
+/// The users `user` has written to, who are told of `user`'s presence; `None` when they cannot
+/// be loaded (logged, unless the relay is stopping).
+async fn contacts_to_tell<A: Adapter>(relay: &Relay<A>, user: &str) -> Option<Vec<String>> {
+    match relay.storage.written_to(user).await {
+        Ok(contacts) => Some(contacts),
+        // A connection that closed while the relay stops (socketioxide runs disconnect
+        // handlers as tasks of their own and does not wait for them before the database is
+        // closed): not a failure to count or to warn about once per connection.
+        Err(error) if error.is_closed() => {
+            tracing::debug!("the relay is stopping; presence not announced");
+            None
+        }
+        Err(error) => {
+            relay.metrics.storage_errors.inc();
+            tracing::warn!(%error, "loading contacts for presence failed");
+            None
+        }
     }
 }
 
