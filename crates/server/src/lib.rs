@@ -15,6 +15,9 @@
 //! | durable storage (SQLite, PostgreSQL)           | [`storage`]     |
 //! | `/healthz`, `/metrics`, the web client         | `http`          |
 //! | several nodes: the Redis adapter               | `cluster`       |
+//! | presence when a node dies (leases in Redis)    | `lease`         |
+//! | HTTP serving and its deadlines                 | `serving`       |
+//! | the connection cap, stalled writes             | `listener`      |
 //! | Prometheus metrics                             | [`metrics`]     |
 //!
 //! [`serve`] runs the relay on a listener until a shutdown signal; tests start it on
