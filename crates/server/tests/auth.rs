@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use sotto_client::relay::{Incoming, RelayClient};
+use sotto_client::relay::RelayClient;
 use sotto_protocol::signing::authentication_message;
 use sotto_protocol::wire::{self, OneTimePrekeyJson, PublicIdentityJson, SignedPrekeyJson};
 use sotto_protocol::{IdentityKeyPair, UserId};
@@ -492,15 +492,7 @@ async fn an_earlier_holders_queued_messages_tell_the_ids_new_holder_nothing() {
 async fn assert_only_own_receipt(alice: &mut TestUser, bob: &mut TestUser) {
     let own = alice.client.send_raw("bob", &client_id(), &envelope(9)).await.unwrap().id;
     assert_eq!(bob.messages_acknowledged(1).await[0].id, own);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let receipts = loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match alice.next(left).await {
-            Some(Incoming::Delivered(receipts)) => break receipts,
-            Some(_) => {}
-            None => panic!("alice was never told her own message was delivered"),
-        }
-    };
+    let receipts = alice.receipts().await;
     let told: Vec<i64> = receipts.iter().map(|receipt| receipt.id).collect();
     assert_eq!(told, [own], "the new holder was told of the earlier holder's messages");
 }

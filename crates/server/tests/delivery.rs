@@ -28,12 +28,7 @@ async fn a_message_is_stored_pushed_and_deleted_on_ack() {
 
     bob.client.ack(&[sent.id]).await.unwrap();
     // The sender hears that it was delivered.
-    let receipt = loop {
-        match alice.next(support::WAIT).await.expect("a receipt") {
-            Incoming::Delivered(receipts) => break receipts,
-            _ => continue,
-        }
-    };
+    let receipt = alice.receipts().await;
     assert_eq!(receipt[0].id, sent.id);
     assert_eq!(receipt[0].to, "bob");
     // Acknowledged means deleted: nothing of the message stays.
@@ -533,24 +528,8 @@ async fn stop_reading_and_catch_up(redis_url: Option<String>) {
         config.redis_prefix = prefix;
     })
     .await;
-    let alice = TestUser::register(&server, "alice").await;
-    let mut bob = TestUser::register(&server, "bob").await;
-    let proxy = support::PausingProxy::start(listener, server.addr);
-    bob.client.close();
-    let (client, pushes) =
-        sotto_client::relay::RelayClient::connect(&proxy.url, support::WAIT).await.unwrap();
-    client.login(&bob.id, &bob.identity).await.unwrap();
-    (bob.client, bob.pushes) = (client, pushes);
-    // Caught up and receiving live (the first message goes through the proxy).
-    let first = alice.client.send_raw("bob", &client_id(), &envelope(0)).await.unwrap().id;
-    assert_eq!(bob.messages_acknowledged(1).await[0].id, first);
-
-    proxy.pause();
-    let mut sent = Vec::new();
-    for n in 1..=MESSAGES {
-        let big = support::envelope_of_size(n, 16 * 1024 + 16);
-        sent.push(alice.client.send_raw("bob", &client_id(), &big).await.unwrap().id);
-    }
+    let (_alice, mut bob, proxy, sent) =
+        support::alice_sends_while_bob_stops_reading(&server, listener, MESSAGES).await;
     proxy.resume();
 
     // Whatever reaches bob on this connection is the start of what alice sent, with no gap;
@@ -725,12 +704,7 @@ async fn a_message_acknowledged_before_it_is_written_is_never_written() {
     bob.client.ack(&[got[0].id]).await.unwrap();
     let sent = send.await.unwrap().unwrap();
     assert_eq!((sent.id, sent.duplicate), (got[0].id, false));
-    let receipt = loop {
-        match alice.next(support::WAIT).await.expect("a receipt") {
-            Incoming::Delivered(receipts) => break receipts,
-            _ => continue,
-        }
-    };
+    let receipt = alice.receipts().await;
     assert_eq!((receipt[0].id, receipt[0].to.as_str()), (sent.id, "bob"));
     assert_eq!(alice.client.status(&[sent.id]).await.unwrap(), vec![(sent.id, "delivered".into())]);
     assert_eq!(server.query_i64("SELECT COUNT(*) FROM messages").await, 0);
@@ -919,12 +893,7 @@ async fn messages_held_from_an_id_registered_anew_tell_its_new_holder_nothing() 
     let own_id = bob.messages(1).await[0].id;
     bob.client.ack(&[own_id]).await.unwrap();
     assert_eq!(own.await.unwrap().unwrap().id, own_id);
-    let receipts = loop {
-        match alice.next(support::WAIT).await.expect("a receipt") {
-            Incoming::Delivered(receipts) => break receipts,
-            _ => continue,
-        }
-    };
+    let receipts = alice.receipts().await;
     let told: Vec<i64> = receipts.iter().map(|receipt| receipt.id).collect();
     assert_eq!(told, [own_id], "the new holder was told of the earlier holder's message");
     assert_eq!(metric(&server, "sotto_messages_never_written_total").await, 2);

@@ -450,24 +450,10 @@ async fn a_connection_whose_client_reads_nothing_is_closed_and_catches_up_later(
         config.public_hosts.push(proxy_host);
     })
     .await;
-    let alice = TestUser::register(&server, "alice").await;
-    let mut bob = TestUser::register(&server, "bob").await;
-    let proxy = support::PausingProxy::start(listener, server.addr);
-    bob.client.close();
-    let (client, pushes) = RelayClient::connect(&proxy.url, WAIT).await.unwrap();
-    client.login(&bob.id, &bob.identity).await.unwrap();
-    (bob.client, bob.pushes) = (client, pushes);
-    let first = alice.client.send_raw("bob", &client_id(), &envelope(0)).await.unwrap().id;
-    assert_eq!(bob.messages_acknowledged(1).await[0].id, first);
-
     // Bob reads nothing more: 6.4 MB of pushes are more than the relay's socket (4 MiB at
     // most) and the proxy's hold, so the relay's writes to him stop making progress.
-    proxy.pause();
-    let mut sent = Vec::new();
-    for n in 1..=MESSAGES {
-        let big = envelope_of_size(n, 16 * 1024 + 16);
-        sent.push(alice.client.send_raw("bob", &client_id(), &big).await.unwrap().id);
-    }
+    let (alice, mut bob, proxy, sent) =
+        support::alice_sends_while_bob_stops_reading(&server, listener, MESSAGES).await;
     // The relay gives bob's connection up: left open are alice's and the one asking.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {

@@ -202,8 +202,13 @@ impl TestUser {
 
     /// Opens a new connection and logs in.
     pub async fn reconnect(&mut self, server: &TestServer) -> sotto_client::relay::LoginAnswer {
+        self.reconnect_at(&server.url).await
+    }
+
+    /// Opens a new connection to `url` (the relay, or a proxy in front of it) and logs in.
+    pub async fn reconnect_at(&mut self, url: &str) -> sotto_client::relay::LoginAnswer {
         self.client.close();
-        let (client, pushes) = RelayClient::connect(&server.url, WAIT).await.unwrap();
+        let (client, pushes) = RelayClient::connect(url, WAIT).await.unwrap();
         let answer = client.login(&self.id, &self.identity).await.unwrap();
         self.client = client;
         self.pushes = pushes;
@@ -245,6 +250,20 @@ impl TestUser {
             out.extend(push);
         }
         out
+    }
+
+    /// The next receipts pushed (`message:delivered`), waiting at most `WAIT`; other pushes
+    /// are skipped.
+    pub async fn receipts(&mut self) -> Vec<sotto_client::relay::Receipt> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(Incoming::Delivered(receipts)) => return receipts,
+                Some(_) => {}
+                None => panic!("{} was told of no delivery", self.id),
+            }
+        }
     }
 
     /// Asserts that no message arrives within `wait`.
@@ -353,6 +372,31 @@ impl PausingProxy {
     pub fn resume(&self) {
         self.paused.store(false, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// Alice, and Bob logged in through a [`PausingProxy`] on `listener` (the relay must accept
+/// logins signed for its address): Bob is caught up and receiving live, as a first message
+/// from Alice through the proxy shows. Then Alice sends `count` messages of 16 KiB with the
+/// proxy paused, as if Bob had stopped reading; returns the ids sent, and the proxy, still
+/// paused.
+pub async fn alice_sends_while_bob_stops_reading(
+    server: &TestServer,
+    listener: tokio::net::TcpListener,
+    count: u32,
+) -> (TestUser, TestUser, PausingProxy, Vec<i64>) {
+    let alice = TestUser::register(server, "alice").await;
+    let mut bob = TestUser::register(server, "bob").await;
+    let proxy = PausingProxy::start(listener, server.addr);
+    bob.reconnect_at(&proxy.url).await;
+    let first = alice.client.send_raw("bob", &client_id(), &envelope(0)).await.unwrap().id;
+    assert_eq!(bob.messages_acknowledged(1).await[0].id, first);
+    proxy.pause();
+    let mut sent = Vec::new();
+    for n in 1..=count {
+        let big = envelope_of_size(n, 16 * 1024 + 16);
+        sent.push(alice.client.send_raw("bob", &client_id(), &big).await.unwrap().id);
+    }
+    (alice, bob, proxy, sent)
 }
 
 impl Drop for PausingProxy {
