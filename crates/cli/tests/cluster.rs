@@ -895,3 +895,40 @@ async fn the_users_of_a_killed_node_are_announced_gone_by_the_others() {
     drop((alice, carol, elsewhere, survivor, third));
     database.drop_now().await;
 }
+
+/// A node cut off from Redis for longer than its lease is swept by the others while it is
+/// alive, and its users are announced gone though they are still connected to it. Once it
+/// reaches Redis again it finds its lease lapsed and announces them again, so their contacts
+/// see the truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_swept_while_alive_announces_its_users_again() {
+    let database = Database::create().await;
+    let redis = Redis::start();
+    let prefix = format!("t{}", rand::random::<u32>());
+    let lease = ["--node-lease-ms", "1500"];
+    let link = Proxy::start(redis.port).await;
+    let cut_off_url = format!("redis://127.0.0.1:{}", link.port);
+    let cut_off = Node::start_with(&database.url, &cut_off_url, &prefix, &lease);
+    let watching = Node::start_with(&database.url, &redis.url(), &prefix, &lease);
+    let mut bob = Peer::register(&watching.url, "bob").await;
+    let alice = Peer::register(&cut_off.url, "alice").await;
+    alice.client.send_raw("bob", "hello", &envelope("alice-1")).await.unwrap();
+    for node in [&cut_off, &watching] {
+        node.wait_caught_up().await;
+    }
+    let _ = presence_within(&mut bob, Duration::from_millis(500), None).await;
+
+    // Cut off for longer than the lease: the watching node sweeps the other, alive, node.
+    link.cut();
+    let alice_left = (false, "alice".to_owned());
+    let swept = presence_within(&mut bob, WAIT, Some(&alice_left)).await;
+    assert_eq!(swept.last(), Some(&alice_left), "the node was never swept: {swept:?}");
+    // Back on Redis, the node announces Alice again: she never left.
+    link.restore();
+    let alice_back = (true, "alice".to_owned());
+    let back = presence_within(&mut bob, Duration::from_secs(20), Some(&alice_back)).await;
+    assert_eq!(back.last(), Some(&alice_back), "Alice was never announced again: {back:?}");
+    assert!(alice.client.is_open(), "Alice's connection stayed open throughout");
+    drop((alice, cut_off, watching));
+    database.drop_now().await;
+}
