@@ -12,9 +12,9 @@
 //! set of users logged in to it. A node that dies cannot say that its users left; the others
 //! see its lease lapse and say it for it.
 
-use std::time::Duration;
-
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::interfaces::{EventInterface, KeysInterface, PubsubInterface, SetsInterface};
@@ -204,8 +204,8 @@ impl NodeLease {
         &self,
         live: &[String],
         users: &[String],
-    ) -> Result<std::collections::HashSet<String>, fred::error::Error> {
-        let mut online = std::collections::HashSet::new();
+    ) -> Result<HashSet<String>, fred::error::Error> {
+        let mut online = HashSet::new();
         for node in live {
             for chunk in users.chunks(USERS_PER_COMMAND) {
                 let members: Vec<bool> =

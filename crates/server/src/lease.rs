@@ -108,11 +108,7 @@ async fn sweep_lapsed<A: Adapter>(
             gone = gone.len(),
             "a node's presence lease lapsed; announcing the users it held"
         );
-        let announcements: Vec<_> = gone.iter().map(|user| announce_left(relay, user)).collect();
-        futures_util::stream::iter(announcements)
-            .buffer_unordered(ANNOUNCEMENTS_AT_ONCE)
-            .collect::<()>()
-            .await;
+        a_few_at_once(gone.iter().map(|user| announce_left(relay, user)).collect()).await;
         lease.forget(&node).await?;
     }
     Ok(())
@@ -120,7 +116,11 @@ async fn sweep_lapsed<A: Adapter>(
 
 /// Announces each of `users` as they are now (this node's own, after its lease lapsed).
 async fn announce_all<A: Adapter>(relay: Arc<Relay<A>>, users: Vec<String>) {
-    let announcements: Vec<_> = users.iter().map(|user| announce(&relay, user)).collect();
+    a_few_at_once(users.iter().map(|user| announce(&relay, user)).collect()).await;
+}
+
+/// Runs `announcements`, [`ANNOUNCEMENTS_AT_ONCE`] at a time.
+async fn a_few_at_once(announcements: Vec<impl std::future::Future<Output = ()>>) {
     futures_util::stream::iter(announcements)
         .buffer_unordered(ANNOUNCEMENTS_AT_ONCE)
         .collect::<()>()

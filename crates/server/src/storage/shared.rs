@@ -192,15 +192,8 @@ macro_rules! impl_storage {
             ) -> Result<Committed, StorageError> {
                 let outcomes = Self::store_in(&mut tx, &batch.stores).await?;
                 for (sender, registered_at) in &batch.earlier_holders {
-                    sqlx::query(
-                        "UPDATE messages SET client_id = $2 || client_id \
-                         WHERE sender = $1 AND created_at < $3 AND client_id NOT LIKE '~%'",
-                    )
-                    .bind(sender)
-                    .bind($crate::storage::earlier_holder_mark(*registered_at))
-                    .bind(*registered_at)
-                    .execute(&mut *tx)
-                    .await?;
+                    Self::mark_earlier_holder(&mut tx, sender, *registered_at, *registered_at)
+                        .await?;
                 }
                 let withheld = Self::delete_in(&mut tx, &batch.deletes).await?;
                 let acknowledged = Self::acknowledge_in(&mut tx, &batch.acks).await?;
@@ -212,6 +205,27 @@ macro_rules! impl_storage {
                     withheld,
                     durable: $crate::storage::Durable::now(),
                 })
+            }
+
+            /// Marks what `sender`'s earlier holder sent, received before `received_before`
+            /// and still queued, as not the holder registered at `registered_at`'s
+            /// (`crate::storage::earlier_holder_mark`).
+            async fn mark_earlier_holder(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                sender: &str,
+                registered_at: i64,
+                received_before: i64,
+            ) -> Result<(), StorageError> {
+                sqlx::query(
+                    "UPDATE messages SET client_id = $2 || client_id \
+                     WHERE sender = $1 AND created_at < $3 AND client_id NOT LIKE '~%'",
+                )
+                .bind(sender)
+                .bind($crate::storage::earlier_holder_mark(registered_at))
+                .bind(received_before)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
             }
 
             /// Claims one user id inside `tx`: false if it is taken.
@@ -252,15 +266,9 @@ macro_rules! impl_storage {
                     .execute(&mut **tx)
                     .await?;
                 // What an earlier holder sent stays for its recipients, marked as not this
-                // holder's: its receipts and its status must not reach them.
-                sqlx::query(
-                    "UPDATE messages SET client_id = $2 || client_id \
-                     WHERE sender = $1 AND client_id NOT LIKE '~%'",
-                )
-                .bind(&user.user_id)
-                .bind($crate::storage::earlier_holder_mark(user.now))
-                .execute(&mut **tx)
-                .await?;
+                // holder's: its receipts and its status must not reach them. Everything queued
+                // from the id now is the earlier holder's, whenever it was received.
+                Self::mark_earlier_holder(tx, &user.user_id, user.now, i64::MAX).await?;
                 Ok(true)
             }
 
